@@ -1,0 +1,117 @@
+"""The spec's scikit-learn estimator: fit it, score with it, and export it to ONNX with its features.
+
+A score is one float per event: for a classifier, the probability of the positive label (1);
+for an outlier detector (IsolationForest ...), ``-score_samples``, so higher is more anomalous.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from sklearn.base import is_classifier, is_outlier_detector
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from transforms.features import FEATURES_OUTPUT, ONNX_IR_VERSION, ONNX_OPSETS
+from transforms.spec import Spec, SpecError, estimator_class
+
+SCORE_OUTPUT = "score"
+
+
+def make_estimator(spec: Spec):
+    """A new, unfitted estimator as the spec describes it."""
+    try:
+        estimator = estimator_class(spec)(**spec.estimator_params)
+    except TypeError as error:
+        raise SpecError(f"spec {spec.source}: model.params: {error}") from None
+    if is_classifier(estimator):
+        if spec.label is None:
+            raise SpecError(f"spec {spec.source}: a classifier needs a label")
+    elif not is_outlier_detector(estimator):
+        raise SpecError(f"spec {spec.source}: model.estimator must be a classifier or an outlier detector")
+    return estimator
+
+
+def is_supervised(spec: Spec) -> bool:
+    """Whether the spec's estimator learns from its label (a classifier)."""
+    return is_classifier(make_estimator(spec))
+
+
+def describe_score(spec: Spec, estimator) -> str:
+    if is_classifier(estimator):
+        return f"probability that {spec.label} is 1"
+    return "anomaly score, -score_samples (higher is more anomalous)"
+
+
+def sklearn_scores(estimator, features: np.ndarray) -> np.ndarray:
+    """Scores from scikit-learn itself, float64."""
+    if is_classifier(estimator):
+        return estimator.predict_proba(features)[:, list(estimator.classes_).index(1)]
+    return -estimator.score_samples(features)
+
+
+def fit(spec: Spec, features: np.ndarray, labels: np.ndarray | None):
+    estimator = make_estimator(spec)
+    if is_classifier(estimator):
+        if len(np.unique(labels)) < 2:
+            raise SpecError(f"training data has only one value of {spec.label}; a classifier needs both 0 and 1")
+        return estimator.fit(features, labels)
+    return estimator.fit(features)
+
+
+def metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
+    """Ranking quality of scores against 0/1 labels (ROC AUC, average precision)."""
+    result = {"rows": int(len(labels)), "positives": int(labels.sum())}
+    if 0 < labels.sum() < len(labels):
+        result.update(roc_auc=float(roc_auc_score(labels, scores)),
+                      average_precision=float(average_precision_score(labels, scores)))
+    return result
+
+
+def to_onnx(estimator, feature_graph: onnx.ModelProto) -> onnx.ModelProto:
+    """One ONNX model from raw columns to ``score`` [rows] float64: the feature graph, then the estimator.
+
+    The estimator runs in float64, as scikit-learn does: its split thresholds sit between float32
+    feature values, and rounded to float32 they send some rows down the other branch.
+    """
+    from skl2onnx import to_onnx as skl_to_onnx
+
+    width = feature_graph.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    options = {id(estimator): {"zipmap": False}} if is_classifier(estimator) else None
+    model = skl_to_onnx(estimator, np.zeros((1, width), np.float64), target_opset=dict(ONNX_OPSETS), options=options)
+    model.ir_version = ONNX_IR_VERSION
+    del model.opset_import[:]  # skl2onnx asks for older ai.onnx.ml versions; these ops are the same in 3
+    model.opset_import.extend(helper.make_opsetid(domain, version) for domain, version in ONNX_OPSETS.items())
+    features = onnx.ModelProto()
+    features.CopyFrom(feature_graph)
+    features.graph.node.append(helper.make_node("Cast", [FEATURES_OUTPUT], ["features_float64"], to=TensorProto.DOUBLE))
+    del features.graph.output[:]
+    features.graph.output.append(helper.make_tensor_value_info("features_float64", TensorProto.DOUBLE, ["rows", width]))
+    merged = onnx.compose.merge_models(features, model, io_map=[("features_float64", model.graph.input[0].name)])
+    _append_score_head(merged.graph, estimator)
+    onnx.checker.check_model(merged, full_check=True)
+    return merged
+
+
+def _append_score_head(graph: onnx.GraphProto, estimator) -> None:
+    """Replace the estimator's outputs with one float64 ``score``, as ``sklearn_scores`` defines it."""
+    outputs = [o.name for o in graph.output]
+    as_double = lambda name: helper.make_node("Cast", [name], [f"{name}_float64"], to=TensorProto.DOUBLE)
+    if is_classifier(estimator):
+        probabilities = next(o for o in outputs if "prob" in o)
+        graph.initializer.append(
+            numpy_helper.from_array(np.array(list(estimator.classes_).index(1), np.int64), "positive_class"))
+        graph.node.extend([as_double(probabilities),
+                           helper.make_node("Gather", [f"{probabilities}_float64", "positive_class"], [SCORE_OUTPUT],
+                                            axis=1)])
+    else:  # skl2onnx's ``scores`` is decision_function = score_samples - offset_
+        scores = next(o for o in outputs if "score" in o)
+        graph.initializer.extend([numpy_helper.from_array(np.array([[estimator.offset_]], np.float64), "score_offset"),
+                                  numpy_helper.from_array(np.array([-1], np.int64), "flat_shape")])
+        graph.node.extend([
+            as_double(scores),
+            helper.make_node("Add", [f"{scores}_float64", "score_offset"], ["score_samples"]),
+            helper.make_node("Neg", ["score_samples"], ["negated_score_samples"]),
+            helper.make_node("Reshape", ["negated_score_samples", "flat_shape"], [SCORE_OUTPUT]),
+        ])
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(SCORE_OUTPUT, TensorProto.DOUBLE, ["rows"]))

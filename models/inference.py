@@ -1,0 +1,118 @@
+"""Scoring with Beam's RunInference: batches of valid events in, scored records out.
+
+Each RunInference example is a batch of raw feature columns (see ``transforms.features``),
+so one model call scores thousands of events. Two handlers, one contract (raw columns in, one
+score per row out):
+
+- ``OnnxScoreHandler`` (default): the version's ``model.onnx``, which computes the features and
+  the score in onnxruntime. Beam's ``OnnxModelHandlerNumpy`` takes one input tensor and returns
+  the first output (the class label); this model takes named columns and returns the score.
+- ``SklearnScoreHandler`` (``--engine sklearn``): tensorflow-transform's own artifact, then the
+  fitted scikit-learn estimator: the reference path, slower and heavier (TensorFlow).
+
+Both verify the version's files against its manifest when they load.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+
+from models import registry
+from models.estimator import SCORE_OUTPUT, sklearn_scores
+from transforms.events import METRICS_NAMESPACE, EventBatch
+from transforms.features import raw_columns, transform_with_tft
+from transforms.spec import Spec
+
+Columns = dict[str, np.ndarray]
+ENGINES = ("onnx", "sklearn")
+_SCORED = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "scored")
+
+
+class _ScoreHandler(ModelHandler[Columns, PredictionResult, Any]):
+    """Shared by both engines: which version to load, and how batches of columns are scored."""
+
+    def __init__(self, model_dir: str, version: str, spec: Spec):
+        super().__init__()
+        self._model_dir, self._version, self._spec = model_dir, version, spec
+
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": 1, "max_batch_size": 8}  # each element is already a batch of events
+
+    def run_inference(self, batch: Sequence[Columns], model, inference_args=None) -> Iterable[PredictionResult]:
+        if len(batch) == 1:
+            columns = batch[0]
+        else:
+            columns = {name: np.concatenate([c[name] for c in batch]) for name in batch[0]}
+        scores = self._score(model, columns)
+        ends = np.cumsum([len(next(iter(c.values()))) for c in batch])
+        return [PredictionResult(c, s, model_id=self._version) for c, s in zip(batch, np.split(scores, ends[:-1]))]
+
+    def get_num_bytes(self, batch: Sequence[Columns]) -> int:
+        return sum(a.nbytes for columns in batch for a in columns.values())
+
+    def _score(self, model, columns: Columns) -> np.ndarray:
+        raise NotImplementedError
+
+
+class OnnxScoreHandler(_ScoreHandler):
+    def load_model(self):
+        import onnxruntime as ort
+
+        version = registry.load(self._model_dir, self._version)
+        return ort.InferenceSession(version.file("model.onnx").read_bytes(), providers=["CPUExecutionProvider"])
+
+    def _score(self, session, columns: Columns) -> np.ndarray:
+        return session.run([SCORE_OUTPUT], columns)[0]
+
+    def get_metrics_namespace(self) -> str:
+        return "rtml_onnx"
+
+
+class SklearnScoreHandler(_ScoreHandler):
+    def load_model(self):
+        import joblib
+
+        version = registry.load(self._model_dir, self._version)
+        return joblib.load(version.file("estimator.joblib")), str(version.file("transform"))
+
+    def _score(self, model, columns: Columns) -> np.ndarray:
+        estimator, transform_dir = model
+        return sklearn_scores(estimator, transform_with_tft(transform_dir, self._spec, columns))
+
+    def get_metrics_namespace(self) -> str:
+        return "rtml_sklearn"
+
+
+def scored_records(spec: Spec, batch: EventBatch, scores: np.ndarray, model_version: str) -> list[dict]:
+    """The contract's scored records for a batch, in the batch's order."""
+    _SCORED.inc(len(batch.events))
+    key, label, threshold = spec.entity_key, spec.label, spec.alert_threshold
+    records = []
+    for event, score in zip(batch.events, scores.tolist()):
+        record = {"event_id": event["event_id"], "event_time": event[spec.event_time], key: event[key],
+                  "score": score, "alert": score >= threshold, "model_version": model_version}
+        if label is not None and event.get(label) is not None:
+            record[label] = int(event[label])
+        records.append(record)
+    return records
+
+
+class ScoreEvents(beam.PTransform):
+    """``EventBatch`` in; lists of scored records out (one list per batch, in the batch's order)."""
+
+    def __init__(self, spec: Spec, model: registry.ModelVersion, model_dir: str, engine: str = "onnx"):
+        super().__init__()
+        handler_class = {"onnx": OnnxScoreHandler, "sklearn": SklearnScoreHandler}[engine]
+        self._spec, self._version = spec, model.version
+        self._handler = KeyedModelHandler(handler_class(model_dir, model.version, spec))
+
+    def expand(self, batches):
+        spec = self._spec
+        return (batches
+                | "RawColumns" >> beam.Map(lambda batch: (batch, raw_columns(batch, spec)))
+                | "RunInference" >> RunInference(self._handler)
+                | "ScoredRecords" >> beam.MapTuple(
+                    lambda batch, result: scored_records(spec, batch, result.inference, result.model_id)))

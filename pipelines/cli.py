@@ -1,0 +1,124 @@
+"""What every command-line entry point shares: flags, one-line errors, the end-of-run summary."""
+from __future__ import annotations
+
+import argparse
+import difflib
+import logging
+import sys
+from typing import Callable, Sequence
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import (
+    DirectOptions, PipelineOptions, SetupOptions, StandardOptions, _BeamArgumentParser)
+
+from transforms.errors import UserError
+from transforms.events import METRICS_NAMESPACE
+
+_REASONS_SHOWN = 12
+
+
+def parse(argv: Sequence[str] | None, views: Sequence[type[PipelineOptions]], description: str) -> PipelineOptions:
+    """Beam pipeline options from argv; ``--help`` prints the flags of ``views`` and exits.
+
+    Unlike Beam's default (a warning), an unknown flag is an error: a mistyped optional flag
+    would otherwise be ignored silently.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(_help(views, description))
+        raise SystemExit(0)
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)
+    known = [option for action in parser._actions for option in action.option_strings]
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if name.startswith("--") and name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            raise UserError(f"unknown flag {name}" + (f" (did you mean {close[0]}?)" if close else "") + "; see --help")
+    try:
+        parser.parse_args(argv)
+    except SystemExit:  # argparse has printed its one-line reason
+        raise SystemExit(2) from None
+    return PipelineOptions(argv)
+
+
+def require(options: PipelineOptions, *names: str) -> None:
+    values = options.get_all_options()
+    missing = [f"--{n}" for n in names if values.get(n) in (None, "")]
+    if missing:
+        raise UserError(f"missing {', '.join(missing)}; see --help")
+
+
+def _help(views: Sequence[type[PipelineOptions]], description: str) -> str:
+    parser = argparse.ArgumentParser(prog=f"python -m {sys.modules['__main__'].__spec__.name}"
+                                     if getattr(sys.modules["__main__"], "__spec__", None) else None,
+                                     description=description, add_help=True,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Every other Beam pipeline option is accepted too "
+                                            "(Dataflow, Flink, Portable runners ...).")
+    for view in views:
+        view._add_argparse_args(parser.add_argument_group(view.__name__.replace("Options", " options").lower()))
+    for view in (StandardOptions, DirectOptions, SetupOptions):
+        view._add_argparse_args(parser.add_argument_group(f"beam: {view.__name__}"))
+    return parser.format_help()
+
+
+def create_pipeline(options: PipelineOptions, test_pipeline: beam.Pipeline | None) -> beam.Pipeline:
+    if test_pipeline is not None:
+        return test_pipeline
+    try:
+        return beam.Pipeline(options=options)
+    except ValueError as error:  # e.g. an unknown --runner
+        raise UserError(str(error).splitlines()[0]) from None
+
+
+def counters(result) -> dict[str, int]:
+    """Committed counters of the project's namespaces, by ``namespace/name``."""
+    found = {}
+    for counter in result.metrics().query(MetricsFilter())["counters"]:
+        name = counter.key.metric
+        if name.namespace.startswith(METRICS_NAMESPACE):
+            key = f"{name.namespace}/{name.name}"
+            found[key] = found.get(key, 0) + (counter.committed or counter.attempted or 0)
+    return found
+
+
+def summary(title: str, totals: dict[str, int], seconds: float, outputs: dict[str, str]) -> str:
+    """The end-of-run summary: counts in and out, dead letters by reason, time, where results are."""
+    received, valid = totals.get(f"{METRICS_NAMESPACE}/received", 0), totals.get(f"{METRICS_NAMESPACE}/valid", 0)
+    lines = [f"{title}: {received:,} events in {seconds:.1f} s "
+             f"({received / max(seconds, 1e-9):,.0f} events/s)"]
+    for key, label in (("valid", "valid"), ("scored", "scored")):
+        if f"{METRICS_NAMESPACE}/{key}" in totals:
+            lines.append(f"  {label:<13}{totals[f'{METRICS_NAMESPACE}/{key}']:>12,}")
+    reasons = {}
+    for key, count in totals.items():
+        if key.startswith(f"{METRICS_NAMESPACE}.dead_letter/"):
+            reason = key.split("/", 1)[1].split(" (", 1)[0]
+            reasons[reason] = reasons.get(reason, 0) + count
+    lines.append(f"  {'dead-lettered':<13}{sum(reasons.values()):>12,}")
+    ranked = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
+    for reason, count in ranked[:_REASONS_SHOWN]:
+        lines.append(f"    {count:>10,}  {reason}")
+    if len(ranked) > _REASONS_SHOWN:
+        rest = ranked[_REASONS_SHOWN:]
+        lines.append(f"    {sum(c for _, c in rest):>10,}  ({len(rest)} other reasons; see the dead letters)")
+    if received != valid + sum(reasons.values()):
+        lines.append("  WARNING: received != valid + dead-lettered")
+    lines += [f"  {name:<13}{where}" for name, where in outputs.items()]
+    return "\n".join(lines)
+
+
+def main(run: Callable[[Sequence[str] | None], object]) -> None:
+    """Run an entry point; a user's mistake is one line on stderr and exit status 2, never a traceback."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(None)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+

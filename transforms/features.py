@@ -1,0 +1,284 @@
+"""Feature preparation from a spec: analyzed by tensorflow-transform, served as an ONNX graph.
+
+Training runs tensorflow-transform's analyzers over bounded data in Beam (``AnalyzeFeatures``)
+and writes its transform artifact. The analyzed values (means, variances, quantile boundaries,
+vocabularies) are then read back from that artifact (``load_feature_plan``) and compiled into an
+ONNX graph (``feature_graph``) that computes the very same columns; training refuses to save a
+model whose ONNX features differ from tensorflow-transform's. Scoring, bounded or live, runs that
+ONNX graph in front of the model, so it needs neither TensorFlow nor scikit-learn at run time,
+and the features it computes are those the model was trained on.
+
+Each feature kind is defined twice, side by side below: as TensorFlow ops for
+tensorflow-transform and as ONNX nodes for serving, each producing a [rows, width] float32 block.
+
+| kind        | source    | columns                           | analyzed                     |
+|-------------|-----------|-----------------------------------|------------------------------|
+| identity    | number    | x                                 | -                            |
+| zscore      | number    | (x - mean) / std                  | mean, variance               |
+| log_zscore  | number    | zscore of log(1 + x)              | mean, variance of log(1 + x) |
+| buckets     | number    | one-hot of the quantile bucket    | num_buckets - 1 boundaries   |
+| vocabulary  | string    | one-hot over top_k terms + 1 OOV  | the top_k most frequent      |
+| time_of_day | timestamp | sin and cos of the UTC time of day| -                            |
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from transforms.events import EventBatch, _time_us
+from transforms.spec import Feature, Spec
+
+OOV = "<OOV>"
+ONNX_OPSETS = {"": 17, "ai.onnx.ml": 3}
+ONNX_IR_VERSION = 8  # what these opsets need; onnxruntime refuses IR versions newer than it knows
+FEATURES_OUTPUT = "features"
+_PARAM_PREFIX = "__param__."  # analyzed values, exported as constant columns of the transform
+_US_PER_DAY = 86_400_000_000
+_RADIANS_PER_US = np.float32(2 * math.pi / _US_PER_DAY)
+_PROBE_VALUES = {np.object_: [b""], np.int64: [0], np.float32: [1.0]}  # one row, any values
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw columns: what both tensorflow-transform and the ONNX graph take in.
+
+def raw_columns(batch: EventBatch, spec: Spec) -> dict[str, np.ndarray]:
+    """The feature sources of a batch as columns: float32 numbers, object strings, int64 times (us)."""
+    columns = {}
+    for name in spec.feature_sources:
+        kind = spec.field(name).type
+        if kind == "string":
+            columns[name] = np.array([e[name] for e in batch.events], dtype=object)
+        elif kind == "timestamp":
+            times = batch.event_time_us if name == spec.event_time else [_time_us(e[name]) for e in batch.events]
+            columns[name] = np.array(times, dtype=np.int64)
+        else:
+            columns[name] = np.array([e[name] for e in batch.events], dtype=np.float32)
+    return columns
+
+
+def _raw_dtype(spec: Spec, name: str):
+    return {"string": (np.object_, TensorProto.STRING), "timestamp": (np.int64, TensorProto.INT64)}.get(
+        spec.field(name).type, (np.float32, TensorProto.FLOAT))
+
+
+def raw_feature_spec(spec: Spec) -> dict:
+    """tensorflow-transform's input feature spec for the spec's feature sources."""
+    import tensorflow as tf
+
+    dtypes = {np.object_: tf.string, np.int64: tf.int64, np.float32: tf.float32}
+    return {name: tf.io.FixedLenFeature([], dtypes[_raw_dtype(spec, name)[0]]) for name in spec.feature_sources}
+
+
+def width(feature: Feature) -> int:
+    """How many columns a feature contributes to the model's input."""
+    return {"buckets": feature.num_buckets, "vocabulary": feature.top_k + 1, "time_of_day": 2}.get(feature.kind, 1)
+
+
+def feature_names(spec: Spec, plan: dict) -> list[str]:
+    """One name per model input column, in order (``country=GB``, ``amount_bucket=3`` ...)."""
+    names = []
+    for feature in spec.features:
+        if feature.kind == "vocabulary":
+            terms = plan[feature.name]["vocabulary"] + [OOV]
+            names += [f"{feature.name}={t}" for t in terms]
+            names += [f"{feature.name}=<unused>"] * (width(feature) - len(terms))
+        elif feature.kind == "buckets":
+            names += [f"{feature.name}={i}" for i in range(feature.num_buckets)]
+        elif feature.kind == "time_of_day":
+            names += [f"{feature.name}_sin", f"{feature.name}_cos"]
+        else:
+            names.append(feature.name)
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+# tensorflow-transform: analysis in Beam, and the reference transform.
+
+def preprocessing_fn(spec: Spec):
+    """The tensorflow-transform preprocessing function for a spec (see the table above)."""
+
+    def fn(inputs):
+        import tensorflow as tf
+        import tensorflow_transform as tft
+
+        def zscore(x, name):
+            mean, var = tft.mean(x), tft.var(x)
+            std = tf.sqrt(var)
+            params[name] = {"mean": mean, "var": var}
+            return (x - mean) / tf.where(std > 0, std, tf.ones_like(std))
+
+        outputs, params = {}, {}
+        for feature in spec.features:
+            x = inputs[feature.source]
+            if feature.kind == "identity":
+                block = x
+            elif feature.kind == "zscore":
+                block = zscore(x, feature.name)
+            elif feature.kind == "log_zscore":
+                block = zscore(tf.math.log(x + 1.0), feature.name)
+            elif feature.kind == "buckets":
+                boundaries = tft.quantiles(x, feature.num_buckets, epsilon=0.001)
+                params[feature.name] = {"boundaries": boundaries[0]}
+                block = tf.one_hot(tft.apply_buckets(x, boundaries), feature.num_buckets)
+            elif feature.kind == "vocabulary":
+                vocabulary = tft.vocabulary(x, top_k=feature.top_k, frequency_threshold=feature.frequency_threshold,
+                                            vocab_filename=feature.name)
+                ids = tft.apply_vocabulary(x, vocabulary, num_oov_buckets=1)
+                block = tf.one_hot(ids, width(feature))
+            else:  # time_of_day
+                angle = tf.cast(tf.math.floormod(x, _US_PER_DAY), tf.float32) * _RADIANS_PER_US
+                block = tf.stack([tf.sin(angle), tf.cos(angle)], axis=1)
+            outputs[feature.name] = tf.reshape(block, [-1, width(feature)])
+        rows = tf.shape(inputs[spec.feature_sources[0]])[:1]
+        for feature_name, values in params.items():
+            for key, value in values.items():
+                value = tf.reshape(value, [-1])
+                outputs[f"{_PARAM_PREFIX}{feature_name}.{key}"] = tf.tile(value[tf.newaxis, :], tf.concat([rows, [1]], 0))
+        return outputs
+
+    return fn
+
+
+class AnalyzeFeatures(beam.PTransform):
+    """Batches of valid events in; writes tensorflow-transform's transform artifact to ``transform_dir``.
+
+    Returns the PCollection of the written transform_fn (for sequencing).
+    """
+
+    def __init__(self, spec: Spec, transform_dir: str, temp_dir: str):
+        super().__init__()
+        self._spec, self._transform_dir, self._temp_dir = spec, transform_dir, temp_dir
+
+    def expand(self, batches):
+        import tensorflow_transform as tft
+        import tensorflow_transform.beam as tft_beam
+
+        spec = self._spec
+        metadata = tft.DatasetMetadata.from_feature_spec(raw_feature_spec(spec))
+        instances = batches | "ToInstances" >> beam.FlatMap(_instances, spec)
+        with tft_beam.Context(temp_dir=self._temp_dir, force_tf_compat_v1=False):
+            transform_fn = (instances, metadata) | tft_beam.AnalyzeDataset(preprocessing_fn(spec))
+            return transform_fn | tft_beam.WriteTransformFn(self._transform_dir)
+
+
+def _instances(batch: EventBatch, spec: Spec):
+    columns = raw_columns(batch, spec)
+    names = list(columns)
+    for row in zip(*columns.values()):
+        yield dict(zip(names, row))
+
+
+def transform_with_tft(transform_dir: str, spec: Spec, columns: dict[str, np.ndarray],
+                       batch_size: int = 8192) -> np.ndarray:
+    """tensorflow-transform's own output for raw columns, as the model input matrix (float32)."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    layer = tft.TFTransformOutput(transform_dir).transform_features_layer()
+    rows = len(next(iter(columns.values())))
+    blocks = []
+    for start in range(0, rows, batch_size):
+        chunk = {k: tf.constant(v[start:start + batch_size]) for k, v in columns.items()}
+        outputs = layer(chunk)
+        blocks.append(np.concatenate([outputs[f.name].numpy() for f in spec.features], axis=1))
+    return np.concatenate(blocks).astype(np.float32) if blocks else np.zeros((0, 0), np.float32)
+
+
+def load_feature_plan(transform_dir: str, spec: Spec) -> dict:
+    """The analyzed values in a transform artifact, per feature, as plain JSON-able values."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    output = tft.TFTransformOutput(transform_dir)
+    probe = {name: tf.constant(np.array(_PROBE_VALUES[dtype], dtype=dtype))
+             for name, dtype in ((n, _raw_dtype(spec, n)[0]) for n in spec.feature_sources)}
+    outputs = output.transform_features_layer()(probe)
+    plan: dict[str, Any] = {f.name: {} for f in spec.features}
+    for key, value in outputs.items():
+        if key.startswith(_PARAM_PREFIX):
+            feature_name, _, param = key[len(_PARAM_PREFIX):].rpartition(".")
+            values = value.numpy()[0].astype(np.float32)
+            plan[feature_name][param] = values.tolist() if param == "boundaries" else float(values[0])
+    for feature in spec.features:
+        if feature.kind == "vocabulary":
+            terms = output.vocabulary_by_name(feature.name)
+            plan[feature.name]["vocabulary"] = [t.decode("utf-8") if isinstance(t, bytes) else t for t in terms]
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX: the same features, compiled from the analyzed values.
+
+def feature_graph(spec: Spec, plan: dict) -> onnx.ModelProto:
+    """An ONNX model: one 1-D input per feature source, output ``features`` [rows, columns] float32."""
+    graph = _GraphBuilder()
+    blocks = []
+    for feature in spec.features:
+        x = feature.source
+        params = plan[feature.name]
+        if feature.kind == "identity":
+            block = graph.column(x)
+        elif feature.kind in ("zscore", "log_zscore"):
+            if feature.kind == "log_zscore":
+                x = graph.node("Log", [graph.node("Add", [x, graph.const(np.float32(1.0))])])
+            std = np.sqrt(np.float32(params["var"]))
+            centered = graph.node("Sub", [x, graph.const(np.float32(params["mean"]))])
+            block = graph.column(graph.node("Div", [centered, graph.const(std if std > 0 else np.float32(1))]))
+        elif feature.kind == "buckets":
+            boundaries = graph.const(np.array([params["boundaries"]], dtype=np.float32))
+            above = graph.node("Cast", [graph.node("GreaterOrEqual", [graph.column(x), boundaries])], to=TensorProto.INT64)
+            bucket = graph.node("ReduceSum", [above, graph.const(np.array([1], np.int64))], keepdims=0)
+            block = graph.one_hot(bucket, width(feature))
+        elif feature.kind == "vocabulary":
+            terms = params["vocabulary"]
+            ids = graph.node("LabelEncoder", [x], domain="ai.onnx.ml", keys_strings=terms,
+                             values_int64s=list(range(len(terms))), default_int64=len(terms))
+            block = graph.one_hot(ids, width(feature))
+        else:  # time_of_day
+            day_us = graph.node("Mod", [x, graph.const(np.int64(_US_PER_DAY))])
+            angle = graph.node("Mul", [graph.node("Cast", [day_us], to=TensorProto.FLOAT), graph.const(_RADIANS_PER_US)])
+            block = graph.node("Concat", [graph.column(graph.node("Sin", [angle])),
+                                          graph.column(graph.node("Cos", [angle]))], axis=1)
+        blocks.append(block)
+    graph.node("Concat", blocks, axis=1, output=FEATURES_OUTPUT)
+    inputs = [helper.make_tensor_value_info(name, _raw_dtype(spec, name)[1], ["rows"]) for name in spec.feature_sources]
+    outputs = [helper.make_tensor_value_info(FEATURES_OUTPUT, TensorProto.FLOAT,
+                                             ["rows", sum(width(f) for f in spec.features)])]
+    model = helper.make_model(
+        helper.make_graph(graph.nodes, f"{spec.name}_features", inputs, outputs, graph.initializers),
+        opset_imports=[helper.make_opsetid(domain, version) for domain, version in ONNX_OPSETS.items()],
+        ir_version=ONNX_IR_VERSION)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+class _GraphBuilder:
+    """Collects ONNX nodes and constants, naming each output uniquely."""
+
+    def __init__(self):
+        self.nodes, self.initializers = [], []
+
+    def _name(self, stem: str) -> str:
+        return f"{stem}_{len(self.nodes) + len(self.initializers)}"
+
+    def const(self, value: np.ndarray) -> str:
+        name = self._name("const")
+        self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str | None = None, domain: str = "", **attributes) -> str:
+        output = output or self._name(op.lower())
+        self.nodes.append(helper.make_node(op, inputs, [output], domain=domain, **attributes))
+        return output
+
+    def column(self, x: str) -> str:
+        """[rows] -> [rows, 1]."""
+        return self.node("Unsqueeze", [x, self.const(np.array([1], np.int64))])
+
+    def one_hot(self, ids: str, depth: int) -> str:
+        return self.node("OneHot", [ids, self.const(np.int64(depth)), self.const(np.array([0, 1], np.float32))], axis=-1)

@@ -1,0 +1,582 @@
+"""Kafka in and out of Beam, in Python, on confluent-kafka (librdkafka).
+
+Beam's own ``apache_beam.io.kafka`` is a cross-language transform that needs a Java expansion
+service; this module needs nothing but confluent-kafka, so it is the default here. It follows
+Bytewax's KafkaSource: one source per partition, offsets as the resumable state, and a bounded
+form for replays.
+
+``ReadFromKafka``: PBegin -> PCollection[KafkaMessage], each element stamped with its message
+timestamp. Live (unbounded) unless a stop is given; with a stop, every partition ends there and
+the pipeline finishes.
+
+``WriteToKafka``: PCollection[(key: bytes | None, value: bytes)] -> nothing; a bundle finishes
+only once Kafka has acknowledged every record in it.
+
+Settings whose name contains password, secret, sasl.jaas, ssl.key or token are masked in reprs,
+display data, log lines and error messages raised here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import sys
+import time
+from typing import NamedTuple, Optional
+
+import apache_beam as beam
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
+from apache_beam.transforms.display import DisplayDataItem
+from apache_beam.utils.timestamp import Duration, Timestamp
+from confluent_kafka import (TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException,
+                             Producer, TopicPartition)
+
+__all__ = ["KafkaMessage", "ReadFromKafka", "WriteToKafka", "KafkaTopicNotFoundError",
+           "KafkaDeliveryError", "mask_config"]
+
+_LOG = logging.getLogger(__name__)
+
+# The restriction stop of a partition read that has no stop offset.
+UNBOUNDED = sys.maxsize
+
+
+class KafkaMessage(NamedTuple):
+    """One Kafka record as read. ``timestamp_ms`` is the record's timestamp (CreateTime or
+    LogAppendTime, whichever the topic keeps; the read time if the record has none)."""
+    topic: str
+    partition: int
+    offset: int
+    key: Optional[bytes]
+    value: Optional[bytes]
+    timestamp_ms: int
+
+
+class KafkaTopicNotFoundError(RuntimeError):
+    """The topic does not exist on the cluster (the broker answered UNKNOWN_TOPIC_OR_PART)."""
+
+
+class KafkaDeliveryError(RuntimeError):
+    """Kafka refused or timed out records of a bundle; the bundle is retried by the runner."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Secrets
+
+_SECRET_MARKERS = ("password", "secret", "sasl.jaas", "ssl.key", "token")
+_MASK = "***"
+
+
+def _is_secret(key: str) -> bool:
+    return any(marker in key.lower() for marker in _SECRET_MARKERS)
+
+
+def mask_config(config: dict | None) -> dict:
+    """A copy of a librdkafka config with the values of secret settings replaced by ``***``
+    (also where such a value is repeated under another key)."""
+    config = config or {}
+    secrets = {str(v) for k, v in config.items() if _is_secret(k)}
+    return {k: (_MASK if _is_secret(k) or str(v) in secrets else v) for k, v in config.items()}
+
+
+class _Secrets:
+    """Removes the values of a config's secret settings from text.
+
+    Also serves as confluent-kafka's ``logger``, so librdkafka's own log lines (which can
+    quote config values) pass through the same scrubbing into this module's logger.
+    """
+
+    def __init__(self, config: dict):
+        values = {str(v) for k, v in config.items() if _is_secret(k) and str(v)}
+        self._values = sorted(values, key=len, reverse=True)  # longest first: no partial leaks
+
+    def scrub(self, text: object) -> str:
+        text = str(text)
+        for value in self._values:
+            text = text.replace(value, _MASK)
+        return text
+
+    def log(self, level: int, msg: str, *args) -> None:
+        _LOG.log(level, "librdkafka: %s", self.scrub(msg % args if args else msg))
+
+    def __repr__(self) -> str:
+        return "_Secrets(***)"
+
+
+def _client(cls, config: dict, secrets: _Secrets):
+    """A Consumer or Producer whose construction errors and logs carry no secret values."""
+    try:
+        return cls(config, logger=secrets)
+    except (KafkaException, ValueError, TypeError) as e:
+        # `from None`: the original exception's text may hold the secret.
+        raise ValueError(f"invalid Kafka {cls.__name__} config: {secrets.scrub(e)}") from None
+
+
+# librdkafka reports these while a broker or coordinator is away; it reconnects by itself.
+_TRANSIENT = {
+    KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
+    KafkaError._WAIT_COORD, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.REQUEST_TIMED_OUT,
+}
+
+
+def _is_transient(err: KafkaError) -> bool:
+    return not err.fatal() and (err.retriable() or err.code() in _TRANSIENT)
+
+
+def _retry(what: str, fn, secrets: _Secrets, pause_s: float = 1.0):
+    """``fn()``, retried for as long as the cluster is unreachable (never gives up: a streaming
+    job should wait for its broker, not die)."""
+    while True:
+        try:
+            return fn()
+        except KafkaException as e:
+            err = e.args[0] if e.args and isinstance(e.args[0], KafkaError) else None
+            if err is None or not _is_transient(err):
+                raise KafkaException(secrets.scrub(e)) from None
+            _LOG.warning("Kafka %s failed (%s); retrying", what, secrets.scrub(err.str()))
+            time.sleep(pause_s)
+
+
+# ---------------------------------------------------------------------------------------------
+# ReadFromKafka
+
+
+class _PartitionRead(NamedTuple):
+    """One partition's share of a read: offsets [start, stop), plus the time bounds."""
+    topic: str
+    partition: int
+    start: int
+    stop: int  # UNBOUNDED: live, or ended by stop_ts_ms
+    start_ts_ms: Optional[int]
+    stop_ts_ms: Optional[int]
+    bounded: bool
+
+
+class ReadFromKafka(beam.PTransform):
+    """Reads a Kafka topic: PBegin -> PCollection[KafkaMessage], timestamped by message time.
+
+    Each partition is one restriction of a splittable DoFn (an offset range), read by a
+    consumer with ``assign()`` (no group rebalancing), so the runner checkpoints and resumes it
+    by offset. Partitions are discovered when the pipeline runs, not when it is built;
+    partitions added while it runs are read only after a restart.
+
+    Where a partition starts, first match wins: ``start_offsets[p]``; the first offset whose
+    timestamp >= ``start_timestamp_ms`` (looked up with offsets_for_times; an answer that is too
+    early, as an approximate broker may give, costs reading only, since records stamped before
+    the start are dropped); the offset committed for ``group_id``; otherwise ``offset_reset``
+    ('earliest' or 'latest').
+
+    Where it stops (any stop makes the read bounded):
+    - ``stop_offsets``: {partition: offset}, exclusive, for every partition of the topic.
+    - ``stop_timestamp_ms``: at the first message whose timestamp >= it (Kafka's own definition
+      of the offset for a time), or once the partition is caught up and the wall clock has
+      passed it by ``max_delay_ms``. This is found by reading rather than by offsets_for_times,
+      so it holds on brokers whose time index is approximate (Tansu 0.6 answers from append
+      time); with either time bound, messages stamped outside [start, stop) are dropped.
+    With no stop the read is live and never ends.
+
+    Watermark, per partition and never decreasing: after each record, its timestamp minus
+    ``max_delay_ms``; when the consumer has caught up with the partition's end (the broker
+    reported end-of-partition), now minus ``max_delay_ms``, so idle partitions do not hold
+    windows back. While the broker is unreachable no such report comes and the watermark holds.
+    So a record is late when stamped more than ``max_delay_ms`` before the newest record seen,
+    or, on a caught-up partition, before the wall clock.
+
+    Delivery, at-least-once: for ``group_id``, the next offset after what a bundle claimed is
+    committed by bundle finalization, which the runner calls only once the bundle has
+    succeeded, including the steps fused after the read (a WriteToKafka there has flushed). A
+    crash before that replays the bundle's records on restart (duplicates, never loss). Commits
+    are best effort: one that fails is logged and only widens that replay. Without
+    ``group_id`` nothing is committed.
+
+    ``consumer_config`` is passed to librdkafka (SASL, TLS, timeouts...); this transform owns
+    ``bootstrap.servers``, ``group.id``, ``enable.auto.commit`` and ``enable.partition.eof``.
+    An unreachable broker is waited for (librdkafka reconnects by itself); a topic that does not
+    exist fails the pipeline with KafkaTopicNotFoundError.
+    """
+
+    def __init__(self, bootstrap_servers: str, topic: str, group_id: str | None = None,
+                 offset_reset: str = "earliest", consumer_config: dict | None = None, *,
+                 start_offsets: dict[int, int] | None = None,
+                 stop_offsets: dict[int, int] | None = None,
+                 start_timestamp_ms: int | None = None, stop_timestamp_ms: int | None = None,
+                 max_delay_ms: int = 1000):
+        super().__init__()
+        if offset_reset not in ("earliest", "latest"):
+            raise ValueError(f"offset_reset must be 'earliest' or 'latest', not {offset_reset!r}")
+        if start_offsets is not None and start_timestamp_ms is not None:
+            raise ValueError("give start_offsets or start_timestamp_ms, not both")
+        if stop_offsets is not None and stop_timestamp_ms is not None:
+            raise ValueError("give stop_offsets or stop_timestamp_ms, not both")
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.group_id = group_id
+        self.offset_reset = offset_reset
+        self.consumer_config = dict(consumer_config or {})
+        self.start_offsets = dict(start_offsets) if start_offsets is not None else None
+        self.stop_offsets = dict(stop_offsets) if stop_offsets is not None else None
+        self.start_timestamp_ms = start_timestamp_ms
+        self.stop_timestamp_ms = stop_timestamp_ms
+        self.max_delay_ms = max_delay_ms
+
+    @property
+    def bounded(self) -> bool:
+        return self.stop_offsets is not None or self.stop_timestamp_ms is not None
+
+    def _config(self) -> dict:
+        return {
+            "auto.offset.reset": self.offset_reset,
+            # The end-of-partition event that marks "caught up" comes one empty fetch after the
+            # last message; the broker holds an empty fetch this long (librdkafka: 500 ms).
+            "fetch.wait.max.ms": 100,
+            **self.consumer_config,
+            "bootstrap.servers": self.bootstrap_servers,
+            # librdkafka wants a group.id even for assign(); nothing is committed without one.
+            "group.id": self.group_id or "beam-kafka-read-uncommitted",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+
+    def expand(self, pbegin):
+        config = self._config()
+        spec = _ReadSpec(self.topic, self.group_id, self.offset_reset, self.start_offsets,
+                         self.stop_offsets, self.start_timestamp_ms, self.stop_timestamp_ms,
+                         self.bounded)
+        read_fn = (_ReadPartitionFn if self.bounded else _ReadLivePartitionFn)(
+            config, commit=self.group_id is not None, max_delay_ms=self.max_delay_ms)
+        return (
+            pbegin
+            | "Impulse" >> beam.Impulse()
+            | "Partitions" >> beam.ParDo(_PlanPartitionsFn(spec, config))
+            | "Read" >> beam.ParDo(read_fn).with_output_types(KafkaMessage))
+
+    def __repr__(self) -> str:
+        return (f"ReadFromKafka(bootstrap_servers={self.bootstrap_servers!r}, "
+                f"topic={self.topic!r}, group_id={self.group_id!r}, "
+                f"consumer_config={mask_config(self.consumer_config)!r})")
+
+    def display_data(self) -> dict:
+        return {"bootstrap_servers": self.bootstrap_servers, "topic": self.topic,
+                "group_id": DisplayDataItem(self.group_id).drop_if_none(),
+                "consumer_config": str(mask_config(self.consumer_config)),
+                "bounded": self.bounded}
+
+
+@dataclasses.dataclass(frozen=True)
+class _ReadSpec:
+    """What the planning step needs from a ReadFromKafka (a plain value, cheap to pickle)."""
+    topic: str
+    group_id: Optional[str]
+    offset_reset: str
+    start_offsets: Optional[dict]
+    stop_offsets: Optional[dict]
+    start_timestamp_ms: Optional[int]
+    stop_timestamp_ms: Optional[int]
+    bounded: bool
+
+
+class _PlanPartitionsFn(beam.DoFn):
+    """impulse -> one _PartitionRead per partition of the topic, resolved at run time."""
+
+    def __init__(self, spec: _ReadSpec, config: dict):
+        self._spec = spec
+        self._config = config
+
+    def process(self, _):
+        spec, secrets = self._spec, _Secrets(self._config)
+        consumer = _client(Consumer, self._config, secrets)
+        try:
+            partitions = _retry("metadata", lambda: _partitions(consumer, spec.topic), secrets)
+            if spec.stop_offsets is not None:
+                missing = sorted(set(partitions) - set(spec.stop_offsets))
+                if missing:
+                    raise ValueError(f"stop_offsets has no offset for partitions {missing} "
+                                     f"of topic {spec.topic!r}")
+            starts = _retry("offset lookup", lambda: _start_offsets(consumer, spec, partitions),
+                            secrets)
+        finally:
+            consumer.close()
+        for p in partitions:
+            stop = spec.stop_offsets[p] if spec.stop_offsets is not None else UNBOUNDED
+            yield _PartitionRead(spec.topic, p, min(starts[p], stop), stop,
+                                 spec.start_timestamp_ms, spec.stop_timestamp_ms, spec.bounded)
+
+
+def _partitions(consumer: Consumer, topic: str) -> list[int]:
+    meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    if meta is not None and meta.error is not None:
+        if meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            raise KafkaTopicNotFoundError(f"Kafka topic {topic!r} does not exist")
+        raise KafkaException(meta.error)
+    if meta is None or not meta.partitions:
+        raise KafkaException(KafkaError(KafkaError.LEADER_NOT_AVAILABLE,
+                                        f"no partitions yet for topic {topic!r}"))
+    return sorted(meta.partitions)
+
+
+def _start_offsets(consumer: Consumer, spec: _ReadSpec, partitions: list[int]) -> dict:
+    """Each partition's first offset (see ReadFromKafka for the order of precedence)."""
+    tps = [TopicPartition(spec.topic, p) for p in partitions]
+    starts = {}
+    if spec.start_offsets is not None:
+        starts = {p: o for p, o in spec.start_offsets.items() if p in partitions}
+    elif spec.start_timestamp_ms is not None:
+        found = consumer.offsets_for_times(
+            [TopicPartition(spec.topic, p, spec.start_timestamp_ms) for p in partitions],
+            timeout=10)
+        # -1: no message that late yet; such a partition starts at its end (below).
+        starts = {tp.partition: tp.offset for tp in found if tp.offset >= 0}
+    if spec.group_id is not None and spec.start_timestamp_ms is None:
+        for tp in consumer.committed(tps, timeout=10):
+            if tp.offset >= 0:
+                starts.setdefault(tp.partition, tp.offset)
+    to_end = spec.offset_reset == "latest" or spec.start_timestamp_ms is not None
+    for tp in tps:
+        if tp.partition not in starts:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            starts[tp.partition] = high if to_end else low
+    return starts
+
+
+class _PartitionTracker(OffsetRestrictionTracker):
+    """An offset range that refuses fractional splits of an open-ended range (splitting
+    [n, sys.maxsize) in half would make a restriction of offsets that will never exist);
+    checkpoints (fraction 0) still work."""
+
+    def try_split(self, fraction_of_remainder):
+        if self.current_restriction().stop == UNBOUNDED and fraction_of_remainder > 0:
+            return None
+        return super().try_split(fraction_of_remainder)
+
+
+class _Restrictions(RestrictionProvider):
+    def initial_restriction(self, element: _PartitionRead):
+        return OffsetRange(element.start, element.stop)
+
+    def create_tracker(self, restriction):
+        return _PartitionTracker(restriction)
+
+    def restriction_size(self, element, restriction):
+        return restriction.size()
+
+    def truncate(self, element, restriction):
+        # On drain a live read stops at its next checkpoint; a bounded one finishes.
+        return restriction if element.bounded else None
+
+
+class _Watermarks(WatermarkEstimatorProvider):
+    def initial_estimator_state(self, element, restriction):
+        return None
+
+    def create_watermark_estimator(self, estimator_state):
+        return ManualWatermarkEstimator(estimator_state)
+
+
+def _advance(estimator: ManualWatermarkEstimator, ms: int) -> None:
+    candidate = Timestamp(micros=ms * 1000)
+    current = estimator.current_watermark()
+    if current is None or candidate > current:
+        estimator.set_watermark(candidate)
+
+
+def _finish(tracker) -> None:
+    """Mark the rest of the restriction done: claiming its stop fails and ends the range."""
+    tracker.try_claim(tracker.current_restriction().stop)
+
+
+class _ReadPartitionFn(beam.DoFn):
+    """_PartitionRead -> KafkaMessage, for the offsets its restriction covers."""
+
+    BATCH = 500  # messages per consume() call
+    POLL_S = 0.1  # consume() waits this long when fewer than BATCH messages are ready
+    MAX_PROCESS_S = 1.0  # then checkpoint, so bundles end and offsets get committed
+    RESUME_AFTER = Duration(micros=200_000)  # how soon a checkpointed read asks to go on
+
+    def __init__(self, config: dict, commit: bool, max_delay_ms: int):
+        self._config = config
+        self._commit = commit
+        self._max_delay_ms = max_delay_ms
+
+    def setup(self):
+        self._secrets = _Secrets(self._config)
+        self._consumer = _client(Consumer, self._config, self._secrets)
+
+    def start_bundle(self):
+        self._claimed: dict[tuple[str, int], int] = {}  # next offset per partition, this bundle
+        self._finalizer_registered = False
+
+    # The finalizer comes first: Beam passes it by position and the other two by keyword.
+    def process(self, part: _PartitionRead,
+                finalizer=beam.DoFn.BundleFinalizerParam,
+                tracker=beam.DoFn.RestrictionParam(_Restrictions()),
+                watermark=beam.DoFn.WatermarkEstimatorParam(_Watermarks())):
+        if self._commit and not self._finalizer_registered:
+            finalizer.register(functools.partial(self._commit_offsets, self._claimed))
+            self._finalizer_registered = True
+        start = tracker.current_restriction().start
+        if start >= tracker.current_restriction().stop:
+            return
+        # Assign on every call: the restriction may have moved here from another instance, and
+        # a fresh fetch is what yields a current end-of-partition event.
+        self._consumer.assign([TopicPartition(part.topic, part.partition, start)])
+        deadline = time.monotonic() + self.MAX_PROCESS_S
+        at_end = False
+        while not at_end and time.monotonic() < deadline:
+            for msg in self._consumer.consume(self.BATCH, timeout=self.POLL_S):
+                err = msg.error()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        self._on_error(err)
+                    elif msg.offset() >= tracker.current_restriction().stop:
+                        _finish(tracker)  # nothing left below the stop (offsets can have gaps)
+                        return
+                    else:
+                        at_end = True
+                    continue
+                at_end = False
+                offset = msg.offset()
+                if offset < start:
+                    continue  # delivered again after an offset reset; claimed already
+                ts_type, ts = msg.timestamp()
+                if ts_type == TIMESTAMP_NOT_AVAILABLE or ts < 0:
+                    ts = int(time.time() * 1000)
+                if part.stop_ts_ms is not None and ts >= part.stop_ts_ms:
+                    _finish(tracker)
+                    return
+                if not tracker.try_claim(offset):
+                    return
+                start = offset + 1
+                self._claimed[(part.topic, part.partition)] = start
+                if part.start_ts_ms is None or ts >= part.start_ts_ms:
+                    _advance(watermark, ts - self._max_delay_ms)
+                    yield beam.window.TimestampedValue(
+                        KafkaMessage(part.topic, part.partition, offset, msg.key(), msg.value(),
+                                     ts),
+                        Timestamp(micros=ts * 1000))
+                if start >= tracker.current_restriction().stop:  # claimed the last offset
+                    return
+        if at_end:  # caught up with what the broker has
+            now_ms = int(time.time() * 1000)
+            if part.stop_ts_ms is not None and now_ms >= part.stop_ts_ms + self._max_delay_ms:
+                _finish(tracker)
+                return
+            _advance(watermark, now_ms - self._max_delay_ms)
+        tracker.defer_remainder(self.RESUME_AFTER)
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            raise KafkaException(self._secrets.scrub(err.str()))
+        # Anything else (broker down, leader moving...) librdkafka retries by itself.
+        _LOG.warning("Kafka consumer: %s", self._secrets.scrub(err.str()))
+
+    def _commit_offsets(self, claimed: dict) -> None:
+        """Bundle finalization: the bundle's outputs are committed, so its offsets may be."""
+        if not claimed:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in claimed.items()]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as e:
+            # Not fatal: an uncommitted offset only means a replay after a restart.
+            _LOG.warning("Kafka offset commit failed: %s", self._secrets.scrub(e))
+
+    def teardown(self):
+        consumer, self._consumer = getattr(self, "_consumer", None), None
+        if consumer is not None:
+            consumer.close()
+
+
+def _unbounded(process):
+    """``process`` marked unbounded-per-element. The mark is an attribute on the function
+    object, so it goes on a wrapper (Beam finds the parameters through functools.wraps)."""
+    @functools.wraps(process)
+    def wrapper(*args, **kwargs):
+        return process(*args, **kwargs)
+    return beam.DoFn.unbounded_per_element()(wrapper)
+
+
+class _ReadLivePartitionFn(_ReadPartitionFn):
+    """The same reader, declared unbounded so runners treat its output as a stream."""
+    process = _unbounded(_ReadPartitionFn.process)
+
+
+# ---------------------------------------------------------------------------------------------
+# WriteToKafka
+
+
+class WriteToKafka(beam.PTransform):
+    """Writes (key: bytes | None, value: bytes) pairs to a topic; outputs nothing.
+
+    One idempotent producer per DoFn instance (``enable.idempotence`` defaults to true; set it
+    in ``producer_config`` to override). Every bundle ends with a flush, and fails with
+    KafkaDeliveryError if any of its records was not acknowledged, so the runner retries it:
+    at-least-once into Kafka (a retried bundle can write some records twice).
+    """
+
+    def __init__(self, bootstrap_servers: str, topic: str, producer_config: dict | None = None):
+        super().__init__()
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.producer_config = dict(producer_config or {})
+
+    def expand(self, pcoll):
+        config = {"enable.idempotence": True, **self.producer_config,
+                  "bootstrap.servers": self.bootstrap_servers}
+        return pcoll | "Produce" >> beam.ParDo(_ProduceFn(config, self.topic))
+
+    def __repr__(self) -> str:
+        return (f"WriteToKafka(bootstrap_servers={self.bootstrap_servers!r}, "
+                f"topic={self.topic!r}, producer_config={mask_config(self.producer_config)!r})")
+
+    def display_data(self) -> dict:
+        return {"bootstrap_servers": self.bootstrap_servers, "topic": self.topic,
+                "producer_config": str(mask_config(self.producer_config))}
+
+
+class _ProduceFn(beam.DoFn):
+    FLUSH_STEP_S = 1.0
+
+    def __init__(self, config: dict, topic: str):
+        self._config = config
+        self._topic = topic
+
+    def setup(self):
+        self._secrets = _Secrets(self._config)
+        self._producer = _client(Producer, self._config, self._secrets)
+
+    def start_bundle(self):
+        self._failures: list[KafkaError] = []
+
+    def _on_delivery(self, err, msg):
+        if err is not None:
+            self._failures.append(err)
+
+    def process(self, element):
+        key, value = element
+        while True:
+            try:
+                self._producer.produce(self._topic, value=value, key=key,
+                                       on_delivery=self._on_delivery)
+                break
+            except BufferError:  # local queue full: wait for deliveries to drain it
+                self._producer.poll(0.1)
+        self._producer.poll(0)
+
+    def finish_bundle(self):
+        # flush() returns what is still queued; librdkafka fails records only after
+        # message.timeout.ms, so this waits out a broker outage up to that limit.
+        while self._producer.flush(self.FLUSH_STEP_S) > 0:
+            pass
+        if self._failures:
+            first, n = self._failures[0], len(self._failures)
+            self._failures = []
+            raise KafkaDeliveryError(f"{n} record(s) not delivered to {self._topic!r}: "
+                                     f"{self._secrets.scrub(first.str())}")
+
+    def teardown(self):
+        producer, self._producer = getattr(self, "_producer", None), None
+        if producer is not None:
+            producer.flush(5)
