@@ -70,26 +70,39 @@ def metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
 def to_onnx(estimator, feature_graph: onnx.ModelProto) -> onnx.ModelProto:
     """One ONNX model from raw columns to ``score`` [rows] float64: the feature graph, then the estimator.
 
-    The estimator runs in float64, as scikit-learn does: its split thresholds sit between float32
-    feature values, and rounded to float32 they send some rows down the other branch.
+    The estimator is exported in float64 where skl2onnx can (as HistGradientBoosting and linear
+    models compute): split thresholds sit between float32 feature values, and rounded to float32
+    they send rows down the other branch. Otherwise (IsolationForest, whose trees scikit-learn
+    runs in float32 too) in float32. Training checks the result against scikit-learn either way.
     """
-    from skl2onnx import to_onnx as skl_to_onnx
-
     width = feature_graph.graph.output[0].type.tensor_type.shape.dim[1].dim_value
-    options = {id(estimator): {"zipmap": False}} if is_classifier(estimator) else None
-    model = skl_to_onnx(estimator, np.zeros((1, width), np.float64), target_opset=dict(ONNX_OPSETS), options=options)
+    model, dtype = _convert(estimator, width)
     model.ir_version = ONNX_IR_VERSION
     del model.opset_import[:]  # skl2onnx asks for older ai.onnx.ml versions; these ops are the same in 3
     model.opset_import.extend(helper.make_opsetid(domain, version) for domain, version in ONNX_OPSETS.items())
     features = onnx.ModelProto()
     features.CopyFrom(feature_graph)
-    features.graph.node.append(helper.make_node("Cast", [FEATURES_OUTPUT], ["features_float64"], to=TensorProto.DOUBLE))
-    del features.graph.output[:]
-    features.graph.output.append(helper.make_tensor_value_info("features_float64", TensorProto.DOUBLE, ["rows", width]))
-    merged = onnx.compose.merge_models(features, model, io_map=[("features_float64", model.graph.input[0].name)])
+    if dtype == TensorProto.DOUBLE:
+        features.graph.node.append(helper.make_node("Cast", [FEATURES_OUTPUT], ["features_float64"], to=dtype))
+        del features.graph.output[:]
+        features.graph.output.append(helper.make_tensor_value_info("features_float64", dtype, ["rows", width]))
+    merged = onnx.compose.merge_models(features, model, io_map=[(features.graph.output[0].name,
+                                                                 model.graph.input[0].name)])
     _append_score_head(merged.graph, estimator)
     onnx.checker.check_model(merged, full_check=True)
     return merged
+
+
+def _convert(estimator, width: int) -> tuple[onnx.ModelProto, int]:
+    from skl2onnx import to_onnx as skl_to_onnx
+
+    options = {id(estimator): {"zipmap": False}} if is_classifier(estimator) else None
+    try:
+        sample = np.zeros((1, width), np.float64)
+        return skl_to_onnx(estimator, sample, target_opset=dict(ONNX_OPSETS), options=options), TensorProto.DOUBLE
+    except RuntimeError:  # no float64 converter for this estimator
+        sample = np.zeros((1, width), np.float32)
+        return skl_to_onnx(estimator, sample, target_opset=dict(ONNX_OPSETS), options=options), TensorProto.FLOAT
 
 
 def _append_score_head(graph: onnx.GraphProto, estimator) -> None:

@@ -23,7 +23,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from models import registry
 from models.estimator import SCORE_OUTPUT, sklearn_scores
 from transforms.events import METRICS_NAMESPACE, EventBatch
-from transforms.features import raw_columns, transform_with_tft
+from transforms.features import raw_columns, tft_layer, transform_with_tft
 from transforms.spec import Spec
 
 Columns = dict[str, np.ndarray]
@@ -71,16 +71,20 @@ class OnnxScoreHandler(_ScoreHandler):
         return "rtml_onnx"
 
 
+class _SklearnModel:
+    def __init__(self, estimator, layer):
+        self.estimator, self.layer = estimator, layer
+
+
 class SklearnScoreHandler(_ScoreHandler):
     def load_model(self):
         import joblib
 
         version = registry.load(self._model_dir, self._version)
-        return joblib.load(version.file("estimator.joblib")), str(version.file("transform"))
+        return _SklearnModel(joblib.load(version.file("estimator.joblib")), tft_layer(str(version.file("transform"))))
 
-    def _score(self, model, columns: Columns) -> np.ndarray:
-        estimator, transform_dir = model
-        return sklearn_scores(estimator, transform_with_tft(transform_dir, self._spec, columns))
+    def _score(self, model: _SklearnModel, columns: Columns) -> np.ndarray:
+        return sklearn_scores(model.estimator, transform_with_tft(model.layer, self._spec, columns))
 
     def get_metrics_namespace(self) -> str:
         return "rtml_sklearn"

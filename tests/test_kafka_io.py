@@ -26,7 +26,7 @@ from apache_beam.transforms.display import DisplayData
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from tests.kafka_broker import KafkaBroker, free_port
+from transforms.kafka_broker import KafkaBroker, free_port
 from transforms.kafka import KafkaMessage, ReadFromKafka, WriteToKafka, mask_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -35,7 +35,7 @@ class Raw(NamedTuple):
     ``{"topic": ..., "partition": p, "offset": o}``.
     """
 
-    payload: bytes | dict
+    payload: bytes | dict | None  # None: a Kafka message without a value (a tombstone)
     source: dict
 
 
@@ -59,9 +59,11 @@ class EventParser:
         self._checks = [(f.name, f.required or (require_label and f.name == spec.label), _check_for(f))
                         for f in spec.fields]
 
-    def parse(self, payload: bytes | dict) -> tuple[dict, int] | str:
+    def parse(self, payload: bytes | dict | None) -> tuple[dict, int] | str:
         if isinstance(payload, dict):
             return self._validate(payload)
+        if payload is None:
+            return "no value (a null Kafka message value)"
         if len(payload) > MAX_EVENT_BYTES:
             return "event larger than 1 MiB"
         try:
@@ -181,9 +183,12 @@ def _time_us(value: str | datetime.datetime) -> int:
     return (moment - _EPOCH) // _MICROSECOND
 
 
-def dead_letter(payload: bytes | dict, error: str, source: dict, spec_name: str) -> dict:
+def dead_letter(payload: bytes | dict | None, error: str, source: dict, spec_name: str) -> dict:
     """The contract's dead-letter record: reason, where it came from, and the raw input (cut if long)."""
-    raw = payload if isinstance(payload, bytes) else json.dumps(payload, default=str).encode("utf-8")
+    if payload is None:
+        raw = b""
+    else:
+        raw = payload if isinstance(payload, bytes) else json.dumps(payload, default=str).encode("utf-8")
     kept = raw[:MAX_RAW_BYTES_KEPT]
     try:
         text, encoding = kept.decode("utf-8"), "utf-8"

@@ -173,13 +173,17 @@ def _instances(batch: EventBatch, spec: Spec):
         yield dict(zip(names, row))
 
 
-def transform_with_tft(transform_dir: str, spec: Spec, columns: dict[str, np.ndarray],
-                       batch_size: int = 8192) -> np.ndarray:
-    """tensorflow-transform's own output for raw columns, as the model input matrix (float32)."""
-    import tensorflow as tf
+def tft_layer(transform_dir: str):
+    """tensorflow-transform's Keras layer applying the artifact in ``transform_dir``."""
     import tensorflow_transform as tft
 
-    layer = tft.TFTransformOutput(transform_dir).transform_features_layer()
+    return tft.TFTransformOutput(transform_dir).transform_features_layer()
+
+
+def transform_with_tft(layer, spec: Spec, columns: dict[str, np.ndarray], batch_size: int = 8192) -> np.ndarray:
+    """tensorflow-transform's own output for raw columns, as the model input matrix (float32)."""
+    import tensorflow as tf
+
     rows = len(next(iter(columns.values())))
     blocks = []
     for start in range(0, rows, batch_size):

@@ -12,6 +12,11 @@ the pipeline finishes.
 ``WriteToKafka``: PCollection[(key: bytes | None, value: bytes)] -> nothing; a bundle finishes
 only once Kafka has acknowledged every record in it.
 
+``drain_live_reads()`` ends every live read running in this process at its next checkpoint (at
+most about a second), so an in-process runner (the DirectRunner) finishes the pipeline: the last
+bundles complete, their writes are flushed and their offsets committed. It is how a local
+streaming job stops cleanly; a distributed runner drains or cancels the job its own way.
+
 Settings whose name contains password, secret, sasl.jaas, ssl.key or token are masked in reprs,
 display data, log lines and error messages raised here.
 """
@@ -21,6 +26,7 @@ import dataclasses
 import functools
 import logging
 import sys
+import threading
 import time
 from typing import NamedTuple, Optional
 
@@ -34,7 +40,7 @@ from confluent_kafka import (TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Kafk
                              Producer, TopicPartition)
 
 __all__ = ["KafkaMessage", "ReadFromKafka", "WriteToKafka", "KafkaTopicNotFoundError",
-           "KafkaDeliveryError", "mask_config"]
+           "KafkaDeliveryError", "mask_config", "drain_live_reads", "reset_drain"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -138,6 +144,28 @@ def _retry(what: str, fn, secrets: _Secrets, pause_s: float = 1.0):
                 raise KafkaException(secrets.scrub(e)) from None
             _LOG.warning("Kafka %s failed (%s); retrying", what, secrets.scrub(err.str()))
             time.sleep(pause_s)
+
+
+# ---------------------------------------------------------------------------------------------
+# Draining live reads in this process
+
+_DRAIN = threading.Event()
+
+
+def drain_live_reads() -> None:
+    """Ask every live (unbounded) read in this process to end at its next checkpoint.
+
+    Each one stops claiming records, so what it already emitted is processed, written and
+    committed (bundle finalization) and then its partition read is done; once all are, the
+    pipeline ends. Only for runners that execute the DoFns in this process (DirectRunner
+    in_memory or multi_threading); it has no effect on workers elsewhere.
+    """
+    _DRAIN.set()
+
+
+def reset_drain() -> None:
+    """Let live reads started from now on run again (after a drain in this process)."""
+    _DRAIN.clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,12 +447,18 @@ class _ReadPartitionFn(beam.DoFn):
         start = tracker.current_restriction().start
         if start >= tracker.current_restriction().stop:
             return
+        draining = _DRAIN.is_set if not part.bounded else (lambda: False)
+        if draining():
+            _finish(tracker)
+            return
         # Assign on every call: the restriction may have moved here from another instance, and
         # a fresh fetch is what yields a current end-of-partition event.
         self._consumer.assign([TopicPartition(part.topic, part.partition, start)])
         deadline = time.monotonic() + self.MAX_PROCESS_S
         at_end = False
         while not at_end and time.monotonic() < deadline:
+            if draining():
+                break
             for msg in self._consumer.consume(self.BATCH, timeout=self.POLL_S):
                 err = msg.error()
                 if err is not None:
@@ -458,6 +492,9 @@ class _ReadPartitionFn(beam.DoFn):
                         Timestamp(micros=ts * 1000))
                 if start >= tracker.current_restriction().stop:  # claimed the last offset
                     return
+        if draining():  # what was claimed so far goes on through the pipeline; nothing more
+            _finish(tracker)
+            return
         if at_end:  # caught up with what the broker has
             now_ms = int(time.time() * 1000)
             if part.stop_ts_ms is not None and now_ms >= part.stop_ts_ms + self._max_delay_ms:

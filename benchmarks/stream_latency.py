@@ -1,0 +1,244 @@
+"""End-to-end latency of ``python -m pipelines.score --mode stream`` over Kafka, and the highest
+rate it sustains.
+
+    .venv/bin/python benchmarks/stream_latency.py                      # 2,000 events/s for 30 s
+    .venv/bin/python benchmarks/stream_latency.py --search             # then 60 s trials at rising rates
+
+Starts a local Tansu broker (or uses --bootstrap_servers), trains a small fraud model into
+benchmarks/data/stream-model if there is none there, starts the stream scorer as a subprocess
+(DirectRunner), then produces generated fraud events into a 3-partition topic at a steady rate,
+each message stamped with its produce time (Kafka CreateTime). A consumer reads the output
+topic; latency per event is the output message's timestamp (the time the scorer produced it)
+minus the input message's timestamp, and also the time the checker consumed it minus the input
+timestamp. Backlog = events produced - events scored, sampled every second.
+
+A rate is *sustained* when every event is scored within 10 s of the end of production and the
+backlog does not grow: its mean over the last quarter of the trial is at most 1.5x its mean over
+the second quarter plus half a second of events.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import orjson  # noqa: E402
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+
+from pipelines import generate  # noqa: E402
+from transforms.kafka_broker import KafkaBroker, create_topic  # noqa: E402
+
+DEFAULT_MODEL_DIR = ROOT / "benchmarks" / "data" / "stream-model"
+_QUIET = logging.getLogger("benchmarks.stream_latency.librdkafka")
+_QUIET.setLevel(logging.CRITICAL)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def ensure_model(model_dir: pathlib.Path) -> None:
+    if (model_dir / "CURRENT").exists():
+        return
+    from pipelines import train
+
+    print(f"training a small fraud model into {model_dir} (once) ...", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        generate.generate("fraud", 3, pathlib.Path(tmp) / "data", datetime.date(2026, 3, 1), 1500, 0.0, 7,
+                          compress=False)
+        train.run(["--spec", "fraud", "--input", f"{tmp}/data/*/*.jsonl", "--model_dir", str(model_dir),
+                   "--dead_letter", f"{tmp}/dead"])
+
+
+class OutputReader(threading.Thread):
+    """Consumes the output topic; per event id: (output message timestamp, consume time) in ms."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        super().__init__(daemon=True, name="output-reader")
+        self.seen: dict[str, tuple[int, int]] = {}
+        self.counts: dict[str, int] = {}  # events seen per trial label
+        self._stop = threading.Event()
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-check-{uuid.uuid4().hex[:6]}",
+                                   "enable.auto.commit": False, "fetch.wait.max.ms": 10}, logger=_QUIET)
+        self._consumer.assign([TopicPartition(topic, 0, 0)])
+
+    def run(self):
+        while not self._stop.is_set():
+            for message in self._consumer.consume(2000, 0.05):
+                if message.error() is None:
+                    consumed = _now_ms()
+                    event_id = orjson.loads(message.value())["event_id"]
+                    if event_id not in self.seen:
+                        self.seen[event_id] = (message.timestamp()[1], consumed)
+                        label = event_id.rsplit("-", 1)[0]
+                        self.counts[label] = self.counts.get(label, 0) + 1
+        self._consumer.close()
+
+    def stop(self):
+        self._stop.set()
+        self.join(10)
+
+
+def run_trial(bootstrap: str, topic: str, reader: OutputReader, events: list[dict], rate: float, seconds: float,
+              label: str) -> dict:
+    """Produce ``rate`` events/s for ``seconds``; wait for them to be scored; the trial's figures."""
+    total = int(rate * seconds)
+    produced_at: dict[str, int] = {}
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "queue.buffering.max.messages": 1_000_000},
+                        logger=_QUIET)
+    ids = [f"{label}-{i:07d}" for i in range(total)]
+    backlog: list[int] = []
+    started = time.monotonic()
+    next_sample = started + 1.0
+    sent = 0
+    while sent < total:
+        due = min(total, int((time.monotonic() - started) * rate) + 1)
+        while sent < due:
+            event = dict(events[sent % len(events)], event_id=ids[sent])
+            ts = _now_ms()
+            producer.produce(topic, value=orjson.dumps(event), key=event["card_id"].encode(), timestamp=ts)
+            produced_at[ids[sent]] = ts
+            sent += 1
+        producer.poll(0)
+        if time.monotonic() >= next_sample:
+            backlog.append(sent - reader.counts.get(label, 0))
+            next_sample += 1.0
+        time.sleep(0.005)
+    producer.flush(30)
+    produce_s = time.monotonic() - started
+    end_of_production = time.monotonic()
+    deadline = end_of_production + 10.0
+    while time.monotonic() < deadline and reader.counts.get(label, 0) < total:
+        time.sleep(0.1)
+    drained_s = time.monotonic() - end_of_production
+    scored = [i for i in ids if i in reader.seen]
+    to_output = np.array([reader.seen[i][0] - produced_at[i] for i in scored], dtype=float)
+    to_consumer = np.array([reader.seen[i][1] - produced_at[i] for i in scored], dtype=float)
+    quarter = max(1, len(backlog) // 4)
+    early = float(np.mean(backlog[quarter:2 * quarter])) if len(backlog) >= 2 * quarter else 0.0
+    late = float(np.mean(backlog[-quarter:])) if backlog else 0.0
+    complete = len(scored) == total
+    return {
+        "label": label, "rate": rate, "seconds": seconds, "events": total, "achieved_rate": total / produce_s,
+        "scored": len(scored), "drain_s": drained_s if complete else float("nan"),
+        "p50": _pct(to_output, 50), "p99": _pct(to_output, 99), "max": float(to_output.max()) if scored else float("nan"),
+        "c50": _pct(to_consumer, 50), "c99": _pct(to_consumer, 99),
+        "backlog_early": early, "backlog_late": late, "backlog_max": max(backlog, default=0),
+        "sustained": complete and late <= 1.5 * early + 0.5 * rate,
+    }
+
+
+def _pct(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q)) if values.size else float("nan")
+
+
+def table(rows: list[dict]) -> str:
+    head = (f"{'trial':<10}{'target/s':>9}{'sent/s':>9}{'secs':>6}{'events':>8}{'scored':>8}{'p50 ms':>8}"
+            f"{'p99 ms':>8}{'max ms':>8}{'p50c ms':>9}{'p99c ms':>9}{'backlog q2':>11}{'q4':>7}{'max':>7}"
+            f"{'drain s':>8}  sustained")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['label']:<10}{r['rate']:>9,.0f}{r['achieved_rate']:>9,.0f}{r['seconds']:>6.0f}"
+                     f"{r['events']:>8,}{r['scored']:>8,}{r['p50']:>8.0f}{r['p99']:>8.0f}{r['max']:>8.0f}"
+                     f"{r['c50']:>9.0f}{r['c99']:>9.0f}{r['backlog_early']:>11,.0f}{r['backlog_late']:>7,.0f}"
+                     f"{r['backlog_max']:>7,}{r['drain_s']:>8.1f}  {'yes' if r['sustained'] else 'NO'}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=2000, help="events/s of the latency run (default 2000)")
+    parser.add_argument("--seconds", type=float, default=30, help="length of the latency run (default 30)")
+    parser.add_argument("--search", action="store_true",
+                        help="then look for the highest rate sustained for --search_seconds, from --rate up")
+    parser.add_argument("--search_seconds", type=float, default=60)
+    parser.add_argument("--search_rates", default="",
+                        help="comma-separated rates to try (default: --rate x1.5, x2.25 ... until one is not "
+                             "sustained, at most 5)")
+    parser.add_argument("--model_dir", default=str(DEFAULT_MODEL_DIR))
+    parser.add_argument("--bootstrap_servers", help="an existing cluster (default: a local Tansu broker)")
+    args = parser.parse_args(argv)
+
+    model_dir = pathlib.Path(args.model_dir)
+    ensure_model(model_dir)
+    broker = None if args.bootstrap_servers else KafkaBroker().start()
+    bootstrap = args.bootstrap_servers or broker.bootstrap
+    run_id = uuid.uuid4().hex[:6]
+    topics = (f"bench-in-{run_id}", f"bench-scored-{run_id}", f"bench-dead-{run_id}")
+    create_topic(bootstrap, topics[0], 3)
+    create_topic(bootstrap, topics[1], 1)
+    create_topic(bootstrap, topics[2], 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        generate.generate("fraud", 1, pathlib.Path(tmp) / "data", datetime.date(2026, 4, 1), 20_000, 0.0, 3,
+                          compress=False)
+        events = [orjson.loads(line) for line in
+                  (pathlib.Path(tmp) / "data" / "dt=2026-04-01" / "events.jsonl").read_bytes().splitlines()]
+
+    log = tempfile.NamedTemporaryFile(prefix="stream-scorer-", suffix=".log", delete=False)
+    scorer = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.score", "--mode", "stream", "--spec", "fraud", "--model_dir", str(model_dir),
+         "--bootstrap_servers", bootstrap, "--input_topic", topics[0], "--output_topic", topics[1],
+         "--dead_letter_topic", topics[2], "--group_id", f"bench-{run_id}", "--offset_reset", "earliest"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    reader = OutputReader(bootstrap, topics[1])
+    reader.start()
+    rows = []
+    try:
+        started = time.monotonic()
+        warm = run_trial(bootstrap, topics[0], reader, events, 20, 1, "warmup")
+        while warm["scored"] < warm["events"]:
+            if scorer.poll() is not None or time.monotonic() - started > 120:
+                raise RuntimeError(f"the scorer did not start; see {log.name}")
+            warm = run_trial(bootstrap, topics[0], reader, events, 20, 1, f"warmup{int(time.monotonic())}")
+        print(f"scorer ready after {time.monotonic() - started:.1f} s (log: {log.name}); "
+              f"producing {args.rate:,.0f} events/s for {args.seconds:g} s", flush=True)
+        rows.append(run_trial(bootstrap, topics[0], reader, events, args.rate, args.seconds, "latency"))
+        print(table(rows), flush=True)
+        if args.search:
+            rates = ([float(r) for r in args.search_rates.split(",") if r] if args.search_rates
+                     else [args.rate * 1.5 ** k for k in range(0, 5)])
+            for number, rate in enumerate(rates):
+                print(f"search: {rate:,.0f} events/s for {args.search_seconds:g} s ...", flush=True)
+                row = run_trial(bootstrap, topics[0], reader, events, rate, args.search_seconds, f"search{number}")
+                rows.append(row)
+                print(table(rows), flush=True)
+                if not row["sustained"] and not args.search_rates:
+                    break
+                time.sleep(5)  # let a backlog drain before the next trial
+            best = max((r["rate"] for r in rows[1:] if r["sustained"]), default=None)
+            print(f"highest rate sustained for {args.search_seconds:g} s: "
+                  + (f"{best:,.0f} events/s" if best else "none of those tried"), flush=True)
+    finally:
+        stop_started = time.monotonic()
+        if scorer.poll() is None:
+            scorer.send_signal(signal.SIGTERM)
+            try:
+                code = scorer.wait(35)
+            except subprocess.TimeoutExpired:
+                os.killpg(scorer.pid, signal.SIGKILL)
+                code = scorer.wait()
+            print(f"scorer stopped on SIGTERM in {time.monotonic() - stop_started:.1f} s, exit status {code}")
+        reader.stop()
+        if broker is not None:
+            broker.stop()
+    print(f"\n{table(rows)}\n(p50/p99/max: output message timestamp - input timestamp; "
+          f"p50c/p99c: checker's consume time - input timestamp; backlog: produced - scored, per second, "
+          f"mean over the 2nd and 4th quarter)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

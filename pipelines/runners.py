@@ -1,0 +1,95 @@
+"""Runner presets: defaults for Dataflow, Flink and Prism that a pipeline applies before it builds.
+
+A pipeline's ``run()`` calls ``apply_runner_presets(options)`` right after parsing its flags (and,
+for stream mode, after it has set ``--streaming``). Flags the user gave always win; a preset only
+fills a flag that was left at Beam's default.
+
+* DataflowRunner, streaming: ``--enable_streaming_engine``, ``--autoscaling_algorithm
+  THROUGHPUT_BASED`` and ``--max_num_workers 20``.
+* FlinkRunner: ``--flink_master localhost:8081`` (a running Flink cluster; Beam's own default,
+  ``[auto]``, downloads a job-server jar and starts an embedded cluster), ``--parallelism 4``,
+  ``--environment_type LOOPBACK`` for a master on this machine (``DOCKER`` otherwise, with
+  ``--sdk_container_image`` as its image when given), and for streaming
+  ``--checkpointing_interval 60000`` (ms; the flag is defined here, Flink's job server reads it).
+* PrismRunner: ``--prism_location`` (Beam's flag) defaults to ``$BEAM_PRISM_LOCATION`` or a
+  ``prism`` binary on PATH, so an offline machine need not download one; ``--environment_type
+  LOOPBACK``.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import urllib.parse
+
+from apache_beam.options.pipeline_options import (
+    FlinkRunnerOptions, GoogleCloudOptions, PipelineOptions, PortableOptions, PrismRunnerOptions, StandardOptions,
+    WorkerOptions)
+
+DATAFLOW_STREAMING_MAX_WORKERS = 20
+FLINK_MASTER = "localhost:8081"
+FLINK_PARALLELISM = 4
+FLINK_CHECKPOINTING_INTERVAL_MS = 60_000
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[local]", "[auto]"}
+
+
+class RunnerPresetOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--checkpointing_interval", type=int, default=None, metavar="MS",
+                            help="FlinkRunner: milliseconds between Flink checkpoints (default for streaming: "
+                                 f"{FLINK_CHECKPOINTING_INTERVAL_MS}; none for batch).")
+
+
+def _runner_name(options: PipelineOptions) -> str:
+    runner = options.view_as(StandardOptions).runner
+    if runner is None:
+        return "DirectRunner"
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    return name.rsplit(".", 1)[-1]
+
+
+def _given(options: PipelineOptions) -> set[str]:
+    """Names of the options whose values differ from their defaults: what the user set."""
+    return set(options.get_all_options(drop_default=True))
+
+
+def apply_runner_presets(options: PipelineOptions, streaming: bool | None = None) -> dict[str, object]:
+    """Fill the runner's preset flags the user left unset, in place; returns what was set.
+
+    ``streaming``: whether the pipeline will stream (default: ``--streaming``); it is also set.
+    """
+    runner, given, applied = _runner_name(options), _given(options), {}
+
+    def preset(view, name, value):
+        if name not in given:
+            setattr(options.view_as(view), name, value)
+            applied[name] = value
+
+    if streaming:
+        options.view_as(StandardOptions).streaming = True
+    streaming = options.view_as(StandardOptions).streaming
+    if runner in ("DataflowRunner", "TestDataflowRunner") and streaming:
+        preset(GoogleCloudOptions, "enable_streaming_engine", True)
+        preset(WorkerOptions, "autoscaling_algorithm", "THROUGHPUT_BASED")
+        preset(WorkerOptions, "max_num_workers", DATAFLOW_STREAMING_MAX_WORKERS)
+    elif runner == "FlinkRunner":
+        preset(FlinkRunnerOptions, "flink_master", FLINK_MASTER)
+        preset(FlinkRunnerOptions, "parallelism", FLINK_PARALLELISM)
+        master = options.view_as(FlinkRunnerOptions).flink_master
+        host = master if master.startswith("[") else urllib.parse.urlsplit(
+            master if "://" in master else f"http://{master}").hostname
+        if host in _LOCAL_HOSTS:
+            preset(PortableOptions, "environment_type", "LOOPBACK")
+        else:
+            preset(PortableOptions, "environment_type", "DOCKER")
+            image = options.view_as(WorkerOptions).sdk_container_image
+            if image:
+                preset(PortableOptions, "environment_config", image)
+        if streaming:
+            preset(RunnerPresetOptions, "checkpointing_interval", FLINK_CHECKPOINTING_INTERVAL_MS)
+    elif runner == "PrismRunner":
+        location = os.environ.get("BEAM_PRISM_LOCATION") or shutil.which("prism")
+        if location:
+            preset(PrismRunnerOptions, "prism_location", location)
+        preset(PortableOptions, "environment_type", "LOOPBACK")
+    return applied

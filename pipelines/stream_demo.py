@@ -1,0 +1,146 @@
+"""The self-contained demo of ``python -m pipelines.score --mode stream`` (no --bootstrap_servers).
+
+Starts a local Tansu broker, creates the topics (events with 3 partitions), trains a model on
+generated data when --model_dir holds none, produces generated events (1% broken) at a steady
+rate, runs the stream scorer against them and prints every scored record and dead letter as it
+arrives on the output topics; after --demo_seconds (or on SIGTERM / Ctrl-C) it stops the
+scorer cleanly, then the producer, the printer and the broker.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import pathlib
+import shutil
+import sys
+import tempfile
+import threading
+import time
+
+import orjson
+from apache_beam.options.pipeline_options import PipelineOptions
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from models import registry
+from pipelines import generate
+from pipelines.options import KafkaOptions, ModelOptions, SpecOptions
+from transforms.errors import UserError
+from transforms.kafka_broker import KafkaBroker
+from transforms.spec import load_spec
+
+INPUT_TOPIC, OUTPUT_TOPIC, DEAD_LETTER_TOPIC = "rtml-demo-events", "rtml-demo-scored", "rtml-demo-dead-letters"
+EVENTS_PER_SECOND = 25
+TRAIN_DAYS, TRAIN_EVENTS_PER_DAY = 3, 1500
+_QUIET = logging.getLogger("pipelines.stream_demo.librdkafka")
+_QUIET.setLevel(logging.CRITICAL)
+
+
+def _say(text: str) -> None:
+    print(f"[demo] {text}", file=sys.stderr, flush=True)
+
+
+def run_demo(options: PipelineOptions, test_pipeline=None) -> dict[str, int]:
+    from pipelines import score, train
+
+    spec = load_spec(options.view_as(SpecOptions).spec)
+    if spec.name not in generate.MODELS:
+        raise UserError(f"the stream demo generates events for the built-in specs only ({', '.join(generate.MODELS)}); "
+                        f"for --spec {options.view_as(SpecOptions).spec} give --bootstrap_servers and topics")
+    seconds = options.view_as(KafkaOptions).demo_seconds
+    if not seconds > 0:
+        raise UserError("--demo_seconds must be > 0")
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="rtml-stream-demo-"))
+    broker = KafkaBroker()
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    try:
+        try:
+            broker.start()
+        except FileNotFoundError as error:
+            raise UserError(f"the stream demo needs a local broker: {error}") from None
+        _say(f"started a local Kafka broker (Tansu, in memory) on {broker.bootstrap}")
+        broker.create_topic(INPUT_TOPIC, 3)
+        broker.create_topic(OUTPUT_TOPIC, 1)
+        broker.create_topic(DEAD_LETTER_TOPIC, 1)
+
+        model_dir = options.view_as(ModelOptions).model_dir or str(workdir / "model")
+        if not (pathlib.Path(model_dir) / registry.CURRENT).exists():
+            _say(f"no model in {model_dir}: training one on {TRAIN_DAYS} days of generated {spec.name} events "
+                 f"(about a minute). For a real one: python -m pipelines.generate --spec {spec.name} --days 14 "
+                 f"--out data/{spec.name} && python -m pipelines.train --spec {spec.name} "
+                 f"--input 'data/{spec.name}/*/*.jsonl' --model_dir models/{spec.name}")
+            generate.generate(spec.name, TRAIN_DAYS, workdir / "train", datetime.date(2026, 3, 1),
+                              TRAIN_EVENTS_PER_DAY, 0.0, 7, compress=False)
+            train.run(["--spec", spec.name, "--input", str(workdir / "train" / "*" / "*.jsonl"),
+                       "--model_dir", model_dir, "--dead_letter", str(workdir / "train_dead_letters")])
+
+        count = int(EVENTS_PER_SECOND * seconds) + EVENTS_PER_SECOND
+        generate.generate(spec.name, 1, workdir / "live", datetime.date(2026, 4, 1), max(count, 100), 0.01, 11,
+                          compress=False)
+        lines = (workdir / "live" / "dt=2026-04-01" / "events.jsonl").read_bytes().splitlines()
+        threads = [threading.Thread(target=_produce, args=(broker.bootstrap, lines, spec.entity_key, stop),
+                                    name="demo-producer", daemon=True),
+                   threading.Thread(target=_print_outputs, args=(broker.bootstrap, stop), name="demo-printer",
+                                    daemon=True)]
+        for thread in threads:
+            thread.start()
+        _say(f"producing {EVENTS_PER_SECOND} generated {spec.name} events/s (1% broken) to {INPUT_TOPIC}; scoring "
+             f"to {OUTPUT_TOPIC} and {DEAD_LETTER_TOPIC} for {seconds:g} s (Ctrl-C stops earlier)")
+        argv = [*options._flags, "--bootstrap_servers", broker.bootstrap, "--input_topic", INPUT_TOPIC,
+                "--output_topic", OUTPUT_TOPIC, "--dead_letter_topic", DEAD_LETTER_TOPIC,
+                "--group_id", "rtml-demo", "--offset_reset", "earliest", "--model_dir", model_dir]
+        totals = score._run_stream(PipelineOptions(argv), test_pipeline, stop_after_s=seconds,
+                                   on_stop=lambda: time.sleep(1.0))  # the printer catches the last records
+        return totals
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        _say("stopped the producer, the printer and the broker")
+
+
+def _produce(bootstrap: str, lines: list[bytes], entity_key: str, stop: threading.Event) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "message.max.bytes": 4 << 20},
+                        logger=_QUIET)
+    started = time.monotonic()
+    for number, line in enumerate(lines):
+        if stop.is_set():
+            break
+        delay = started + number / EVENTS_PER_SECOND - time.monotonic()
+        if delay > 0 and stop.wait(delay):
+            break
+        try:
+            key = orjson.loads(line).get(entity_key)
+        except (orjson.JSONDecodeError, AttributeError):
+            key = None
+        producer.produce(INPUT_TOPIC, value=line, key=key.encode("utf-8") if isinstance(key, str) else None)
+        producer.poll(0)
+    producer.flush(5)
+
+
+def _print_outputs(bootstrap: str, stop: threading.Event) -> None:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "rtml-demo-printer",
+                         "enable.auto.commit": False}, logger=_QUIET)
+    consumer.assign([TopicPartition(OUTPUT_TOPIC, 0, 0), TopicPartition(DEAD_LETTER_TOPIC, 0, 0)])
+    try:
+        while not stop.is_set():
+            for message in consumer.consume(200, 0.2):
+                if message.error() is None:
+                    _print_record(message.topic(), message.value())
+    finally:
+        consumer.close()
+
+
+def _print_record(topic: str, value: bytes) -> None:
+    record = orjson.loads(value)
+    if topic == OUTPUT_TOPIC:
+        flag = "ALERT" if record.get("alert") else "     "
+        print(f"scored      {flag} {record.get('score'):.4f}  "
+              + "  ".join(f"{k}={v}" for k, v in record.items() if k not in ("score", "alert", "model_version")),
+              flush=True)
+    else:
+        source = record.get("source", {})
+        print(f"dead letter  {record.get('error')}  (partition {source.get('partition')}, "
+              f"offset {source.get('offset')})", flush=True)

@@ -1,0 +1,143 @@
+"""The event parser and validator: property-based (hypothesis) and the contract's named cases."""
+import base64
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from transforms.events import MAX_EVENT_BYTES, MAX_RAW_BYTES_KEPT, EventParser, dead_letter
+from transforms.spec import load_spec
+
+FRAUD = load_spec("fraud")
+SENSOR = load_spec("sensor")
+PARSERS = {"fraud": EventParser(FRAUD), "sensor": EventParser(SENSOR)}
+
+times = st.builds(
+    "{:04d}-{:02d}-{:02d}T{:02d}:{:02d}:{:02d}{}{}".format,
+    st.integers(1971, 2099), st.integers(1, 12), st.integers(1, 28), st.integers(0, 23), st.integers(0, 59),
+    st.integers(0, 59), st.sampled_from(["", ".1", ".120", ".123456"]), st.sampled_from(["Z", "+02:00", "-05:30"]))
+text = st.text(st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=20)
+fraud_events = st.fixed_dictionaries({
+    "event_id": text, "event_time": times, "card_id": text, "merchant_id": st.text(max_size=10),
+    "merchant_category": st.text(max_size=10),
+    "amount": st.floats(min_value=0.01, max_value=1e9, allow_nan=False) | st.integers(1, 10**12),
+    "currency": st.from_regex(r"[A-Za-z]{3}", fullmatch=True), "country": st.from_regex(r"[A-Za-z]{2}", fullmatch=True),
+    "channel": st.sampled_from(["pos", "online", "atm"]),
+}, optional={"is_fraud": st.sampled_from([0, 1]), "extra": st.integers()})
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=500)
+def test_any_bytes_give_an_event_or_a_one_line_reason(payload):
+    for parser in PARSERS.values():
+        result = parser.parse(payload)
+        if isinstance(result, str):
+            assert result and "\n" not in result
+        else:
+            assert isinstance(result[0], dict) and isinstance(result[1], int)
+
+
+@given(st.recursive(st.none() | st.booleans() | st.floats() | st.integers() | st.text(),
+                    lambda children: st.lists(children) | st.dictionaries(st.text(), children), max_leaves=20))
+def test_any_json_value_gives_an_event_or_a_one_line_reason(value):
+    result = PARSERS["fraud"].parse(json.dumps(value).encode())
+    assert isinstance(result, str) and "\n" not in result
+
+
+@given(fraud_events)
+@settings(max_examples=300)
+def test_valid_events_are_accepted_with_their_time(event):
+    parsed = PARSERS["fraud"].parse(json.dumps(event).encode())
+    assert not isinstance(parsed, str), parsed
+    import datetime
+    expected = datetime.datetime.fromisoformat(event["event_time"]).timestamp() * 1e6
+    assert parsed[0] == event and abs(parsed[1] - expected) < 1
+
+
+@given(fraud_events, st.sampled_from(["event_id", "event_time", "card_id", "amount", "currency", "country", "channel"]),
+       st.sampled_from(["missing", "null", "wrong type"]))
+def test_a_broken_required_field_is_named(event, field, how):
+    if how == "missing":
+        del event[field]
+    elif how == "null":
+        event[field] = None
+    else:
+        event[field] = [1] if field != "amount" else "12.50"
+    reason = PARSERS["fraud"].parse(json.dumps(event).encode())
+    assert isinstance(reason, str) and reason.startswith(f"{field}: ")
+
+
+GOOD = json.dumps({"event_id": "e", "event_time": "2026-03-16T09:14:03.120Z", "card_id": "c", "merchant_id": "m",
+                   "merchant_category": "x", "amount": 5, "currency": "EUR", "country": "FR", "channel": "pos"})
+
+
+@pytest.mark.parametrize("line, reason", [
+    (GOOD.replace('"amount": 5', '"amount": NaN'), "amount: must be a finite number > 0"),
+    (GOOD.replace('"amount": 5', '"amount": Infinity'), "amount: must be a finite number > 0"),
+    (GOOD.replace('"amount": 5', '"amount": -Infinity'), "amount: must be a finite number > 0"),
+    (GOOD.replace('"amount": 5', '"amount": 1e999'), "amount: must be a finite number > 0"),
+    (GOOD.replace('"amount": 5', '"amount": ' + "9" * 400), "amount: must be a finite number > 0"),
+    (GOOD.replace('"amount": 5', '"amount": 0'), "amount: must be a finite number > 0"),
+    (GOOD.replace('"amount": 5', '"amount": true'), "amount: must be a finite number > 0"),
+    (GOOD.replace('"amount": 5', '"amount": "5"'), "amount: must be a finite number > 0"),
+    (GOOD.replace("09:14:03.120Z", "09:14:03"), "event_time: must be an RFC 3339 time with a zone"),
+    (GOOD.replace("2026-03-16", "2026-13-16"), "event_time: must be an RFC 3339 time with a zone"),
+    (GOOD.replace("2026-03-16T09:14:03.120Z", "yesterday"), "event_time: must be an RFC 3339 time with a zone"),
+    (GOOD.replace('"pos"', '"phone"'), "channel: must be one of pos, online, atm"),
+    (GOOD.replace('"EUR"', '"EU"'), "currency: must match [A-Za-z]{3}"),
+    (GOOD.replace('"event_id": "e"', '"event_id": ""'), "event_id: must not be empty"),
+    (GOOD.replace('"card_id": "c"', '"card_id": "\\ud800"'), "not valid UTF-8 (an escaped lone surrogate)"),
+    (GOOD[:-5], "not valid JSON"),
+    ("[1, 2]", "not a JSON object"),
+    ("", "not valid JSON"),
+    ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
+])
+def test_contract_breaks_have_their_reason(line, reason):
+    assert PARSERS["fraud"].parse(line.encode()).startswith(reason)
+
+
+def test_invalid_utf8_and_oversized_events():
+    assert PARSERS["fraud"].parse(GOOD.encode().replace(b'"x"', b'"\xff\xfe"')).startswith("not valid UTF-8")
+    huge = GOOD.replace('"merchant_id": "m"', '"merchant_id": "' + "m" * MAX_EVENT_BYTES + '"').encode()
+    assert PARSERS["fraud"].parse(huge) == "event larger than 1 MiB"
+    assert not isinstance(PARSERS["fraud"].parse(GOOD.encode()), str)
+
+
+def test_label_is_checked_and_can_be_required():
+    assert PARSERS["fraud"].parse(GOOD[:-1].encode() + b', "is_fraud": 2}') == "is_fraud: must be 0 or 1"
+    assert EventParser(FRAUD, require_label=True).parse(GOOD.encode()) == "is_fraud: missing"
+
+
+def test_sensor_rules():
+    good = {"event_id": "r", "event_time": "2026-03-16T09:14:03Z", "machine_id": "m-001", "temperature_c": -12.5,
+            "vibration_mm_s": 0, "pressure_bar": 4.2, "rpm": 1800}
+    assert not isinstance(PARSERS["sensor"].parse(json.dumps(good).encode()), str)
+    assert PARSERS["sensor"].parse(json.dumps(dict(good, rpm=-1)).encode()) == "rpm: must be a finite number >= 0"
+
+
+@given(st.binary(max_size=2000), st.sampled_from(["not valid JSON", "x: y"]))
+def test_dead_letters_keep_the_raw_input_recoverably(payload, error):
+    letter = dead_letter(payload, error, {"file": "f", "line": 1}, "fraud")
+    assert letter["error"] == error and letter["raw_bytes"] == len(payload) and not letter["raw_truncated"]
+    raw = base64.b64decode(letter["raw"]) if letter["raw_encoding"] == "base64" else letter["raw"].encode("utf-8")
+    assert raw == payload
+    json.dumps(letter)
+
+
+def test_dead_letters_cut_large_payloads():
+    letter = dead_letter(b"a" * (MAX_RAW_BYTES_KEPT * 3), "event larger than 1 MiB", {}, "fraud")
+    assert letter["raw_truncated"] and len(letter["raw"]) == MAX_RAW_BYTES_KEPT
+    assert letter["raw_bytes"] == MAX_RAW_BYTES_KEPT * 3
+
+
+def test_parquet_rows_with_typed_timestamps():
+    import datetime
+    row = json.loads(GOOD)
+    row["event_time"] = datetime.datetime(2026, 3, 16, 9, 14, 3, tzinfo=datetime.timezone.utc)
+    event, time_us = PARSERS["fraud"].parse(row)
+    assert time_us == int(row["event_time"].timestamp() * 1e6)
+    row["event_time"] = row["event_time"].replace(tzinfo=None)
+    assert PARSERS["fraud"].parse(row) == "event_time: must be an RFC 3339 time with a zone"
+    assert math.isfinite(event["amount"])

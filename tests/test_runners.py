@@ -1,0 +1,159 @@
+"""The pipelines on other runners, without any service: Dataflow translation (``--dry_run``) and the
+bounded score pipeline end to end through PortableRunner against Beam's local job service.
+
+Dataflow's ``--dry_run=True`` (it takes a value) builds the whole job request offline, provided the
+temp/staging location names a valid bucket (3+ characters): with an invalid one Beam tries to
+create a default bucket over the network. Its result has no metrics, so the pipelines' counter
+summary is replaced by a sentinel that captures the result.
+"""
+import contextlib
+import json
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines import cli, generate, runners, score, train
+
+DATAFLOW = ["--runner", "DataflowRunner", "--dry_run=True", "--project", "p-project", "--region", "us-central1",
+            "--temp_location", "gs://rtml-bucket/tmp"]
+
+
+class Translated(Exception):
+    """Raised where a pipeline would read its counters: the dry run's result is ``args[0]``."""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Generated fraud events (3 days x 250, 4% broken) and a model trained on them."""
+    root = tmp_path_factory.mktemp("runners")
+    assert generate.main(["--spec", "fraud", "--days", "3", "--events_per_day", "250", "--broken_share", "0.04",
+                          "--out", str(root / "data")]) == 0
+    train.run(["--spec", "fraud", "--input", str(root / "data" / "*" / "*.jsonl"), "--model_dir", str(root / "model")])
+    manifest = json.loads((root / "data" / generate.MANIFEST_NAME).read_text())
+    return root, manifest
+
+
+def _translate(monkeypatch, run, argv):
+    def capture(result):
+        raise Translated(result)
+
+    monkeypatch.setattr(cli, "counters", capture)
+    with pytest.raises(Translated) as caught:
+        run(argv)
+    return caught.value.args[0].job
+
+
+def _options(job) -> dict:
+    return {p.key: p.value for p in job.proto.environment.sdkPipelineOptions.additionalProperties}
+
+
+def _step_names(job) -> set[str]:
+    return {t.unique_name.split("/")[0] for t in job.proto_pipeline.components.transforms.values()}
+
+
+def _pipeline_option(job, name):
+    options = _options(job)["options"]
+    return next((p.value for p in options.object_value.properties if p.key == name), None)
+
+
+def test_score_batch_translates_for_dataflow(monkeypatch, trained, tmp_path):
+    root, _ = trained
+    job = _translate(monkeypatch, score.run, [
+        "--spec", "fraud", "--input", str(root / "data" / "*" / "*.jsonl"), "--model_dir", str(root / "model"),
+        "--output", "gs://rtml-bucket/scored", "--dead_letter", "gs://rtml-bucket/dead_letter", *DATAFLOW])
+    assert str(job.proto.type) == "JOB_TYPE_BATCH"
+    assert {"ReadEvents", "ParseEvents", "ScoreEvents", "WriteScored", "WriteDeadLetters"} <= _step_names(job)
+    assert _pipeline_option(job, "max_num_workers") is None
+
+
+def test_train_translates_for_dataflow(monkeypatch, trained, tmp_path):
+    root, _ = trained
+    job = _translate(monkeypatch, train.run, [
+        "--spec", "fraud", "--input", str(root / "data" / "*" / "*.jsonl"), "--model_dir", str(tmp_path / "model"),
+        *DATAFLOW])
+    assert str(job.proto.type) == "JOB_TYPE_BATCH"
+    assert {"ReadEvents", "ParseEvents", "WriteStaged", "AnalyzeFeatures"} <= _step_names(job)
+
+
+def test_score_stream_translates_for_dataflow_with_streaming_presets(monkeypatch, trained):
+    root, _ = trained
+    job = _translate(monkeypatch, score.run, [
+        "--spec", "fraud", "--mode", "stream", "--bootstrap_servers", "broker.internal:9092",
+        "--input_topic", "events", "--output_topic", "scored", "--dead_letter_topic", "dead-letters",
+        "--model_dir", str(root / "model"), *DATAFLOW])
+    assert str(job.proto.type) == "JOB_TYPE_STREAMING"
+    assert {"ReadEvents", "ScoreEvents", "WriteScored", "WriteDeadLetters"} <= _step_names(job)
+    [pool] = job.proto.environment.workerPools
+    assert str(pool.autoscalingSettings.algorithm) == "AUTOSCALING_ALGORITHM_BASIC"  # THROUGHPUT_BASED
+    assert pool.autoscalingSettings.maxNumWorkers == 20
+    assert "enable_streaming_engine" in job.proto.environment.experiments
+
+
+def test_presets_fill_only_what_the_user_left_unset():
+    options = PipelineOptions(["--runner", "DataflowRunner", "--max_num_workers", "5"])
+    assert runners.apply_runner_presets(options, streaming=True) == {
+        "enable_streaming_engine": True, "autoscaling_algorithm": "THROUGHPUT_BASED"}
+    assert options.view_as(runners.WorkerOptions).max_num_workers == 5
+    assert runners.apply_runner_presets(PipelineOptions(["--runner", "DataflowRunner"])) == {}  # batch
+    assert runners.apply_runner_presets(PipelineOptions(["--runner=FlinkRunner", "--streaming"])) == {
+        "flink_master": "localhost:8081", "parallelism": 4, "environment_type": "LOOPBACK",
+        "checkpointing_interval": 60000}
+    assert runners.apply_runner_presets(PipelineOptions(
+        ["--runner=FlinkRunner", "--flink_master=flink.internal:8081", "--parallelism=8",
+         "--sdk_container_image=europe-docker.pkg.dev/p/rtml/score_stream:v1"])) == {
+        "environment_type": "DOCKER", "environment_config": "europe-docker.pkg.dev/p/rtml/score_stream:v1"}
+    assert runners.apply_runner_presets(PipelineOptions(["--runner=PrismRunner", "--prism_location=/opt/prism"])) \
+        == {"environment_type": "LOOPBACK"}
+    assert runners.apply_runner_presets(PipelineOptions([])) == {}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def job_service():
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
+                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            break
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"local job service did not start: {process.stderr.read().decode()[-500:]}")
+        time.sleep(0.2)
+    yield f"localhost:{port}"
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def _lines(pattern_dir: pathlib.Path, prefix: str) -> int:
+    return sum(len(path.read_bytes().splitlines()) for path in pattern_dir.glob(f"{prefix}-*"))
+
+
+def test_score_batch_end_to_end_on_portable_runner(trained, job_service, tmp_path):
+    root, manifest = trained
+    days = manifest["days"]
+    totals = score.run(["--spec", "fraud", "--input", str(root / "data" / "*" / "*.jsonl"),
+                        "--model_dir", str(root / "model"), "--output", str(tmp_path / "scored"),
+                        "--dead_letter", str(tmp_path / "dead_letter"),
+                        "--runner", "PortableRunner", "--job_endpoint", job_service,
+                        "--environment_type", "LOOPBACK"])
+    lines = sum(day["lines"] for day in days)
+    valid = sum(day["valid"] for day in days)
+    assert lines == 750 and 0 < lines - valid < 50
+    assert _lines(tmp_path / "scored", "scored") == valid
+    assert _lines(tmp_path / "dead_letter", "dead_letter") == lines - valid
+    assert totals.get("rtml/received") == lines and totals.get("rtml/scored") == valid

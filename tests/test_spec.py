@@ -1,0 +1,105 @@
+"""Specs: built-ins load, broken spec files get a precise one-line error, a new use case needs no code."""
+import datetime
+import pathlib
+
+import pytest
+import yaml
+
+from pipelines import score, train
+from pipelines.generate import generate
+from tests.conftest import read_json_lines
+from transforms.spec import SpecError, load_spec
+
+
+def test_builtin_specs_follow_the_contract():
+    fraud, sensor = load_spec("fraud"), load_spec("sensor")
+    assert (fraud.entity_key, fraud.event_time, fraud.label) == ("card_id", "event_time", "is_fraud")
+    assert (sensor.entity_key, sensor.label) == ("machine_id", "failure")
+    assert fraud.fingerprint != sensor.fingerprint and fraud.fingerprint == load_spec("fraud").fingerprint
+
+
+def _spec_file(tmp_path, **changes) -> str:
+    document = yaml.safe_load(pathlib.Path(load_spec("fraud").source).read_text())
+    for key, value in changes.items():
+        document[key] = value
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return str(path)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"entity_key": "amount"}, "entity_key 'amount' must name a required string field"),
+    ({"label": "card_id"}, "label 'card_id' must name a binary field"),
+    ({"features": [{"name": "a", "kind": "zscore", "source": "channel"}]}, "a zscore feature needs a number field"),
+    ({"features": [{"name": "a", "kind": "cube", "source": "amount"}]}, "kind must be one of"),
+    ({"features": [{"name": "a", "kind": "zscore", "source": "nope"}]}, "source 'nope' is not a field"),
+    ({"features": [{"name": "a", "kind": "zscore", "source": "amount", "colour": 1}]}, "unknown key colour"),
+    ({"model": {"estimator": "os.system"}}, "must be a scikit-learn class"),
+    ({"model": {"estimator": "sklearn.ensemble.NoSuchForest"}}, "does not exist"),
+    ({"fields": {"event_id": {"type": "uuid"}}}, "type must be one of"),
+])
+def test_broken_spec_files_say_what_is_wrong(tmp_path, changes, message):
+    with pytest.raises(SpecError, match=message) as raised:
+        load_spec(_spec_file(tmp_path, **changes))
+    assert "\n" not in str(raised.value)
+
+
+def test_unknown_spec_name_and_bad_yaml(tmp_path):
+    with pytest.raises(SpecError, match="no such built-in spec"):
+        load_spec("payments")
+    (tmp_path / "bad.yaml").write_text("name: [unclosed")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(str(tmp_path / "bad.yaml"))
+
+
+@pytest.fixture(scope="module")
+def sensor_archive(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sensor")
+    generate("sensor", 4, root, datetime.date(2026, 3, 1), 4320, 0.01, 7, compress=True)
+    return root
+
+
+def test_sensor_anomaly_model_end_to_end(sensor_archive, tmp_path):
+    model = train.run(["--spec", "sensor", "--input", str(sensor_archive / "*" / "*.jsonl.gz"),
+                       "--model_dir", str(tmp_path / "model")])
+    assert model.manifest["score"].startswith("anomaly score")
+    totals = score.run(["--spec", "sensor", "--input", str(sensor_archive / "*" / "*.jsonl.gz"),
+                        "--model_dir", str(tmp_path / "model"), "--output", str(tmp_path / "scored"),
+                        "--dead_letter", str(tmp_path / "dead")])
+    records = read_json_lines(tmp_path / "scored")
+    assert len(records) == totals["rtml/valid"] > 4 * 4000
+    assert {"machine_id", "score", "alert", "failure"} <= set(records[0])
+    normal = [r["score"] for r in records if r["failure"] == 0]
+    failing = [r["score"] for r in records if r["failure"] == 1]
+    assert failing and sum(failing) / len(failing) > sum(normal) / len(normal)
+
+
+def test_a_new_use_case_is_a_spec_file(sensor_archive, tmp_path):
+    """A spec of its own (other features, another estimator), trained and scored with no code."""
+    spec = tmp_path / "spindles.yaml"
+    spec.write_text("""
+name: spindles
+entity_key: machine_id
+event_time: event_time
+fields:
+  event_id: {type: string, non_empty: true}
+  event_time: {type: timestamp}
+  machine_id: {type: string, non_empty: true}
+  rpm: {type: number, minimum: 0}
+  vibration_mm_s: {type: number, minimum: 0}
+features:
+  - {name: rpm_bucket, kind: buckets, source: rpm, num_buckets: 4}
+  - {name: vibration, kind: identity, source: vibration_mm_s}
+  - {name: machine, kind: vocabulary, source: machine_id, top_k: 40}
+  - {name: hour, kind: time_of_day, source: event_time}
+model:
+  estimator: sklearn.ensemble.IsolationForest
+  params: {n_estimators: 50, random_state: 1}
+alert_threshold: 0.7
+""")
+    files = str(sensor_archive / "*" / "*.jsonl.gz")
+    model = train.run(["--spec", str(spec), "--input", files, "--model_dir", str(tmp_path / "model")])
+    assert len(model.manifest["features"]) == 4 + 1 + 41 + 2
+    totals = score.run(["--spec", str(spec), "--input", files, "--model_dir", str(tmp_path / "model"),
+                        "--output", str(tmp_path / "scored"), "--dead_letter", str(tmp_path / "dead")])
+    assert totals["rtml/scored"] == totals["rtml/valid"] and totals["rtml/received"] == 4 * 4320

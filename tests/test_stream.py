@@ -1,0 +1,266 @@
+"""``python -m pipelines.score --mode stream`` against a real broker (Tansu), in subprocesses, no mocks.
+
+A small fraud model is trained once for the module. Each test produces a labelled archive with
+broken lines (keyed by card_id) to a 3-partition topic, runs the stream scorer as a user would,
+and reads what it wrote to the output and dead-letter topics.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from pipelines import generate
+from transforms.kafka_broker import KafkaBroker
+
+ROOT = Path(__file__).resolve().parents[1]
+_QUIET = logging.getLogger("tests.stream.librdkafka")
+_QUIET.setLevel(logging.CRITICAL)
+TOMBSTONE_KEY = b"card-tombstone"
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def stream_model(tmp_path_factory) -> str:
+    """A fraud model trained on 3 small days of generated events; its model_dir."""
+    from pipelines import train
+
+    root = tmp_path_factory.mktemp("stream_model")
+    generate.generate("fraud", 3, root / "data", datetime.date(2026, 3, 1), 1500, 0.0, 7, compress=False)
+    train.run(["--spec", "fraud", "--input", str(root / "data" / "*" / "*.jsonl"), "--model_dir", str(root / "model"),
+               "--dead_letter", str(root / "train_dead_letters")])
+    return str(root / "model")
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory, stream_model) -> dict:
+    """2,000 lines, 20 broken in every generated way (oversized, invalid UTF-8 ...), and what batch mode makes of
+    them: ``lines``, ``scores`` {event_id: score}, ``errors`` (dead-letter reasons)."""
+    from pipelines import score
+
+    root = tmp_path_factory.mktemp("stream_archive")
+    generate.generate("fraud", 1, root / "data", datetime.date(2026, 4, 1), 2000, 0.01, 11, compress=False)
+    path = root / "data" / "dt=2026-04-01" / "events.jsonl"
+    score.run(["--spec", "fraud", "--mode", "batch", "--input", str(path), "--model_dir", stream_model,
+               "--output", str(root / "scored"), "--dead_letter", str(root / "dead_letter")])
+    scored = _json_lines(root / "scored")
+    return {"lines": path.read_bytes().splitlines(), "scores": {r["event_id"]: r["score"] for r in scored},
+            "errors": Counter(d["error"] for d in _json_lines(root / "dead_letter"))}
+
+
+def _json_lines(directory: Path) -> list[dict]:
+    return [json.loads(line) for p in sorted(directory.glob("*.jsonl")) for line in p.read_text().splitlines() if line]
+
+
+def _key(line: bytes) -> bytes | None:
+    try:
+        card = orjson.loads(line).get("card_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return card.encode() if isinstance(card, str) else None
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes | None], keys: list[bytes | None] | None = None,
+            rate: float | None = None) -> dict[int, int]:
+    """Produce values keyed by card_id (or ``keys``); returns {partition: last offset + 1}."""
+    ends: dict[int, int] = {}
+
+    def on_delivery(err, msg):
+        assert err is None, err
+        ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "message.max.bytes": 4 << 20},
+                        logger=_QUIET)
+    started = time.monotonic()
+    for number, value in enumerate(values):
+        if rate is not None:
+            time.sleep(max(0.0, started + number / rate - time.monotonic()))
+        key = keys[number] if keys is not None else _key(value)
+        producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+        producer.poll(0)
+    assert producer.flush(15) == 0
+    return ends
+
+
+class Outputs:
+    """Reads the output and dead-letter topics from the start; ``read()`` adds what has arrived."""
+
+    def __init__(self, bootstrap: str, output: str, dead_letter: str):
+        self.output, self.dead_letter = output, dead_letter
+        self.scored: list[tuple[bytes, dict]] = []
+        self.dead: list[tuple[bytes, dict]] = []
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": _name("check"),
+                                   "enable.auto.commit": False}, logger=_QUIET)
+        self._consumer.assign([TopicPartition(output, 0, 0), TopicPartition(dead_letter, 0, 0)])
+
+    def read(self, seconds: float = 0.3) -> "Outputs":
+        for message in self._consumer.consume(1000, seconds):
+            if message.error() is None:
+                into = self.scored if message.topic() == self.output else self.dead
+                into.append((message.key(), orjson.loads(message.value())))
+        return self
+
+    def wait(self, done, timeout: float, what: str, scorer: "Scorer | None" = None) -> None:
+        deadline = time.monotonic() + timeout
+        while not done(self):
+            assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}" + (
+                f"\n{scorer.log()}" if scorer else "")
+            if scorer is not None:
+                scorer.check_alive()
+            self.read()
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class Scorer:
+    """``python -m pipelines.score --mode stream`` in a subprocess (own process group), ended on exit."""
+
+    def __init__(self, model_dir: str, bootstrap: str, topics: tuple[str, str, str], group: str, *extra: str):
+        self._log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.score", "--mode", "stream", "--spec", "fraud", "--model_dir", model_dir,
+             "--bootstrap_servers", bootstrap, "--input_topic", topics[0], "--output_topic", topics[1],
+             "--dead_letter_topic", topics[2], "--group_id", group, *extra],
+            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def check_alive(self) -> None:
+        assert self.proc.poll() is None, f"the scorer exited with {self.proc.returncode}:\n{self.log()}"
+
+    def log(self) -> str:
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")[-5000:]
+
+    def terminate(self, timeout: float = 30.0) -> tuple[int, float]:
+        """SIGTERM; (exit status, seconds it took)."""
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        return code, time.monotonic() - started
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def __enter__(self) -> "Scorer":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+        self._log.close()
+
+
+def _topics(broker: KafkaBroker, prefix: str) -> tuple[str, str, str]:
+    topics = (_name(f"{prefix}-in"), _name(f"{prefix}-scored"), _name(f"{prefix}-dead"))
+    broker.create_topic(topics[0], 3)
+    broker.create_topic(topics[1], 1)
+    broker.create_topic(topics[2], 1)
+    return topics
+
+
+def _committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group}, logger=_QUIET)
+    try:
+        return {tp.partition: tp.offset
+                for tp in consumer.committed([TopicPartition(topic, p) for p in range(3)], timeout=10)}
+    finally:
+        consumer.close()
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def test_stream_scores_like_batch_dead_letters_broken_messages_and_stops_on_sigterm(kafka_broker, stream_model,
+                                                                                  archive):
+    bootstrap = kafka_broker.bootstrap
+    topics = _topics(kafka_broker, "clean")
+    group = _name("clean")
+    lines = archive["lines"]
+    ends = produce(bootstrap, topics[0], [*lines, None], [*map(_key, lines), TOMBSTONE_KEY])
+    expected_dead = sum(archive["errors"].values()) + 1  # + the tombstone
+    outputs = Outputs(bootstrap, topics[1], topics[2])
+    try:
+        with Scorer(stream_model, bootstrap, topics, group) as scorer:
+            outputs.wait(lambda o: len(o.scored) >= len(archive["scores"]) and len(o.dead) >= expected_dead,
+                         60, "every event scored or dead-lettered", scorer)
+            # Offsets are committed by bundle finalization, after the outputs are flushed.
+            deadline = time.monotonic() + 15
+            while _committed(bootstrap, group, topics[0]) != ends and time.monotonic() < deadline:
+                time.sleep(0.2)
+            code, took = scorer.terminate()
+            log = scorer.log()
+        outputs.read(1.0)  # nothing more may come
+    finally:
+        outputs.close()
+
+    assert code == 0, log
+    assert took < 30, took
+    assert "stopped on SIGTERM" in log and "offsets committed" in log, log
+    assert "Traceback" not in log, log
+    assert _committed(bootstrap, group, topics[0]) == ends
+
+    ids = Counter(record["event_id"] for _, record in outputs.scored)
+    assert ids == Counter(archive["scores"].keys())  # every valid event exactly once in a clean run
+    for key, record in outputs.scored:
+        assert key == record["card_id"].encode()
+        assert abs(record["score"] - archive["scores"][record["event_id"]]) <= 1e-6
+
+    assert len(outputs.dead) == expected_dead
+    assert Counter(d["error"] for _, d in outputs.dead) == archive["errors"] + Counter(
+        ["no value (a null Kafka message value)"])
+    for key, letter in outputs.dead:
+        source = letter["source"]
+        assert set(source) == {"topic", "partition", "offset"} and source["topic"] == topics[0]
+        # keyed by the original message's key: the card_id where the broken line still has one
+        if letter["error"].startswith("no value"):
+            assert key == TOMBSTONE_KEY
+        elif letter["raw_encoding"] == "utf-8" and not letter["raw_truncated"]:
+            assert key == _key(letter["raw"].encode())
+
+
+def test_sigkill_mid_stream_then_restart_scores_every_event_at_least_once(kafka_broker, stream_model, archive):
+    bootstrap = kafka_broker.bootstrap
+    topics = _topics(kafka_broker, "kill")
+    group = _name("kill")
+    lines = archive["lines"]
+    head, rest = lines[:300], lines[300:]
+    produce(bootstrap, topics[0], head)
+    outputs = Outputs(bootstrap, topics[1], topics[2])
+    try:
+        with Scorer(stream_model, bootstrap, topics, group) as scorer:
+            outputs.wait(lambda o: len(o.scored) > 0, 60, "the first scored records", scorer)
+            # The rest arrives at 600 events/s while the scorer is killed.
+            producer = threading.Thread(target=produce, args=(bootstrap, topics[0], rest, None, 600.0))
+            producer.start()
+            time.sleep(1.0)
+            scorer.kill()
+            seen_before_kill = len({r["event_id"] for _, r in outputs.read(0.5).scored})
+        producer.join(30)
+        assert seen_before_kill < len(archive["scores"])  # killed mid-stream
+        with Scorer(stream_model, bootstrap, topics, group) as scorer:
+            outputs.wait(lambda o: {r["event_id"] for _, r in o.scored} >= archive["scores"].keys(),
+                         60, "every valid event scored after the restart", scorer)
+            code, _ = scorer.terminate()
+            assert code == 0, scorer.log()
+    finally:
+        outputs.close()
+    broken = {(d["source"]["partition"], d["source"]["offset"]) for _, d in outputs.dead}
+    assert len(broken) == sum(archive["errors"].values())  # every broken line dead-lettered at least once

@@ -1,0 +1,153 @@
+"""The flex templates agree with their pipelines: parameters are flags, required flags are parameters,
+regexes compile (in the subset Java shares), accept the documented examples and refuse shell or path
+tricks; the build files name every template."""
+import ast
+import inspect
+import json
+import pathlib
+import re
+
+import pytest
+import yaml
+from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+from pipelines import score, train
+from templates import build, launch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TEMPLATES = ROOT / "templates"
+# template -> (pipeline module, functions whose cli.require calls apply, flags it requires by other means)
+PIPELINES = {
+    "score_batch": (score, ("run",), set()),
+    # Without --bootstrap_servers, stream mode runs its local demo, which a Dataflow job must not.
+    "score_stream": (score, ("_run_stream",), {"bootstrap_servers"}),
+    "train": (train, ("run",), set()),
+}
+BEAM_FLAGS_USED = {"bootstrap_servers"}  # Beam's own flag (KafkaStreamsRunnerOptions) that stream mode reads
+GOOD = {
+    "spec": ["fraud", "sensor", "/template/specs/mine.yaml"],
+    "input": ["gs://rtml-bucket/events/*/*.jsonl.gz", "gs://rtml-bucket/events/dt=2026-03-01/events.parquet"],
+    "output": ["gs://rtml-bucket/scored", "gs://my.bucket_1/out/run-7/"],
+    "dead_letter": ["gs://rtml-bucket/dead_letter"],
+    "model_dir": ["/template/model_store/fraud"],
+    "model_version": ["20261121T150102Z-3fa9"],
+    "engine": ["onnx", "sklearn"],
+    "output_format": ["jsonl", "parquet"],
+    "batch_size": ["1", "512", "100000"],
+    "bootstrap_servers": ["localhost:9092", "b-1.kafka.internal:9092,10.0.0.7:9093"],
+    "input_topic": ["events", "fraud.events_v2"],
+    "output_topic": ["scored"],
+    "dead_letter_topic": ["dead-letters"],
+    "group_id": ["rtml-score-fraud"],
+    "offset_reset": ["earliest", "latest"],
+    "kafka_config": ["security.protocol=SSL", "linger.ms=5"],
+    "holdout_fraction": ["0.2", ".05"],
+}
+BAD = {
+    "spec": ["../etc/passwd.yaml", "fraud; rm -rf /", "gs://b/spec.yaml", "$(id)"],
+    "input": ["/local/*.jsonl", "gs://b/x", "gs://rtml-bucket/a b", "gs://rtml-bucket/$(id)", "gs://Bucket/x"],
+    "output": ["gs://rtml-bucket/out/*", "gs://rtml-bucket/`id`", "gs://rtml-bucket", "out/scored"],
+    "dead_letter": ["gs://rtml-bucket/x;rm", "file:///tmp/x"],
+    "model_dir": ["models/fraud", "/template/../etc", "gs://rtml-bucket/models", "/a b"],
+    "model_version": ["latest", "../x"],
+    "engine": ["torch", "onnx "],
+    "output_format": ["csv"],
+    "batch_size": ["0", "-1", "1e3", "5000000"],
+    "bootstrap_servers": ["localhost", "host:9092;id", "host:9092, host2:9092"],
+    "input_topic": ["a b", "x;y", "", "a/b"],
+    "output_topic": ["$(id)"],
+    "dead_letter_topic": ["dead letters"],
+    "group_id": ["g id"],
+    "offset_reset": ["none"],
+    "kafka_config": ["security.protocol", "x=$(id)", "a=b c"],
+    "holdout_fraction": ["0", "1", "1.5", "-0.2", "0.0"],
+}
+SHELL_OR_PATH = {"spec", "input", "output", "dead_letter", "model_dir", "model_version", "bootstrap_servers",
+                 "input_topic", "output_topic", "dead_letter_topic", "group_id", "kafka_config"}
+
+
+def _metadata(name):
+    return json.loads((TEMPLATES / "metadata" / f"{name}.json").read_text())
+
+
+def _flags(views) -> set[str]:
+    parser = _BeamArgumentParser()
+    for view in views:
+        view._add_argparse_args(parser)
+    return {action.dest for action in parser._actions if action.option_strings}
+
+
+def _beam_flags() -> set[str]:
+    return _flags({str(c): c for c in PipelineOptions.__subclasses__()}.values())
+
+
+def _required(module, functions) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(inspect.getsource(module))):
+        if isinstance(node, ast.FunctionDef) and node.name in functions:
+            for call in ast.walk(node):
+                if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                        and call.func.attr == "require"):
+                    names |= {arg.value for arg in call.args if isinstance(arg, ast.Constant)}
+    assert names, f"no cli.require call in {module.__name__}.{functions}"
+    return names
+
+
+def test_every_pipeline_has_metadata_an_entry_file_and_an_image():
+    names = sorted(p.stem for p in (TEMPLATES / "metadata").glob("*.json"))
+    assert names == sorted(PIPELINES) == sorted(build.PIPELINES) == sorted(launch.PIPELINES)
+    cloudbuild = yaml.safe_load((TEMPLATES / "cloudbuild.yaml").read_text())
+    assert [step["id"] for step in cloudbuild["steps"]] == list(build.PIPELINES)
+    for name in names:
+        entry = (TEMPLATES / f"{name}.py").read_text()
+        assert "cli.main(" in entry
+        step = next(step for step in cloudbuild["steps"] if step["id"] == name)
+        assert f"PIPELINE={name}" in step["args"]
+        assert any(image.endswith(f"/{name}:${{_TAG}}") for image in cloudbuild["images"])
+    assert '"--mode", "batch"' in (TEMPLATES / "score_batch.py").read_text()
+    assert '"--mode", "stream"' in (TEMPLATES / "score_stream.py").read_text()
+    dockerfile = (TEMPLATES / "Dockerfile").read_text()
+    for needed in ("FROM gcr.io/dataflow-templates-base/python311-template-launcher-base",
+                   "FROM apache/beam_python3.11_sdk:2.77.0", "/opt/google/dataflow/python_template_launcher",
+                   "-c constraints.txt", 'FLEX_TEMPLATE_PYTHON_PY_FILE="${WORKDIR}/templates/${PIPELINE}.py"',
+                   "FLEX_TEMPLATE_PYTHON_SETUP_FILE", 'ENTRYPOINT ["/opt/apache/beam/boot"]'):
+        assert needed in dockerfile
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_parameters_are_the_pipelines_flags_and_cover_its_required_ones(name):
+    module, functions, also_required = PIPELINES[name]
+    metadata = _metadata(name)
+    assert set(metadata) >= {"name", "description", "parameters"}
+    parameters = {p["name"]: p for p in metadata["parameters"]}
+    assert len(parameters) == len(metadata["parameters"])
+    own = _flags(module.VIEWS)
+    for parameter in parameters:
+        assert parameter in own or (parameter in BEAM_FLAGS_USED and parameter in _beam_flags()), parameter
+    required = _required(module, functions) | also_required
+    assert required <= set(parameters)
+    for parameter, spec in parameters.items():
+        assert set(spec) <= {"name", "label", "helpText", "isOptional", "regexes", "paramType"}
+        assert spec["label"] and spec["helpText"]
+        assert spec["isOptional"] is (parameter not in required), parameter
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_regexes_compile_accept_the_examples_and_refuse_the_rest(name):
+    for parameter in _metadata(name)["parameters"]:
+        key = parameter["name"]
+        regexes = parameter.get("regexes", [])
+        if key in SHELL_OR_PATH:
+            assert regexes, f"{name}.{key} reaches a path or a shell: it needs a regex"
+        for regex in regexes:
+            assert regex.startswith("^") and regex.endswith("$")
+            assert "(?P" not in regex and "\\Z" not in regex  # the Dataflow service checks them in Java
+            re.compile(regex)
+        examples = list(GOOD[key])
+        documented = re.search(r"e\.g\. (.+?)\.?$", parameter["helpText"])
+        if documented:
+            examples += documented.group(1).split(" or ")
+        for value in examples:
+            assert all(re.fullmatch(r, value) for r in regexes), (name, key, value)
+        for value in BAD[key]:
+            assert not all(re.fullmatch(r, value) for r in regexes), (name, key, value)
