@@ -70,13 +70,13 @@ class OutputReader(threading.Thread):
         super().__init__(daemon=True, name="output-reader")
         self.seen: dict[str, tuple[int, int]] = {}
         self.counts: dict[str, int] = {}  # events seen per trial label
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-check-{uuid.uuid4().hex[:6]}",
                                    "enable.auto.commit": False, "fetch.wait.max.ms": 10}, logger=_QUIET)
         self._consumer.assign([TopicPartition(topic, 0, 0)])
 
     def run(self):
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             for message in self._consumer.consume(2000, 0.05):
                 if message.error() is None:
                     consumed = _now_ms()
@@ -88,7 +88,7 @@ class OutputReader(threading.Thread):
         self._consumer.close()
 
     def stop(self):
-        self._stop.set()
+        self._halt.set()
         self.join(10)
 
 
@@ -97,7 +97,7 @@ def run_trial(bootstrap: str, topic: str, reader: OutputReader, events: list[dic
     """Produce ``rate`` events/s for ``seconds``; wait for them to be scored; the trial's figures."""
     total = int(rate * seconds)
     produced_at: dict[str, int] = {}
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2, "queue.buffering.max.messages": 1_000_000},
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": int(os.environ.get("BENCH_LINGER_MS", "5")), "queue.buffering.max.messages": 1_000_000},
                         logger=_QUIET)
     ids = [f"{label}-{i:07d}" for i in range(total)]
     backlog: list[int] = []
@@ -170,6 +170,7 @@ def main(argv=None) -> int:
                              "sustained, at most 5)")
     parser.add_argument("--model_dir", default=str(DEFAULT_MODEL_DIR))
     parser.add_argument("--bootstrap_servers", help="an existing cluster (default: a local Tansu broker)")
+    parser.add_argument("--profile", metavar="PATH", help="run the scorer under cProfile, stats to PATH")
     args = parser.parse_args(argv)
 
     model_dir = pathlib.Path(args.model_dir)
@@ -189,7 +190,7 @@ def main(argv=None) -> int:
 
     log = tempfile.NamedTemporaryFile(prefix="stream-scorer-", suffix=".log", delete=False)
     scorer = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.score", "--mode", "stream", "--spec", "fraud", "--model_dir", str(model_dir),
+        [sys.executable, *(["-m", "cProfile", "-o", args.profile] if args.profile else []), "-m", "pipelines.score", "--mode", "stream", "--spec", "fraud", "--model_dir", str(model_dir),
          "--bootstrap_servers", bootstrap, "--input_topic", topics[0], "--output_topic", topics[1],
          "--dead_letter_topic", topics[2], "--group_id", f"bench-{run_id}", "--offset_reset", "earliest"],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

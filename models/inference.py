@@ -14,6 +14,7 @@ Both verify the version's files against its manifest when they load.
 """
 from __future__ import annotations
 
+import io
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
@@ -62,7 +63,7 @@ class OnnxScoreHandler(_ScoreHandler):
         import onnxruntime as ort
 
         version = registry.load(self._model_dir, self._version)
-        return ort.InferenceSession(version.file("model.onnx").read_bytes(), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(version.read("model.onnx"), providers=["CPUExecutionProvider"])
 
     def _score(self, session, columns: Columns) -> np.ndarray:
         return session.run([SCORE_OUTPUT], columns)[0]
@@ -81,7 +82,8 @@ class SklearnScoreHandler(_ScoreHandler):
         import joblib
 
         version = registry.load(self._model_dir, self._version)
-        return _SklearnModel(joblib.load(version.file("estimator.joblib")), tft_layer(str(version.file("transform"))))
+        estimator = joblib.load(io.BytesIO(version.read("estimator.joblib")))
+        return _SklearnModel(estimator, tft_layer(version.file("transform")))
 
     def _score(self, model: _SklearnModel, columns: Columns) -> np.ndarray:
         return sklearn_scores(model.estimator, transform_with_tft(model.layer, self._spec, columns))

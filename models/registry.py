@@ -11,6 +11,8 @@
 
 A version is published by renaming its finished staging directory into ``versions/``, then
 replacing ``CURRENT``; a crash at any point leaves the previous current version serving.
+Publishing needs a local (or mounted) directory; loading reads through Beam's filesystems, so
+workers can load a model directory copied to any of them (``gs://...``).
 """
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ import json
 import os
 import pathlib
 import secrets
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import UserError
 
@@ -34,17 +39,20 @@ class ModelError(UserError):
 
 @dataclasses.dataclass(frozen=True)
 class ModelVersion:
-    """A verified model version on disk."""
+    """A verified model version: its directory (any Beam filesystem path) and its manifest."""
 
-    path: pathlib.Path
+    path: str
     manifest: dict
 
     @property
     def version(self) -> str:
         return self.manifest["version"]
 
-    def file(self, name: str) -> pathlib.Path:
-        return self.path / name
+    def file(self, name: str) -> str:
+        return FileSystems.join(self.path, name)
+
+    def read(self, name: str) -> bytes:
+        return _read(self.file(name))
 
 
 def new_version() -> str:
@@ -60,7 +68,7 @@ def staging_dir(model_dir: str, version: str) -> pathlib.Path:
 
 def publish(model_dir: str, staging: pathlib.Path, manifest: dict) -> ModelVersion:
     """Hash every file in ``staging``, write the manifest, move it into ``versions/`` and make it current."""
-    manifest = dict(manifest, files=_hashes(staging))
+    manifest = dict(manifest, files=_hashes(str(staging)))
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     versions = pathlib.Path(model_dir) / "versions"
     versions.mkdir(exist_ok=True)
@@ -69,7 +77,7 @@ def publish(model_dir: str, staging: pathlib.Path, manifest: dict) -> ModelVersi
     pointer = pathlib.Path(model_dir) / f".{CURRENT}.{manifest['version']}"
     pointer.write_text(manifest["version"] + "\n")
     os.replace(pointer, pathlib.Path(model_dir) / CURRENT)
-    return ModelVersion(final, manifest)
+    return ModelVersion(str(final), manifest)
 
 
 def load(model_dir: str, version: str | None = None) -> ModelVersion:
@@ -77,16 +85,15 @@ def load(model_dir: str, version: str | None = None) -> ModelVersion:
 
     Raises ModelError, with a one-line reason, for a missing, incomplete or tampered model.
     """
-    root = pathlib.Path(model_dir)
     if version is None:
         try:
-            version = (root / CURRENT).read_text().strip()
+            version = _read(FileSystems.join(model_dir, CURRENT)).decode().strip()
         except FileNotFoundError:
             raise ModelError(f"--model_dir {model_dir}: no model here (no {CURRENT} file); "
                              f"train one with `python -m pipelines.train`") from None
-    path = root / "versions" / version
+    path = FileSystems.join(model_dir, "versions", version)
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
+        manifest = json.loads(_read(FileSystems.join(path, MANIFEST)))
     except FileNotFoundError:
         raise ModelError(f"model {version} in {model_dir}: missing, or its {MANIFEST} is missing") from None
     except json.JSONDecodeError:
@@ -105,10 +112,16 @@ def load(model_dir: str, version: str | None = None) -> ModelVersion:
     return ModelVersion(path, manifest)
 
 
-def _hashes(directory: pathlib.Path, skip: str | None = None) -> dict[str, str]:
-    hashes = {}
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        name = path.relative_to(directory).as_posix()
-        if name != skip:
-            hashes[name] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return hashes
+def _read(path: str) -> bytes:
+    if not FileSystems.exists(path):
+        raise FileNotFoundError(path)
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return handle.read()
+
+
+def _hashes(directory: str, skip: str | None = None) -> dict[str, str]:
+    """sha256 of every file below ``directory``, by path relative to it."""
+    prefix = directory.rstrip("/") + "/"
+    paths = sorted(m.path for m in FileSystems.match([prefix + "**"])[0].metadata_list)
+    return {path[len(prefix):]: hashlib.sha256(_read(path)).hexdigest()
+            for path in paths if path[len(prefix):] != skip}

@@ -97,3 +97,23 @@ class KafkaOptions(PipelineOptions):
         parser.add_argument("--demo_seconds", type=float, default=30.0,
                             help="How long the embedded demo (no --bootstrap_servers) produces and scores "
                                  "before it stops by itself (default: 30).")
+
+
+class BackfillOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--start", help="First moment to backfill, by event time: a UTC date (2026-03-01) or an "
+                                            "RFC 3339 timestamp on a partition boundary; inclusive.")
+        parser.add_argument("--end", help="End of the backfill, by event time (a UTC date or RFC 3339 timestamp on a "
+                                          "partition boundary); exclusive.")
+        parser.add_argument("--partition", choices=("day", "hour"), default="day",
+                            help="Unit of output written and committed atomically, with its own manifest "
+                                 "(default: day).")
+        parser.add_argument("--force", action="store_true", default=False,
+                            help="Recompute every partition in [start, end), complete ones included.")
+        parser.add_argument("--redo_stale", action="store_true", default=False,
+                            help="Also recompute complete partitions made with another model version or from "
+                                 "other input files (without it they are reported and kept).")
+        parser.add_argument("--max_parallel", type=int, default=8,
+                            help="Partitions per wave: each wave is one pipeline that reads --input once and "
+                                 "holds its partitions' records until they are written (default: 8).")

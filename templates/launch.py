@@ -4,7 +4,7 @@
         --template_spec gs://B/templates/score_batch.json \
         --sdk_container_image R-docker.pkg.dev/P/rtml/score_batch:TAG \
         --param spec=fraud --param input='gs://B/events/*/*.jsonl.gz' \
-        --param model_dir=/template/model_store/fraud \
+        --param model_dir=gs://B/models/fraud \
         --param output=gs://B/scored --param dead_letter=gs://B/dead_letter
 
 Every --param is checked against the pipeline's templates/metadata/PIPELINE.json before anything is

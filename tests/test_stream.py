@@ -78,8 +78,8 @@ def _key(line: bytes) -> bytes | None:
 
 
 def produce(bootstrap: str, topic: str, values: list[bytes | None], keys: list[bytes | None] | None = None,
-            rate: float | None = None) -> dict[int, int]:
-    """Produce values keyed by card_id (or ``keys``); returns {partition: last offset + 1}."""
+            rate: float | None = None, partitions: list[int] | None = None) -> dict[int, int]:
+    """Produce values keyed by card_id (or ``keys``), to ``partitions`` if given; {partition: last offset + 1}."""
     ends: dict[int, int] = {}
 
     def on_delivery(err, msg):
@@ -93,7 +93,8 @@ def produce(bootstrap: str, topic: str, values: list[bytes | None], keys: list[b
         if rate is not None:
             time.sleep(max(0.0, started + number / rate - time.monotonic()))
         key = keys[number] if keys is not None else _key(value)
-        producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+        extra = {"partition": partitions[number]} if partitions is not None else {}
+        producer.produce(topic, value=value, key=key, on_delivery=on_delivery, **extra)
         producer.poll(0)
     assert producer.flush(15) == 0
     return ends
@@ -127,7 +128,9 @@ class Outputs:
             self.read()
 
     def close(self) -> None:
-        self._consumer.close()
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
 
 
 class Scorer:
@@ -264,3 +267,48 @@ def test_sigkill_mid_stream_then_restart_scores_every_event_at_least_once(kafka_
         outputs.close()
     broken = {(d["source"]["partition"], d["source"]["offset"]) for _, d in outputs.dead}
     assert len(broken) == sum(archive["errors"].values())  # every broken line dead-lettered at least once
+
+
+def test_scorer_waits_out_a_broker_outage_without_a_restart(stream_model, archive):
+    """The broker goes away and comes back on the same port; the scorer goes on by itself.
+
+    Tansu keeps everything in memory, so the broker comes back empty: the test re-creates the
+    topics, fills each input partition up to where the scorer had read (those offsets are not
+    read again), then produces the rest of the events.
+    """
+    valid = [line for line in archive["lines"] if _event_id(line) in archive["scores"]]
+    first, rest = valid[:600], valid[600:1200]
+    with KafkaBroker() as broker:
+        topics = _topics(broker, "outage")
+        ends = produce(broker.bootstrap, topics[0], first, partitions=[i % 3 for i in range(len(first))])
+        outputs = Outputs(broker.bootstrap, topics[1], topics[2])
+        try:
+            with Scorer(stream_model, broker.bootstrap, topics, _name("outage"),
+                        "--kafka_config", "reconnect.backoff.max.ms=500") as scorer:
+                outputs.wait(lambda o: len(o.scored) >= len(first), 60, "the events before the outage", scorer)
+                outputs.close()
+                broker.stop()
+                time.sleep(3)
+                scorer.check_alive()
+                broker.start()
+                for topic, partitions in zip(topics, (3, 1, 1)):
+                    broker.create_topic(topic, partitions)
+                filler = [p for p, end in sorted(ends.items()) for _ in range(end)]
+                produce(broker.bootstrap, topics[0], [b"{}"] * len(filler), [None] * len(filler), partitions=filler)
+                produce(broker.bootstrap, topics[0], rest, partitions=[i % 3 for i in range(len(rest))])
+                outputs = Outputs(broker.bootstrap, topics[1], topics[2])
+                outputs.wait(lambda o: {r["event_id"] for _, r in o.scored} >= set(map(_event_id, rest)),
+                             60, "the events after the outage", scorer)
+                assert not outputs.dead  # the filler offsets were not read again
+                code, took = scorer.terminate()
+                assert code == 0 and took < 30, scorer.log()
+        finally:
+            outputs.close()
+
+
+def _event_id(line: bytes) -> str | None:
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return value.get("event_id") if isinstance(value, dict) else None

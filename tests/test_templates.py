@@ -4,8 +4,11 @@ tricks; the build files name every template."""
 import ast
 import inspect
 import json
+import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -48,7 +51,7 @@ BAD = {
     "input": ["/local/*.jsonl", "gs://b/x", "gs://rtml-bucket/a b", "gs://rtml-bucket/$(id)", "gs://Bucket/x"],
     "output": ["gs://rtml-bucket/out/*", "gs://rtml-bucket/`id`", "gs://rtml-bucket", "out/scored"],
     "dead_letter": ["gs://rtml-bucket/x;rm", "file:///tmp/x"],
-    "model_dir": ["models/fraud", "/template/../etc", "gs://rtml-bucket/models", "/a b"],
+    "model_dir": ["models/fraud", "/template/../etc", "gs://b/models", "/a b", "gs://rtml-bucket/m;id"],
     "model_version": ["latest", "../x"],
     "engine": ["torch", "onnx "],
     "output_format": ["csv"],
@@ -62,6 +65,10 @@ BAD = {
     "kafka_config": ["security.protocol", "x=$(id)", "a=b c"],
     "holdout_fraction": ["0", "1", "1.5", "-0.2", "0.0"],
 }
+# Scoring loads a model through Beam's filesystems; training publishes into a local directory.
+GOOD_IN = {"score_batch": {"model_dir": ["gs://rtml-bucket/models/fraud"]},
+           "score_stream": {"model_dir": ["gs://rtml-bucket/models/fraud"]}}
+BAD_IN = {"train": {"model_dir": ["gs://rtml-bucket/models/fraud"]}}
 SHELL_OR_PATH = {"spec", "input", "output", "dead_letter", "model_dir", "model_version", "bootstrap_servers",
                  "input_topic", "output_topic", "dead_letter_topic", "group_id", "kafka_config"}
 
@@ -143,11 +150,25 @@ def test_regexes_compile_accept_the_examples_and_refuse_the_rest(name):
             assert regex.startswith("^") and regex.endswith("$")
             assert "(?P" not in regex and "\\Z" not in regex  # the Dataflow service checks them in Java
             re.compile(regex)
-        examples = list(GOOD[key])
+        examples = GOOD[key] + GOOD_IN.get(name, {}).get(key, [])
         documented = re.search(r"e\.g\. (.+?)\.?$", parameter["helpText"])
         if documented:
-            examples += documented.group(1).split(" or ")
+            examples = examples + documented.group(1).split(" or ")
         for value in examples:
             assert all(re.fullmatch(r, value) for r in regexes), (name, key, value)
-        for value in BAD[key]:
+        for value in BAD[key] + BAD_IN.get(name, {}).get(key, []):
             assert not all(re.fullmatch(r, value) for r in regexes), (name, key, value)
+
+
+@pytest.mark.parametrize("name, missing", [
+    ("score_batch", "--input, --model_dir, --output, --dead_letter"),
+    ("score_stream", "--model_dir, --input_topic, --output_topic, --dead_letter_topic"),
+    ("train", "--input, --model_dir"),
+])
+def test_entry_files_run_their_pipeline_and_mode(name, missing):
+    """As the template launcher runs them: ``python FILE --flags`` (the image installs the project)."""
+    flags = ["--spec", "fraud"] + (["--bootstrap_servers", "localhost:9092"] if name == "score_stream" else [])
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, str(TEMPLATES / f"{name}.py"), *flags], capture_output=True, text=True,
+                          cwd="/", env=env, timeout=120)
+    assert (done.returncode, done.stderr.splitlines()[-1]) == (2, f"error: missing {missing}; see --help")

@@ -1,0 +1,603 @@
+"""Backfill: score an archive over an event-time range, partition by partition, rerunnable after any failure.
+
+    python -m pipelines.backfill --spec fraud --input 'data/fraud/*/*.jsonl' --model_dir models/fraud \
+        --output out/backfill/scored --dead_letter out/backfill/dead_letter \
+        --start 2026-03-01 --end 2026-03-08 [--partition day|hour] [--max_parallel 8] [--force]
+
+Events are selected by EVENT TIME in [--start, --end), whatever the files' layout, and written
+per partition (a UTC day or hour): OUTPUT/dt=2026-03-01/scored.jsonl with _manifest.json, and
+DEAD_LETTER/dt=2026-03-01/dead_letter.jsonl. Records are sorted by (event time, event_id), dead
+letters by (file, line): the same input and model give byte-identical data files. Each partition
+is committed all or nothing, so the same command after a crash (exception, SIGKILL, full disk)
+redoes only the partitions that are not complete. A dead letter without a usable event time (not
+JSON, no valid event time, cut for size) goes to the `_untimed` unit, written once per output
+directory by the first backfill that finds it missing. Complete partitions made with another model
+version or from other input files are reported and kept unless --redo_stale or --force.
+One backfill at a time per --output (a lock file); Beam's flags (--runner ...) pass through.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+import threading
+import time
+import uuid
+
+import apache_beam as beam
+import orjson
+from apache_beam.io.filesystems import FileSystems
+
+from models.inference import ScoreEvents
+from pipelines import cli
+from pipelines.options import ArchiveOptions, BackfillOptions, ModelOptions, SpecOptions
+from pipelines.score import _load_model
+from transforms.errors import UserError
+from transforms.events import EventBatch, ParseEvents, _is_time, _time_us
+from transforms.fileio import ReadEventFiles, check_input
+
+VIEWS = (SpecOptions, ModelOptions, ArchiveOptions, BackfillOptions)
+MANIFEST = "_manifest.json"
+SCORED_FILE = "scored.jsonl"
+DEAD_LETTER_FILE = "dead_letter.jsonl"
+UNTIMED = "_untimed"
+TMP = "_tmp"
+LOCK = "_backfill.lock"
+UNIT_US = {"day": 86_400_000_000, "hour": 3_600_000_000}
+_NAME = {"day": re.compile(r"dt=\d{4}-\d{2}-\d{2}\Z"), "hour": re.compile(r"dt=\d{4}-\d{2}-\d{2}T\d{2}\Z")}
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
+
+
+# ---------------------------------------------------------------------------------------------
+# Partitions
+
+
+def partition_name(start_us: int, partition: str) -> str:
+    moment = _EPOCH + datetime.timedelta(microseconds=start_us)
+    return "dt=" + moment.strftime("%Y-%m-%d" if partition == "day" else "%Y-%m-%dT%H")
+
+
+def iso(time_us: int) -> str:
+    return (_EPOCH + datetime.timedelta(microseconds=time_us)).isoformat().replace("+00:00", "Z")
+
+
+def parse_moment(flag: str, text: str, partition: str) -> int:
+    """--start / --end as microseconds since the epoch: a UTC date or an RFC 3339 timestamp on a boundary."""
+    try:
+        if _DATE.match(text):
+            moment_us = _time_us(datetime.datetime.combine(datetime.date.fromisoformat(text), datetime.time(),
+                                                           datetime.timezone.utc))
+        elif _is_time(text):
+            moment_us = _time_us(text)
+        else:
+            raise ValueError
+    except (ValueError, OverflowError):
+        raise UserError(f"--{flag} {text}: not a UTC date (2026-03-01) or an RFC 3339 timestamp with a zone "
+                        f"(2026-03-01T06:00:00Z)") from None
+    if moment_us % UNIT_US[partition]:
+        raise UserError(f"--{flag} {text}: not on a {partition} boundary (UTC); partitions are whole UTC "
+                        f"{partition}s")
+    return moment_us
+
+
+def dead_letter_time_us(letter: dict, time_field: str) -> int | None:
+    """The event time a dead letter's raw input names, if it is a JSON object with a valid one; else None."""
+    if letter.get("raw_encoding") != "utf-8" or letter.get("raw_truncated"):
+        return None
+    try:
+        value = orjson.loads(letter["raw"])
+    except orjson.JSONDecodeError:
+        try:  # NaN, Infinity: still JSON to the standard library, and the time may be fine
+            value = json.loads(letter["raw"])
+        except (ValueError, RecursionError):
+            return None
+    if not isinstance(value, dict) or not _is_time(value.get(time_field)):
+        return None
+    try:
+        return _time_us(value[time_field])
+    except (ValueError, OverflowError):
+        return None
+
+
+def input_fingerprint(pattern: str) -> tuple[str, int]:
+    """sha256 over the sorted matched files' paths, sizes and modification times; and the number of files."""
+    check_input(pattern)
+    matched = sorted(FileSystems.match([pattern])[0].metadata_list, key=lambda m: m.path)
+    digest = hashlib.sha256()
+    for meta in matched:
+        digest.update(f"{meta.path}\0{meta.size_in_bytes}\0{meta.last_updated_in_seconds!r}\n".encode())
+    return digest.hexdigest(), len(matched)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing and committing one partition (runs in the pipeline's workers)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Everything a worker needs to write a unit: where, and what its manifest says."""
+
+    output: str
+    dead_letter: str
+    spec: str
+    partition: str
+    model_version: str
+    input_fingerprint: str
+    input_files: int
+
+
+def _write_file(path: str, lines: list[bytes]) -> dict:
+    """Write JSON Lines and fsync them; the file's name, size, sha256 and line count."""
+    data = b"".join(line + b"\n" for line in lines)
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return {"file": os.path.basename(path), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+            "lines": len(lines)}
+
+
+def _rename(source: str, destination: str) -> None:
+    os.rename(source, destination)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def unit_bounds(name: str, partition: str) -> tuple[str, str] | tuple[None, None]:
+    if name == UNTIMED:
+        return None, None
+    text = name[3:]
+    moment = datetime.datetime.strptime(text, "%Y-%m-%d" if partition == "day" else "%Y-%m-%dT%H").replace(
+        tzinfo=datetime.timezone.utc)
+    start = _time_us(moment)
+    return iso(start), iso(start + UNIT_US[partition])
+
+
+def write_unit(target: Target, name: str, scored_lines: list[bytes], dead_lines: list[bytes]) -> dict:
+    """Write a unit's files into temporary directories, its manifest last, then commit them."""
+    token = uuid.uuid4().hex[:12]
+    out_tmp = os.path.join(target.output, TMP, f"{name}.{token}")
+    dead_tmp = os.path.join(target.dead_letter, TMP, f"{name}.{token}")
+    os.makedirs(out_tmp)
+    os.makedirs(dead_tmp)
+    files = {}
+    if name != UNTIMED:
+        files["scored"] = _write_file(os.path.join(out_tmp, SCORED_FILE), scored_lines)
+    files["dead_letters"] = _write_file(os.path.join(dead_tmp, DEAD_LETTER_FILE), dead_lines)
+    start, end = unit_bounds(name, target.partition)
+    manifest = {
+        "partition": name, "kind": "untimed" if name == UNTIMED else target.partition, "start": start, "end": end,
+        "spec": target.spec, "model_version": None if name == UNTIMED else target.model_version,
+        "input_fingerprint": target.input_fingerprint, "input_files": target.input_files,
+        "counts": {"in": len(scored_lines) + len(dead_lines), "scored": len(scored_lines),
+                   "dead_lettered": len(dead_lines)},
+        "files": files,
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace(
+            "+00:00", "Z"),
+    }
+    _write_file(os.path.join(out_tmp, MANIFEST), [json.dumps(manifest, indent=2, sort_keys=True).encode()])
+    commit(target, name, out_tmp, dead_tmp)
+    return manifest
+
+
+def commit(target: Target, name: str, out_tmp: str, dead_tmp: str) -> None:
+    """Make a written unit visible, all or nothing: the rename of its output directory is the commit.
+
+    A unit is complete when OUTPUT/<unit>/_manifest.json exists (and the files it lists are there).
+    An older copy is first moved away (uncommitting it), then the dead letters are moved in, then
+    the output directory with its manifest: a crash before that last rename leaves the unit
+    incomplete, and a rerun redoes it.
+    """
+    final_out = os.path.join(target.output, name)
+    final_dead = os.path.join(target.dead_letter, name)
+    old = []
+    for final, tmp in ((final_out, out_tmp), (final_dead, dead_tmp)):
+        if os.path.lexists(final):
+            _rename(final, tmp + ".old")
+            old.append(tmp + ".old")
+    _rename(dead_tmp, final_dead)
+    _fsync_dir(target.dead_letter)
+    _rename(out_tmp, final_out)  # the commit
+    _fsync_dir(target.output)
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def read_complete(output: str, dead_letter: str, name: str) -> dict | None:
+    """A unit's manifest if the unit is complete (manifest there, every file it lists with its size); else None."""
+    try:
+        with open(os.path.join(output, name, MANIFEST), "rb") as handle:
+            manifest = json.loads(handle.read())
+        for key, entry in manifest["files"].items():
+            directory = output if key == "scored" else dead_letter
+            if os.path.getsize(os.path.join(directory, name, entry["file"])) != entry["bytes"]:
+                return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# The wave's pipeline
+
+
+def _in_wave(batch: EventBatch, unit_us: int, starts: frozenset):
+    keep = [i for i, t in enumerate(batch.event_time_us) if t - t % unit_us in starts]
+    if len(keep) == len(batch.events):
+        yield batch
+    elif keep:
+        yield EventBatch([batch.events[i] for i in keep], [batch.event_time_us[i] for i in keep])
+
+
+def _key_records(records: list[dict], time_field: str, partition: str):
+    """Scored records keyed by partition: (name, ("s", [(time_us, event_id, line), ...]))."""
+    unit_us, by_unit = UNIT_US[partition], {}
+    for record in records:
+        time_us = _time_us(record[time_field])
+        by_unit.setdefault(time_us - time_us % unit_us, []).append(
+            (time_us, str(record["event_id"]), orjson.dumps(record)))
+    for start, items in by_unit.items():
+        yield partition_name(start, partition), ("s", items)
+
+
+def _key_dead_letter(letter: dict, time_field: str, partition: str, names: frozenset):
+    """A dead letter keyed by its partition, or `_untimed`; none if outside the wave."""
+    time_us = dead_letter_time_us(letter, time_field)
+    if time_us is None:
+        name = UNTIMED
+    else:
+        name = partition_name(time_us - time_us % UNIT_US[partition], partition)
+    if name in names:
+        source = letter.get("source") or {}
+        where = source.get("line", source.get("row", source.get("offset", 0)))
+        yield name, ("d", [(str(source.get("file", source.get("topic", ""))), where if isinstance(where, int) else 0,
+                            orjson.dumps(letter))])
+
+
+class WriteUnits(beam.DoFn):
+    """(unit, values) in; sorts the unit's records and dead letters, writes and commits it; its name out."""
+
+    def __init__(self, target: Target):
+        self._target = target
+
+    def process(self, element):
+        name, values = element
+        scored, dead = [], []
+        for tag, items in values:
+            if tag == "s":
+                scored.extend(items)
+            elif tag == "d":
+                dead.extend(items)
+        scored.sort()
+        dead.sort()
+        write_unit(self._target, name, [item[-1] for item in scored], [item[-1] for item in dead])
+        yield name
+
+
+def build_wave(pipeline, spec, model, options, target: Target, names: list[str]) -> None:
+    """One pipeline for a wave of units: read the input once, keep the wave's events, score, write per unit."""
+    archive, model_flags = options.view_as(ArchiveOptions), options.view_as(ModelOptions)
+    partition, names_set = target.partition, frozenset(names)
+    unit_us = UNIT_US[partition]
+    starts = frozenset(_time_us(unit_bounds(n, partition)[0]) for n in names if n != UNTIMED)
+    parsed = (pipeline
+              | "ReadEvents" >> ReadEventFiles(archive.input, archive.batch_size)
+              | "ParseEvents" >> ParseEvents(spec))
+    scored = (parsed.events
+              | "InWave" >> beam.FlatMap(_in_wave, unit_us, starts)
+              | "ScoreEvents" >> ScoreEvents(spec, model, model_flags.model_dir, model_flags.engine)
+              | "KeyScored" >> beam.FlatMap(_key_records, spec.event_time, partition))
+    dead = parsed.dead_letters | "KeyDeadLetters" >> beam.FlatMap(_key_dead_letter, spec.event_time, partition,
+                                                                   names_set)
+    every_unit = pipeline | "Units" >> beam.Create([(name, ("u", [])) for name in names])
+    ((scored, dead, every_unit)
+     | "Together" >> beam.Flatten()
+     | "ByUnit" >> beam.GroupByKey()
+     | "WriteUnits" >> beam.ParDo(WriteUnits(target)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The lock: one backfill per output directory
+
+
+class Lock:
+    """OUTPUT/_backfill.lock, created with O_EXCL, holding pid and host, flock'ed while held.
+
+    A lock whose flock is free, left on this host by a process that is gone, is stale: it is taken
+    over, with a message. A lock held by a live process, or left by another host, is refused.
+    """
+
+    def __init__(self, directory: str):
+        self.path = os.path.join(directory, LOCK)
+        self._fd = None
+
+    def __enter__(self):
+        host = socket.gethostname()
+        for _attempt in range(50):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+            except FileExistsError:
+                if self._take_over(host):
+                    return self
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else has the new file yet
+            self._hold(fd, host)
+            return self
+        raise UserError(f"cannot take the lock {self.path}; try again")
+
+    def _hold(self, fd: int, host: str) -> None:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": host, "started": time.time()}).encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+
+    def _take_over(self, host: str) -> bool:
+        """True if a stale lock was taken over; False to try again; UserError if it is held."""
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            holder = _read_holder(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(f"another backfill is writing to this output (pid {holder.get('pid', '?')} on "
+                                f"{holder.get('host', '?')}, lock {self.path}); wait for it to finish") from None
+            try:  # the file may have been removed (or replaced) since it was opened
+                if os.fstat(fd).st_ino != os.stat(self.path).st_ino:
+                    os.close(fd)
+                    return False
+            except FileNotFoundError:
+                os.close(fd)
+                return False
+            if not holder:  # being written by its creator right now, or its creator died right after creating it
+                time.sleep(0.1)
+                holder = _read_holder(fd)
+            if holder.get("host") not in (None, host):
+                raise UserError(f"{self.path} is held by pid {holder.get('pid')} on host {holder.get('host')}; if "
+                                f"that backfill is no longer running, delete the lock file")
+            pid = holder.get("pid")  # a free flock means its holder is gone, whether or not its pid was reused
+            print(f"taking over a stale lock {self.path} of pid {pid if pid is not None else '?'} on "
+                  f"{holder.get('host', host)}, which is no longer running", file=sys.stderr, flush=True)
+            self._hold(fd, host)
+            fd = None
+            return True
+        finally:
+            if fd is not None and self._fd != fd:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def __exit__(self, *exc):
+        try:
+            os.unlink(self.path)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+        return False
+
+
+def _read_holder(fd: int) -> dict:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress
+
+
+class Progress:
+    """A bar by partition on a terminal (rich), plain lines otherwise; on stderr."""
+
+    def __init__(self, total: int):
+        self._done = 0
+        self._total = total
+        self._bar = None
+        if sys.stderr.isatty():
+            try:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, \
+                    TimeElapsedColumn
+            except ImportError:
+                return
+            from rich.console import Console
+
+            self._bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=Console(stderr=True), transient=False)
+            self._task = self._bar.add_task("backfill", total=total)
+            self._bar.start()
+
+    def advance(self, name: str, status: str, manifest: dict | None) -> None:
+        self._done += 1
+        counts = (manifest or {}).get("counts", {})
+        line = (f"[{self._done}/{self._total}] {name} {status}: {counts.get('in', 0):,} in, "
+                f"{counts.get('scored', 0):,} scored, {counts.get('dead_lettered', 0):,} dead-lettered")
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, description=f"backfill: {name} {status}")
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _watch(output: str, dead_letter: str, names: list[str], statuses: dict, progress: Progress,
+           stop: threading.Event) -> None:
+    """Report each unit of a running wave as its manifest appears."""
+    pending = list(names)
+    while pending:
+        for name in list(pending):
+            manifest = read_complete(output, dead_letter, name)
+            if manifest is not None and manifest.get("finished_at", "") >= statuses[name]["started_at"]:
+                pending.remove(name)
+                statuses[name]["reported"] = True
+                progress.advance(name, statuses[name]["status"], manifest)
+        if stop.wait(0.5):
+            break
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+def _check_layout(output: str, partition: str) -> None:
+    other = "hour" if partition == "day" else "day"
+    found = sorted(n for n in os.listdir(output) if _NAME[other].match(n))
+    if found:
+        raise UserError(f"--output {output} holds {other} partitions ({found[0]} ...); use --partition {other} or "
+                        f"another --output")
+
+
+def _clean_temporary(*directories: str) -> None:
+    """Remove what crashed runs left in the temporary directories (we hold the lock: nobody writes there)."""
+    for directory in directories:
+        tmp = os.path.join(directory, TMP)
+        if os.path.isdir(tmp) and os.listdir(tmp):
+            print(f"removing {len(os.listdir(tmp))} unfinished partition write(s) left in {tmp} by an earlier run",
+                  file=sys.stderr, flush=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def plan(output: str, dead_letter: str, names: list[str], model_version: str, fingerprint: str, force: bool,
+         redo_stale: bool) -> dict[str, dict]:
+    """Each unit's fate: {"status": done|redone|skipped, "todo": bool, "note": str, "manifest": ...}."""
+    statuses = {}
+    for name in names:
+        manifest = read_complete(output, dead_letter, name)
+        if manifest is None:
+            statuses[name] = {"status": "done", "todo": True, "note": "", "manifest": None}
+            continue
+        stale = []
+        if name != UNTIMED and manifest.get("model_version") != model_version:
+            stale.append(f"made with model {manifest.get('model_version')}")
+        if manifest.get("input_fingerprint") != fingerprint:
+            stale.append("from other input files")
+        note = "; ".join(stale)
+        if force or (stale and redo_stale):
+            statuses[name] = {"status": "redone", "todo": True, "note": note, "manifest": manifest}
+        else:
+            statuses[name] = {"status": "skipped", "todo": False, "manifest": manifest,
+                              "note": note + ("; kept (--redo_stale recomputes)" if stale else "")}
+    return statuses
+
+
+def table(statuses: dict[str, dict]) -> str:
+    rows = [("partition", "status", "in", "scored", "dead-lettered", "model version", "note")]
+    for name, state in statuses.items():
+        counts = (state.get("manifest") or {}).get("counts", {})
+        rows.append((name, state["status"], f"{counts.get('in', 0):,}", f"{counts.get('scored', 0):,}",
+                     f"{counts.get('dead_lettered', 0):,}",
+                     (state.get("manifest") or {}).get("model_version") or "-", state.get("note", "")))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    right = {2, 3, 4}
+    return "\n".join("  ".join(cell.rjust(w) if i in right else cell.ljust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in rows)
+
+
+def run(argv=None) -> dict[str, dict]:
+    """Backfill [start, end); returns each unit's status, note and manifest."""
+    options = cli.parse(argv, VIEWS, __doc__)
+    flags, archive = options.view_as(BackfillOptions), options.view_as(ArchiveOptions)
+    cli.require(options, "spec", "input", "model_dir", "output", "dead_letter", "start", "end")
+    start_us = parse_moment("start", flags.start, flags.partition)
+    end_us = parse_moment("end", flags.end, flags.partition)
+    if end_us <= start_us:
+        raise UserError(f"--end {flags.end} must be after --start {flags.start}")
+    if flags.max_parallel < 1:
+        raise UserError("--max_parallel must be at least 1")
+    if archive.output_format != "jsonl":
+        raise UserError("backfill writes JSON Lines only; drop --output_format")
+    for flag in ("output", "dead_letter"):
+        if "://" in getattr(archive, flag):
+            raise UserError(f"--{flag} {getattr(archive, flag)}: backfill commits partitions by renaming directories, "
+                            f"which needs a local or POSIX filesystem")
+    output, dead_letter = os.path.abspath(archive.output), os.path.abspath(archive.dead_letter)
+    if output == dead_letter:
+        raise UserError("--output and --dead_letter must be different directories")
+    spec, model = _load_model(options)
+    fingerprint, n_files = input_fingerprint(archive.input)
+    try:
+        from pipelines.runners import apply_runner_presets
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        apply_runner_presets(options)
+
+    started = time.monotonic()
+    os.makedirs(output, exist_ok=True)
+    os.makedirs(dead_letter, exist_ok=True)
+    unit_us = UNIT_US[flags.partition]
+    names = [partition_name(t, flags.partition) for t in range(start_us, end_us, unit_us)] + [UNTIMED]
+    with Lock(output):
+        _check_layout(output, flags.partition)
+        _clean_temporary(output, dead_letter)
+        statuses = plan(output, dead_letter, names, model.version, fingerprint, flags.force, flags.redo_stale)
+        for name, state in statuses.items():
+            if state["note"] and not state["todo"]:
+                print(f"{name}: complete, {state['note']}", file=sys.stderr, flush=True)
+        target = Target(output, dead_letter, spec.name, flags.partition, model.version, fingerprint, n_files)
+        todo = [name for name in names if statuses[name]["todo"]]
+        progress = Progress(len(names))
+        try:
+            for name in names:
+                if not statuses[name]["todo"]:
+                    progress.advance(name, "skipped", statuses[name]["manifest"])
+            for first in range(0, len(todo), flags.max_parallel):
+                wave = todo[first:first + flags.max_parallel]
+                _run_wave(options, spec, model, target, wave, statuses, progress)
+        finally:
+            progress.close()
+    done = sum(1 for s in statuses.values() if s["todo"])
+    print(table(statuses))
+    print(f"{spec.name} backfill {iso(start_us)} .. {iso(end_us)} by {flags.partition} with model {model.version}: "
+          f"{done} of {len(names)} partitions written, {len(names) - done} skipped, in "
+          f"{time.monotonic() - started:.1f} s; scored: {output}, dead letters: {dead_letter}")
+    return statuses
+
+
+def _run_wave(options, spec, model, target: Target, wave: list[str], statuses: dict, progress: Progress) -> None:
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    for name in wave:
+        statuses[name]["started_at"] = now.isoformat().replace("+00:00", "Z")
+    pipeline = cli.create_pipeline(options, None)
+    build_wave(pipeline, spec, model, options, target, wave)
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(target.output, target.dead_letter, wave, statuses, progress,
+                                                    stop), daemon=True, name="backfill-progress")
+    watcher.start()
+    try:
+        pipeline.run().wait_until_finish()
+    finally:
+        stop.set()
+        watcher.join()
+    for name in wave:
+        manifest = read_complete(target.output, target.dead_letter, name)
+        if manifest is None:
+            raise RuntimeError(f"partition {name} was not committed by its wave; rerun to redo it")
+        statuses[name]["manifest"] = manifest
+        if not statuses[name].get("reported"):
+            statuses[name]["reported"] = True
+            progress.advance(name, statuses[name]["status"], manifest)
+
+
+if __name__ == "__main__":
+    cli.main(run)
