@@ -12,7 +12,8 @@ setuptools.setup(
     "features, scikit-learn models run as ONNX, Kafka in and out.",
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(include=["pipelines*", "transforms*", "models*", "templates*"]),
-    package_data={"transforms": ["specs/*.yaml"], "templates": ["*.json", "*.yaml", "Dockerfile"]},
+    package_data={"transforms": ["specs/*.yaml"],
+                  "templates": ["metadata/*.json", "*.yaml", "Dockerfile", "Dockerfile.dockerignore", ".gcloudignore"]},
     install_requires=[
         "apache-beam[gcp]==2.77.0",
         "tensorflow-transform==1.21.0",

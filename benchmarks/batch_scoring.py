@@ -15,6 +15,7 @@ The references compute the same features (from the model's manifest) and use the
 estimator; lines they cannot parse are skipped. Best of --repeat runs is reported.
 """
 import argparse
+import bisect
 import datetime
 import json
 import math
@@ -28,33 +29,37 @@ DATA = ROOT / "benchmarks" / "data"
 sys.path.insert(0, str(ROOT))
 
 
-def vector(event: dict, manifest: dict) -> list[float]:
-    """The model's input row for one event, in plain Python (the references' feature code)."""
+def vectorizer(manifest: dict):
+    """A function from one event to the model's input row, in plain Python (the references' features)."""
     from transforms.spec import load_spec
 
-    spec = vector.spec = getattr(vector, "spec", None) or load_spec(manifest["spec"]["source"])
-    row = []
-    for feature in spec.features:
-        plan, x = manifest["feature_plan"][feature.name], event[feature.source]
-        if feature.kind in ("zscore", "log_zscore"):
-            x = math.log(x + 1.0) if feature.kind == "log_zscore" else x
-            std = math.sqrt(plan["var"]) or 1.0
-            row.append((x - plan["mean"]) / std)
+    steps = []
+    for feature in load_spec(manifest["spec"]["source"]).features:
+        plan, source = manifest["feature_plan"][feature.name], feature.source
+        if feature.kind in ("zscore", "log_zscore", "identity"):
+            mean, std = plan.get("mean", 0.0), math.sqrt(plan.get("var", 1.0)) or 1.0
+            log = feature.kind == "log_zscore"
+            steps.append(lambda e, s=source, m=mean, d=std, log=log: [((math.log(e[s] + 1.0) if log else e[s]) - m) / d])
         elif feature.kind == "buckets":
-            bucket = sum(x >= b for b in plan["boundaries"])
-            row += [float(i == bucket) for i in range(feature.num_buckets)]
+            def bucket(e, s=source, b=plan["boundaries"], n=feature.num_buckets):
+                row = [0.0] * n
+                row[bisect.bisect_right(b, e[s])] = 1.0
+                return row
+            steps.append(bucket)
         elif feature.kind == "vocabulary":
-            terms = plan["vocabulary"]
-            index = terms.index(x) if x in terms else len(terms)
-            row += [float(i == index) for i in range(feature.top_k + 1)]
-        elif feature.kind == "time_of_day":
-            moment = datetime.datetime.fromisoformat(x)
-            seconds = moment.hour * 3600 + moment.minute * 60 + moment.second + moment.microsecond / 1e6
-            angle = 2 * math.pi * seconds / 86400
-            row += [math.sin(angle), math.cos(angle)]
-        else:
-            row.append(float(x))
-    return row
+            def one_hot(e, s=source, index={t: i for i, t in enumerate(plan["vocabulary"])}, n=feature.top_k + 1):
+                row = [0.0] * n
+                row[index.get(e[s], len(index))] = 1.0
+                return row
+            steps.append(one_hot)
+        else:  # time_of_day
+            def time_of_day(e, s=source):
+                moment = datetime.datetime.fromisoformat(e[s])
+                angle = 2 * math.pi * (moment.hour * 3600 + moment.minute * 60 + moment.second
+                                       + moment.microsecond / 1e6) / 86400
+                return [math.sin(angle), math.cos(angle)]
+            steps.append(time_of_day)
+    return lambda event: [value for step in steps for value in step(event)]
 
 
 def plain_reference(input_glob: str, model_version_dir: str, output: str) -> None:
@@ -63,26 +68,27 @@ def plain_reference(input_glob: str, model_version_dir: str, output: str) -> Non
     import joblib
     import numpy as np
 
-    manifest = json.loads((pathlib.Path(model_version_dir) / "manifest.json").read_text())
+    vector = vectorizer(json.loads((pathlib.Path(model_version_dir) / "manifest.json").read_text()))
     estimator = joblib.load(pathlib.Path(model_version_dir) / "estimator.joblib")
     with open(output, "w") as out:
-        events, rows = [], []
+        event_ids, rows = [], []
 
         def flush():
             scores = estimator.predict_proba(np.array(rows))[:, 1]
-            for event, score in zip(events, scores):
-                out.write(json.dumps({"event_id": event["event_id"], "score": float(score)}) + "\n")
-            events.clear(), rows.clear()
+            for event_id, score in zip(event_ids, scores):
+                out.write(json.dumps({"event_id": event_id, "score": float(score)}) + "\n")
+            event_ids.clear(), rows.clear()
 
         for path in sorted(glob.glob(input_glob)):
             with open(path, "rb") as lines:
                 for line in lines:
                     try:
                         event = json.loads(line)
-                        rows.append(vector(event, manifest))
-                        events.append(event)
+                        row, event_id = vector(event), event["event_id"]
                     except Exception:
                         continue
+                    rows.append(row)
+                    event_ids.append(event_id)
                     if len(rows) == 4096:
                         flush()
         if rows:
@@ -92,15 +98,16 @@ def plain_reference(input_glob: str, model_version_dir: str, output: str) -> Non
 def beam_reference(input_glob: str, model_version_dir: str, output: str) -> None:
     import apache_beam as beam
     import numpy as np
+    from apache_beam.coders import BytesCoder
     from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
     from apache_beam.ml.inference.sklearn_inference import ModelFileType, SklearnModelHandlerNumpy
 
-    manifest = json.loads((pathlib.Path(model_version_dir) / "manifest.json").read_text())
+    vector = vectorizer(json.loads((pathlib.Path(model_version_dir) / "manifest.json").read_text()))
 
     def to_example(line):
         try:
             event = json.loads(line)
-            return [(event["event_id"], np.array(vector(event, manifest)))]
+            return [(event["event_id"], np.array(vector(event)))]
         except Exception:
             return []
 
@@ -109,7 +116,7 @@ def beam_reference(input_glob: str, model_version_dir: str, output: str) -> None
         inference_fn=lambda model, batch, inference_args=None: model.predict_proba(np.stack(batch))[:, 1]))
     with beam.Pipeline() as pipeline:
         (pipeline
-         | beam.io.ReadFromText(input_glob)
+         | beam.io.ReadFromText(input_glob, coder=BytesCoder())  # its default crashes on invalid UTF-8
          | beam.FlatMap(to_example)
          | RunInference(handler)
          | beam.MapTuple(lambda event_id, result: json.dumps({"event_id": event_id, "score": float(result.inference)}))

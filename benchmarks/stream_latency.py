@@ -2,7 +2,7 @@
 rate it sustains.
 
     .venv/bin/python benchmarks/stream_latency.py                      # 2,000 events/s for 30 s
-    .venv/bin/python benchmarks/stream_latency.py --search             # then 60 s trials at rising rates
+    .venv/bin/python benchmarks/stream_latency.py --search             # then 60 s trials: 2,000, 2,500 ... /s
 
 Starts a local Tansu broker (or uses --bootstrap_servers), trains a small fraud model into
 benchmarks/data/stream-model if there is none there, starts the stream scorer as a subprocess
@@ -97,7 +97,7 @@ def run_trial(bootstrap: str, topic: str, reader: OutputReader, events: list[dic
     """Produce ``rate`` events/s for ``seconds``; wait for them to be scored; the trial's figures."""
     total = int(rate * seconds)
     produced_at: dict[str, int] = {}
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": int(os.environ.get("BENCH_LINGER_MS", "5")), "queue.buffering.max.messages": 1_000_000},
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "queue.buffering.max.messages": 1_000_000},
                         logger=_QUIET)
     ids = [f"{label}-{i:07d}" for i in range(total)]
     backlog: list[int] = []
@@ -166,8 +166,9 @@ def main(argv=None) -> int:
                         help="then look for the highest rate sustained for --search_seconds, from --rate up")
     parser.add_argument("--search_seconds", type=float, default=60)
     parser.add_argument("--search_rates", default="",
-                        help="comma-separated rates to try (default: --rate x1.5, x2.25 ... until one is not "
-                             "sustained, at most 5)")
+                        help="comma-separated rates to try, all of them (default: --rate, then --search_step "
+                             "more each time, until one is not sustained; at most 6)")
+    parser.add_argument("--search_step", type=float, default=500)
     parser.add_argument("--model_dir", default=str(DEFAULT_MODEL_DIR))
     parser.add_argument("--bootstrap_servers", help="an existing cluster (default: a local Tansu broker)")
     parser.add_argument("--profile", metavar="PATH", help="run the scorer under cProfile, stats to PATH")
@@ -176,7 +177,18 @@ def main(argv=None) -> int:
     model_dir = pathlib.Path(args.model_dir)
     ensure_model(model_dir)
     broker = None if args.bootstrap_servers else KafkaBroker().start()
-    bootstrap = args.bootstrap_servers or broker.bootstrap
+    try:
+        rows = _benchmark(args, model_dir, args.bootstrap_servers or broker.bootstrap)
+    finally:
+        if broker is not None:
+            broker.stop()
+    print(f"\n{table(rows)}\n(p50/p99/max: output message timestamp - input timestamp; "
+          f"p50c/p99c: checker's consume time - input timestamp; backlog: produced - scored, per second, "
+          f"mean over the 2nd and 4th quarter)")
+    return 0
+
+
+def _benchmark(args, model_dir: pathlib.Path, bootstrap: str) -> list[dict]:
     run_id = uuid.uuid4().hex[:6]
     topics = (f"bench-in-{run_id}", f"bench-scored-{run_id}", f"bench-dead-{run_id}")
     create_topic(bootstrap, topics[0], 3)
@@ -210,7 +222,7 @@ def main(argv=None) -> int:
         print(table(rows), flush=True)
         if args.search:
             rates = ([float(r) for r in args.search_rates.split(",") if r] if args.search_rates
-                     else [args.rate * 1.5 ** k for k in range(0, 5)])
+                     else [args.rate + args.search_step * k for k in range(0, 6)])
             for number, rate in enumerate(rates):
                 print(f"search: {rate:,.0f} events/s for {args.search_seconds:g} s ...", flush=True)
                 row = run_trial(bootstrap, topics[0], reader, events, rate, args.search_seconds, f"search{number}")
@@ -220,8 +232,10 @@ def main(argv=None) -> int:
                     break
                 time.sleep(5)  # let a backlog drain before the next trial
             best = max((r["rate"] for r in rows[1:] if r["sustained"]), default=None)
+            capped = rows[-1]["sustained"] and not args.search_rates
             print(f"highest rate sustained for {args.search_seconds:g} s: "
-                  + (f"{best:,.0f} events/s" if best else "none of those tried"), flush=True)
+                  + (f"{best:,.0f} events/s" if best else "none of those tried")
+                  + (" (every rate tried was sustained; try higher --rate)" if capped else ""), flush=True)
     finally:
         stop_started = time.monotonic()
         if scorer.poll() is None:
@@ -233,12 +247,7 @@ def main(argv=None) -> int:
                 code = scorer.wait()
             print(f"scorer stopped on SIGTERM in {time.monotonic() - stop_started:.1f} s, exit status {code}")
         reader.stop()
-        if broker is not None:
-            broker.stop()
-    print(f"\n{table(rows)}\n(p50/p99/max: output message timestamp - input timestamp; "
-          f"p50c/p99c: checker's consume time - input timestamp; backlog: produced - scored, per second, "
-          f"mean over the 2nd and 4th quarter)")
-    return 0
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Backfill: score an archive over an event-time range, partition by partition, rerunnable after any failure.
 
-    python -m pipelines.backfill --spec fraud --input 'data/fraud/*/*.jsonl' --model_dir models/fraud \
-        --output out/backfill/scored --dead_letter out/backfill/dead_letter \
+    python -m pipelines.backfill --spec fraud --input 'data/fraud/*/*.jsonl' --model_dir models/fraud \\
+        --output out/backfill/scored --dead_letter out/backfill/dead_letter \\
         --start 2026-03-01 --end 2026-03-08 [--partition day|hour] [--max_parallel 8] [--force]
 
 Events are selected by EVENT TIME in [--start, --end), whatever the files' layout, and written
@@ -14,6 +14,12 @@ JSON, no valid event time, cut for size) goes to the `_untimed` unit, written on
 directory by the first backfill that finds it missing. Complete partitions made with another model
 version or from other input files are reported and kept unless --redo_stale or --force.
 One backfill at a time per --output (a lock file); Beam's flags (--runner ...) pass through.
+
+    python -m pipelines.backfill --source kafka --bootstrap_servers host:9092 --input_topic events ...
+
+replays a topic instead: messages stamped in [start - margin, end + margin) (--replay_margin_s),
+events selected by event time as above; a message without a usable event time is dead-lettered
+in the partition of its message timestamp.
 """
 from __future__ import annotations
 
@@ -37,19 +43,21 @@ from apache_beam.io.filesystems import FileSystems
 
 from models.inference import ScoreEvents
 from pipelines import cli
-from pipelines.options import ArchiveOptions, BackfillOptions, ModelOptions, SpecOptions
-from pipelines.score import _load_model
+from pipelines.options import ArchiveOptions, BackfillOptions, KafkaOptions, ModelOptions, SpecOptions
+from pipelines.score import BatchWithinBundle, _load_model, kafka_config
+from transforms import kafka
 from transforms.errors import UserError
-from transforms.events import EventBatch, ParseEvents, _is_time, _time_us
+from transforms.events import EventBatch, ParseEvents, Raw, is_event_time, event_time_us_of
 from transforms.fileio import ReadEventFiles, check_input
 
-VIEWS = (SpecOptions, ModelOptions, ArchiveOptions, BackfillOptions)
+VIEWS = (SpecOptions, ModelOptions, ArchiveOptions, BackfillOptions)  # --help; KafkaOptions' flags parse too
 MANIFEST = "_manifest.json"
 SCORED_FILE = "scored.jsonl"
 DEAD_LETTER_FILE = "dead_letter.jsonl"
 UNTIMED = "_untimed"
 TMP = "_tmp"
 LOCK = "_backfill.lock"
+TABLE_ROWS = 60  # longer ranges list skipped partitions in one line
 UNIT_US = {"day": 86_400_000_000, "hour": 3_600_000_000}
 _NAME = {"day": re.compile(r"dt=\d{4}-\d{2}-\d{2}\Z"), "hour": re.compile(r"dt=\d{4}-\d{2}-\d{2}T\d{2}\Z")}
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
@@ -73,10 +81,10 @@ def parse_moment(flag: str, text: str, partition: str) -> int:
     """--start / --end as microseconds since the epoch: a UTC date or an RFC 3339 timestamp on a boundary."""
     try:
         if _DATE.match(text):
-            moment_us = _time_us(datetime.datetime.combine(datetime.date.fromisoformat(text), datetime.time(),
+            moment_us = event_time_us_of(datetime.datetime.combine(datetime.date.fromisoformat(text), datetime.time(),
                                                            datetime.timezone.utc))
-        elif _is_time(text):
-            moment_us = _time_us(text)
+        elif is_event_time(text):
+            moment_us = event_time_us_of(text)
         else:
             raise ValueError
     except (ValueError, OverflowError):
@@ -99,10 +107,10 @@ def dead_letter_time_us(letter: dict, time_field: str) -> int | None:
             value = json.loads(letter["raw"])
         except (ValueError, RecursionError):
             return None
-    if not isinstance(value, dict) or not _is_time(value.get(time_field)):
+    if not isinstance(value, dict) or not is_event_time(value.get(time_field)):
         return None
     try:
-        return _time_us(value[time_field])
+        return event_time_us_of(value[time_field])
     except (ValueError, OverflowError):
         return None
 
@@ -131,7 +139,9 @@ class Target:
     partition: str
     model_version: str
     input_fingerprint: str
-    input_files: int
+    input_files: int | None  # None for --source kafka
+    source: str = "files"
+    kafka: tuple = ()  # (bootstrap_servers, topic, config items, margin in µs) for --source kafka
 
 
 def _write_file(path: str, lines: list[bytes]) -> dict:
@@ -163,7 +173,7 @@ def unit_bounds(name: str, partition: str) -> tuple[str, str] | tuple[None, None
     text = name[3:]
     moment = datetime.datetime.strptime(text, "%Y-%m-%d" if partition == "day" else "%Y-%m-%dT%H").replace(
         tzinfo=datetime.timezone.utc)
-    start = _time_us(moment)
+    start = event_time_us_of(moment)
     return iso(start), iso(start + UNIT_US[partition])
 
 
@@ -182,7 +192,7 @@ def write_unit(target: Target, name: str, scored_lines: list[bytes], dead_lines:
     manifest = {
         "partition": name, "kind": "untimed" if name == UNTIMED else target.partition, "start": start, "end": end,
         "spec": target.spec, "model_version": None if name == UNTIMED else target.model_version,
-        "input_fingerprint": target.input_fingerprint, "input_files": target.input_files,
+        "source": target.source, "input_fingerprint": target.input_fingerprint, "input_files": target.input_files,
         "counts": {"in": len(scored_lines) + len(dead_lines), "scored": len(scored_lines),
                    "dead_lettered": len(dead_lines)},
         "files": files,
@@ -204,6 +214,8 @@ def commit(target: Target, name: str, out_tmp: str, dead_tmp: str) -> None:
     """
     final_out = os.path.join(target.output, name)
     final_dead = os.path.join(target.dead_letter, name)
+    _fsync_dir(out_tmp)
+    _fsync_dir(dead_tmp)
     old = []
     for final, tmp in ((final_out, out_tmp), (final_dead, dead_tmp)):
         if os.path.lexists(final):
@@ -247,7 +259,7 @@ def _key_records(records: list[dict], time_field: str, partition: str):
     """Scored records keyed by partition: (name, ("s", [(time_us, event_id, line), ...]))."""
     unit_us, by_unit = UNIT_US[partition], {}
     for record in records:
-        time_us = _time_us(record[time_field])
+        time_us = event_time_us_of(record[time_field])
         by_unit.setdefault(time_us - time_us % unit_us, []).append(
             (time_us, str(record["event_id"]), orjson.dumps(record)))
     for start, items in by_unit.items():
@@ -255,17 +267,27 @@ def _key_records(records: list[dict], time_field: str, partition: str):
 
 
 def _key_dead_letter(letter: dict, time_field: str, partition: str, names: frozenset):
-    """A dead letter keyed by its partition, or `_untimed`; none if outside the wave."""
+    """A dead letter keyed by its partition; none if outside the wave.
+
+    Without a usable event time: a Kafka message by its message timestamp, a file line in `_untimed`.
+    """
+    source = letter.get("source") or {}
     time_us = dead_letter_time_us(letter, time_field)
+    if time_us is None and "timestamp_ms" in source:
+        time_us = source["timestamp_ms"] * 1000
     if time_us is None:
         name = UNTIMED
     else:
         name = partition_name(time_us - time_us % UNIT_US[partition], partition)
     if name in names:
-        source = letter.get("source") or {}
         where = source.get("line", source.get("row", source.get("offset", 0)))
-        yield name, ("d", [(str(source.get("file", source.get("topic", ""))), where if isinstance(where, int) else 0,
-                            orjson.dumps(letter))])
+        yield name, ("d", [(str(source.get("file", source.get("topic", ""))), int(source.get("partition", 0)),
+                            where if isinstance(where, int) else 0, orjson.dumps(letter))])
+
+
+def _kafka_raw(message: kafka.KafkaMessage) -> Raw:
+    return Raw(message.value, {"topic": message.topic, "partition": message.partition, "offset": message.offset,
+                               "timestamp_ms": message.timestamp_ms})
 
 
 class WriteUnits(beam.DoFn):
@@ -293,10 +315,19 @@ def build_wave(pipeline, spec, model, options, target: Target, names: list[str])
     archive, model_flags = options.view_as(ArchiveOptions), options.view_as(ModelOptions)
     partition, names_set = target.partition, frozenset(names)
     unit_us = UNIT_US[partition]
-    starts = frozenset(_time_us(unit_bounds(n, partition)[0]) for n in names if n != UNTIMED)
-    parsed = (pipeline
-              | "ReadEvents" >> ReadEventFiles(archive.input, archive.batch_size)
-              | "ParseEvents" >> ParseEvents(spec))
+    starts = frozenset(event_time_us_of(unit_bounds(n, partition)[0]) for n in names if n != UNTIMED)
+    if target.source == "kafka":
+        bootstrap, topic, config, margin_us = target.kafka  # read only around this wave's partitions
+        bounds = [event_time_us_of(unit_bounds(n, partition)[i]) for n in names for i in (0, 1)]
+        first_ms, stop_ms = (min(bounds) - margin_us) // 1000, -(-(max(bounds) + margin_us) // 1000)
+        raw = (pipeline
+               | "ReadEvents" >> kafka.ReadFromKafka(bootstrap, topic, None, "earliest", dict(config),
+                                                     start_timestamp_ms=first_ms, stop_timestamp_ms=stop_ms)
+               | "ToRaw" >> beam.Map(_kafka_raw)
+               | "Batch" >> beam.ParDo(BatchWithinBundle(archive.batch_size)))
+    else:
+        raw = pipeline | "ReadEvents" >> ReadEventFiles(archive.input, archive.batch_size)
+    parsed = raw | "ParseEvents" >> ParseEvents(spec)
     scored = (parsed.events
               | "InWave" >> beam.FlatMap(_in_wave, unit_us, starts)
               | "ScoreEvents" >> ScoreEvents(spec, model, model_flags.model_dir, model_flags.engine)
@@ -334,7 +365,12 @@ class Lock:
                 if self._take_over(host):
                     return self
                 continue
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else has the new file yet
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # another backfill saw the new, still empty file and took it
+                os.close(fd)
+                raise UserError(f"another backfill is starting on this output (lock {self.path}); wait for it to "
+                                f"finish") from None
             self._hold(fd, host)
             return self
         raise UserError(f"cannot take the lock {self.path}; try again")
@@ -447,7 +483,7 @@ def _watch(output: str, dead_letter: str, names: list[str], statuses: dict, prog
     while pending:
         for name in list(pending):
             manifest = read_complete(output, dead_letter, name)
-            if manifest is not None and manifest.get("finished_at", "") >= statuses[name]["started_at"]:
+            if manifest is not None and manifest != statuses[name]["manifest"]:  # a new one
                 pending.remove(name)
                 statuses[name]["reported"] = True
                 progress.advance(name, statuses[name]["status"], manifest)
@@ -491,33 +527,54 @@ def plan(output: str, dead_letter: str, names: list[str], model_version: str, fi
             stale.append(f"made with model {manifest.get('model_version')}")
         if manifest.get("input_fingerprint") != fingerprint:
             stale.append("from other input files")
-        note = "; ".join(stale)
+        note = " and ".join(stale)
         if force or (stale and redo_stale):
             statuses[name] = {"status": "redone", "todo": True, "note": note, "manifest": manifest}
         else:
             statuses[name] = {"status": "skipped", "todo": False, "manifest": manifest,
-                              "note": note + ("; kept (--redo_stale recomputes)" if stale else "")}
+                              "note": note + (", kept (--redo_stale recomputes)" if stale else "")}
     return statuses
 
 
+def _report_kept(statuses: dict[str, dict]) -> None:
+    """One line per reason that complete partitions were kept although stale."""
+    kept: dict[str, list[str]] = {}
+    for name, state in statuses.items():
+        if state["note"] and not state["todo"]:
+            kept.setdefault(state["note"], []).append(name)
+    for note, names in kept.items():
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        print(f"{len(names)} complete partition(s) {note}: {shown}", file=sys.stderr, flush=True)
+
+
 def table(statuses: dict[str, dict]) -> str:
+    """The end-of-run table; in a long range, skipped partitions without a note are counted, not listed."""
+    hidden = [name for name, state in statuses.items() if state["status"] == "skipped" and not state["note"]]
+    if len(statuses) <= TABLE_ROWS:
+        hidden = []
     rows = [("partition", "status", "in", "scored", "dead-lettered", "model version", "note")]
     for name, state in statuses.items():
-        counts = (state.get("manifest") or {}).get("counts", {})
+        if hidden and name in hidden:
+            continue
+        manifest = state.get("manifest") or {}
+        counts = manifest.get("counts", {})
         rows.append((name, state["status"], f"{counts.get('in', 0):,}", f"{counts.get('scored', 0):,}",
-                     f"{counts.get('dead_lettered', 0):,}",
-                     (state.get("manifest") or {}).get("model_version") or "-", state.get("note", "")))
+                     f"{counts.get('dead_lettered', 0):,}", manifest.get("model_version") or "-",
+                     state.get("note", "")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    right = {2, 3, 4}
-    return "\n".join("  ".join(cell.rjust(w) if i in right else cell.ljust(w)
-                               for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in rows)
+    lines = ["  ".join(cell.rjust(width) if i in (2, 3, 4) else cell.ljust(width)
+                       for i, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in rows]
+    if hidden:
+        lines.append(f"({len(hidden)} complete partitions skipped, not listed: {hidden[0]} .. {hidden[-1]})")
+    return "\n".join(lines)
 
 
 def run(argv=None) -> dict[str, dict]:
     """Backfill [start, end); returns each unit's status, note and manifest."""
     options = cli.parse(argv, VIEWS, __doc__)
     flags, archive = options.view_as(BackfillOptions), options.view_as(ArchiveOptions)
-    cli.require(options, "spec", "input", "model_dir", "output", "dead_letter", "start", "end")
+    cli.require(options, "spec", "input_topic" if flags.source == "kafka" else "input", "model_dir", "output",
+                "dead_letter", "start", "end")
     start_us = parse_moment("start", flags.start, flags.partition)
     end_us = parse_moment("end", flags.end, flags.partition)
     if end_us <= start_us:
@@ -533,8 +590,16 @@ def run(argv=None) -> dict[str, dict]:
     output, dead_letter = os.path.abspath(archive.output), os.path.abspath(archive.dead_letter)
     if output == dead_letter:
         raise UserError("--output and --dead_letter must be different directories")
+    if flags.source == "kafka" and cli.given(options, "input"):
+        raise UserError("--input reads files; --source kafka reads --input_topic: give one")
     spec, model = _load_model(options)
-    fingerprint, n_files = input_fingerprint(archive.input)
+    kafka_read = ()
+    if flags.source == "kafka":
+        kafka_read, n_files = _kafka_replay(options, end_us), None
+        # what is replayed, not the data (retention may remove messages); the config (secrets) stays out
+        fingerprint = hashlib.sha256(json.dumps(["kafka", *kafka_read[:2], kafka_read[3]]).encode()).hexdigest()
+    else:
+        fingerprint, n_files = input_fingerprint(archive.input)
     try:
         from pipelines.runners import apply_runner_presets
     except ImportError:  # pragma: no cover
@@ -546,15 +611,16 @@ def run(argv=None) -> dict[str, dict]:
     os.makedirs(output, exist_ok=True)
     os.makedirs(dead_letter, exist_ok=True)
     unit_us = UNIT_US[flags.partition]
-    names = [partition_name(t, flags.partition) for t in range(start_us, end_us, unit_us)] + [UNTIMED]
-    with Lock(output):
+    names = [partition_name(t, flags.partition) for t in range(start_us, end_us, unit_us)]
+    if flags.source == "files":  # a Kafka message without an event time has its message time
+        names.append(UNTIMED)
+    with Lock(output), Lock(dead_letter):
         _check_layout(output, flags.partition)
         _clean_temporary(output, dead_letter)
         statuses = plan(output, dead_letter, names, model.version, fingerprint, flags.force, flags.redo_stale)
-        for name, state in statuses.items():
-            if state["note"] and not state["todo"]:
-                print(f"{name}: complete, {state['note']}", file=sys.stderr, flush=True)
-        target = Target(output, dead_letter, spec.name, flags.partition, model.version, fingerprint, n_files)
+        _report_kept(statuses)
+        target = Target(output, dead_letter, spec.name, flags.partition, model.version, fingerprint, n_files,
+                        flags.source, kafka_read)
         todo = [name for name in names if statuses[name]["todo"]]
         progress = Progress(len(names))
         try:
@@ -564,8 +630,14 @@ def run(argv=None) -> dict[str, dict]:
             for first in range(0, len(todo), flags.max_parallel):
                 wave = todo[first:first + flags.max_parallel]
                 _run_wave(options, spec, model, target, wave, statuses, progress)
-        finally:
+        except BaseException as error:
             progress.close()
+            complete = sum(1 for name in names if read_complete(output, dead_letter, name) is not None)
+            print(f"backfill stopped ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                  f"{complete} of {len(names)} partitions are complete; the same command redoes the rest",
+                  file=sys.stderr, flush=True)
+            raise
+        progress.close()
     done = sum(1 for s in statuses.values() if s["todo"])
     print(table(statuses))
     print(f"{spec.name} backfill {iso(start_us)} .. {iso(end_us)} by {flags.partition} with model {model.version}: "
@@ -574,10 +646,23 @@ def run(argv=None) -> dict[str, dict]:
     return statuses
 
 
+def _kafka_replay(options, end_us: int) -> tuple:
+    """(bootstrap_servers, topic, config items, margin in µs) of a --source kafka replay."""
+    flags, kafka_flags = options.view_as(BackfillOptions), options.view_as(KafkaOptions)
+    if not cli.given(options, "bootstrap_servers"):
+        raise UserError("--source kafka needs --bootstrap_servers")
+    if not 0 <= flags.replay_margin_s < 366 * 86400:
+        raise UserError("--replay_margin_s must be between 0 and a year")
+    margin_us = int(flags.replay_margin_s * 1_000_000)
+    stop_us = end_us + margin_us
+    if stop_us > time.time() * 1_000_000:
+        raise UserError(f"--source kafka: --end {flags.end} plus --replay_margin_s {flags.replay_margin_s:g} is in the "
+                        f"future; the replay would wait for it")
+    config = tuple(sorted(kafka_config(kafka_flags).items()))
+    return kafka_flags.bootstrap_servers, kafka_flags.input_topic, config, margin_us
+
+
 def _run_wave(options, spec, model, target: Target, wave: list[str], statuses: dict, progress: Progress) -> None:
-    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
-    for name in wave:
-        statuses[name]["started_at"] = now.isoformat().replace("+00:00", "Z")
     pipeline = cli.create_pipeline(options, None)
     build_wave(pipeline, spec, model, options, target, wave)
     stop = threading.Event()
@@ -592,7 +677,8 @@ def _run_wave(options, spec, model, target: Target, wave: list[str], statuses: d
     for name in wave:
         manifest = read_complete(target.output, target.dead_letter, name)
         if manifest is None:
-            raise RuntimeError(f"partition {name} was not committed by its wave; rerun to redo it")
+            raise RuntimeError(f"partition {name} was not committed by its wave (do the runner's workers write "
+                               f"{target.output} on this machine's filesystem?); the same command redoes it")
         statuses[name]["manifest"] = manifest
         if not statuses[name].get("reported"):
             statuses[name]["reported"] = True

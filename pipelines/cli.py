@@ -80,9 +80,16 @@ def create_pipeline(options: PipelineOptions, test_pipeline: beam.Pipeline | Non
 
 
 def counters(result) -> dict[str, int]:
-    """Committed counters of the project's namespaces, by ``namespace/name``."""
+    """Committed counters of the project's namespaces, by ``namespace/name``.
+
+    Empty where the runner has none to give: a template written or a job translated (dry run).
+    """
+    try:
+        queried = result.metrics().query(MetricsFilter())["counters"]
+    except (ValueError, NotImplementedError, AttributeError):
+        return {}
     found = {}
-    for counter in result.metrics().query(MetricsFilter())["counters"]:
+    for counter in queried:
         name = counter.key.metric
         if name.namespace.startswith(METRICS_NAMESPACE):
             key = f"{name.namespace}/{name.name}"

@@ -95,8 +95,8 @@ class KafkaOptions(PipelineOptions):
                                  "security.protocol=SASL_SSL, sasl.mechanism=PLAIN, sasl.username=..., "
                                  "sasl.password=...; repeat the flag for more. Secret values are never logged.")
         parser.add_argument("--demo_seconds", type=float, default=30.0,
-                            help="How long the embedded demo (no --bootstrap_servers) produces and scores "
-                                 "before it stops by itself (default: 30).")
+                            help="How long the embedded demo (no --bootstrap_servers) scores, from its first "
+                                 "scored record, before it stops by itself (default: 30).")
 
 
 class BackfillOptions(PipelineOptions):
@@ -114,6 +114,15 @@ class BackfillOptions(PipelineOptions):
         parser.add_argument("--redo_stale", action="store_true", default=False,
                             help="Also recompute complete partitions made with another model version or from "
                                  "other input files (without it they are reported and kept).")
+        parser.add_argument("--source", choices=("files", "kafka"), default="files",
+                            help="files (default): the archive --input. kafka: replay --input_topic from "
+                                 "--bootstrap_servers (with --kafka_config; see pipelines.score --help), bounded by "
+                                 "message timestamps around [start, end) (see --replay_margin_s); events are still "
+                                 "selected by event time.")
+        parser.add_argument("--replay_margin_s", type=float, default=3600.0,
+                            help="--source kafka: also read messages stamped up to this many seconds before --start "
+                                 "and after --end, for events whose message time differs from their event time "
+                                 "(default: 3600).")
         parser.add_argument("--max_parallel", type=int, default=8,
                             help="Partitions per wave: each wave is one pipeline that reads --input once and "
                                  "holds its partitions' records until they are written (default: 8).")

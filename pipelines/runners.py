@@ -1,8 +1,8 @@
 """Runner presets: defaults for Dataflow, Flink and Prism that a pipeline applies before it builds.
 
-A pipeline's ``run()`` calls ``apply_runner_presets(options)`` right after parsing its flags (and,
-for stream mode, after it has set ``--streaming``). Flags the user gave always win; a preset only
-fills a flag that was left at Beam's default.
+A pipeline's ``run()`` calls ``runners.apply_runner_presets(options)`` right after parsing its flags
+(``streaming=True`` for a pipeline that will stream: stream mode sets ``--streaming`` itself). Flags
+the user gave always win; a preset only fills a flag that was left at Beam's default.
 
 * DataflowRunner, streaming: ``--enable_streaming_engine``, ``--autoscaling_algorithm
   THROUGHPUT_BASED`` and ``--max_num_workers 20``.
@@ -49,8 +49,9 @@ def _runner_name(options: PipelineOptions) -> str:
 
 
 def _given(options: PipelineOptions) -> set[str]:
-    """Names of the options whose values differ from their defaults: what the user set."""
-    return set(options.get_all_options(drop_default=True))
+    """What the user set: options on the command line (even at their default) or changed from it."""
+    on_command_line = {arg.split("=", 1)[0][2:] for arg in getattr(options, "_flags", []) if arg.startswith("--")}
+    return on_command_line | set(options.get_all_options(drop_default=True))
 
 
 def apply_runner_presets(options: PipelineOptions, streaming: bool | None = None) -> dict[str, object]:

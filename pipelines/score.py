@@ -8,10 +8,11 @@
 
     python -m pipelines.score --spec fraud --mode stream      # a self-contained local demo
 
-Every input event comes out once: as a scored record (--output / --output_topic), or as a dead
+Every input event comes out once (a stream: at least once) as a scored record (--output / --output_topic) or a dead
 letter (--dead_letter / --dead_letter_topic). Both modes run the same graph; only the source and
 the sinks differ. A stream runs until SIGTERM or Ctrl-C, then stops within 30 s: records already
-read are scored and written, their offsets committed, and the exit status is 0. Delivery is
+read are scored and written, their offsets committed, and the exit status is 0 (a second signal
+exits at once, with status 1, leaving what was read since the last commit to be read again). Delivery is
 at-least-once: after a crash, records read since the last commit are scored again.
 Beam's flags (--runner, --direct_num_workers, --temp_location ...) pass through.
 """
@@ -31,7 +32,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from models import registry
 from models.inference import ScoreEvents
-from pipelines import cli
+from pipelines import cli, runners
 from pipelines.options import ArchiveOptions, KafkaOptions, ModelOptions, ScoreOptions, SpecOptions
 from transforms import kafka
 from transforms.errors import UserError
@@ -76,6 +77,7 @@ def _load_model(options) -> tuple[Spec, registry.ModelVersion]:
 def run(argv=None, test_pipeline=None) -> dict[str, int]:
     """Score events; returns the run's counters (received, valid, scored, dead letters by reason)."""
     options = cli.parse(argv, VIEWS, __doc__)
+    runners.apply_runner_presets(options, streaming=options.view_as(ScoreOptions).mode == "stream")
     if options.view_as(ScoreOptions).mode == "stream":
         return _run_stream(options, test_pipeline)
     flags = options.view_as(ArchiveOptions)
@@ -128,7 +130,8 @@ class BatchWithinBundle(beam.DoFn):
     """Raw records in; lists of up to ``max_size`` out, never held past the end of a bundle.
 
     Stateless (no GroupByKey, no state), so it fuses with the Kafka source and runs live on the
-    DirectRunner; a live read ends its bundles at least every second, which bounds the wait.
+    DirectRunner; a live read checkpoints each partition at least every second, ending its bundle,
+    which bounds the wait.
     """
 
     def __init__(self, max_size: int):
@@ -182,7 +185,7 @@ def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options) ->
      | "WriteDeadLetters" >> kafka.WriteToKafka(flags.bootstrap_servers, flags.dead_letter_topic, config))
 
 
-def _run_stream(options, test_pipeline, stop_after_s: float | None = None, on_stop=None) -> dict[str, int]:
+def _run_stream(options, test_pipeline, stop_when=None, on_stop=None) -> dict[str, int]:
     flags = options.view_as(KafkaOptions)
     cli.require(options, "spec")
     if not cli.given(options, "bootstrap_servers"):  # Beam's flag defaults to localhost:9092
@@ -191,18 +194,42 @@ def _run_stream(options, test_pipeline, stop_after_s: float | None = None, on_st
         return stream_demo.run_demo(options, test_pipeline)
     cli.require(options, "model_dir", "input_topic", "output_topic", "dead_letter_topic")
     spec, model = _load_model(options)
-    kafka_config(flags)  # a malformed item fails here, before anything starts
+    config = kafka_config(flags)  # a malformed item fails here, before anything starts
     options.view_as(StandardOptions).streaming = True
     _check_local_streaming(options)
+    _check_topics(flags, config)
     pipeline = cli.create_pipeline(options, test_pipeline)
     build_stream(pipeline, spec, model, options)
     _check_fused_with_source(pipeline, options)
     group = flags.group_id or f"rtml-score-{spec.name}"
     print(f"scoring {flags.input_topic} -> {flags.output_topic} (dead letters: {flags.dead_letter_topic}) on "
           f"{flags.bootstrap_servers} with {spec.name} model {model.version}, group {group}"
-          + (f", kafka config {kafka.mask_config(kafka_config(flags))}" if flags.kafka_config else "")
+          + (f", kafka config {kafka.mask_config(config)}" if config else "")
           + "; SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)
-    return serve(pipeline, f"{spec.name} stream scoring with model {model.version}", stop_after_s, on_stop)
+    return serve(pipeline, f"{spec.name} stream scoring with model {model.version}", stop_when, on_stop)
+
+
+def _check_topics(flags: KafkaOptions, config: dict) -> None:
+    """A missing input topic is a one-line error before anything starts; missing output topics a warning
+    (a cluster may create them on first write). An unreachable cluster is waited for by the pipeline."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    secrets = kafka._Secrets(config)
+    try:
+        admin = AdminClient({**config, "bootstrap.servers": flags.bootstrap_servers}, logger=secrets)
+        found = admin.list_topics(timeout=10).topics
+    except (KafkaException, ValueError, TypeError) as error:
+        print(f"warning: cannot list the topics on {flags.bootstrap_servers} yet ({secrets.scrub(error)}); "
+              f"starting anyway", file=sys.stderr, flush=True)
+        return
+    if flags.input_topic not in found:
+        raise UserError(f"Kafka topic {flags.input_topic!r} (--input_topic) does not exist on "
+                        f"{flags.bootstrap_servers}")
+    for flag, topic in (("--output_topic", flags.output_topic), ("--dead_letter_topic", flags.dead_letter_topic)):
+        if topic not in found:
+            print(f"warning: Kafka topic {topic!r} ({flag}) does not exist yet; writes fail unless the cluster "
+                  f"creates topics on first use", file=sys.stderr, flush=True)
 
 
 def _is_local(options) -> bool:
@@ -242,8 +269,37 @@ def _check_fused_with_source(pipeline, options) -> None:
                         f"--runner FlinkRunner or DataflowRunner")
 
 
-def serve(pipeline, title: str, stop_after_s: float | None = None, on_stop=None) -> dict[str, int]:
-    """Run a streaming pipeline until SIGTERM / SIGINT (or ``stop_after_s``), then stop it cleanly.
+_SIGNALS = ("SIGTERM", "SIGINT")
+BEFORE_FORCED_EXIT: list = []  # callables run (best effort) before force_exit, e.g. stopping a local broker
+
+
+def force_exit(code: int) -> None:
+    """Leave the process now, without waiting for the pipeline's threads (a stuck one would block a normal exit)."""
+    for hook in reversed(BEFORE_FORCED_EXIT):
+        try:
+            hook()
+        except Exception:  # noqa: BLE001 - leaving anyway
+            pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _missing_topic(error: BaseException) -> str | None:
+    """The one-line reason if ``error`` (as the runner wrapped it) says a Kafka topic does not exist."""
+    text = str(error)
+    marker = "Kafka topic "
+    if "KafkaTopicNotFoundError" in text or isinstance(error, kafka.KafkaTopicNotFoundError):
+        start = text.find(marker)
+        end = text.find("does not exist", start)
+        if start >= 0 and end > start:
+            return text[start:end + len("does not exist")] + "; create it, or check --input_topic"
+        return "a Kafka topic does not exist; create it, or check --input_topic"
+    return None
+
+
+def serve(pipeline, title: str, stop_when=None, on_stop=None) -> dict[str, int]:
+    """Run a streaming pipeline until SIGTERM / SIGINT (or ``stop_when()`` returns a reason), then stop it cleanly.
 
     The pipeline runs in a thread, because on the DirectRunner ``pipeline.run()`` only returns when
     the pipeline has finished. To stop, live Kafka reads in this process are drained (they stop
@@ -266,6 +322,10 @@ def serve(pipeline, title: str, stop_after_s: float | None = None, on_stop=None)
     reason = {"why": None}
 
     def on_signal(signum, _frame):
+        if stop.is_set() and reason["why"] in _SIGNALS:  # a second Ctrl-C: leave now
+            print(f"{signal.Signals(signum).name} again: exiting without waiting (records since the last commit "
+                  f"will be read again)", file=sys.stderr, flush=True)
+            force_exit(1)
         if reason["why"] is None:
             reason["why"] = signal.Signals(signum).name
         stop.set()
@@ -278,8 +338,9 @@ def serve(pipeline, title: str, stop_after_s: float | None = None, on_stop=None)
     runner.start()
     try:
         while runner.is_alive() and not stop.wait(0.2):
-            if stop_after_s is not None and time.monotonic() - started >= stop_after_s:
-                reason["why"] = f"the demo's {stop_after_s:g} s"
+            why = stop_when() if stop_when is not None else None
+            if why:
+                reason["why"] = why
                 break
         stopping = time.monotonic()
         if runner.is_alive():
@@ -294,15 +355,18 @@ def serve(pipeline, title: str, stop_after_s: float | None = None, on_stop=None)
             if runner.is_alive():
                 print(f"error: the pipeline did not stop within {STOP_TIMEOUT_S:g} s of {reason['why']}; exiting "
                       f"without it (records since the last commit will be read again)", file=sys.stderr, flush=True)
-                sys.stderr.flush()
-                os._exit(1)
+                force_exit(1)
         if on_stop is not None:
             on_stop()
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     if "error" in state:
-        raise state["error"]
+        error = state["error"]
+        missing = _missing_topic(error)
+        if missing:
+            raise UserError(missing) from None
+        raise error
     totals = cli.counters(state["result"])
     received = totals.get(f"{METRICS_NAMESPACE}/received", 0)
     scored = totals.get(f"{METRICS_NAMESPACE}/scored", 0)

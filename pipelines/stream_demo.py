@@ -3,7 +3,7 @@
 Starts a local Tansu broker, creates the topics (events with 3 partitions), trains a model on
 generated data when --model_dir holds none, produces generated events (1% broken) at a steady
 rate, runs the stream scorer against them and prints every scored record and dead letter as it
-arrives on the output topics; after --demo_seconds (or on SIGTERM / Ctrl-C) it stops the
+arrives on the output topics; --demo_seconds after the first one (or on SIGTERM / Ctrl-C) it stops the
 scorer cleanly, then the producer, the printer and the broker.
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ from transforms.spec import load_spec
 INPUT_TOPIC, OUTPUT_TOPIC, DEAD_LETTER_TOPIC = "rtml-demo-events", "rtml-demo-scored", "rtml-demo-dead-letters"
 EVENTS_PER_SECOND = 25
 TRAIN_DAYS, TRAIN_EVENTS_PER_DAY = 3, 1500
+STARTUP_ALLOWANCE_S = 120.0  # for the scorer to start (imports, model load) before --demo_seconds count
 _QUIET = logging.getLogger("pipelines.stream_demo.librdkafka")
 _QUIET.setLevel(logging.CRITICAL)
 
@@ -53,12 +54,18 @@ def run_demo(options: PipelineOptions, test_pipeline=None) -> dict[str, int]:
     broker = KafkaBroker()
     stop = threading.Event()
     threads: list[threading.Thread] = []
+
+    def cleanup():
+        broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
     try:
         try:
             broker.start()
         except FileNotFoundError as error:
             raise UserError(f"the stream demo needs a local broker: {error}") from None
         _say(f"started a local Kafka broker (Tansu, in memory) on {broker.bootstrap}")
+        score.BEFORE_FORCED_EXIT.append(cleanup)
         broker.create_topic(INPUT_TOPIC, 3)
         broker.create_topic(OUTPUT_TOPIC, 1)
         broker.create_topic(DEAD_LETTER_TOPIC, 1)
@@ -66,7 +73,7 @@ def run_demo(options: PipelineOptions, test_pipeline=None) -> dict[str, int]:
         model_dir = options.view_as(ModelOptions).model_dir or str(workdir / "model")
         if not (pathlib.Path(model_dir) / registry.CURRENT).exists():
             _say(f"no model in {model_dir}: training one on {TRAIN_DAYS} days of generated {spec.name} events "
-                 f"(about a minute). For a real one: python -m pipelines.generate --spec {spec.name} --days 14 "
+                 f"(one to two minutes). For a real one: python -m pipelines.generate --spec {spec.name} --days 14 "
                  f"--out data/{spec.name} && python -m pipelines.train --spec {spec.name} "
                  f"--input 'data/{spec.name}/*/*.jsonl' --model_dir models/{spec.name}")
             generate.generate(spec.name, TRAIN_DAYS, workdir / "train", datetime.date(2026, 3, 1),
@@ -74,14 +81,15 @@ def run_demo(options: PipelineOptions, test_pipeline=None) -> dict[str, int]:
             train.run(["--spec", spec.name, "--input", str(workdir / "train" / "*" / "*.jsonl"),
                        "--model_dir", model_dir, "--dead_letter", str(workdir / "train_dead_letters")])
 
-        count = int(EVENTS_PER_SECOND * seconds) + EVENTS_PER_SECOND
+        count = int(EVENTS_PER_SECOND * (seconds + 60))  # enough for a slow start too
         generate.generate(spec.name, 1, workdir / "live", datetime.date(2026, 4, 1), max(count, 100), 0.01, 11,
                           compress=False)
         lines = (workdir / "live" / "dt=2026-04-01" / "events.jsonl").read_bytes().splitlines()
+        first_output: list[float] = []  # when the printer saw the first record
         threads = [threading.Thread(target=_produce, args=(broker.bootstrap, lines, spec.entity_key, stop),
                                     name="demo-producer", daemon=True),
-                   threading.Thread(target=_print_outputs, args=(broker.bootstrap, stop), name="demo-printer",
-                                    daemon=True)]
+                   threading.Thread(target=_print_outputs, args=(broker.bootstrap, stop, first_output),
+                                    name="demo-printer", daemon=True)]
         for thread in threads:
             thread.start()
         _say(f"producing {EVENTS_PER_SECOND} generated {spec.name} events/s (1% broken) to {INPUT_TOPIC}; scoring "
@@ -89,15 +97,24 @@ def run_demo(options: PipelineOptions, test_pipeline=None) -> dict[str, int]:
         argv = [*options._flags, "--bootstrap_servers", broker.bootstrap, "--input_topic", INPUT_TOPIC,
                 "--output_topic", OUTPUT_TOPIC, "--dead_letter_topic", DEAD_LETTER_TOPIC,
                 "--group_id", "rtml-demo", "--offset_reset", "earliest", "--model_dir", model_dir]
-        totals = score._run_stream(PipelineOptions(argv), test_pipeline, stop_after_s=seconds,
-                                   on_stop=lambda: time.sleep(1.0))  # the printer catches the last records
-        return totals
+        started = time.monotonic()
+
+        def stop_when() -> str | None:  # --demo_seconds of scoring, counted from the first scored record
+            if first_output and time.monotonic() - first_output[0] >= seconds:
+                return f"the demo's {seconds:g} s"
+            if not first_output and time.monotonic() - started >= seconds + STARTUP_ALLOWANCE_S:
+                return f"no scored record within {seconds + STARTUP_ALLOWANCE_S:g} s"
+            return None
+
+        return score._run_stream(PipelineOptions(argv), test_pipeline, stop_when,
+                                 on_stop=lambda: time.sleep(1.0))  # the printer catches the last records
     finally:
         stop.set()
         for thread in threads:
             thread.join(10)
-        broker.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        cleanup()
+        if cleanup in score.BEFORE_FORCED_EXIT:
+            score.BEFORE_FORCED_EXIT.remove(cleanup)
         _say("stopped the producer, the printer and the broker")
 
 
@@ -120,7 +137,7 @@ def _produce(bootstrap: str, lines: list[bytes], entity_key: str, stop: threadin
     producer.flush(5)
 
 
-def _print_outputs(bootstrap: str, stop: threading.Event) -> None:
+def _print_outputs(bootstrap: str, stop: threading.Event, first_output: list[float]) -> None:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "rtml-demo-printer",
                          "enable.auto.commit": False}, logger=_QUIET)
     consumer.assign([TopicPartition(OUTPUT_TOPIC, 0, 0), TopicPartition(DEAD_LETTER_TOPIC, 0, 0)])
@@ -128,6 +145,8 @@ def _print_outputs(bootstrap: str, stop: threading.Event) -> None:
         while not stop.is_set():
             for message in consumer.consume(200, 0.2):
                 if message.error() is None:
+                    if not first_output:
+                        first_output.append(time.monotonic())
                     _print_record(message.topic(), message.value())
     finally:
         consumer.close()

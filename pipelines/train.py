@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from models import estimator as estimators
 from models import registry
-from pipelines import cli
+from pipelines import cli, runners
 from pipelines.options import ArchiveOptions, ModelOptions, SpecOptions, TrainOptions
 from transforms.errors import UserError
 from transforms.events import EventBatch, ParseEvents
@@ -87,6 +87,7 @@ def build(pipeline, spec: Spec, input_pattern: str, batch_size: int, staging, de
 def run(argv=None, test_pipeline=None) -> registry.ModelVersion:
     """Train and publish a model version; returns it."""
     options = cli.parse(argv, VIEWS, __doc__)
+    runners.apply_runner_presets(options)
     cli.require(options, "spec", "input", "model_dir")
     flags, model_dir = options.view_as(ArchiveOptions), options.view_as(ModelOptions).model_dir
     holdout_fraction = options.view_as(TrainOptions).holdout_fraction

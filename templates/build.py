@@ -22,6 +22,8 @@ import shlex
 import subprocess
 import sys
 
+from templates.launch import checked
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PIPELINES = ("score_batch", "score_stream", "train")
 _NAME = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")  # a GCP project id
@@ -53,24 +55,16 @@ def commands(args: argparse.Namespace) -> list[list[str]]:
     return found
 
 
-def _checked(pattern: re.Pattern, what: str):
-    def check(text: str) -> str:
-        if not pattern.fullmatch(text):
-            raise argparse.ArgumentTypeError(f"not a valid {what}: {text!r}")
-        return text
-    return check
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m templates.build", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--project", required=True, type=_checked(_NAME, "project id"))
-    parser.add_argument("--region", required=True, type=_checked(_REGION, "region"))
-    parser.add_argument("--bucket", required=True, type=_checked(_BUCKET, "bucket name (no gs://)"),
+    parser.add_argument("--project", required=True, type=checked(_NAME, "project id"))
+    parser.add_argument("--region", required=True, type=checked(_REGION, "region"))
+    parser.add_argument("--bucket", required=True, type=checked(_BUCKET, "bucket name (no gs://)"),
                         help="bucket for the template specs (gs://BUCKET/templates/PIPELINE.json)")
-    parser.add_argument("--repository", default="rtml", type=_checked(_REPOSITORY, "repository"),
+    parser.add_argument("--repository", default="rtml", type=checked(_REPOSITORY, "repository"),
                         help="Artifact Registry Docker repository (default: rtml)")
-    parser.add_argument("--tag", default="latest", type=_checked(_TAG, "image tag"))
+    parser.add_argument("--tag", default="latest", type=checked(_TAG, "image tag"))
     parser.add_argument("--pipeline", action="append", choices=PIPELINES,
                         help="write only this template spec (repeatable; default: all); every image is built")
     parser.add_argument("--dry_run", action="store_true", help="only print the commands")

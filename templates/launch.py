@@ -91,7 +91,8 @@ def check_parameters(metadata: dict, items: list[str]) -> dict[str, str]:
     return parameters
 
 
-def _checked(pattern: re.Pattern, what: str):
+def checked(pattern: re.Pattern, what: str):
+    """An argparse type accepting text that fully matches ``pattern``; the error never echoes the value."""
     def check(text: str) -> str:
         if not pattern.fullmatch(text):
             raise argparse.ArgumentTypeError(f"not a valid {what}")
@@ -121,31 +122,31 @@ def parse_args(argv) -> argparse.Namespace:
     parser = _Parser(prog="python -m templates.launch", description=__doc__, allow_abbrev=False,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pipeline", choices=PIPELINES)
-    parser.add_argument("--project", required=True, type=_checked(_PROJECT, "project id"))
-    parser.add_argument("--region", required=True, type=_checked(_REGION, "region"))
-    parser.add_argument("--template_spec", required=True, type=_checked(_SPEC, "gs://.../NAME.json path"),
+    parser.add_argument("--project", required=True, type=checked(_PROJECT, "project id"))
+    parser.add_argument("--region", required=True, type=checked(_REGION, "region"))
+    parser.add_argument("--template_spec", required=True, type=checked(_SPEC, "gs://.../NAME.json path"),
                         help="the template spec that `python -m templates.build` wrote")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="a template parameter (repeat for more); see templates/metadata/PIPELINE.json")
-    parser.add_argument("--job_name", type=_checked(_JOB_NAME, "job name (lowercase letters, digits, -)"),
+    parser.add_argument("--job_name", type=checked(_JOB_NAME, "job name (lowercase letters, digits, -)"),
                         help="default: PIPELINE-YYYYMMDD-HHMMSS (UTC)")
     parser.add_argument("--num_workers", type=_positive)
     parser.add_argument("--max_workers", type=_positive,
                         help="default: the pipeline's preset (20 for streaming) or Dataflow's")
-    parser.add_argument("--machine_type", type=_checked(_MACHINE, "machine type"))
+    parser.add_argument("--machine_type", type=checked(_MACHINE, "machine type"))
     parser.add_argument("--enable_streaming_engine", action="store_true")
-    parser.add_argument("--sdk_container_image", type=_checked(_IMAGE, "image"),
+    parser.add_argument("--sdk_container_image", type=checked(_IMAGE, "image"),
                         help="the workers' image: the template's own image, which holds the project")
-    parser.add_argument("--service_account", type=_checked(_EMAIL, "service account email"),
+    parser.add_argument("--service_account", type=checked(_EMAIL, "service account email"),
                         help="the workers' service account email")
-    parser.add_argument("--temp_location", type=_checked(_GCS_DIR, "gs:// path"))
-    parser.add_argument("--staging_location", type=_checked(_GCS_DIR, "gs:// path"))
+    parser.add_argument("--temp_location", type=checked(_GCS_DIR, "gs:// path"))
+    parser.add_argument("--staging_location", type=checked(_GCS_DIR, "gs:// path"))
     parser.add_argument("--update", action="store_true", help="replace the running streaming job of --job_name")
     parser.add_argument("--transform_name_mapping", action="append", default=[], type=_mapping,
                         metavar="OLD=NEW", help="with --update: a renamed step (repeat for more)")
     parser.add_argument("--validate_only", action="store_true",
                         help="have the service check the request without starting a job")
-    parser.add_argument("--api_endpoint", type=_checked(_ENDPOINT, "HOST[:PORT]"),
+    parser.add_argument("--api_endpoint", type=checked(_ENDPOINT, "HOST[:PORT]"),
                         help="another Dataflow API endpoint; a loopback one is plaintext without credentials "
                              "(tests, emulators)")
     args = parser.parse_args(argv)

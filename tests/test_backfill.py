@@ -19,7 +19,6 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 from models import registry
@@ -37,7 +36,6 @@ UNITS = DAYS + ["_untimed"]
 
 def publish_model(model_dir: pathlib.Path, scale: float = 100.0) -> str:
     """A stand-in fraud model version: score = amount / (amount + scale), from the spec's raw columns."""
-    import onnx
     from onnx import TensorProto, helper
 
     spec = load_spec("fraud")
@@ -123,7 +121,8 @@ def assert_like_clean(clean, out: pathlib.Path) -> None:
     """Same files, same bytes for data files, and complete manifests for every unit."""
     assert data_files(out) == clean["files"]
     assert sorted(manifests(out)) == sorted(UNITS)
-    assert not list((out / "scored" / backfill.TMP).iterdir()) and not list((out / "dead_letter" / backfill.TMP).iterdir())
+    for directory in ("scored", "dead_letter"):
+        assert not list((out / directory / backfill.TMP).iterdir())
     assert not (out / "scored" / backfill.LOCK).exists()
 
 
@@ -178,26 +177,35 @@ WRAPPER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("function, at, where", [
-    ("commit", 2, "between partitions: the first committed, the second written but not committed"),
-    ("commit", 3, "between waves: the first wave committed"),
-    ("_write_file", 2, "in the middle of the first partition's write: scored file written, dead letters not"),
-    ("_rename", 4, "in the middle of a commit: dead letters moved in, output not"),
+@pytest.mark.parametrize("function, at, parallel, where", [
+    ("commit", 2, "1", "between partitions, one a wave: the first committed, the second written, not committed"),
+    ("_write_file", 2, "2", "in the middle of the first partition's write: scored file written, dead letters not"),
+    ("_rename", 4, "2", "in the middle of the second partition's commit: dead letters moved in, output not"),
 ])
-def test_sigkill_then_rerun_matches_the_clean_run(setup, clean, tmp_path, capfd, function, at, where):
-    crashed = subprocess.run([sys.executable, "-c", WRAPPER, function, str(at), *args(setup, tmp_path)],
+def test_sigkill_then_rerun_matches_the_clean_run(setup, clean, tmp_path, capfd, function, at, parallel, where):
+    """Whatever the waves (the clean run had 2 partitions a wave), the same bytes in the end."""
+    crashed = subprocess.run([sys.executable, "-c", WRAPPER, function, str(at),
+                              *args(setup, tmp_path, "--max_parallel", parallel)],
                              cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     assert (tmp_path / "scored" / backfill.LOCK).exists()
+    assert list((tmp_path / "scored" / backfill.TMP).iterdir())  # a partition half written
     committed = sorted(manifests(tmp_path))
+    assert 0 < len(committed) < len(UNITS) or (function == "_write_file" and not committed)
+    if function == "_rename":  # its dead letters in place, its output not: not complete
+        assert {p.name for p in (tmp_path / "dead_letter").glob("dt=*")} - set(committed)
+    untouched = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for unit in committed
+                 for p in [*(tmp_path / "scored" / unit).iterdir(), *(tmp_path / "dead_letter" / unit).iterdir()]}
     statuses = backfill.run(args(setup, tmp_path))
-    assert "taking over a stale lock" in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert "taking over a stale lock" in err and "unfinished partition write(s)" in err
     assert {n for n, s in statuses.items() if s["status"] == "skipped"} == set(committed)
     assert {n for n, s in statuses.items() if s["status"] == "done"} == set(UNITS) - set(committed)
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in untouched} == untouched
     assert_like_clean(clean, tmp_path)
 
 
-def test_exception_then_rerun_matches_the_clean_run(setup, clean, tmp_path, monkeypatch):
+def test_exception_then_rerun_matches_the_clean_run(setup, clean, tmp_path, monkeypatch, capsys):
     original, calls = backfill._write_file, [0]
 
     def full_disk(path, data):
@@ -210,6 +218,7 @@ def test_exception_then_rerun_matches_the_clean_run(setup, clean, tmp_path, monk
     with pytest.raises(Exception, match="No space left on device"):
         backfill.run(args(setup, tmp_path))
     monkeypatch.setattr(backfill, "_write_file", original)
+    assert "1 of 4 partitions are complete; the same command redoes the rest" in capsys.readouterr().err
     assert not (tmp_path / "scored" / backfill.LOCK).exists()  # released on the way out
     assert len(manifests(tmp_path)) == 1
     statuses = backfill.run(args(setup, tmp_path))
@@ -280,7 +289,8 @@ def test_other_model_version_is_reported_and_kept_unless_asked(setup, clean, tmp
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     statuses = backfill.run(flags)
     err = capsys.readouterr().err
-    assert f"dt=2026-03-01: complete, made with model {setup['version']}; kept (--redo_stale recomputes)" in err
+    assert (f"3 complete partition(s) made with model {setup['version']}, kept (--redo_stale recomputes): "
+            f"dt=2026-03-01, dt=2026-03-02, dt=2026-03-03") in err
     assert all(s["status"] == "skipped" for s in statuses.values())
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
     statuses = backfill.run(flags + ["--redo_stale"])
@@ -313,10 +323,18 @@ def test_hour_partitions(setup, clean, tmp_path):
     ({"--model_dir": "/nonexistent/model"}, "error: --model_dir /nonexistent/model: no model here"),
     ({"--max_parallel": "0"}, "error: --max_parallel must be at least 1"),
     ({"--end": None}, "error: missing --end"),
+    ({"--source": "kafka", "--input": None, "--input_topic": "events"},
+     "error: --source kafka needs --bootstrap_servers"),
+    ({"--source": "kafka", "--input": None, "--input_topic": "events", "--bootstrap_servers": "localhost:1",
+      "--end": "2999-01-01"}, "error: --source kafka: --end 2999-01-01 plus --replay_margin_s 3600 is in the future"),
+    ({"--source": "kafka", "--input_topic": "events"}, "error: --input reads files; --source kafka reads --input_topic"),
 ])
 def test_bad_flags_get_one_line_and_exit_2(setup, tmp_path, monkeypatch, capsys, change, message):
     flags = args(setup, tmp_path)
     for flag, value in change.items():
+        if flag not in flags:
+            flags += [flag, value]
+            continue
         index = flags.index(flag)
         if value is None:
             del flags[index:index + 2]
@@ -328,3 +346,47 @@ def test_bad_flags_get_one_line_and_exit_2(setup, tmp_path, monkeypatch, capsys,
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(message), err
+
+
+def test_kafka_replay_between_two_timestamps(setup, clean, kafka_broker, tmp_path):
+    """The archive's lines as messages stamped with their event time (a line without one: its day's noon plus its
+    line number in ms); the 4th day lies outside [START, END). The same scored bytes as from files; a dead letter
+    without an event time lands in the partition of its message time."""
+    from confluent_kafka import Producer
+
+    spec = load_spec("fraud")
+    topic = f"backfill-{os.getpid()}-{random.randrange(1 << 30)}"
+    kafka_broker.create_topic(topic, 3)
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap, "linger.ms": 5})
+    untimed_by_day: dict[str, list[str]] = {}
+    for path in sorted(pathlib.Path(setup["root"], "archive").glob("*/*.jsonl")):
+        day = path.parent.name[3:]
+        noon_ms = backfill._time_us(f"{day}T12:00:00Z") // 1000
+        for number, line in enumerate(file_lines(path), start=1):
+            if len(line) > 900_000:  # the generator's oversized line: more than a Kafka message may hold
+                continue
+            time_us = backfill.dead_letter_time_us(dead_letter(line, "", {}, "fraud"), spec.event_time)
+            if time_us is None:
+                untimed_by_day.setdefault(f"dt={day}", []).append(line)
+            producer.produce(topic, value=line, key=str(number).encode(),
+                             timestamp=noon_ms + number if time_us is None else time_us // 1000)
+            producer.poll(0)
+    assert producer.flush(20) == 0
+    del producer
+    flags = args(setup, tmp_path) + ["--source", "kafka", "--bootstrap_servers", kafka_broker.bootstrap,
+                                     "--input_topic", topic, "--replay_margin_s", "60"]
+    del flags[flags.index("--input"):flags.index("--input") + 2]
+    statuses = backfill.run(flags)
+    assert list(statuses) == DAYS and all(s["status"] == "done" for s in statuses.values())
+    files = data_files(tmp_path)
+    for day in DAYS:
+        assert files[f"scored/{day}/scored.jsonl"] == clean["files"][f"scored/{day}/scored.jsonl"]
+        letters = [json.loads(line) for line in files[f"dead_letter/{day}/dead_letter.jsonl"].splitlines()]
+        assert all(d["source"]["topic"] == topic and "offset" in d["source"] for d in letters)
+        from_files = [json.loads(line)["raw"] for line in clean["files"][f"dead_letter/{day}/dead_letter.jsonl"]
+                      .splitlines()]
+        untimed = [dead_letter(line, "", {}, "fraud")["raw"] for line in untimed_by_day.get(day, [])]
+        assert sorted(d["raw"] for d in letters) == sorted(from_files + untimed)
+    assert manifests(tmp_path)[DAYS[0]]["input_files"] is None
+    again = backfill.run(flags)
+    assert all(s["status"] == "skipped" for s in again.values())

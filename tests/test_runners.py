@@ -120,6 +120,9 @@ def test_presets_fill_only_what_the_user_left_unset():
         ["--runner=FlinkRunner", "--flink_master=flink.internal:8081", "--parallelism=8",
          "--sdk_container_image=europe-docker.pkg.dev/p/rtml/score_stream:v1"])) == {
         "environment_type": "DOCKER", "environment_config": "europe-docker.pkg.dev/p/rtml/score_stream:v1"}
+    # given on the command line, even at Beam's default: the user's choice stands
+    assert runners.apply_runner_presets(PipelineOptions(["--runner=FlinkRunner", "--flink_master=[auto]"])) == {
+        "parallelism": 4, "environment_type": "LOOPBACK"}
     assert runners.apply_runner_presets(PipelineOptions(["--runner=PrismRunner", "--prism_location=/opt/prism"])) \
         == {"environment_type": "LOOPBACK"}
     assert runners.apply_runner_presets(PipelineOptions([])) == {}
@@ -170,3 +173,18 @@ def test_score_batch_end_to_end_on_portable_runner(trained, job_service, tmp_pat
     assert _lines(tmp_path / "scored", "scored") == valid
     assert _lines(tmp_path / "dead_letter", "dead_letter") == lines - valid
     assert totals.get("rtml/received") == lines and totals.get("rtml/scored") == valid
+
+
+def test_flink_presets_run_score_batch_through_a_job_endpoint(trained, job_service, tmp_path):
+    """FlinkRunner with only --job_endpoint (a Flink job server would serve the same Job API): the presets
+    pick the LOOPBACK environment for a master on this machine, so no Docker is needed."""
+    if not _presets_wired():
+        pytest.skip("pipelines.runners.apply_runner_presets is not called by pipelines.score yet (see its docstring)")
+    root, manifest = trained
+    totals = score.run(["--spec", "fraud", "--input", str(root / "data" / "*" / "*.jsonl"),
+                        "--model_dir", str(root / "model"), "--output", str(tmp_path / "scored"),
+                        "--dead_letter", str(tmp_path / "dead_letter"),
+                        "--runner", "FlinkRunner", "--job_endpoint", job_service])
+    valid = sum(day["valid"] for day in manifest["days"])
+    assert _lines(tmp_path / "scored", "scored") == valid
+    assert totals.get("rtml/scored") == valid

@@ -78,13 +78,17 @@ def _key(line: bytes) -> bytes | None:
 
 
 def produce(bootstrap: str, topic: str, values: list[bytes | None], keys: list[bytes | None] | None = None,
-            rate: float | None = None, partitions: list[int] | None = None) -> dict[int, int]:
-    """Produce values keyed by card_id (or ``keys``), to ``partitions`` if given; {partition: last offset + 1}."""
+            rate: float | None = None, partitions: list[int] | None = None,
+            delivered: list | None = None) -> dict[int, int]:
+    """Produce values keyed by card_id (or ``keys``), to ``partitions`` if given; {partition: last offset + 1}.
+    ``delivered`` gets (partition, offset, value) of each record as the broker stored it."""
     ends: dict[int, int] = {}
 
     def on_delivery(err, msg):
         assert err is None, err
         ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
+        if delivered is not None:
+            delivered.append((msg.partition(), msg.offset(), msg.value()))
 
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "message.max.bytes": 4 << 20},
                         logger=_QUIET)
@@ -204,11 +208,7 @@ def test_stream_scores_like_batch_dead_letters_broken_messages_and_stops_on_sigt
         with Scorer(stream_model, bootstrap, topics, group) as scorer:
             outputs.wait(lambda o: len(o.scored) >= len(archive["scores"]) and len(o.dead) >= expected_dead,
                          60, "every event scored or dead-lettered", scorer)
-            # Offsets are committed by bundle finalization, after the outputs are flushed.
-            deadline = time.monotonic() + 15
-            while _committed(bootstrap, group, topics[0]) != ends and time.monotonic() < deadline:
-                time.sleep(0.2)
-            code, took = scorer.terminate()
+            code, took = scorer.terminate()  # the last bundles' offsets are committed on the way out
             log = scorer.log()
         outputs.read(1.0)  # nothing more may come
     finally:
@@ -261,10 +261,29 @@ def test_sigkill_mid_stream_then_restart_scores_every_event_at_least_once(kafka_
         with Scorer(stream_model, bootstrap, topics, group) as scorer:
             outputs.wait(lambda o: {r["event_id"] for _, r in o.scored} >= archive["scores"].keys(),
                          60, "every valid event scored after the restart", scorer)
-            code, _ = scorer.terminate()
-            assert code == 0, scorer.log()
+            # Then SIGTERM while events are still coming in (500/s): what was read must come out, and be committed.
+            tail = [line.replace(b'"event_id":"', b'"event_id":"tail-', 1)
+                    for line in rest if _event_id(line) in archive["scores"]][:1500]
+            delivered: list = []
+            producer = threading.Thread(target=produce, kwargs=dict(
+                bootstrap=bootstrap, topic=topics[0], values=tail, rate=500.0, delivered=delivered))
+            producer.start()
+            outputs.wait(lambda o: any(r["event_id"].startswith("tail-") for _, r in o.scored), 30,
+                         "the first events sent after the restart", scorer)
+            code, took = scorer.terminate()
+            assert code == 0 and took < 30, scorer.log()
+            producer.join(30)
+        committed = _committed(bootstrap, group, topics[0])
+        outputs.read(1.0)
     finally:
         outputs.close()
+    scored_ids = {r["event_id"] for _, r in outputs.scored}
+    dead_at = {(d["source"]["partition"], d["source"]["offset"]) for _, d in outputs.dead}
+    read = [(p, o, v) for p, o, v in delivered if o < committed[p]]
+    assert 0 < len(read) < len(tail)  # stopped mid-stream
+    for partition, offset, value in read:  # committed means scored or dead-lettered
+        event_id = _event_id(value)
+        assert event_id in scored_ids or (partition, offset) in dead_at, (partition, offset, value[:80])
     broken = {(d["source"]["partition"], d["source"]["offset"]) for _, d in outputs.dead}
     assert len(broken) == sum(archive["errors"].values())  # every broken line dead-lettered at least once
 
@@ -274,7 +293,10 @@ def test_scorer_waits_out_a_broker_outage_without_a_restart(stream_model, archiv
 
     Tansu keeps everything in memory, so the broker comes back empty: the test re-creates the
     topics, fills each input partition up to where the scorer had read (those offsets are not
-    read again), then produces the rest of the events.
+    read again), then produces the rest of the events. It also forgets producer ids, so an
+    idempotent producer (WriteToKafka's default) would never be acknowledged again (measured:
+    librdkafka retries until message.timeout.ms); a cluster that keeps its state does not do that,
+    so here the scorer's producers run with enable.idempotence=false.
     """
     valid = [line for line in archive["lines"] if _event_id(line) in archive["scores"]]
     first, rest = valid[:600], valid[600:1200]
@@ -284,7 +306,8 @@ def test_scorer_waits_out_a_broker_outage_without_a_restart(stream_model, archiv
         outputs = Outputs(broker.bootstrap, topics[1], topics[2])
         try:
             with Scorer(stream_model, broker.bootstrap, topics, _name("outage"),
-                        "--kafka_config", "reconnect.backoff.max.ms=500") as scorer:
+                        "--kafka_config", "reconnect.backoff.max.ms=500",
+                        "--kafka_config", "enable.idempotence=false") as scorer:
                 outputs.wait(lambda o: len(o.scored) >= len(first), 60, "the events before the outage", scorer)
                 outputs.close()
                 broker.stop()
@@ -312,3 +335,33 @@ def _event_id(line: bytes) -> str | None:
     except orjson.JSONDecodeError:
         return None
     return value.get("event_id") if isinstance(value, dict) else None
+
+
+def test_a_graph_the_direct_runner_cannot_stream_is_refused_not_left_hanging():
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines import score
+    from transforms.errors import UserError
+
+    options = PipelineOptions(["--streaming"])
+    pipeline = beam.Pipeline(options=options)
+    _ = pipeline | beam.Create([("k", 1)]) | "Group" >> beam.GroupByKey()
+    with pytest.raises(UserError, match="Group.*streaming runner"):
+        score._check_fused_with_source(pipeline, options)
+    score._check_fused_with_source(pipeline, PipelineOptions(["--streaming", "--runner", "FlinkRunner"]))
+
+
+def test_stream_mode_flags_are_checked_before_anything_starts(stream_model):
+    from pipelines import score
+    from transforms.errors import UserError
+
+    with pytest.raises(UserError, match="missing --input_topic"):
+        score.run(["--mode", "stream", "--spec", "fraud", "--model_dir", stream_model,
+                   "--bootstrap_servers", "127.0.0.1:1"])
+    secret = "hunter2-" + uuid.uuid4().hex
+    with pytest.raises(UserError) as raised:
+        score.run(["--mode", "stream", "--spec", "fraud", "--model_dir", stream_model, "--bootstrap_servers",
+                   "127.0.0.1:1", "--input_topic", "a", "--output_topic", "b", "--dead_letter_topic", "c",
+                   "--kafka_config", f"sasl.password{secret}"])
+    assert secret not in str(raised.value) and "--kafka_config #1" in str(raised.value)

@@ -88,7 +88,7 @@ class EventParser:
             error = check(value)
             if error:
                 return error
-        return event, _time_us(event[self._time_field])
+        return event, event_time_us_of(event[self._time_field])
 
 
 def _lenient_json(payload: bytes) -> Any:
@@ -117,7 +117,7 @@ def _check_for(field: Field) -> Callable[[Any], str | None]:
         return _string_check(field)
     if field.type == "timestamp":
         message = f"{name}: must be an RFC 3339 time with a zone"
-        return lambda value: None if _is_time(value) else message
+        return lambda value: None if is_event_time(value) else message
     if field.type == "binary":
         message = f"{name}: must be 0 or 1"
         return lambda value: None if type(value) in (int, float) and value in (0, 1) else message
@@ -166,7 +166,7 @@ def _plain(number: float) -> str:
     return str(int(number)) if float(number).is_integer() else str(number)
 
 
-def _is_time(value: Any) -> bool:
+def is_event_time(value: Any) -> bool:
     if isinstance(value, datetime.datetime):  # a typed timestamp column (Parquet)
         return value.tzinfo is not None
     if type(value) is not str or not _RFC3339.match(value):
@@ -178,7 +178,7 @@ def _is_time(value: Any) -> bool:
     return True
 
 
-def _time_us(value: str | datetime.datetime) -> int:
+def event_time_us_of(value: str | datetime.datetime) -> int:
     moment = value if isinstance(value, datetime.datetime) else datetime.datetime.fromisoformat(value)
     return (moment - _EPOCH) // _MICROSECOND
 

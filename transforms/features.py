@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from transforms.events import EventBatch, _time_us
+from transforms.events import EventBatch, event_time_us_of
 from transforms.spec import Feature, Spec
 
 OOV = "<OOV>"
@@ -54,7 +54,7 @@ def raw_columns(batch: EventBatch, spec: Spec) -> dict[str, np.ndarray]:
         if kind == "string":
             columns[name] = np.array([e[name] for e in batch.events], dtype=object)
         elif kind == "timestamp":
-            times = batch.event_time_us if name == spec.event_time else [_time_us(e[name]) for e in batch.events]
+            times = batch.event_time_us if name == spec.event_time else [event_time_us_of(e[name]) for e in batch.events]
             columns[name] = np.array(times, dtype=np.int64)
         else:
             columns[name] = np.array([e[name] for e in batch.events], dtype=np.float32)
