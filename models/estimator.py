@@ -5,16 +5,25 @@ for an outlier detector (IsolationForest ...), ``-score_samples``, so higher is 
 """
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 from sklearn.base import is_classifier, is_outlier_detector
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from transforms.features import FEATURES_OUTPUT, ONNX_IR_VERSION, ONNX_OPSETS
-from transforms.spec import Spec, SpecError, estimator_class
+from transforms.features import FEATURES_OUTPUT, ONNX_IR_VERSION, ONNX_OPSETS, SCORE_OUTPUT
+from transforms.spec import Spec, SpecError
 
-SCORE_OUTPUT = "score"
+
+def estimator_class(spec: Spec) -> type:
+    """The scikit-learn estimator class the spec names."""
+    module_name, _, class_name = spec.estimator.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        raise SpecError(f"spec {spec.source}: model.estimator {spec.estimator!r} does not exist") from None
 
 
 def make_estimator(spec: Spec):

@@ -19,12 +19,11 @@ from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from models import registry
-from models.estimator import SCORE_OUTPUT, sklearn_scores
 from transforms.events import METRICS_NAMESPACE, EventBatch
-from transforms.features import raw_columns, tft_layer, transform_with_tft
+from transforms.features import SCORE_OUTPUT, raw_columns, tft_layer, transform_with_tft
 from transforms.spec import Spec
 
 Columns = dict[str, np.ndarray]
@@ -32,8 +31,11 @@ ENGINES = ("onnx", "sklearn")
 _SCORED = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "scored")
 
 
-class _ScoreHandler(ModelHandler[Columns, PredictionResult, Any]):
-    """Shared by both engines: which version to load, and how batches of columns are scored."""
+class _ScoreHandler(ModelHandler[EventBatch, PredictionResult, Any]):
+    """Shared by both engines: which version to load, and how batches of events are scored.
+
+    Each example is an ``EventBatch``; its ``PredictionResult`` holds one score per event.
+    """
 
     def __init__(self, model_dir: str, version: str, spec: Spec):
         super().__init__()
@@ -42,17 +44,15 @@ class _ScoreHandler(ModelHandler[Columns, PredictionResult, Any]):
     def batch_elements_kwargs(self):
         return {"min_batch_size": 1, "max_batch_size": 8}  # each element is already a batch of events
 
-    def run_inference(self, batch: Sequence[Columns], model, inference_args=None) -> Iterable[PredictionResult]:
-        if len(batch) == 1:
-            columns = batch[0]
-        else:
-            columns = {name: np.concatenate([c[name] for c in batch]) for name in batch[0]}
-        scores = self._score(model, columns)
-        ends = np.cumsum([len(next(iter(c.values()))) for c in batch])
-        return [PredictionResult(c, s, model_id=self._version) for c, s in zip(batch, np.split(scores, ends[:-1]))]
+    def run_inference(self, batch: Sequence[EventBatch], model, inference_args=None) -> Iterable[PredictionResult]:
+        events = batch[0] if len(batch) == 1 else EventBatch(
+            [e for b in batch for e in b.events], [t for b in batch for t in b.event_time_us])
+        scores = self._score(model, raw_columns(events, self._spec))
+        ends = np.cumsum([len(b.events) for b in batch])
+        return [PredictionResult(b, s, model_id=self._version) for b, s in zip(batch, np.split(scores, ends[:-1]))]
 
-    def get_num_bytes(self, batch: Sequence[Columns]) -> int:
-        return sum(a.nbytes for columns in batch for a in columns.values())
+    def get_num_bytes(self, batch: Sequence[EventBatch]) -> int:
+        return sum(len(b.events) for b in batch)  # events, not bytes: the size that matters here
 
     def _score(self, model, columns: Columns) -> np.ndarray:
         raise NotImplementedError
@@ -86,6 +86,8 @@ class SklearnScoreHandler(_ScoreHandler):
         return _SklearnModel(estimator, tft_layer(version.file("transform")))
 
     def _score(self, model: _SklearnModel, columns: Columns) -> np.ndarray:
+        from models.estimator import sklearn_scores  # scikit-learn only for this engine
+
         return sklearn_scores(model.estimator, transform_with_tft(model.layer, self._spec, columns))
 
     def get_metrics_namespace(self) -> str:
@@ -112,13 +114,11 @@ class ScoreEvents(beam.PTransform):
     def __init__(self, spec: Spec, model: registry.ModelVersion, model_dir: str, engine: str = "onnx"):
         super().__init__()
         handler_class = {"onnx": OnnxScoreHandler, "sklearn": SklearnScoreHandler}[engine]
-        self._spec, self._version = spec, model.version
-        self._handler = KeyedModelHandler(handler_class(model_dir, model.version, spec))
+        self._spec, self._handler = spec, handler_class(model_dir, model.version, spec)
 
     def expand(self, batches):
         spec = self._spec
         return (batches
-                | "RawColumns" >> beam.Map(lambda batch: (batch, raw_columns(batch, spec)))
                 | "RunInference" >> RunInference(self._handler)
-                | "ScoredRecords" >> beam.MapTuple(
-                    lambda batch, result: scored_records(spec, batch, result.inference, result.model_id)))
+                | "ScoredRecords" >> beam.Map(
+                    lambda result: scored_records(spec, result.example, result.inference, result.model_id)))

@@ -35,13 +35,20 @@ def _spec_file(tmp_path, **changes) -> str:
     ({"features": [{"name": "a", "kind": "zscore", "source": "nope"}]}, "source 'nope' is not a field"),
     ({"features": [{"name": "a", "kind": "zscore", "source": "amount", "colour": 1}]}, "unknown key colour"),
     ({"model": {"estimator": "os.system"}}, "must be a scikit-learn class"),
-    ({"model": {"estimator": "sklearn.ensemble.NoSuchForest"}}, "does not exist"),
     ({"fields": {"event_id": {"type": "uuid"}}}, "type must be one of"),
 ])
 def test_broken_spec_files_say_what_is_wrong(tmp_path, changes, message):
     with pytest.raises(SpecError, match=message) as raised:
         load_spec(_spec_file(tmp_path, **changes))
     assert "\n" not in str(raised.value)
+
+
+def test_an_estimator_that_does_not_exist_fails_before_training(tmp_path):
+    from models.estimator import make_estimator
+
+    spec = load_spec(_spec_file(tmp_path, model={"estimator": "sklearn.ensemble.NoSuchForest"}))
+    with pytest.raises(SpecError, match="does not exist"):
+        make_estimator(spec)
 
 
 def test_unknown_spec_name_and_bad_yaml(tmp_path):

@@ -36,7 +36,8 @@ from transforms.spec import Feature, Spec
 OOV = "<OOV>"
 ONNX_OPSETS = {"": 17, "ai.onnx.ml": 3}
 ONNX_IR_VERSION = 8  # what these opsets need; onnxruntime refuses IR versions newer than it knows
-FEATURES_OUTPUT = "features"
+FEATURES_OUTPUT = "features"  # the feature graph's output
+SCORE_OUTPUT = "score"  # a model version's output: features, then the estimator (models/estimator.py)
 _PARAM_PREFIX = "__param__."  # analyzed values, exported as constant columns of the transform
 _US_PER_DAY = 86_400_000_000
 _RADIANS_PER_US = np.float32(2 * math.pi / _US_PER_DAY)

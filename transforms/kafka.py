@@ -420,7 +420,9 @@ class _ReadPartitionFn(beam.DoFn):
 
     BATCH = 500  # messages per consume() call
     POLL_S = 0.1  # consume() waits this long when fewer than BATCH messages are ready
-    MAX_PROCESS_S = 1.0  # then checkpoint, so bundles end and offsets get committed
+    # Then checkpoint, so bundles end and offsets get committed. Short, because a local runner
+    # serves one partition's read at a time: the others wait this long.
+    MAX_PROCESS_S = 0.1
     RESUME_AFTER = Duration(micros=200_000)  # how soon a checkpointed read asks to go on
 
     def __init__(self, config: dict, commit: bool, max_delay_ms: int):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import pathlib
 import re
@@ -149,6 +148,9 @@ def _build(document: Any, source: str) -> Spec:
             raise SpecError(f"{where}: label {label!r} must name a binary field")
         if any(f.source == label for f in features):
             raise SpecError(f"{where}: the label {label!r} cannot be a feature source")
+    if not str(model["estimator"]).startswith("sklearn."):
+        raise SpecError(f"{where}: model.estimator must be a scikit-learn class "
+                        f"such as sklearn.ensemble.IsolationForest, not {model['estimator']!r}")
     threshold = doc.get("alert_threshold", 0.5)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         raise SpecError(f"{where}: alert_threshold must be a number")
@@ -160,20 +162,7 @@ def _build(document: Any, source: str) -> Spec:
         estimator=str(model["estimator"]), estimator_params=dict(model.get("params") or {}),
         alert_threshold=float(threshold), source=source,
     )
-    estimator_class(spec)  # fail now, not after hours of analysis
     return spec
-
-
-def estimator_class(spec: Spec) -> type:
-    """The scikit-learn estimator class the spec names; only ``sklearn.*`` classes are allowed."""
-    module_name, _, class_name = spec.estimator.rpartition(".")
-    if not module_name.startswith("sklearn."):
-        raise SpecError(f"spec {spec.source}: model.estimator must be a scikit-learn class "
-                        f"such as sklearn.ensemble.IsolationForest, not {spec.estimator!r}")
-    try:
-        return getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError):
-        raise SpecError(f"spec {spec.source}: model.estimator {spec.estimator!r} does not exist") from None
 
 
 def _field(name: str, rules: Any, where: str) -> Field:
