@@ -420,9 +420,12 @@ class _ReadPartitionFn(beam.DoFn):
 
     BATCH = 500  # messages per consume() call
     POLL_S = 0.1  # consume() waits this long when fewer than BATCH messages are ready
-    # Then checkpoint, so bundles end and offsets get committed. Short, because a local runner
-    # serves one partition's read at a time: the others wait this long.
+    # Read this long after the broker's first reply, then checkpoint, so bundles end and offsets
+    # get committed. Short, because a local runner serves one partition's read at a time: the
+    # others wait this long. The first reply may take up to FIRST_REPLY_S (a fresh assign starts a
+    # fetch): a slice that ended before it would never see a message or the partition's end.
     MAX_PROCESS_S = 0.1
+    FIRST_REPLY_S = 1.0
     RESUME_AFTER = Duration(micros=200_000)  # how soon a checkpointed read asks to go on
 
     def __init__(self, config: dict, commit: bool, max_delay_ms: int):
@@ -456,12 +459,14 @@ class _ReadPartitionFn(beam.DoFn):
         # Assign on every call: the restriction may have moved here from another instance, and
         # a fresh fetch is what yields a current end-of-partition event.
         self._consumer.assign([TopicPartition(part.topic, part.partition, start)])
-        deadline = time.monotonic() + self.MAX_PROCESS_S
+        deadline, replied = time.monotonic() + self.FIRST_REPLY_S, False
         at_end = False
         while not at_end and time.monotonic() < deadline:
             if draining():
                 break
             for msg in self._consumer.consume(self.BATCH, timeout=self.POLL_S):
+                if not replied:
+                    deadline, replied = time.monotonic() + self.MAX_PROCESS_S, True
                 err = msg.error()
                 if err is not None:
                     if err.code() != KafkaError._PARTITION_EOF:
