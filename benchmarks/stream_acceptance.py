@@ -34,7 +34,8 @@ from transforms.kafka_broker import KafkaBroker  # noqa: E402
 
 def archive_lines(days: int, out: pathlib.Path) -> tuple[list[bytes], dict]:
     manifest = generate("fraud", days, out, datetime.date(2026, 4, 1), 10_000, 0.01, 11, compress=False)
-    lines = [line for day in manifest["days"] for line in (out / day["file"]).read_bytes().split(b"\n")]
+    lines = [line for day in manifest["days"]
+             for line in (out / day["file"]).read_bytes().removesuffix(b"\n").split(b"\n")]
     return lines, manifest
 
 
@@ -74,7 +75,7 @@ def main() -> int:
              "--model_dir", str(DEFAULT_MODEL_DIR)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         time.sleep(15)  # imports and model load, before the clock starts
 
-        producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+        producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5, "message.max.bytes": 4 << 20})
         produced_at, started = {}, time.monotonic()
         for sent, line in enumerate(lines):
             while sent >= (time.monotonic() - started) * args.rate:

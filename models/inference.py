@@ -42,14 +42,13 @@ class _ScoreHandler(ModelHandler[EventBatch, PredictionResult, Any]):
         self._model_dir, self._version, self._spec = model_dir, version, spec
 
     def batch_elements_kwargs(self):
-        return {"min_batch_size": 1, "max_batch_size": 8}  # each element is already a batch of events
+        # Each element is already a batch of events; grouping more would hold a stream's batches
+        # until the bundle ends.
+        return {"min_batch_size": 1, "max_batch_size": 1}
 
     def run_inference(self, batch: Sequence[EventBatch], model, inference_args=None) -> Iterable[PredictionResult]:
-        events = batch[0] if len(batch) == 1 else EventBatch(
-            [e for b in batch for e in b.events], [t for b in batch for t in b.event_time_us])
-        scores = self._score(model, raw_columns(events, self._spec))
-        ends = np.cumsum([len(b.events) for b in batch])
-        return [PredictionResult(b, s, model_id=self._version) for b, s in zip(batch, np.split(scores, ends[:-1]))]
+        return [PredictionResult(events, self._score(model, raw_columns(events, self._spec)), model_id=self._version)
+                for events in batch]
 
     def get_num_bytes(self, batch: Sequence[EventBatch]) -> int:
         return sum(len(b.events) for b in batch)  # events, not bytes: the size that matters here
