@@ -44,7 +44,7 @@ from apache_beam.io.filesystems import FileSystems
 from models.inference import ScoreEvents
 from pipelines import cli
 from pipelines.options import ArchiveOptions, BackfillOptions, KafkaOptions, ModelOptions, SpecOptions
-from pipelines.score import BatchWithinBundle, _load_model, kafka_config
+from pipelines.score import BatchWithinBundle, kafka_config, load_model_for
 from transforms import kafka
 from transforms.errors import UserError
 from transforms.events import EventBatch, ParseEvents, Raw, is_event_time, event_time_us_of
@@ -592,7 +592,7 @@ def run(argv=None) -> dict[str, dict]:
         raise UserError("--output and --dead_letter must be different directories")
     if flags.source == "kafka" and cli.given(options, "input"):
         raise UserError("--input reads files; --source kafka reads --input_topic: give one")
-    spec, model = _load_model(options)
+    spec, model = load_model_for(options)
     kafka_read = ()
     if flags.source == "kafka":
         kafka_read, n_files = _kafka_replay(options, end_us), None

@@ -64,7 +64,11 @@ def scored_schema(spec: Spec):
     return pa.schema(fields)
 
 
-def _load_model(options) -> tuple[Spec, registry.ModelVersion]:
+def load_model_for(options) -> tuple[Spec, registry.ModelVersion]:
+    """The --spec and the model version to score with.
+
+    Raises ModelError when the model was trained on a spec with other fields or features.
+    """
     model_flags = options.view_as(ModelOptions)
     spec = load_spec(options.view_as(SpecOptions).spec)
     model = registry.load(model_flags.model_dir, model_flags.model_version)
@@ -84,7 +88,7 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
     flags = options.view_as(ArchiveOptions)
     model_flags = options.view_as(ModelOptions)
     cli.require(options, "spec", "input", "model_dir", "output", "dead_letter")
-    spec, model = _load_model(options)
+    spec, model = load_model_for(options)
     check_input(flags.input)
 
     started = time.monotonic()
@@ -197,7 +201,7 @@ def _run_stream(options, test_pipeline, stop_when=None, on_stop=None) -> dict[st
 
         return stream_demo.run_demo(options, test_pipeline)
     cli.require(options, "model_dir", "input_topic", "output_topic", "dead_letter_topic")
-    spec, model = _load_model(options)
+    spec, model = load_model_for(options)
     config = kafka_config(flags)  # a malformed item fails here, before anything starts
     options.view_as(StandardOptions).streaming = True
     _check_local_streaming(options)
