@@ -23,11 +23,15 @@ import json
 import os
 import pathlib
 import secrets
+from typing import TYPE_CHECKING
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import UserError
+
+if TYPE_CHECKING:
+    from transforms.spec import Spec
 
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
@@ -86,11 +90,7 @@ def load(model_dir: str, version: str | None = None) -> ModelVersion:
     Raises ModelError, with a one-line reason, for a missing, incomplete or tampered model.
     """
     if version is None:
-        try:
-            version = _read(FileSystems.join(model_dir, CURRENT)).decode().strip()
-        except FileNotFoundError:
-            raise ModelError(f"--model_dir {model_dir}: no model here (no {CURRENT} file); "
-                             f"train one with `python -m pipelines.train`") from None
+        version = current_version(model_dir)
     path = FileSystems.join(model_dir, "versions", version)
     try:
         manifest = json.loads(_read(FileSystems.join(path, MANIFEST)))
@@ -110,6 +110,29 @@ def load(model_dir: str, version: str | None = None) -> ModelVersion:
             continue
         raise ModelError(f"model {version} in {model_dir}: {name} {problem}; refusing a tampered or incomplete model")
     return ModelVersion(path, manifest)
+
+
+def current_version(model_dir: str) -> str:
+    """The name of the version ``model_dir``'s CURRENT file names (not verified: ``load`` does that)."""
+    try:
+        return _read(FileSystems.join(model_dir, CURRENT)).decode().strip()
+    except FileNotFoundError:
+        raise ModelError(f"--model_dir {model_dir}: no model here (no {CURRENT} file); "
+                         f"train one with `python -m pipelines.train`") from None
+
+
+def load_for_spec(model_dir: str, spec: Spec, version: str | None = None) -> ModelVersion:
+    """``load``, and check that the version was trained for ``spec``'s fields and features.
+
+    Raises ModelError when it was trained on a spec with other fields or features (the alert
+    threshold and other settings outside the spec's fingerprint may differ).
+    """
+    model = load(model_dir, version)
+    if model.manifest["spec"]["fingerprint"] != spec.fingerprint:
+        raise ModelError(
+            f"model {model.version} was trained on spec {model.manifest['spec']['name']} with other fields or "
+            f"features than --spec {spec.source}; train a model for this spec")
+    return model
 
 
 def _read(path: str) -> bytes:

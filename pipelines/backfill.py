@@ -15,6 +15,10 @@ directory by the first backfill that finds it missing. Complete partitions made 
 version or from other input files are reported and kept unless --redo_stale or --force.
 One backfill at a time per --output (a lock file); Beam's flags (--runner ...) pass through.
 
+A spec with entity features (``transforms/entity.py``) computes them over all of --input before
+selecting the range, so the values equal a continuous run's when --input holds the spec's longest
+entity window of history before --start (a Kafka replay reads that much further back itself).
+
     python -m pipelines.backfill --source kafka --bootstrap_servers host:9092 --input_topic events ...
 
 replays a topic instead: messages stamped in [start - margin, end + margin) (--replay_margin_s),
@@ -46,6 +50,7 @@ from pipelines import cli
 from pipelines.options import ArchiveOptions, BackfillOptions, KafkaOptions, ModelOptions, SpecOptions
 from pipelines.score import BatchWithinBundle, kafka_config, load_model_for
 from transforms import kafka
+from transforms.entity import AddEntityFeatures
 from transforms.errors import UserError
 from transforms.events import EventBatch, ParseEvents, Raw, is_event_time, event_time_us_of
 from transforms.fileio import ReadEventFiles, check_input
@@ -319,7 +324,9 @@ def build_wave(pipeline, spec, model, options, target: Target, names: list[str])
     if target.source == "kafka":
         bootstrap, topic, config, margin_us = target.kafka  # read only around this wave's partitions
         bounds = [event_time_us_of(unit_bounds(n, partition)[i]) for n in names for i in (0, 1)]
-        first_ms, stop_ms = (min(bounds) - margin_us) // 1000, -(-(max(bounds) + margin_us) // 1000)
+        history_us = spec.entity_history_s * 1_000_000  # entity features look back this far
+        first_ms = (min(bounds) - margin_us - history_us) // 1000
+        stop_ms = -(-(max(bounds) + margin_us) // 1000)
         raw = (pipeline
                | "ReadEvents" >> kafka.ReadFromKafka(bootstrap, topic, None, "earliest", dict(config),
                                                      start_timestamp_ms=first_ms, stop_timestamp_ms=stop_ms)
@@ -329,6 +336,7 @@ def build_wave(pipeline, spec, model, options, target: Target, names: list[str])
         raw = pipeline | "ReadEvents" >> ReadEventFiles(archive.input, archive.batch_size)
     parsed = raw | "ParseEvents" >> ParseEvents(spec)
     scored = (parsed.events
+              | "AddEntityFeatures" >> AddEntityFeatures(spec, streaming=False, batch_size=archive.batch_size)
               | "InWave" >> beam.FlatMap(_in_wave, unit_us, starts)
               | "ScoreEvents" >> ScoreEvents(spec, model, model_flags.model_dir, model_flags.engine)
               | "KeyScored" >> beam.FlatMap(_key_records, spec.event_time, partition))

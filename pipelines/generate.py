@@ -11,6 +11,10 @@ lines are valid, how many with the label set, and how many broken lines of each 
 Same flags and seed give byte-identical files. Each day draws from its own random stream, so
 ``--days 14`` writes the same fraud files as the first 14 days of ``--days 19``.
 
+Drift for monitoring tests: ``--drift_day 2026-03-10 --drift_factor 3`` multiplies every number
+field (fraud: ``amount``; sensor: the four readings) of that day's events by 3; every other day is
+written exactly as without it. The manifest records it under ``drift``.
+
 Specs:
 
 * ``fraud``: card transactions from a fixed card and merchant population with a daily rhythm;
@@ -614,9 +618,20 @@ def write_lines(path: pathlib.Path, lines: list[bytes], compress: bool) -> None:
         path.with_name(path.name + ".gz").unlink(missing_ok=True)
 
 
+def shift_numbers(events: list[dict], fields: tuple[str, ...], factor: float) -> None:
+    """Multiplies the given number fields of every event by factor, in place (rounded to 6 decimals, so
+    12.35 * 3 is written 37.05)."""
+    for event in events:
+        for field in fields:
+            event[field] = round(event[field] * factor, 6)
+
+
 def generate(spec: str, days: int, out: pathlib.Path, start: dt.date, events_per_day: int,
-             broken_share: float, seed: int, compress: bool) -> dict:
-    """Writes the archive and its manifest; returns the manifest."""
+             broken_share: float, seed: int, compress: bool, drift_day: dt.date | None = None,
+             drift_factor: float = 3.0) -> dict:
+    """Writes the archive and its manifest; returns the manifest.
+
+    With ``drift_day``, that day's number fields are multiplied by ``drift_factor``."""
     spec_number = list(MODELS).index(spec)
     population_seed, *day_seeds = np.random.SeedSequence([seed, spec_number]).spawn(1 + days)
     model = MODELS[spec](np.random.default_rng(population_seed), days)
@@ -629,6 +644,8 @@ def generate(spec: str, days: int, out: pathlib.Path, start: dt.date, events_per
         rng = np.random.default_rng(day_seed)
         day = start + dt.timedelta(days=day_index)
         events = day_events(model, rng, day_index, day, events_per_day)
+        if day == drift_day:
+            shift_numbers(events, facts.numbers, drift_factor)
         lines, broken, positive = day_lines(events, broken_kinds, facts, model.label, rng)
         relative = f"dt={day.isoformat()}/events.jsonl" + (".gz" if compress else "")
         write_lines(out / relative, lines, compress)
@@ -638,6 +655,8 @@ def generate(spec: str, days: int, out: pathlib.Path, start: dt.date, events_per
     manifest = {
         "spec": spec, "seed": seed, "start": start.isoformat(), "events_per_day": events_per_day,
         "broken_share": broken_share, "compressed": compress, "label": model.label,
+        "drift": None if drift_day is None else {"day": drift_day.isoformat(), "factor": drift_factor,
+                                                  "fields": list(facts.numbers)},
         "days": [dataclasses.asdict(day_file) for day_file in day_files],
     }
     (out / MANIFEST_NAME).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
@@ -658,7 +677,9 @@ def summary(manifest: dict, out: pathlib.Path, seconds: float) -> str:
     return (f"wrote {len(days)} day files ({days[0]['date']} .. {days[-1]['date']}) and "
             f"{MANIFEST_NAME} under {out} in {seconds:.1f} s\n"
             f"{lines} lines: {valid} valid ({positive} with {manifest['label']}=1), "
-            f"{lines - valid} broken ({broken})")
+            f"{lines - valid} broken ({broken})"
+            + (f"\n{', '.join(drift['fields'])} multiplied by {drift['factor']:g} on {drift['day']}"
+               if (drift := manifest["drift"]) else ""))
 
 
 # --------------------------------------------------------------------------------------------
@@ -693,6 +714,16 @@ def _share(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
     return value
 
 
@@ -731,11 +762,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default: 7)")
     parser.add_argument("--compress", action="store_true",
                         help="gzip the day files (events.jsonl.gz)")
+    parser.add_argument("--drift_day", type=_date, default=None, metavar="YYYY-MM-DD",
+                        help="a day whose number fields (fraud: amount; sensor: the readings) are "
+                             "multiplied by --drift_factor, to test drift monitoring")
+    parser.add_argument("--drift_factor", type=_positive, default=3.0, metavar="F",
+                        help="the factor of --drift_day (default: 3)")
     args = parser.parse_args(argv)
     try:
-        args.start + dt.timedelta(days=args.days - 1)
+        last = args.start + dt.timedelta(days=args.days - 1)
     except OverflowError:
         parser.error(f"--days {args.days} from --start {args.start} runs past the year 9999")
+    if args.drift_day is not None and not args.start <= args.drift_day <= last:
+        parser.error(f"--drift_day {args.drift_day} is not one of the days written ({args.start} .. {last})")
     if args.events_per_day is None:
         args.events_per_day = MODELS[args.spec].default_events_per_day
     return args
@@ -746,7 +784,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         manifest = generate(args.spec, args.days, args.out, args.start, args.events_per_day,
-                            args.broken_share, args.seed, args.compress)
+                            args.broken_share, args.seed, args.compress, args.drift_day,
+                            args.drift_factor)
     except OSError as error:
         print(f"python -m pipelines.generate: error: cannot write under {args.out}: {error}",
               file=sys.stderr)

@@ -9,13 +9,14 @@ import argparse
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from models.inference import ENGINES
+from models.kmeans import DEFAULTS as KMEANS_DEFAULTS, LEARNING_RATES
 from transforms.fileio import DEFAULT_BATCH_SIZE
 
 
 class SpecOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--spec", help="Use case: a built-in spec (fraud, sensor) or a path to a spec YAML file.")
+        parser.add_argument("--spec", help="Use case: a built-in spec (fraud, fraud_entity, sensor, sensor_entity) or a path to a spec YAML file.")
 
 
 class ArchiveOptions(PipelineOptions):
@@ -23,7 +24,8 @@ class ArchiveOptions(PipelineOptions):
     def _add_argparse_args(cls, parser):
         parser.add_argument("--input", help="Glob of archived events: .jsonl, .jsonl.gz or .parquet files "
                                             "(local or any Beam filesystem, e.g. gs://bucket/events/*/*.jsonl.gz).")
-        parser.add_argument("--output", help="Directory for scored records.")
+        parser.add_argument("--output", help="Directory for scored records (pipelines.monitor: for monitoring "
+                                             "and alert records; pipelines.cluster: for cluster assignments).")
         parser.add_argument("--dead_letter", help="Directory for dead letters: every input that breaks the "
                                                   "spec's contract, with the reason and where it came from.")
         parser.add_argument("--output_format", choices=("jsonl", "parquet"), default="jsonl",
@@ -42,6 +44,12 @@ class ModelOptions(PipelineOptions):
         parser.add_argument("--engine", choices=ENGINES, default="onnx",
                             help="onnx (default): the version's model.onnx, features included, in onnxruntime. "
                                  "sklearn: tensorflow-transform's artifact, then the scikit-learn estimator.")
+        parser.add_argument("--model_poll_seconds", type=float, default=60.0,
+                            help="--mode stream: read --model_dir's CURRENT this often and switch to a new version "
+                                 "without a restart, between batches (default: 60). A tampered, incomplete or "
+                                 "other-spec version is refused with an alert and the serving one stays. 0, or "
+                                 "--model_version: the version is fixed at start. Needs a streaming runner (Dataflow, "
+                                 "Flink, Prism): the DirectRunner keeps the start version. Batch mode always does.")
 
 
 class TrainOptions(PipelineOptions):
@@ -56,8 +64,8 @@ class ScoreOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument("--mode", choices=("batch", "stream"), default="batch",
-                            help="batch: score archived events (bounded). stream: score events live from "
-                                 "Kafka until stopped (SIGTERM or Ctrl-C), with the same graph; implies --streaming.")
+                            help="batch: archived events (bounded). stream: events live from Kafka until "
+                                 "stopped (SIGTERM or Ctrl-C), with the same graph; implies --streaming.")
 
 
 class KafkaOptions(PipelineOptions):
@@ -84,6 +92,11 @@ class KafkaOptions(PipelineOptions):
         parser.add_argument("--output_topic", help="Topic for scored records: JSON values keyed by the entity id.")
         parser.add_argument("--dead_letter_topic",
                             help="Topic for dead letters: JSON values keyed by the original message's key.")
+        parser.add_argument("--monitoring_topic",
+                            help="Also monitor the stream per event-time window (rates, scores, alerts, drift from "
+                                 "training; see pipelines.monitor) and write window and alert records to this topic, "
+                                 "keyed by window. Needs a streaming runner (Prism, Flink, Dataflow): the DirectRunner "
+                                 "cannot run event-time windows live.")
         parser.add_argument("--group_id",
                             help="Consumer group whose committed offsets say where to resume; offsets are committed "
                                  "once records are scored and written (default: rtml-score-<spec name>).")
@@ -97,6 +110,53 @@ class KafkaOptions(PipelineOptions):
         parser.add_argument("--demo_seconds", type=float, default=30.0,
                             help="How long the embedded demo (no --bootstrap_servers) scores, from its first "
                                  "scored record, before it stops by itself (default: 30).")
+
+
+def _seconds(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds > 0: {text!r}")
+    return int(text)
+
+
+class MonitorOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--window_s", type=_seconds, action="append", metavar="SECONDS",
+                            help="Monitoring window size in seconds, by event time; repeat for more (default: the "
+                                 "spec's monitoring.windows). In stream mode, with --monitoring_topic.")
+
+
+class ClusterOptions(PipelineOptions):
+    """pipelines.cluster: mini-batch k-means (models/kmeans.py) and its snapshots.
+
+    The k-means settings default to the --init_snapshot's when it is given (--k must then equal its k).
+    """
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--k", type=int, help="Number of clusters (required unless --init_snapshot gives it).")
+        parser.add_argument("--minibatch_size", type=int,
+                            help="Events per mini-batch, taken in event-time order; the first one also chooses the "
+                                 f"initial centers by k-means++ (default: {KMEANS_DEFAULTS['minibatch_size']}).")
+        parser.add_argument("--learning_rate", choices=LEARNING_RATES,
+                            help="How far a point moves its center, for a center that has now learned from v points: "
+                                 "inverse_count 1/v (Sculley's; the default), constant --eta, or decayed "
+                                 "v ** -decay (--decay).")
+        parser.add_argument("--eta", type=float,
+                            help=f"The constant learning rate, in (0, 1] (default: {KMEANS_DEFAULTS['eta']}).")
+        parser.add_argument("--decay", type=float,
+                            help="The decayed learning rate's exponent, in (0, 1]: 1 is inverse_count, lower keeps "
+                                 f"centers adapting longer (default: {KMEANS_DEFAULTS['decay']}).")
+        parser.add_argument("--seed", type=int,
+                            help=f"Random seed of the k-means++ initialisation (default: {KMEANS_DEFAULTS['seed']}).")
+        parser.add_argument("--snapshot_dir",
+                            help="Directory of versioned k-means snapshots (centers, counts, settings, the feature "
+                                 "model version), laid out like --model_dir; a local or mounted directory.")
+        parser.add_argument("--snapshot_every", type=int, default=10,
+                            help="Write a snapshot every this many mini-batches, and one at the end (default: 10).")
+        parser.add_argument("--init_snapshot", metavar="VERSION",
+                            help="Start from this snapshot in --snapshot_dir (or 'current') instead of from scratch; "
+                                 "it must have been made with the same --spec and feature model version.")
 
 
 class BackfillOptions(PipelineOptions):

@@ -31,26 +31,35 @@ from apache_beam.transforms import userstate
 from apache_beam.transforms.window import GlobalWindows
 
 from models import registry
-from models.inference import ScoreEvents
+from models.inference import ScoreEvents, WatchModelVersions
 from pipelines import cli, runners
-from pipelines.options import ArchiveOptions, KafkaOptions, ModelOptions, ScoreOptions, SpecOptions
+from pipelines.options import ArchiveOptions, KafkaOptions, ModelOptions, MonitorOptions, ScoreOptions, SpecOptions
 from transforms import kafka
+from transforms.entity import AddEntityFeatures
 from transforms.errors import UserError
 from transforms.events import METRICS_NAMESPACE, ParseEvents, Raw
-from transforms.fileio import ReadEventFiles, WriteJsonLines, WriteParquet, check_input
+from transforms.fileio import DEFAULT_BATCH_SIZE, ReadEventFiles, WriteJsonLines, WriteParquet, check_input
+from transforms.monitoring import ALERTS, WINDOWS, Monitor
 from transforms.spec import Spec, load_spec
 
-VIEWS = (SpecOptions, ScoreOptions, ModelOptions, ArchiveOptions, KafkaOptions)
+VIEWS = (SpecOptions, ScoreOptions, ModelOptions, ArchiveOptions, KafkaOptions, MonitorOptions)
 STREAM_MAX_BATCH = 256  # events per batch in a stream
 STREAM_MAX_WAIT_S = 0.05  # the longest a stream event waits for its batch to fill
 STOP_TIMEOUT_S = 25.0  # a stop that takes longer ends the process (exit status 1)
 
 
-def score_events(raw_batches, spec: Spec, model: registry.ModelVersion, model_dir: str, engine: str):
-    """The graph every mode shares: ``list[Raw]`` blocks in; scored record lists and dead letters out."""
+def score_events(raw_batches, spec: Spec, model: registry.ModelVersion, model_dir: str, engine: str,
+                 streaming: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, model_updates=None):
+    """The graph every mode shares: ``list[Raw]`` blocks in; the valid events (``EventBatch``, as scored),
+    the scored record lists and the dead letters out.
+
+    A spec with entity features adds them first (keyed state when ``streaming``).
+    ``model_updates``: versions to switch to while scoring (see ``ScoreEvents``).
+    """
     parsed = raw_batches | "ParseEvents" >> ParseEvents(spec)
-    scored = parsed.events | "ScoreEvents" >> ScoreEvents(spec, model, model_dir, engine)
-    return scored, parsed.dead_letters
+    events = parsed.events | "AddEntityFeatures" >> AddEntityFeatures(spec, streaming, batch_size)
+    scored = events | "ScoreEvents" >> ScoreEvents(spec, model, model_dir, engine, model_updates)
+    return events, scored, parsed.dead_letters
 
 
 def scored_schema(spec: Spec):
@@ -71,12 +80,7 @@ def load_model_for(options) -> tuple[Spec, registry.ModelVersion]:
     """
     model_flags = options.view_as(ModelOptions)
     spec = load_spec(options.view_as(SpecOptions).spec)
-    model = registry.load(model_flags.model_dir, model_flags.model_version)
-    if model.manifest["spec"]["fingerprint"] != spec.fingerprint:
-        raise registry.ModelError(
-            f"model {model.version} was trained on spec {model.manifest['spec']['name']} with other fields or "
-            f"features than --spec {spec.source}; train a model for this spec")
-    return spec, model
+    return spec, registry.load_for_spec(model_flags.model_dir, spec, model_flags.model_version)
 
 
 def run(argv=None, test_pipeline=None) -> dict[str, int]:
@@ -94,7 +98,8 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
     started = time.monotonic()
     pipeline = cli.create_pipeline(options, test_pipeline)
     raw = pipeline | "ReadEvents" >> ReadEventFiles(flags.input, flags.batch_size)
-    scored, dead_letters = score_events(raw, spec, model, model_flags.model_dir, model_flags.engine)
+    _, scored, dead_letters = score_events(raw, spec, model, model_flags.model_dir, model_flags.engine,
+                                           batch_size=flags.batch_size)
     if flags.output_format == "parquet":
         scored | "WriteScored" >> WriteParquet(flags.output, "scored", scored_schema(spec))
     else:
@@ -173,8 +178,16 @@ def dead_letter_message(letter: dict) -> tuple[bytes | None, bytes]:
     return key, orjson.dumps(dict(letter, source=source))
 
 
-def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options) -> None:
-    """Kafka in, the shared ``score_events`` graph, Kafka out."""
+def monitoring_message(record: dict) -> tuple[bytes, bytes]:
+    """A monitoring or alert record as Kafka (key, value): keyed by its window, ``<size>s/<start>``."""
+    return f"{record['window_s']}s/{record['window_start']}".encode("utf-8"), orjson.dumps(record)
+
+
+def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options, model_reload_s: float = 0.0) -> None:
+    """Kafka in, the shared ``score_events`` graph, Kafka out; with --monitoring_topic, monitoring too.
+
+    ``model_reload_s`` > 0: switch to new versions in --model_dir, checked that often (``model_reload_seconds``).
+    """
     flags, model_flags = options.view_as(KafkaOptions), options.view_as(ModelOptions)
     config = kafka_config(flags)
     max_batch = max(1, min(options.view_as(ArchiveOptions).batch_size, STREAM_MAX_BATCH))
@@ -184,13 +197,23 @@ def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options) ->
                                                  config)
            | "ToRaw" >> beam.Map(kafka_raw)
            | "Batch" >> beam.ParDo(BatchWithinBundle(max_batch)))
-    scored, dead_letters = score_events(raw, spec, model, model_flags.model_dir, model_flags.engine)
+    updates = (pipeline | "WatchModelVersions" >> WatchModelVersions(model_flags.model_dir, spec, model, model_reload_s)
+               if model_reload_s else None)
+    events, scored, dead_letters = score_events(raw, spec, model, model_flags.model_dir, model_flags.engine,
+                                                streaming=True, batch_size=max_batch, model_updates=updates)
     (scored
      | "ScoredMessages" >> beam.FlatMap(scored_messages, spec.entity_key)
      | "WriteScored" >> kafka.WriteToKafka(flags.bootstrap_servers, flags.output_topic, config))
     (dead_letters
      | "DeadLetterMessages" >> beam.Map(dead_letter_message)
      | "WriteDeadLetters" >> kafka.WriteToKafka(flags.bootstrap_servers, flags.dead_letter_topic, config))
+    if flags.monitoring_topic:
+        monitored = ({"events": events, "scored": scored, "dead_letters": dead_letters}
+                     | "Monitor" >> Monitor(spec, model, options.view_as(MonitorOptions).window_s))
+        ((monitored[WINDOWS], monitored[ALERTS])
+         | "MonitoringRecords" >> beam.Flatten()
+         | "MonitoringMessages" >> beam.Map(monitoring_message)
+         | "WriteMonitoring" >> kafka.WriteToKafka(flags.bootstrap_servers, flags.monitoring_topic, config))
 
 
 def _run_stream(options, test_pipeline, stop_when=None, on_stop=None) -> dict[str, int]:
@@ -203,21 +226,24 @@ def _run_stream(options, test_pipeline, stop_when=None, on_stop=None) -> dict[st
     cli.require(options, "model_dir", "input_topic", "output_topic", "dead_letter_topic")
     spec, model = load_model_for(options)
     config = kafka_config(flags)  # a malformed item fails here, before anything starts
+    model_reload_s = model_reload_seconds(options)
     options.view_as(StandardOptions).streaming = True
     _check_local_streaming(options)
-    _check_topics(flags, config)
+    check_topics(flags, config)
     pipeline = cli.create_pipeline(options, test_pipeline)
-    build_stream(pipeline, spec, model, options)
-    _check_fused_with_source(pipeline, options)
+    build_stream(pipeline, spec, model, options, model_reload_s)
+    check_fused_with_source(pipeline, options)
     group = flags.group_id or f"rtml-score-{spec.name}"
     print(f"scoring {flags.input_topic} -> {flags.output_topic} (dead letters: {flags.dead_letter_topic}) on "
           f"{flags.bootstrap_servers} with {spec.name} model {model.version}, group {group}"
+          + (f", switching to new versions in --model_dir (read every {model_reload_s:g} s)" if model_reload_s else "")
           + (f", kafka config {kafka.mask_config(config)}" if config else "")
+          + (f", monitoring to {flags.monitoring_topic}" if flags.monitoring_topic else "")
           + "; SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)
     return serve(pipeline, f"{spec.name} stream scoring with model {model.version}", stop_when, on_stop)
 
 
-def _check_topics(flags: KafkaOptions, config: dict) -> None:
+def check_topics(flags: KafkaOptions, config: dict) -> None:
     """A missing input topic is a one-line error before anything starts; missing output topics a warning
     (a cluster may create them on first write). An unreachable cluster is waited for by the pipeline."""
     from confluent_kafka import KafkaException
@@ -240,6 +266,33 @@ def _check_topics(flags: KafkaOptions, config: dict) -> None:
                   f"creates topics on first use", file=sys.stderr, flush=True)
 
 
+def model_reload_seconds(options) -> float:
+    """How often a stream reads --model_dir's CURRENT to switch versions (--model_poll_seconds); 0: never.
+
+    The version is fixed at start with --model_version, and on the DirectRunner: there a stage that reads a
+    side input waits for it to be complete, and the endless poll never is (measured: nothing was scored at
+    all). Asked for there, that is a one-line error; by default, a note.
+    """
+    flags = options.view_as(ModelOptions)
+    seconds = flags.model_poll_seconds
+    if seconds < 0:
+        raise UserError("--model_poll_seconds must be >= 0 (0 keeps the version the stream starts with)")
+    asked = seconds > 0 and cli.given(options, "model_poll_seconds")
+    if asked and flags.model_version:
+        raise UserError("--model_version pins one version and --model_poll_seconds follows --model_dir's CURRENT; "
+                        "give one of them")
+    if seconds == 0 or flags.model_version:
+        return 0.0
+    if _is_local(options):
+        reason = ("hot model reload needs a streaming runner (--runner DataflowRunner, FlinkRunner or PrismRunner); "
+                  "the DirectRunner keeps the version it starts with")
+        if asked:
+            raise UserError(f"--model_poll_seconds: {reason}")
+        print(f"note: {reason}", file=sys.stderr, flush=True)
+        return 0.0
+    return seconds
+
+
 def _is_local(options) -> bool:
     runner = options.view_as(StandardOptions).runner
     return runner is None or (isinstance(runner, str) and runner.split(".")[-1] in ("DirectRunner",
@@ -253,7 +306,7 @@ def _check_local_streaming(options) -> None:
                         "--direct_running_mode multi_processing (or use a streaming runner)")
 
 
-def _check_fused_with_source(pipeline, options) -> None:
+def check_fused_with_source(pipeline, options) -> None:
     """Refuse, rather than hang, a streaming graph the DirectRunner cannot run live.
 
     The DirectRunner runs an unbounded Kafka read on the FnApiRunner stage by stage: whatever sits
@@ -272,9 +325,10 @@ def _check_fused_with_source(pipeline, options) -> None:
 
     pipeline.visit(Visitor())
     if found:
-        raise UserError(f"--mode stream: {found[0]} groups or keeps state, which the DirectRunner cannot run on an "
-                        f"unbounded source (it would wait forever); use a streaming runner such as "
-                        f"--runner FlinkRunner or DataflowRunner")
+        stages = ", ".join(dict.fromkeys(label.split("/")[0] for label in found))
+        raise UserError(f"--mode stream: these stages group or keep state: {stages} (first: {found[0]}), which the "
+                        f"DirectRunner cannot run behind an unbounded source (it would wait forever); use a streaming "
+                        f"runner: --runner PrismRunner, FlinkRunner or DataflowRunner")
 
 
 _SIGNALS = ("SIGTERM", "SIGINT")

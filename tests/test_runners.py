@@ -107,6 +107,26 @@ def test_score_stream_translates_for_dataflow_with_streaming_presets(monkeypatch
     assert {"enable_streaming_engine", "enable_windmill_service"} <= set(environment.experiments)
 
 
+def test_entity_feature_stream_translates_for_dataflow(monkeypatch, trained):
+    """Keyed state and event-time timers (per-entity features) translate into a Dataflow streaming job."""
+    root, _ = trained
+    model_dir = str(root / "entity_model")
+    train.run(["--spec", "fraud_entity", "--input", str(root / "data" / "*" / "*.jsonl"), "--model_dir", model_dir])
+    job = _translate(monkeypatch, score.run, [
+        "--spec", "fraud_entity", "--mode", "stream", "--bootstrap_servers", "broker.internal:9092",
+        "--input_topic", "events", "--output_topic", "scored", "--dead_letter_topic", "dead-letters",
+        "--model_dir", model_dir, *DATAFLOW])
+    assert job.proto.type_.name == "JOB_TYPE_STREAMING"
+    stateful = [t for t in job.proto_pipeline.components.transforms.values()
+                if t.unique_name.endswith("EntityHistory/InEventTimeOrder")]
+    assert stateful and stateful[0].spec.urn == "beam:transform:pardo:v1"
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    pardo = beam_runner_api_pb2.ParDoPayload.FromString(stateful[0].spec.payload)
+    assert set(pardo.state_specs) == {"pending", "state", "done"}
+    assert set(pardo.timer_family_specs) == {"ts-release", "ts-expire", "ts-end"}
+
+
 def test_presets_fill_only_what_the_user_left_unset():
     options = PipelineOptions(["--runner", "DataflowRunner", "--max_num_workers", "5"])
     assert runners.apply_runner_presets(options, streaming=True) == {

@@ -348,8 +348,8 @@ def test_a_graph_the_direct_runner_cannot_stream_is_refused_not_left_hanging():
     pipeline = beam.Pipeline(options=options)
     _ = pipeline | beam.Create([("k", 1)]) | "Group" >> beam.GroupByKey()
     with pytest.raises(UserError, match="Group.*streaming runner"):
-        score._check_fused_with_source(pipeline, options)
-    score._check_fused_with_source(pipeline, PipelineOptions(["--streaming", "--runner", "FlinkRunner"]))
+        score.check_fused_with_source(pipeline, options)
+    score.check_fused_with_source(pipeline, PipelineOptions(["--streaming", "--runner", "FlinkRunner"]))
 
 
 def test_stream_mode_flags_are_checked_before_anything_starts(stream_model):

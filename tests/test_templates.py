@@ -45,6 +45,8 @@ GOOD = {
     "offset_reset": ["earliest", "latest"],
     "kafka_config": ["security.protocol=SSL", "linger.ms=5"],
     "holdout_fraction": ["0.2", ".05"],
+    "model_poll_seconds": ["0", "60", "2.5"],
+    "monitoring_topic": ["monitoring"],
 }
 BAD = {
     "spec": ["../etc/passwd.yaml", "fraud; rm -rf /", "gs://b/spec.yaml", "$(id)"],
@@ -64,13 +66,15 @@ BAD = {
     "offset_reset": ["none"],
     "kafka_config": ["security.protocol", "x=$(id)", "a=b c"],
     "holdout_fraction": ["0", "1", "1.5", "-0.2", "0.0"],
+    "model_poll_seconds": ["-1", "1e3", "60 s"],
+    "monitoring_topic": ["a b", "$(id)"],
 }
 # Scoring loads a model through Beam's filesystems; training publishes into a local directory.
 GOOD_IN = {"score_batch": {"model_dir": ["gs://rtml-bucket/models/fraud"]},
            "score_stream": {"model_dir": ["gs://rtml-bucket/models/fraud"]}}
 BAD_IN = {"train": {"model_dir": ["gs://rtml-bucket/models/fraud"]}}
 SHELL_OR_PATH = {"spec", "input", "output", "dead_letter", "model_dir", "model_version", "bootstrap_servers",
-                 "input_topic", "output_topic", "dead_letter_topic", "group_id", "kafka_config"}
+                 "input_topic", "output_topic", "dead_letter_topic", "group_id", "kafka_config", "monitoring_topic"}
 
 
 def _metadata(name):

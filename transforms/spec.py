@@ -4,14 +4,18 @@ A spec is named by a built-in name (``fraud``, ``sensor``: ``transforms/specs/*.
 path to a YAML file of the same form; a new use case is a new file, with no code.
 
     name: fraud
+    extends: other_spec            # optional: start from that spec; top-level keys here replace its keys
     entity_key: card_id            # a required string field
     event_time: event_time         # a timestamp field (RFC 3339 with a zone)
     label: is_fraud                # optional; a binary field, never a model input
     fields:                        # the contract: type and rules of every field
       amount: {type: number, exclusive_minimum: 0}
       channel: {type: string, enum: [pos, online, atm]}
+    entity_features:               # optional; per-entity history, see transforms/entity.py
+      - {name: card_amount_24h, kind: sum, source: amount, window: 24h}
     features:                      # applied in this order; see transforms/features.py
       - {name: amount_log, kind: log_zscore, source: amount}
+      - {name: card_amount_24h, kind: log_zscore, source: card_amount_24h}
     model:
       estimator: sklearn.ensemble.HistGradientBoostingClassifier
       params: {max_iter: 300}
@@ -33,6 +37,10 @@ from transforms.errors import UserError
 SPECS_DIR = pathlib.Path(__file__).parent / "specs"
 FIELD_TYPES = ("string", "number", "timestamp", "binary")
 FEATURE_KINDS = ("identity", "zscore", "log_zscore", "buckets", "vocabulary", "time_of_day")
+ENTITY_FEATURE_KINDS = {  # kind: the type of source it reads (None: none)
+    "count": None, "seconds_since_previous": None, "sum": "number", "mean": "number", "ratio_to_mean": "number",
+    "difference_from_mean": "number", "is_new": "string"}
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class SpecError(UserError):
@@ -70,6 +78,60 @@ class Feature:
 
 
 @dataclasses.dataclass(frozen=True)
+class EntityFeature:
+    """A number computed per event from its entity's earlier events within ``window_s`` (see transforms/entity.py)."""
+
+    name: str
+    kind: str
+    window_s: int
+    source: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Monitoring:
+    """Event-time monitoring settings (``monitoring:``, optional; see transforms/monitoring.py).
+
+    Not part of the fingerprint: windows and thresholds may change without retraining.
+    """
+
+    window_sizes_s: tuple[int, ...] = (60, 300)
+    allowed_lateness_s: int = 300
+    min_events: int = 500  # fewer events in a window: no drift figures, no alerts
+    psi_threshold: float = 0.2
+    max_alert_rate: float | None = None  # None: the alert rate never alerts
+
+    @classmethod
+    def parse(cls, value: Any, where: str) -> Monitoring:
+        """The ``monitoring:`` mapping: ``windows`` (durations), ``allowed_lateness`` (a duration or 0),
+        ``min_events``, ``psi_threshold``, ``max_alert_rate``; each optional."""
+        item = _mapping(value, where, optional={"windows", "allowed_lateness", "min_events", "psi_threshold",
+                                                "max_alert_rate"})
+
+        def number(key: str, holds, rule: str):
+            found = item[key]
+            if isinstance(found, bool) or not isinstance(found, (int, float)) or not holds(found):
+                raise SpecError(f"{where}.{key}: must be {rule}")
+            return found
+
+        settings = {}
+        if "windows" in item:
+            settings["window_sizes_s"] = tuple(sorted({_duration_s(w, f"{where}.windows")
+                                                       for w in _sequence(item["windows"], f"{where}.windows")}))
+        if "allowed_lateness" in item:
+            lateness = item["allowed_lateness"]
+            settings["allowed_lateness_s"] = 0 if type(lateness) is int and lateness == 0 else _duration_s(
+                lateness, f"{where}.allowed_lateness")
+        if "min_events" in item:
+            settings["min_events"] = number("min_events", lambda v: isinstance(v, int) and v >= 1,
+                                            "a whole number >= 1")
+        if "psi_threshold" in item:
+            settings["psi_threshold"] = float(number("psi_threshold", lambda v: v > 0, "a number > 0"))
+        if "max_alert_rate" in item:
+            settings["max_alert_rate"] = float(number("max_alert_rate", lambda v: 0 < v <= 1, "a share in (0, 1]"))
+        return cls(**settings)
+
+
+@dataclasses.dataclass(frozen=True)
 class Spec:
     name: str
     description: str
@@ -82,10 +144,12 @@ class Spec:
     estimator_params: dict[str, Any]
     alert_threshold: float
     source: str
+    entity_features: tuple[EntityFeature, ...] = ()
+    monitoring: Monitoring = Monitoring()
 
     @property
     def fingerprint(self) -> str:
-        """sha256 of everything that decides what a model sees: fields, keys, label, features.
+        """sha256 of everything that decides what a model sees: fields, keys, label, entity features, features.
 
         A model may score with a spec of the same fingerprint; the alert threshold and the
         estimator settings may differ without retraining.
@@ -97,10 +161,19 @@ class Spec:
             "fields": [dataclasses.asdict(f) for f in self.fields],
             "features": [dataclasses.asdict(f) for f in self.features],
         }
+        if self.entity_features:  # absent for a stateless spec, so its fingerprint stays as it was
+            contract["entity_features"] = [dataclasses.asdict(f) for f in self.entity_features]
         return hashlib.sha256(json.dumps(contract, sort_keys=True).encode()).hexdigest()
 
     def field(self, name: str) -> Field:
-        return next(f for f in self.fields if f.name == name)
+        """An event field, or an entity feature as the number field it adds to each event."""
+        found = next((f for f in self.fields if f.name == name), None)
+        return found or next(Field(name=f.name, type="number") for f in self.entity_features if f.name == name)
+
+    @property
+    def entity_history_s(self) -> int:
+        """How far back an event's entity features look: the longest entity feature window (0: stateless)."""
+        return max((f.window_s for f in self.entity_features), default=0)
 
     @property
     def feature_sources(self) -> tuple[str, ...]:
@@ -110,26 +183,48 @@ class Spec:
 
 def load_spec(name_or_path: str) -> Spec:
     """Load a built-in spec by name or a spec file by path; raise SpecError saying what is wrong."""
+    document, path = _document(name_or_path, "--spec")
+    return _build(document, str(path))
+
+
+def _document(name_or_path: str, flag: str, seen: tuple[str, ...] = ()) -> tuple[Any, pathlib.Path]:
+    """A spec file's YAML document, with the document it ``extends`` (a spec name or path) under it."""
     path = pathlib.Path(name_or_path)
     if not name_or_path.endswith((".yaml", ".yml")) and (SPECS_DIR / f"{name_or_path}.yaml").exists():
         path = SPECS_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         builtin = ", ".join(sorted(p.stem for p in SPECS_DIR.glob("*.yaml")))
-        raise SpecError(f"--spec {name_or_path}: no such built-in spec ({builtin}) or YAML file")
+        raise SpecError(f"{flag} {name_or_path}: no such built-in spec ({builtin}) or YAML file")
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise SpecError(f"spec {path}: not valid YAML ({_first_line(error)})") from None
-    return _build(document, str(path))
+    if isinstance(document, dict) and "extends" in document:
+        if str(path.resolve()) in seen:
+            raise SpecError(f"spec {path}: extends itself (through {', '.join(seen)})")
+        base_name = str(document.pop("extends"))
+        if base_name.endswith((".yaml", ".yml")):
+            base_name = str(path.parent / base_name)
+        base, _ = _document(base_name, f"spec {path}: extends", seen + (str(path.resolve()),))
+        document = {**base, **document}  # the extending file's top-level keys replace the base's
+    return document, path
 
 
 def _build(document: Any, source: str) -> Spec:
     where = f"spec {source}"
     doc = _mapping(document, where, required={"name", "entity_key", "event_time", "fields", "features", "model"},
-                   optional={"description", "label", "alert_threshold"})
+                   optional={"description", "label", "alert_threshold", "entity_features", "monitoring"})
     fields = tuple(_field(name, rules, f"{where}: fields.{name}")
                    for name, rules in _mapping(doc["fields"], f"{where}: fields").items())
     by_name = {f.name: f for f in fields}
+    entity_items = _sequence(doc["entity_features"], f"{where}: entity_features") if "entity_features" in doc else []
+    entity_features = tuple(_entity_feature(item, f"{where}: entity_features[{i}]", by_name)
+                            for i, item in enumerate(entity_items))
+    for entity_feature in entity_features:
+        if entity_feature.name in by_name:
+            raise SpecError(f"{where}: entity feature {entity_feature.name!r} has the name of a field or of "
+                            f"another entity feature")
+        by_name[entity_feature.name] = Field(name=entity_feature.name, type="number")
     features = tuple(_feature(item, f"{where}: features[{i}]", by_name)
                      for i, item in enumerate(_sequence(doc["features"], f"{where}: features")))
     if len({f.name for f in features}) != len(features):
@@ -155,14 +250,15 @@ def _build(document: Any, source: str) -> Spec:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         raise SpecError(f"{where}: alert_threshold must be a number")
 
-    spec = Spec(
+    return Spec(
         name=str(doc["name"]), description=str(doc.get("description", "")),
         entity_key=entity.name, event_time=event_time.name, label=label,
         fields=fields, features=features,
         estimator=str(model["estimator"]), estimator_params=dict(model.get("params") or {}),
-        alert_threshold=float(threshold), source=source,
+        alert_threshold=float(threshold), source=source, entity_features=entity_features,
+        monitoring=Monitoring.parse(doc["monitoring"], f"{where}: monitoring") if "monitoring" in doc
+        else Monitoring(),
     )
-    return spec
 
 
 def _field(name: str, rules: Any, where: str) -> Field:
@@ -201,6 +297,32 @@ def _feature(item: Any, where: str, fields: dict[str, Field]) -> Feature:
     if feature.num_buckets < 2 or feature.top_k < 1:
         raise SpecError(f"{where}: num_buckets must be >= 2 and top_k >= 1")
     return feature
+
+
+def _entity_feature(item: Any, where: str, fields: dict[str, Field]) -> EntityFeature:
+    item = _mapping(item, where, required={"name", "kind", "window"}, optional={"source"})
+    kind = item["kind"]
+    if kind not in ENTITY_FEATURE_KINDS:
+        raise SpecError(f"{where}: kind must be one of {', '.join(ENTITY_FEATURE_KINDS)}")
+    wanted, source = ENTITY_FEATURE_KINDS[kind], item.get("source")
+    if wanted is None and source is not None:
+        raise SpecError(f"{where}: a {kind} entity feature takes no source")
+    if wanted is not None:
+        field = fields.get(source)
+        if field is None or not field.required or field.type != wanted:
+            raise SpecError(f"{where}: a {kind} entity feature needs a source that is a required {wanted} field")
+    return EntityFeature(name=str(item["name"]), kind=kind, window_s=_duration_s(item["window"], f"{where}.window"),
+                         source=source)
+
+
+def _duration_s(value: Any, where: str) -> int:
+    """``90``, ``"90s"``, ``"30m"``, ``"24h"``, ``"7d"`` as whole seconds (> 0)."""
+    text = str(value).strip()
+    unit = _DURATION_UNITS.get(text[-1:], None)
+    number = text[:-1] if unit else text
+    if not number.isdigit() or int(number) == 0 or isinstance(value, bool):
+        raise SpecError(f"{where}: must be a duration such as 90s, 30m, 24h or 7d")
+    return int(number) * (unit or 1)
 
 
 def _mapping(value: Any, where: str, required=frozenset(), optional=None) -> dict:

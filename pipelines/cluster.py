@@ -1,0 +1,468 @@
+"""Cluster events online with mini-batch k-means: archives in batch, or live from Kafka.
+
+    python -m pipelines.cluster --spec sensor --mode batch --input 'data/sensor/*/*.jsonl' \\
+        --model_dir models/sensor --k 3 --snapshot_dir models/sensor-kmeans \\
+        --output out/clusters --dead_letter out/dead_letter
+
+    python -m pipelines.cluster --spec sensor --mode stream --bootstrap_servers HOST:9092 \\
+        --input_topic sensor --output_topic clusters --dead_letter_topic dead-letters \\
+        --model_dir models/sensor --snapshot_dir models/sensor-kmeans --init_snapshot current \\
+        --runner FlinkRunner
+
+Features: those of a trained model version of the same spec (--model_dir, --model_version;
+``pipelines.train``), i.e. its entity features and its analyzed feature plan compiled to ONNX,
+as training and scoring compute them. Then one mini-batch k-means model (``models/kmeans.py``)
+learns from every valid event, in event-time order (ties broken by event_id), --minibatch_size
+events at a time; the first mini-batch chooses the initial centers by k-means++.
+
+Every valid event comes out once as ``{event_id, event_time, <entity key>, cluster, distance,
+snapshot_version}``: its nearest center, and the distance to it, with the centers as they were
+before its mini-batch was learned. Sculley's rule assigns a whole mini-batch with the centers at
+its start, so an event is assigned as soon as its turn comes; only the first mini-batch waits for
+the initial centers. A distance far from every center is an anomaly signal. ``snapshot_version``
+is the latest snapshot written (or started from) before the event was assigned.
+
+Snapshots: every --snapshot_every mini-batches, and at the end of the input (an archive's end, a
+drained stream), the model is published to --snapshot_dir as a versioned directory, as model
+versions are (``models/registry.py``: sha256 manifest, CURRENT). ``kmeans.json`` holds the centers,
+counts and settings, and the features of events already assigned but not yet learned (less than a
+mini-batch), so a run with ``--init_snapshot`` continues exactly as an uninterrupted run would have.
+A snapshot records the feature model version; starting from one with other features or another
+--k is refused.
+
+One model, one key: the whole stream is one model, so it runs under a single key through
+``transforms.ordering.OrderedPerKey``. Bounded, all events are grouped on one worker, sorted and
+folded; live, they wait in keyed state until the watermark passes them. Either way the model
+takes the events one at a time in the same order, so a batch run and a replay of the same events
+through the streaming form give the same assignments and the same centers, bit for bit
+(tests/test_cluster.py). The price: nothing after the features runs in parallel.
+
+Live: the order is event time as the watermark sees it, and the Kafka read takes its watermark
+from message timestamps, so producers should stamp messages with the event time; an event that
+comes after the watermark has passed it is learned out of order (``rtml.ordering/late``). Keyed
+state and timers need a streaming runner (Prism, Flink, Dataflow): on the DirectRunner the stream
+is refused with one line (../shared/notes/local-runners.md). A snapshot does not record Kafka
+offsets: a stream started from one learns whatever its consumer group reads next.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import json
+import pathlib
+import shutil
+import sys
+import time
+from typing import NamedTuple
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+
+from models import registry
+from models.kmeans import DEFAULTS, MiniBatchKMeans
+from pipelines import cli, runners, score
+from pipelines.options import ArchiveOptions, ClusterOptions, KafkaOptions, ModelOptions, ScoreOptions, SpecOptions
+from transforms import kafka
+from transforms.entity import AddEntityFeatures
+from transforms.errors import UserError
+from transforms.events import METRICS_NAMESPACE, EventBatch, ParseEvents
+from transforms.features import FEATURES_OUTPUT, feature_graph, raw_columns
+from transforms.fileio import DEFAULT_BATCH_SIZE, ReadEventFiles, WriteJsonLines, WriteParquet, check_input
+from transforms.ordering import OrderedPerKey, OrderedStep
+from transforms.spec import Spec
+
+VIEWS = (SpecOptions, ScoreOptions, ClusterOptions, ModelOptions, ArchiveOptions, KafkaOptions)
+MODEL_KEY = "kmeans"  # the one key: the whole stream is one model
+STATE_FILE = "kmeans.json"  # in a snapshot version: everything a run needs to continue from it
+KIND = "kmeans"  # a snapshot manifest's kind
+SNAPSHOTS = "snapshots"
+SETTINGS = ("k", "minibatch_size", "learning_rate", "eta", "decay", "seed")
+# An event with its cluster and distance is scored: serve() and cli.summary report this counter.
+_SCORED = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "scored")
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+class Point(NamedTuple):
+    """One valid event as the model takes it: who it is, for its record, and its features."""
+
+    event_id: str
+    event_time: str
+    entity: str
+    features: tuple[float, ...]
+
+
+class Snapshot(NamedTuple):
+    """A model snapshot to publish: its version, its manifest, and the contents of ``kmeans.json``."""
+
+    version: str
+    manifest: dict
+    state: dict
+
+
+@dataclasses.dataclass
+class Progress:
+    """The model key's state: the model, and the events it has not learned yet."""
+
+    model: MiniBatchKMeans
+    pending: list[tuple[float, ...]] = dataclasses.field(default_factory=list)  # assigned, not yet learned
+    unassigned: list[Point] = dataclasses.field(default_factory=list)  # waiting for the initial centers
+    events: int = 0  # assigned so far, counting those of the snapshots this run continues
+    first_us: int | None = None
+    last_us: int | None = None
+    snapshot: str | None = None  # the latest snapshot, written or started from
+    snapshot_events: int = 0  # ``events`` when it was taken
+
+
+@dataclasses.dataclass(frozen=True)
+class Clustering:
+    """A clustering run, resolved from the flags and checked: what ``ClusterEvents`` runs.
+
+    ``run`` prefixes the run's snapshot versions (``<run>-<events assigned>``).
+    """
+
+    spec: Spec
+    features: registry.ModelVersion
+    start: Progress
+    minibatch_size: int
+    snapshot_every: int
+    run: str = dataclasses.field(default_factory=registry.new_version)
+
+
+def clustering_for(options) -> Clustering:
+    """The run the flags describe: spec, feature model, k-means settings, and where it starts.
+
+    Raises UserError (one line) for bad settings, or a snapshot of another spec, features or k.
+    """
+    flags = options.view_as(ClusterOptions)
+    spec, features = score.load_model_for(options)
+    given = {name: getattr(flags, name) for name in SETTINGS if getattr(flags, name) is not None}
+    snapshot, saved = None, {}
+    if flags.init_snapshot:
+        if not flags.snapshot_dir:
+            raise UserError("--init_snapshot needs --snapshot_dir (where the snapshot is)")
+        snapshot = load_snapshot(flags.snapshot_dir, flags.init_snapshot, spec, features)
+        saved = json.loads(snapshot.read(STATE_FILE))
+        if given.get("k", saved["model"]["k"]) != saved["model"]["k"]:
+            raise UserError(f"snapshot {snapshot.version} has k={saved['model']['k']}, not --k {given['k']}; drop "
+                            f"--k to continue it, or start without --init_snapshot")
+    resumed = dict(saved["model"], minibatch_size=saved["minibatch_size"]) if saved else {}
+    settings = {name: given.get(name, resumed.get(name, DEFAULTS.get(name))) for name in SETTINGS}
+    _check(settings, flags.snapshot_every)
+    rule = {name: settings[name] for name in ("learning_rate", "eta", "decay", "seed")}
+    if snapshot is None:
+        start = Progress(MiniBatchKMeans(settings["k"], **rule))
+    else:  # the saved model and the events it has not learned yet, learning on with the rule chosen now
+        first_us, last_us = saved["event_time_us"]
+        start = Progress(MiniBatchKMeans.from_dict(dict(saved["model"], **rule)),
+                         [tuple(row) for row in saved["pending"]], events=saved["events"], first_us=first_us,
+                         last_us=last_us, snapshot=snapshot.version, snapshot_events=saved["events"])
+    return Clustering(spec, features, start, settings["minibatch_size"], flags.snapshot_every)
+
+
+def _check(settings: dict, snapshot_every: int) -> None:
+    if settings.get("k") is None:
+        raise UserError("missing --k (the number of clusters); see --help")
+    if settings["k"] < 1:
+        raise UserError(f"--k must be at least 1, not {settings['k']}")
+    if settings["minibatch_size"] < settings["k"]:
+        raise UserError(f"--minibatch_size must be at least --k ({settings['k']}): k-means++ picks the initial "
+                        f"centers from the first mini-batch")
+    if snapshot_every < 1:
+        raise UserError(f"--snapshot_every must be at least 1, not {snapshot_every}")
+    for name in ("eta", "decay"):
+        if not 0 < settings[name] <= 1:
+            raise UserError(f"--{name} must be in (0, 1], not {settings[name]}")
+
+
+def load_snapshot(snapshot_dir: str, version: str, spec: Spec, features: registry.ModelVersion):
+    """The snapshot ``version`` (or ``current``) of ``snapshot_dir``, checked against the run's spec and features."""
+    if version == "current" and not FileSystems.exists(FileSystems.join(snapshot_dir, registry.CURRENT)):
+        raise UserError(f"--init_snapshot current: no snapshot in {snapshot_dir} (no {registry.CURRENT} file)")
+    snapshot = registry.load(snapshot_dir, None if version == "current" else version)
+    manifest = snapshot.manifest
+    if manifest.get("kind") != KIND:
+        raise UserError(f"--init_snapshot {snapshot.version}: not a k-means snapshot (made by pipelines.cluster)")
+    if manifest["spec"]["fingerprint"] != spec.fingerprint:
+        raise UserError(f"snapshot {snapshot.version} was made with spec {manifest['spec']['name']} of other fields "
+                        f"or features than --spec {spec.source}")
+    if manifest["feature_model_version"] != features.version:
+        raise UserError(f"snapshot {snapshot.version} clusters the features of model "
+                        f"{manifest['feature_model_version']}, not of model {features.version}; pass --model_version "
+                        f"{manifest['feature_model_version']}, or start without --init_snapshot")
+    return snapshot
+
+
+# ---------------------------------------------------------------------------------------------
+# The graph
+
+
+class _FeatureRows(beam.DoFn):
+    """``EventBatch`` in; ``(MODEL_KEY, (event time us, event_id, Point))`` out, one per event.
+
+    One ONNX call per event, not per batch: onnxruntime's vectorised Log rounds differently from
+    its scalar loop over a call's last rows, so a row's features would depend on its place in the
+    batch (measured: 1-ulp float32 differences on about a tenth of the sensor rows), and a live
+    stream's batches are not an archive's. Alone in its call, an event's features are always the same.
+    """
+
+    def __init__(self, spec: Spec, plan: dict):
+        self._spec, self._plan = spec, plan
+
+    def setup(self):
+        import onnxruntime as ort
+
+        self._session = ort.InferenceSession(feature_graph(self._spec, self._plan).SerializeToString(),
+                                             providers=["CPUExecutionProvider"])
+
+    def process(self, batch: EventBatch):
+        spec = self._spec
+        columns = raw_columns(batch, spec)
+        for row, (event, time_us) in enumerate(zip(batch.events, batch.event_time_us)):
+            features = self._session.run([FEATURES_OUTPUT], {name: values[row:row + 1]
+                                                             for name, values in columns.items()})[0][0]
+            point = Point(event["event_id"], event[spec.event_time], event[spec.entity_key],
+                          tuple(features.astype(np.float64).tolist()))
+            yield MODEL_KEY, (time_us, str(event["event_id"]), point)
+
+
+class _KMeansStep(OrderedStep):
+    """The model key's step: assign each event, learn each full mini-batch, snapshot now and then."""
+
+    def __init__(self, clustering: Clustering):
+        self._clustering, spec = clustering, clustering.spec
+        self._about = {"kind": KIND,
+                       "spec": {"name": spec.name, "fingerprint": spec.fingerprint, "source": spec.source},
+                       "feature_model_version": clustering.features.version,
+                       "features": clustering.features.manifest["features"],
+                       "started_from": clustering.start.snapshot}
+
+    def initial_state(self, key) -> Progress:
+        return copy.deepcopy(self._clustering.start)
+
+    def step(self, key, state: Progress, time_us: int, point: Point):
+        state.events += 1
+        state.first_us = time_us if state.first_us is None else min(state.first_us, time_us)
+        state.last_us = time_us if state.last_us is None else max(state.last_us, time_us)
+        state.pending.append(point.features)
+        state.unassigned.append(point)
+        model, minibatch_size = state.model, self._clustering.minibatch_size
+        if not model.initialized:
+            if len(state.pending) < minibatch_size:
+                return state, []
+            model.initialize(np.array(state.pending))  # k-means++ on the first mini-batch
+        outputs = self._assign(state)
+        if len(state.pending) == minibatch_size:
+            model.partial_fit(np.array(state.pending))
+            state.pending = []
+            if model.batches % self._clustering.snapshot_every == 0:
+                outputs.append(self._snapshot(state))
+        return state, outputs
+
+    def finish(self, key, state: Progress):
+        """The events still waiting for initial centers get them (k-means++ on fewer events than a
+        mini-batch), or, fewer than k, no cluster; then the last snapshot. A partial mini-batch is
+        not learned: it stays pending in the snapshot, for a run that continues from it."""
+        model = state.model
+        if not model.initialized:
+            if len(state.pending) < model.k:
+                return [self._record(point, None, None, state) for point in state.unassigned]
+            model.initialize(np.array(state.pending))
+        outputs = self._assign(state)
+        if state.events != state.snapshot_events:
+            outputs.append(self._snapshot(state))
+        return outputs
+
+    def _assign(self, state: Progress) -> list[dict]:
+        points, state.unassigned = state.unassigned, []
+        if not points:
+            return []
+        clusters, distances = state.model.predict(np.array([point.features for point in points]))
+        return [self._record(point, cluster, distance, state)
+                for point, cluster, distance in zip(points, clusters.tolist(), distances.tolist())]
+
+    def _record(self, point: Point, cluster: int | None, distance: float | None, state: Progress) -> dict:
+        return {"event_id": point.event_id, "event_time": point.event_time,
+                self._clustering.spec.entity_key: point.entity, "cluster": cluster, "distance": distance,
+                "snapshot_version": state.snapshot}
+
+    def _snapshot(self, state: Progress) -> Snapshot:
+        model, minibatch_size = state.model, self._clustering.minibatch_size
+        version = f"{self._clustering.run}-{state.events:010d}"
+        state.snapshot, state.snapshot_events = version, state.events
+        manifest = dict(self._about, version=version, k=model.k, learning_rate=model.learning_rate,
+                        eta=model.eta, decay=model.decay, minibatch_size=minibatch_size,
+                        centers=model.centers.tolist(), counts=model.counts.tolist(), events=state.events,
+                        learned=model.seen, minibatches=model.batches,
+                        event_time={"from": _rfc3339(state.first_us), "to": _rfc3339(state.last_us)})
+        contents = {"model": model.to_dict(), "minibatch_size": minibatch_size,
+                    "pending": [list(row) for row in state.pending], "events": state.events,
+                    "event_time_us": [state.first_us, state.last_us]}
+        return Snapshot(version, manifest, contents)
+
+
+def _rfc3339(time_us: int) -> str:
+    moment = _EPOCH + datetime.timedelta(microseconds=time_us)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _split(output):
+    if isinstance(output, Snapshot):
+        yield beam.pvalue.TaggedOutput(SNAPSHOTS, output)
+    else:
+        _SCORED.inc()
+        yield output
+
+
+class ClusterEvents(beam.PTransform):
+    """``EventBatch`` in; ``assignments`` (one record per event) and ``snapshots`` (``Snapshot``) out.
+
+    ``streaming`` picks keyed state and timers (live) or group, sort and fold (bounded); the
+    outputs are the same either way.
+    """
+
+    def __init__(self, clustering: Clustering, streaming: bool, batch_size: int = DEFAULT_BATCH_SIZE):
+        super().__init__()
+        self._clustering, self._streaming, self._batch_size = clustering, streaming, batch_size
+
+    def expand(self, batches):
+        clustering = self._clustering
+        return (batches
+                | "AddEntityFeatures" >> AddEntityFeatures(clustering.spec, self._streaming, self._batch_size)
+                | "Features" >> beam.ParDo(_FeatureRows(clustering.spec, clustering.features.manifest["feature_plan"]))
+                | "MiniBatchKMeans" >> OrderedPerKey(_KMeansStep(clustering), self._streaming)
+                | "Split" >> beam.FlatMap(_split).with_outputs(SNAPSHOTS, main="assignments"))
+
+
+class PublishSnapshots(beam.PTransform):
+    """``Snapshot``s in; each published as a version of ``snapshot_dir`` and made current; their versions out.
+
+    Snapshots come from the one model key in order, so the last one published is current.
+    """
+
+    def __init__(self, snapshot_dir: str):
+        super().__init__()
+        self._snapshot_dir = snapshot_dir
+
+    def expand(self, snapshots):
+        return snapshots | "Publish" >> beam.ParDo(_PublishSnapshot(self._snapshot_dir))
+
+
+class _PublishSnapshot(beam.DoFn):
+    def __init__(self, snapshot_dir: str):
+        self._snapshot_dir = snapshot_dir
+
+    def process(self, snapshot: Snapshot):
+        root = pathlib.Path(self._snapshot_dir)
+        if (root / "versions" / snapshot.version).exists():
+            return  # published by an earlier attempt at this bundle
+        shutil.rmtree(root / ".staging" / snapshot.version, ignore_errors=True)  # left by a failed attempt
+        staging = registry.staging_dir(self._snapshot_dir, snapshot.version)
+        (staging / STATE_FILE).write_text(json.dumps(snapshot.state) + "\n")
+        yield registry.publish(self._snapshot_dir, staging, snapshot.manifest).version
+
+
+def assignment_schema(spec: Spec):
+    """The Parquet schema of assignment records (``--output_format parquet``)."""
+    import pyarrow as pa
+
+    return pa.schema([("event_id", pa.string()), ("event_time", pa.string()), (spec.entity_key, pa.string()),
+                      ("cluster", pa.int64()), ("distance", pa.float64()), ("snapshot_version", pa.string())])
+
+
+# ---------------------------------------------------------------------------------------------
+# Modes
+
+
+def run(argv=None, test_pipeline=None) -> dict[str, int]:
+    """Cluster events; returns the run's counters (received, valid, scored, dead letters by reason)."""
+    options = cli.parse(argv, VIEWS, __doc__)
+    streaming = options.view_as(ScoreOptions).mode == "stream"
+    runners.apply_runner_presets(options, streaming=streaming)
+    if streaming:
+        return _run_stream(options, test_pipeline)
+    cli.require(options, "spec", "input", "model_dir", "snapshot_dir", "output", "dead_letter")
+    flags, snapshot_dir = options.view_as(ArchiveOptions), options.view_as(ClusterOptions).snapshot_dir
+    clustering = clustering_for(options)
+    check_input(flags.input)
+
+    started = time.monotonic()
+    pipeline = cli.create_pipeline(options, test_pipeline)
+    parsed = (pipeline
+              | "ReadEvents" >> ReadEventFiles(flags.input, flags.batch_size)
+              | "ParseEvents" >> ParseEvents(clustering.spec))
+    clustered = parsed.events | "ClusterEvents" >> ClusterEvents(clustering, streaming=False,
+                                                                 batch_size=flags.batch_size)
+    if flags.output_format == "parquet":
+        (clustered.assignments
+         | "Batch" >> beam.BatchElements(min_batch_size=flags.batch_size, max_batch_size=flags.batch_size)
+         | "WriteAssignments" >> WriteParquet(flags.output, "clusters", assignment_schema(clustering.spec)))
+    else:
+        clustered.assignments | "WriteAssignments" >> WriteJsonLines(flags.output, "clusters")
+    clustered.snapshots | "PublishSnapshots" >> PublishSnapshots(snapshot_dir)
+    parsed.dead_letters | "WriteDeadLetters" >> WriteJsonLines(flags.dead_letter, "dead_letter")
+    result = pipeline.run()
+    result.wait_until_finish()
+
+    totals = cli.counters(result)
+    print(cli.summary(f"{clustering.spec.name} clustering with the features of model {clustering.features.version}",
+                      totals, time.monotonic() - started,
+                      {"assignments": f"{flags.output}/clusters-*.{flags.output_format}",
+                       "dead letters": f"{flags.dead_letter}/dead_letter-*.jsonl"}))
+    print(_last_snapshot(snapshot_dir, clustering.run))
+    return totals
+
+
+def _last_snapshot(snapshot_dir: str, run: str) -> str:
+    """The summary line of the snapshot this run published last."""
+    has_current = FileSystems.exists(FileSystems.join(snapshot_dir, registry.CURRENT))
+    manifest = registry.load(snapshot_dir).manifest if has_current else {}
+    if not manifest.get("version", "").startswith(run):
+        return "  snapshot     none written: no valid events, or fewer than --k to start from"
+    return (f"  snapshot     {manifest['version']} is current in {snapshot_dir}: k={manifest['k']}, "
+            f"{manifest['events']:,} events, {manifest['learned']:,} learned, counts {manifest['counts']}")
+
+
+def build_stream(pipeline, clustering: Clustering, options) -> None:
+    """Kafka in, ``ClusterEvents`` live, assignments and dead letters to Kafka, snapshots to --snapshot_dir."""
+    flags, spec = options.view_as(KafkaOptions), clustering.spec
+    config = score.kafka_config(flags)
+    batch_size = max(1, min(options.view_as(ArchiveOptions).batch_size, score.STREAM_MAX_BATCH))
+    parsed = (pipeline
+              | "ReadEvents" >> kafka.ReadFromKafka(flags.bootstrap_servers, flags.input_topic,
+                                                    flags.group_id or f"rtml-cluster-{spec.name}", flags.offset_reset,
+                                                    config)
+              | "ToRaw" >> beam.Map(score.kafka_raw)
+              | "Batch" >> beam.ParDo(score.BatchWithinBundle(batch_size))
+              | "ParseEvents" >> ParseEvents(spec))
+    clustered = parsed.events | "ClusterEvents" >> ClusterEvents(clustering, streaming=True, batch_size=batch_size)
+    (clustered.assignments
+     | "AssignmentMessages" >> beam.FlatMap(lambda record: score.scored_messages([record], spec.entity_key))
+     | "WriteAssignments" >> kafka.WriteToKafka(flags.bootstrap_servers, flags.output_topic, config))
+    clustered.snapshots | "PublishSnapshots" >> PublishSnapshots(options.view_as(ClusterOptions).snapshot_dir)
+    (parsed.dead_letters
+     | "DeadLetterMessages" >> beam.Map(score.dead_letter_message)
+     | "WriteDeadLetters" >> kafka.WriteToKafka(flags.bootstrap_servers, flags.dead_letter_topic, config))
+
+
+def _run_stream(options, test_pipeline) -> dict[str, int]:
+    cli.require(options, "spec", "model_dir", "snapshot_dir", "input_topic", "output_topic", "dead_letter_topic")
+    if not cli.given(options, "bootstrap_servers"):  # Beam's flag defaults to localhost:9092
+        raise UserError("missing --bootstrap_servers; see --help")
+    flags = options.view_as(KafkaOptions)
+    clustering = clustering_for(options)
+    config = score.kafka_config(flags)
+    pipeline = cli.create_pipeline(options, test_pipeline)
+    build_stream(pipeline, clustering, options)
+    score.check_fused_with_source(pipeline, options)  # the model's keyed state: refused on the DirectRunner
+    score.check_topics(flags, config)
+    print(f"clustering {flags.input_topic} -> {flags.output_topic} (dead letters: {flags.dead_letter_topic}) on "
+          f"{flags.bootstrap_servers} with k={clustering.start.model.k} and the features of {clustering.spec.name} "
+          f"model {clustering.features.version}; snapshots to {options.view_as(ClusterOptions).snapshot_dir}"
+          f"; SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)
+    return score.serve(pipeline, f"{clustering.spec.name} stream clustering")
+
+
+if __name__ == "__main__":
+    cli.main(run)

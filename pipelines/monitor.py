@@ -1,0 +1,104 @@
+"""Monitor archived events by event time: per window, rates, scores, alerts and drift from training.
+
+    python -m pipelines.monitor --spec fraud --input 'data/fraud/*/*.jsonl' --model_dir models/fraud \
+        --output out/monitoring [--window_s 3600]
+
+Scores the archive with the model version as pipelines.score does (same graph), and writes per
+fixed event-time window of each size (--window_s, repeatable; default: the spec's
+monitoring.windows) one monitoring record to OUTPUT/windows-*.jsonl and, where a window crosses the
+spec's monitoring thresholds (drift of a feature from training, alert rate), alert records to
+OUTPUT/alerts-*.jsonl; see transforms/monitoring.py for both. Prints a summary per window size and
+UTC day, then the alerts. Beam's flags (--runner, --direct_num_workers ...) pass through.
+"""
+from __future__ import annotations
+
+import collections
+import time
+
+import orjson
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import cli, runners
+from pipelines.options import ArchiveOptions, ModelOptions, MonitorOptions, SpecOptions
+from pipelines.score import load_model_for, score_events
+from transforms.fileio import ReadEventFiles, WriteJsonLines, check_input
+from transforms.monitoring import ALERTS, METRICS_NAMESPACE, WINDOWS, Monitor
+
+VIEWS = (SpecOptions, MonitorOptions, ModelOptions, ArchiveOptions)
+ALERTS_SHOWN = 20
+
+
+def run(argv=None, test_pipeline=None) -> dict[str, int]:
+    """Monitor an archive; returns the run's counters (those of scoring and ``rtml.monitor/...``)."""
+    options = cli.parse(argv, VIEWS, __doc__)
+    runners.apply_runner_presets(options)
+    cli.require(options, "spec", "input", "model_dir", "output")
+    flags, model_flags = options.view_as(ArchiveOptions), options.view_as(ModelOptions)
+    spec, model = load_model_for(options)
+    monitor = Monitor(spec, model, options.view_as(MonitorOptions).window_s)
+    check_input(flags.input)
+
+    started = time.monotonic()
+    pipeline = cli.create_pipeline(options, test_pipeline)
+    raw = pipeline | "ReadEvents" >> ReadEventFiles(flags.input, flags.batch_size)
+    events, scored, dead_letters = score_events(raw, spec, model, model_flags.model_dir, model_flags.engine,
+                                                batch_size=flags.batch_size)
+    monitored = {"events": events, "scored": scored, "dead_letters": dead_letters} | "Monitor" >> monitor
+    monitored[WINDOWS] | "WriteWindows" >> WriteJsonLines(flags.output, WINDOWS)
+    monitored[ALERTS] | "WriteAlerts" >> WriteJsonLines(flags.output, ALERTS)
+    result = pipeline.run()
+    result.wait_until_finish()
+
+    totals = cli.counters(result)
+    print(cli.summary(f"{spec.name} monitoring with model {model.version}", totals, time.monotonic() - started,
+                      {"windows": f"{flags.output}/{WINDOWS}-*.jsonl", "alerts": f"{flags.output}/{ALERTS}-*.jsonl"}))
+    print(report(read_records(flags.output, WINDOWS), read_records(flags.output, ALERTS), totals,
+                 spec.monitoring.min_events))
+    return totals
+
+
+def read_records(directory: str, prefix: str) -> list[dict]:
+    """The JSON Lines records of ``<directory>/<prefix>-*.jsonl`` (any Beam filesystem)."""
+    records = []
+    for metadata in FileSystems.match([FileSystems.join(directory, f"{prefix}-*.jsonl")])[0].metadata_list:
+        with FileSystems.open(metadata.path) as handle:
+            records += [orjson.loads(line) for line in handle.read().splitlines() if line]
+    return records
+
+
+def report(windows: list[dict], alerts: list[dict], totals: dict[str, int], min_events: int) -> str:
+    """Per window size and UTC day: windows, events, dead letters, alerts, the largest drift; then the alerts."""
+    days = collections.defaultdict(list)
+    for record in windows:
+        days[record["window_s"], record["window_start"][:10]].append(record)
+    alert_days = collections.Counter((a["window_s"], a["window_start"][:10], a["kind"]) for a in alerts)
+    lines = [f"  {'window':>8}  {'day':<10}  {'windows':>7}  {'measured':>8}  {'events':>9}  {'dead letters':>12}  "
+             f"{'alerts':>7}  {'largest drift':<24}  {'drift alerts':>12}  {'rate alerts':>11}"]
+    for (size, day), records in sorted(days.items()):
+        drifts = [(value, name) for r in records for name, value in r["drift"].items() if value is not None]
+        largest = "{1} {0:.3f}".format(*max(drifts)) if drifts else "-"
+        measured = sum(r["events"] >= min_events for r in records)
+        lines.append(f"  {size:>6} s  {day:<10}  {len(records):>7}  {measured:>8}"
+                     f"  {sum(r['events'] for r in records):>9,}  {sum(r['dead_letters'] for r in records):>12,}"
+                     f"  {sum(r['alerts'] for r in records):>7,}  {largest:<24}  {alert_days[size, day, 'drift']:>12}"
+                     f"  {alert_days[size, day, 'alert_rate']:>11}")
+    late = sum(count for key, count in totals.items() if key.startswith(f"{METRICS_NAMESPACE}/late_events_"))
+    untimed = totals.get(f"{METRICS_NAMESPACE}/untimed_dead_letters", 0)
+    lines.append(f"  measured: windows of at least {min_events:,} events, with drift figures and alerts; "
+                 f"{late:,} late events; {untimed:,} dead letters without a usable event time (in no window)")
+    lines.append(f"  {len(alerts):,} alerts" + (":" if alerts else ""))
+    ordered = sorted(alerts, key=lambda a: (a["window_start"], a["window_s"], a["kind"]))
+    for alert in ordered[:ALERTS_SHOWN]:
+        if alert["kind"] == "drift":
+            what = "drift " + ", ".join(f"{name} {value:.3f}" for name, value in
+                                        sorted(alert["features"].items(), key=lambda item: -item[1]))
+        else:
+            what = f"alert rate {alert['alert_rate']:.4f} > {alert['max_alert_rate']:g}"
+        lines.append(f"    {alert['window_start']}  {alert['window_s']} s  {what}  ({alert['events']:,} events)")
+    if len(ordered) > ALERTS_SHOWN:
+        lines.append(f"    ... {len(ordered) - ALERTS_SHOWN:,} more in the alerts files")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    cli.main(run)

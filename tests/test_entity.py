@@ -1,0 +1,254 @@
+"""Per-entity features: the definition, bounded == live (TestStream), specs, and what they buy."""
+import datetime
+import json
+import pathlib
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import TimestampedValue
+from hypothesis import given, settings, strategies as st
+
+from pipelines import cli, score
+from transforms.entity import AddEntityFeatures, EntityHistoryStep
+from transforms.events import EventBatch
+from transforms.spec import SpecError, load_spec
+
+FRAUD_ENTITY = load_spec("fraud_entity")
+START_US = 1_772_323_200_000_000  # 2026-03-01T00:00:00Z
+_US = 1_000_000
+
+
+def _event(number: int, card: str, offset_s: float, amount: float, country: str) -> dict:
+    time_us = START_US + int(offset_s * _US)
+    moment = datetime.datetime.fromtimestamp(time_us / _US, datetime.timezone.utc)
+    return {"event_id": f"e{number:04d}", "event_time": moment.isoformat().replace("+00:00", "Z"),
+            "card_id": card, "merchant_id": f"m{number % 3}", "merchant_category": "grocery", "amount": amount,
+            "currency": "EUR", "country": country, "channel": "pos", "_time_us": time_us}
+
+
+def _reference(spec, events: list[dict]) -> dict[str, dict]:
+    """The table in transforms/entity.py, evaluated by brute force over each event's earlier events."""
+    order = sorted(events, key=lambda e: (e["_time_us"], e["event_id"]))
+    values = {}
+    for position, event in enumerate(order):
+        row = {}
+        for feature in spec.entity_features:
+            window_us = feature.window_s * _US
+            earlier = [e for e in order[:position] if e["card_id"] == event["card_id"]
+                       and event["_time_us"] - e["_time_us"] < window_us]
+            row[feature.name] = _by_definition(feature, earlier, event)
+        values[event["event_id"]] = row
+    return values
+
+
+def _by_definition(feature, earlier: list[dict], event: dict) -> float:
+    if feature.kind == "count":
+        return len(earlier)
+    if feature.kind == "seconds_since_previous":
+        return (event["_time_us"] - earlier[-1]["_time_us"]) / _US if earlier else feature.window_s
+    values, x = [e[feature.source] for e in earlier], event[feature.source]
+    if feature.kind == "is_new":
+        return float(x not in values)
+    if feature.kind == "sum":
+        return sum(values)
+    mean = sum(values) / len(values) if values else None
+    if feature.kind == "mean":
+        return x if mean is None else mean
+    if feature.kind == "ratio_to_mean":
+        return 1.0 if mean is None else (x / mean if mean else 0.0)
+    return 0.0 if mean is None else x - mean
+
+
+def _fold(spec, events: list[dict]) -> dict[str, dict]:
+    """EntityHistoryStep over each card's events in order, as the bounded mode runs it."""
+    step, states, out = EntityHistoryStep(spec), {}, {}
+    for event in sorted(events, key=lambda e: (e["_time_us"], e["event_id"])):
+        state, last = states.get(event["card_id"], (None, None))
+        state, outputs = step._advance(event["card_id"], state, last, event["_time_us"], event)
+        states[event["card_id"]] = (state, event["_time_us"])
+        for _, enriched in outputs:
+            out[enriched["event_id"]] = {f.name: enriched[f.name] for f in spec.entity_features}
+    return out
+
+
+events_strategy = st.lists(
+    st.tuples(st.sampled_from(["c1", "c2", "c3"]), st.floats(0, 10 * 86400, allow_nan=False),
+              st.sampled_from([1.0, 2.5, 10.0, 99.99, 0.01]), st.sampled_from(["FR", "DE", "GB"])),
+    min_size=1, max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(events_strategy)
+def test_entity_features_follow_their_definition(rows):
+    events = [_event(i, card, offset, amount, country) for i, (card, offset, amount, country) in enumerate(rows)]
+    expected, actual = _reference(FRAUD_ENTITY, events), _fold(FRAUD_ENTITY, events)
+    assert actual.keys() == expected.keys()
+    for event_id, row in expected.items():
+        for name, value in row.items():
+            assert actual[event_id][name] == pytest.approx(value, rel=1e-12, abs=1e-9), (event_id, name)
+
+
+def test_entity_features_by_hand():
+    events = [_event(0, "c1", 0, 10.0, "FR"), _event(1, "c1", 600, 30.0, "FR"), _event(2, "c2", 700, 5.0, "DE"),
+              _event(3, "c1", 3600 + 300, 20.0, "GB"), _event(4, "c1", 8 * 86400, 7.0, "FR")]
+    values = _fold(FRAUD_ENTITY, events)
+    assert values["e0001"]["card_events_1h"] == 1 and values["e0001"]["seconds_since_previous"] == 600
+    assert values["e0001"]["amount_to_card_mean"] == 3.0 and values["e0001"]["country_new_to_card"] == 0
+    # 1 h after e0000 and 55 min after e0001: only e0001 is within the hour, both within 24 h
+    assert values["e0003"]["card_events_1h"] == 1 and values["e0003"]["card_events_24h"] == 2
+    assert values["e0003"]["card_amount_1h"] == 30.0 and values["e0003"]["country_new_to_card"] == 1
+    assert values["e0002"]["card_events_24h"] == 0 and values["e0002"]["seconds_since_previous"] == 7 * 86400
+    # 8 days later: the 7-day history has expired, the card starts afresh
+    assert values["e0004"]["card_events_24h"] == 0 and values["e0004"]["amount_to_card_mean"] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounded == live: the same events through TestStream (keyed state, timers) and through the archive path
+
+
+def _batches(events: list[dict]) -> list[EventBatch]:
+    return [EventBatch([{k: v for k, v in e.items() if k != "_time_us"}], [e["_time_us"]]) for e in events]
+
+
+def _features_of(batch: EventBatch):
+    for event in batch.events:
+        yield event["event_id"], tuple(event[f.name] for f in FRAUD_ENTITY.entity_features)
+
+
+def _interleaved_events() -> list[dict]:
+    """Three cards interleaved over two days, with bursts, repeats of the same second and new countries."""
+    events, number = [], 0
+    for minute in range(0, 2 * 24 * 60, 37):
+        for card, shift in (("c1", 0), ("c2", 13), ("c3", 29)):
+            if (minute + shift) % 3:
+                events.append(_event(number, card, minute * 60 + shift, 5.0 + (number * 7) % 50,
+                                     ["FR", "DE", "GB", "US"][number % 4 if card == "c3" else 0]))
+                number += 1
+    return events
+
+
+def _expected(events: list[dict]) -> list[tuple]:
+    return [(event_id, tuple(row[f.name] for f in FRAUD_ENTITY.entity_features))
+            for event_id, row in _fold(FRAUD_ENTITY, events).items()]
+
+
+def test_live_entity_features_equal_bounded_with_out_of_order_and_late_events():
+    events = _interleaved_events()
+    assert len(events) > 150
+    # Arrival order: chunks of events, each reversed (out of order within the watermark), the
+    # watermark trailing the chunk's latest event by 15 minutes; two events arrive after the watermark passed them.
+    late = {events[40]["event_id"], events[90]["event_id"]}
+    on_time = [e for e in events if e["event_id"] not in late]
+    expected = _expected(on_time)  # a late event leaves its entity's history as it was
+    with TestPipeline() as pipeline:
+        bounded = (pipeline | beam.Create(_batches(on_time[::-1]))
+                   | AddEntityFeatures(FRAUD_ENTITY, streaming=False, batch_size=64) | beam.FlatMap(_features_of))
+        assert_that(bounded, equal_to(expected))
+    stream = TestStream()
+    chunk = 12
+    for start in range(0, len(on_time), chunk):
+        part = on_time[start:start + chunk]
+        stream.add_elements([TimestampedValue(b, b.event_time_us[0] / _US) for b in _batches(part[::-1])])
+        stream.advance_watermark_to((part[-1]["_time_us"] - 15 * 60 * _US) / _US)
+        if start == 120:  # well past both late events
+            stream.add_elements([TimestampedValue(b, b.event_time_us[0] / _US)
+                                 for b in _batches([e for e in events if e["event_id"] in late])])
+    stream.advance_watermark_to(on_time[-1]["_time_us"] / _US + 1)
+    stream.advance_watermark_to_infinity()
+
+    options = PipelineOptions(runner="BundleBasedDirectRunner")
+    options.view_as(StandardOptions).streaming = True
+    pipeline = TestPipeline(options=options)
+    live = (pipeline | stream
+            | AddEntityFeatures(FRAUD_ENTITY, streaming=True, batch_size=64) | beam.FlatMap(_features_of))
+    assert_that(live | "OnTime" >> beam.Filter(lambda kv: kv[0] not in late),
+                equal_to(expected), label="on_time_equal_bounded")
+    assert_that(live | "Late" >> beam.Map(lambda kv: kv[0]) | beam.Filter(lambda k: k in late),
+                equal_to(sorted(late)), label="late_events_still_come_out_once")
+    # (rtml.ordering/late is not checked here: this runner drops counters of bundles that also fire timers)
+    pipeline.run().wait_until_finish()
+
+
+# ---------------------------------------------------------------------------------------------
+# Specs
+
+
+def test_stateless_specs_keep_their_fingerprint_and_entity_specs_extend_them():
+    fraud = load_spec("fraud")
+    assert fraud.entity_features == () and fraud.entity_history_s == 0
+    assert FRAUD_ENTITY.fields == fraud.fields and FRAUD_ENTITY.fingerprint != fraud.fingerprint
+    assert FRAUD_ENTITY.entity_history_s == 7 * 86400
+    assert FRAUD_ENTITY.field("card_amount_24h").type == "number"
+    sensor_entity = load_spec("sensor_entity")
+    assert sensor_entity.entity_key == "machine_id" and sensor_entity.entity_history_s == 3600
+
+
+@pytest.mark.parametrize("entity_features, message", [
+    ("[{name: x, kind: median, window: 1h}]", "kind must be one of"),
+    ("[{name: x, kind: sum, source: country, window: 1h}]", "needs a source that is a required number field"),
+    ("[{name: x, kind: is_new, source: amount, window: 1h}]", "needs a source that is a required string field"),
+    ("[{name: x, kind: count, source: amount, window: 1h}]", "takes no source"),
+    ("[{name: x, kind: count, window: 0h}]", "must be a duration"),
+    ("[{name: x, kind: count, window: soon}]", "must be a duration"),
+    ("[{name: amount, kind: count, window: 1h}]", "has the name of a field"),
+])
+def test_bad_entity_features_are_one_line_errors(tmp_path, entity_features, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"extends: fraud\nentity_features: {entity_features}\n")
+    with pytest.raises(SpecError, match=message) as error:
+        load_spec(str(path))
+    assert "\n" not in str(error.value)
+
+
+def test_a_spec_cannot_extend_itself(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(SpecError, match="extends itself"):
+        load_spec(str(tmp_path / "a.yaml"))
+
+
+# ---------------------------------------------------------------------------------------------
+# What entity features buy, trained and scored as a user would
+
+
+@pytest.fixture(scope="module")
+def fraud_entity_model(fraud_archive, tmp_path_factory):
+    from pipelines import train
+
+    model_dir = str(tmp_path_factory.mktemp("fraud_entity_model"))
+    return model_dir, train.run(["--spec", "fraud_entity", "--input", fraud_archive["train"], "--model_dir", model_dir])
+
+
+def test_entity_features_raise_average_precision_on_the_same_holdout(fraud_model, fraud_entity_model):
+    plain, entity = fraud_model[1].manifest, fraud_entity_model[1].manifest
+    assert entity["training"]["holdout"]["rows"] == pytest.approx(plain["training"]["holdout"]["rows"], rel=1e-3)
+    plain_ap = plain["metrics"]["holdout"]["average_precision"]
+    entity_ap = entity["metrics"]["holdout"]["average_precision"]
+    # the entity model's own ablation: the same rows and split, refitted without the entity-feature columns
+    ablation_ap = entity["metrics"]["holdout"]["without_entity_features"]["average_precision"]
+    assert ablation_ap == pytest.approx(plain_ap, abs=0.03)
+    assert entity_ap >= max(plain_ap, ablation_ap) + 0.05, (plain_ap, ablation_ap, entity_ap)
+
+
+def test_batch_scoring_with_entity_features_scores_every_valid_event(fraud_archive, fraud_entity_model, tmp_path):
+    totals = score.run(["--spec", "fraud_entity", "--input", fraud_archive["later"], "--model_dir",
+                        fraud_entity_model[0], "--output", str(tmp_path / "scored"), "--dead_letter",
+                        str(tmp_path / "dead")])
+    lines = [json.loads(line) for path in pathlib.Path(tmp_path / "scored").glob("*.jsonl")
+             for line in path.read_text().splitlines()]
+    valid = sum(day["valid"] for day in fraud_archive["later_days"])
+    assert totals["rtml/scored"] == len(lines) == valid
+    assert len({line["event_id"] for line in lines}) == valid
+    assert {line["model_version"] for line in lines} == {fraud_entity_model[1].version}
+
+
+def test_entity_spec_stream_on_the_direct_runner_is_refused_not_hung(fraud_entity_model, kafka_broker):
+    kafka_broker.create_topic("entity-in", 1)
+    with pytest.raises(cli.UserError, match="keep state: AddEntityFeatures.*use a streaming runner"):
+        score.run(["--spec", "fraud_entity", "--mode", "stream", "--bootstrap_servers", kafka_broker.bootstrap,
+                   "--input_topic", "entity-in", "--output_topic", "entity-out", "--dead_letter_topic", "entity-dl",
+                   "--model_dir", fraud_entity_model[0]])
