@@ -68,7 +68,7 @@ def _fold(spec, events: list[dict]) -> dict[str, dict]:
     step, states, out = EntityHistoryStep(spec), {}, {}
     for event in sorted(events, key=lambda e: (e["_time_us"], e["event_id"])):
         state, last = states.get(event["card_id"], (None, None))
-        state, outputs = step._advance(event["card_id"], state, last, event["_time_us"], event)
+        state, outputs = step.advance(event["card_id"], state, last, event["_time_us"], event)
         states[event["card_id"]] = (state, event["_time_us"])
         for _, enriched in outputs:
             out[enriched["event_id"]] = {f.name: enriched[f.name] for f in spec.entity_features}

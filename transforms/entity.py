@@ -51,12 +51,13 @@ class EntityHistoryStep(OrderedStep):
     def step(self, key, history: collections.deque, time_us: int, event: dict):
         while history and time_us - history[0][0] >= self.ttl_us:
             history.popleft()
-        enriched = dict(event)
+        enriched, within = dict(event), {}
         for feature in self._features:
-            window_us = feature.window_s * _US
-            # (only a late event, see transforms/ordering.py, can have later ones in the history)
-            earlier = [(t, values) for t, values in history if 0 <= time_us - t < window_us]
-            enriched[feature.name] = self._value(feature, earlier, time_us, event)
+            if feature.window_s not in within:
+                window_us = feature.window_s * _US
+                # (only a late event, see transforms/ordering.py, can have later ones in the history)
+                within[feature.window_s] = [(t, values) for t, values in history if 0 <= time_us - t < window_us]
+            enriched[feature.name] = self._value(feature, within[feature.window_s], time_us, event)
         history.append((time_us, tuple(event[source] for source in self._sources)))
         return history, [(time_us, enriched)]
 

@@ -8,6 +8,7 @@ broken by a stable key, e.g. the event id). ``OrderedPerKey`` runs a step in eit
 - unbounded (a stream): Beam keyed state. Elements wait in a bag until the watermark passes
   their event time (an event-time timer), then go through the step in order; the step's state
   lives in keyed state, and an event-time timer forgets it after ``ttl_us`` without elements.
+  At the end of the input (or a drain) whatever still waits is released, then the step finishes.
 
 So a key sees the same sequence in both modes and every output is the same. The exception is a
 late element, one that arrives after its key has moved past its place in the order (bounded data
@@ -28,9 +29,6 @@ from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 _LATE = beam.metrics.Metrics.counter("rtml.ordering", "late")
-
-# (event time in microseconds, tiebreak, value): the elements OrderedPerKey takes, per key
-Timed = tuple[int, str, Any]
 
 
 class OrderedStep:
@@ -53,8 +51,9 @@ class OrderedStep:
     def finish(self, key, state) -> Iterable:
         return ()
 
-    def _advance(self, key, state, last_us: int | None, time_us: int, value):
-        """``step`` after the ttl check; both modes go through here."""
+    def advance(self, key, state, last_us: int | None, time_us: int, value):
+        """``step``, from the initial state if ``state`` is None or expired (``last_us``: the key's previous
+        element). Both modes, and a late element, go through here; subclasses override ``step``."""
         if state is None or (self.ttl_us is not None and last_us is not None and time_us - last_us > self.ttl_us):
             state = self.initial_state(key)
         return self.step(key, state, time_us, value)
@@ -82,7 +81,7 @@ def _fold(keyed_elements, step: OrderedStep):
     key, elements = keyed_elements
     state, last_us = None, None
     for time_us, _, value in sorted(elements, key=lambda element: element[:2]):
-        state, outputs = step._advance(key, state, last_us, time_us, value)
+        state, outputs = step.advance(key, state, last_us, time_us, value)
         last_us = time_us
         for output in outputs:
             yield TimestampedValue(output, time_us / 1e6)
@@ -113,7 +112,7 @@ class _OrderedStateFn(beam.DoFn):
             # Its place in the order has passed: it goes through the step now, against a copy of
             # the state, so the sequence every other element sees stays the bounded one.
             _LATE.inc()
-            _, outputs = self._step._advance(key, copy.deepcopy(state.read()), last[0], time_us, value)
+            _, outputs = self._step.advance(key, copy.deepcopy(state.read()), last[0], time_us, value)
             for output in outputs:
                 yield TimestampedValue(output, time_us / 1e6)
             return
@@ -135,7 +134,7 @@ class _OrderedStateFn(beam.DoFn):
 
     @userstate.on_timer(EXPIRE)
     def on_expire(self, state=beam.DoFn.StateParam(STATE), done=beam.DoFn.StateParam(DONE)):
-        # The ttl check in OrderedStep._advance would reset the state anyway; this frees the memory.
+        # The ttl check in OrderedStep.advance would reset the state anyway; this frees the memory.
         state.clear()
         done.clear()
 
@@ -159,7 +158,7 @@ class _OrderedStateFn(beam.DoFn):
             pending.add(element)
         for time_us, tiebreak, value in ready:
             last = tuple(done.read() or (time_us, tiebreak))
-            current, outputs = self._step._advance(key, state.read(), last[0], time_us, value)
+            current, outputs = self._step.advance(key, state.read(), last[0], time_us, value)
             state.write(current)
             done.write(max(last, (time_us, tiebreak)))
             if self._step.ttl_us is not None:
