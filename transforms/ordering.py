@@ -95,6 +95,8 @@ class _OrderedStateFn(beam.DoFn):
     STATE = userstate.ReadModifyWriteStateSpec("state", PickleCoder())
     # (time_us, tiebreak) of the last element stepped: anything at or before it is late
     DONE = userstate.ReadModifyWriteStateSpec("done", PickleCoder())
+    # when RELEASE is set for: the earliest pending event time (read, rather than the whole bag, per element)
+    NEXT = userstate.ReadModifyWriteStateSpec("next", PickleCoder())
     RELEASE = userstate.TimerSpec("release", TimeDomain.WATERMARK)
     EXPIRE = userstate.TimerSpec("expire", TimeDomain.WATERMARK)
     # At the end of the input (or a drain) everything pending is released, then the step finishes.
@@ -104,8 +106,8 @@ class _OrderedStateFn(beam.DoFn):
         self._step = step
 
     def process(self, element, pending=beam.DoFn.StateParam(PENDING), state=beam.DoFn.StateParam(STATE),
-                done=beam.DoFn.StateParam(DONE), release=beam.DoFn.TimerParam(RELEASE),
-                end=beam.DoFn.TimerParam(END)):
+                done=beam.DoFn.StateParam(DONE), next_release=beam.DoFn.StateParam(NEXT),
+                release=beam.DoFn.TimerParam(RELEASE), end=beam.DoFn.TimerParam(END)):
         key, (time_us, tiebreak, value) = element
         last = done.read()
         if last is not None and (time_us, tiebreak) <= tuple(last):
@@ -116,21 +118,25 @@ class _OrderedStateFn(beam.DoFn):
             for output in outputs:
                 yield TimestampedValue(output, time_us / 1e6)
             return
-        waiting = list(pending.read())
         pending.add((time_us, tiebreak, value))
-        if not waiting or time_us < min(w[0] for w in waiting):
+        earliest = next_release.read()
+        if earliest is None or time_us < earliest:
+            next_release.write(time_us)
             release.set(Timestamp(micros=time_us))
         end.set(GlobalWindow().max_timestamp())
 
     @userstate.on_timer(RELEASE)
     def on_release(self, key=beam.DoFn.KeyParam, timestamp=beam.DoFn.TimestampParam,
                    pending=beam.DoFn.StateParam(PENDING), state=beam.DoFn.StateParam(STATE),
-                   done=beam.DoFn.StateParam(DONE), release=beam.DoFn.TimerParam(RELEASE),
-                   expire=beam.DoFn.TimerParam(EXPIRE)):
+                   done=beam.DoFn.StateParam(DONE), next_release=beam.DoFn.StateParam(NEXT),
+                   release=beam.DoFn.TimerParam(RELEASE), expire=beam.DoFn.TimerParam(EXPIRE)):
         # The watermark has passed ``timestamp``: nothing at or before it can still arrive on time.
         later = yield from self._release(key, timestamp.micros, pending, state, done, expire)
         if later:
+            next_release.write(later[0][0])
             release.set(Timestamp(micros=later[0][0]))
+        else:
+            next_release.clear()
 
     @userstate.on_timer(EXPIRE)
     def on_expire(self, state=beam.DoFn.StateParam(STATE), done=beam.DoFn.StateParam(DONE)):
@@ -141,8 +147,9 @@ class _OrderedStateFn(beam.DoFn):
     @userstate.on_timer(END)
     def on_end(self, key=beam.DoFn.KeyParam, pending=beam.DoFn.StateParam(PENDING),
                state=beam.DoFn.StateParam(STATE), done=beam.DoFn.StateParam(DONE),
-               expire=beam.DoFn.TimerParam(EXPIRE)):
+               next_release=beam.DoFn.StateParam(NEXT), expire=beam.DoFn.TimerParam(EXPIRE)):
         yield from self._release(key, None, pending, state, done, expire)
+        next_release.clear()
         current, last = state.read(), done.read()
         if current is not None:
             for output in self._step.finish(key, current):
