@@ -52,7 +52,7 @@ from pipelines.score import BatchWithinBundle, kafka_config, load_model_for
 from transforms import kafka
 from transforms.entity import AddEntityFeatures
 from transforms.errors import UserError
-from transforms.events import EventBatch, ParseEvents, Raw, is_event_time, event_time_us_of
+from transforms.events import EventBatch, ParseEvents, Raw, dead_letter_time_us, event_time_us_of, is_event_time
 from transforms.fileio import ReadEventFiles, check_input
 
 VIEWS = (SpecOptions, ModelOptions, ArchiveOptions, BackfillOptions)  # --help; KafkaOptions' flags parse too
@@ -99,25 +99,6 @@ def parse_moment(flag: str, text: str, partition: str) -> int:
         raise UserError(f"--{flag} {text}: not on a {partition} boundary (UTC); partitions are whole UTC "
                         f"{partition}s")
     return moment_us
-
-
-def dead_letter_time_us(letter: dict, time_field: str) -> int | None:
-    """The event time a dead letter's raw input names, if it is a JSON object with a valid one; else None."""
-    if letter.get("raw_encoding") != "utf-8" or letter.get("raw_truncated"):
-        return None
-    try:
-        value = orjson.loads(letter["raw"])
-    except orjson.JSONDecodeError:
-        try:  # NaN, Infinity: still JSON to the standard library, and the time may be fine
-            value = json.loads(letter["raw"])
-        except (ValueError, RecursionError):
-            return None
-    if not isinstance(value, dict) or not is_event_time(value.get(time_field)):
-        return None
-    try:
-        return event_time_us_of(value[time_field])
-    except (ValueError, OverflowError):
-        return None
 
 
 def input_fingerprint(pattern: str) -> tuple[str, int]:

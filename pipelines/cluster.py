@@ -39,7 +39,8 @@ through the streaming form give the same assignments and the same centers, bit f
 
 Live: the order is event time as the watermark sees it, and the Kafka read takes its watermark
 from message timestamps, so producers should stamp messages with the event time; an event that
-comes after the watermark has passed it is learned out of order (``rtml.ordering/late``). Keyed
+comes after the watermark has passed it is assigned with the current centers at once and not
+learned (counted as ``rtml.ordering/late``), so the model stays the bounded run's. Keyed
 state and timers need a streaming runner (Prism, Flink, Dataflow): on the DirectRunner the stream
 is refused with one line (../shared/notes/local-runners.md). A snapshot does not record Kafka
 offsets: a stream started from one learns whatever its consumer group reads next.
@@ -273,6 +274,14 @@ class _KMeansStep(OrderedStep):
         if state.events != state.snapshot_events:
             outputs.append(self._snapshot(state))
         return outputs
+
+    def late(self, key, state: Progress, time_us: int, point: Point):
+        """A late event is assigned with the current centers (no cluster before there are any) and
+        not learned: learning it now would change the model out of event-time order."""
+        if not state.model.initialized:
+            return [self._record(point, None, None, state)]
+        clusters, distances = state.model.predict(np.array([point.features]))
+        return [self._record(point, clusters.tolist()[0], distances.tolist()[0], state)]
 
     def _assign(self, state: Progress) -> list[dict]:
         points, state.unassigned = state.unassigned, []

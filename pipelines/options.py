@@ -46,7 +46,7 @@ class ModelOptions(PipelineOptions):
                                  "sklearn: tensorflow-transform's artifact, then the scikit-learn estimator.")
         parser.add_argument("--model_poll_seconds", type=float, default=60.0,
                             help="--mode stream: read --model_dir's CURRENT this often and switch to a new version "
-                                 "without a restart, between batches (default: 60). A tampered, incomplete or "
+                                 "without a restart, between batches (default: 60; at least 2). A tampered, incomplete or "
                                  "other-spec version is refused with an alert and the serving one stays. 0, or "
                                  "--model_version: the version is fixed at start. Needs a streaming runner (Dataflow, "
                                  "Flink, Prism): the DirectRunner keeps the start version. Batch mode always does.")

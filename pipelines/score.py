@@ -46,6 +46,9 @@ VIEWS = (SpecOptions, ScoreOptions, ModelOptions, ArchiveOptions, KafkaOptions, 
 STREAM_MAX_BATCH = 256  # events per batch in a stream
 STREAM_MAX_WAIT_S = 0.05  # the longest a stream event waits for its batch to fill
 STOP_TIMEOUT_S = 25.0  # a stop that takes longer ends the process (exit status 1)
+# WatchModelVersions' side input fires 1 s after a change: two changes in one firing would hand
+# RunInference two versions where it reads one
+MIN_MODEL_POLL_S = 2.0
 
 
 def score_events(raw_batches, spec: Spec, model: registry.ModelVersion, model_dir: str, engine: str,
@@ -275,8 +278,9 @@ def model_reload_seconds(options) -> float:
     """
     flags = options.view_as(ModelOptions)
     seconds = flags.model_poll_seconds
-    if seconds < 0:
-        raise UserError("--model_poll_seconds must be >= 0 (0 keeps the version the stream starts with)")
+    if seconds < 0 or 0 < seconds < MIN_MODEL_POLL_S:
+        raise UserError(f"--model_poll_seconds must be 0 (keep the version the stream starts with) or at least "
+                        f"{MIN_MODEL_POLL_S:g}")
     asked = seconds > 0 and cli.given(options, "model_poll_seconds")
     if asked and flags.model_version:
         raise UserError("--model_version pins one version and --model_poll_seconds follows --model_dir's CURRENT; "

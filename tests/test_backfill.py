@@ -25,7 +25,7 @@ from models import registry
 from pipelines import backfill, cli
 from pipelines.generate import generate
 from transforms.errors import UserError
-from transforms.events import EventParser, dead_letter, event_time_us_of
+from transforms.events import EventParser, dead_letter, dead_letter_time_us, event_time_us_of
 from transforms.spec import load_spec
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def clean(setup, tmp_path_factory) -> dict:
         for number, line in enumerate(file_lines(path), start=1):
             parsed = parser.parse(line)
             if isinstance(parsed, str):
-                time_us = backfill.dead_letter_time_us(dead_letter(line, parsed, {}, "fraud"), spec.event_time)
+                time_us = dead_letter_time_us(dead_letter(line, parsed, {}, "fraud"), spec.event_time)
                 unit = "_untimed" if time_us is None else backfill.partition_name(
                     time_us - time_us % backfill.UNIT_US["day"], "day")
                 if unit in expected:
@@ -365,7 +365,7 @@ def test_kafka_replay_between_two_timestamps(setup, clean, kafka_broker, tmp_pat
         for number, line in enumerate(file_lines(path), start=1):
             if len(line) > 900_000:  # the generator's oversized line: more than a Kafka message may hold
                 continue
-            time_us = backfill.dead_letter_time_us(dead_letter(line, "", {}, "fraud"), spec.event_time)
+            time_us = dead_letter_time_us(dead_letter(line, "", {}, "fraud"), spec.event_time)
             if time_us is None:
                 untimed_by_day.setdefault(f"dt={day}", []).append(line)
             producer.produce(topic, value=line, key=str(number).encode(),

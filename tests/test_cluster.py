@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import json
 import pathlib
+import pickle
 import shutil
 import sys
 import time
@@ -300,6 +301,29 @@ def test_a_replay_through_the_streaming_form_gives_the_same_assignments_and_cent
     assert [s.version for s in replayed] == [s.version for s in batch_snapshots]
     for ours, theirs in zip(replayed, batch_snapshots):
         assert _state(ours) == _state(theirs)  # centers, counts, pending: exactly, not approximately
+
+
+def test_a_late_event_is_assigned_once_and_leaves_the_model_as_it_was(sensor):
+    """Live, an event that comes after its place in the order (``OrderedStep.late``) is assigned with the
+    current centers and not learned, so the model and the other events' records stay the bounded run's."""
+    step = cluster._KMeansStep(dataclasses.replace(_clustering(sensor, "late"), minibatch_size=4))
+    width = len(step._clustering.features.manifest["features"])
+    points = [cluster.Point(f"e{i}", "2026-03-01T00:00:00Z", "m1", tuple(float(i + j) for j in range(width)))
+              for i in range(6)]
+    state = step.initial_state(cluster.MODEL_KEY)
+    for number, point in enumerate(points[:3]):
+        state, _ = step.advance(cluster.MODEL_KEY, state, number, number, point)
+    before = pickle.dumps(state)
+    [record] = step.late(cluster.MODEL_KEY, state, 0, points[5])
+    assert record["event_id"] == "e5" and record["cluster"] is None  # no centers before the first mini-batch
+    assert pickle.dumps(state) == before
+    state, outputs = step.advance(cluster.MODEL_KEY, state, 3, 3, points[3])
+    assert [r["event_id"] for r in outputs if isinstance(r, dict)] == ["e0", "e1", "e2", "e3"]
+    before = pickle.dumps(state)
+    [record] = step.late(cluster.MODEL_KEY, state, 0, points[5])
+    expected_cluster, expected_distance = state.model.predict(np.array([points[5].features]))
+    assert (record["cluster"], record["distance"]) == (expected_cluster[0], expected_distance[0])
+    assert pickle.dumps(state) == before
 
 
 def test_a_stream_started_from_a_snapshot_continues_as_the_uninterrupted_run(sensor, hours, tmp_path):

@@ -13,6 +13,7 @@ from apache_beam.transforms.window import TimestampedValue
 from hypothesis import given, settings, strategies as st
 
 from pipelines import cli, score
+from transforms import ordering
 from transforms.entity import AddEntityFeatures, EntityHistoryStep
 from transforms.events import EventBatch
 from transforms.spec import SpecError, load_spec
@@ -64,13 +65,13 @@ def _by_definition(feature, earlier: list[dict], event: dict) -> float:
 
 
 def _fold(spec, events: list[dict]) -> dict[str, dict]:
-    """EntityHistoryStep over each card's events in order, as the bounded mode runs it."""
-    step, states, out = EntityHistoryStep(spec), {}, {}
-    for event in sorted(events, key=lambda e: (e["_time_us"], e["event_id"])):
-        state, last = states.get(event["card_id"], (None, None))
-        state, outputs = step.advance(event["card_id"], state, last, event["_time_us"], event)
-        states[event["card_id"]] = (state, event["_time_us"])
-        for _, enriched in outputs:
+    """The entity features of ``events`` as the bounded mode computes them: per card, sort and fold."""
+    step, by_card, out = EntityHistoryStep(spec), {}, {}
+    for event in events:
+        by_card.setdefault(event["card_id"], []).append((event["_time_us"], event["event_id"], event))
+    for keyed in by_card.items():
+        for timestamped in ordering._fold(keyed, step):
+            _, enriched = timestamped.value
             out[enriched["event_id"]] = {f.name: enriched[f.name] for f in spec.entity_features}
     return out
 

@@ -229,5 +229,6 @@ def test_hot_reload_runs_on_streaming_runners_and_the_direct_runner_keeps_its_st
         reload_s("--model_poll_seconds", "5")
     with pytest.raises(UserError, match="give one of them"):
         reload_s("--runner", "FlinkRunner", "--model_version", "20261121T150102Z-3fa9", "--model_poll_seconds", "5")
-    with pytest.raises(UserError, match=">= 0"):
-        reload_s("--runner", "FlinkRunner", "--model_poll_seconds", "-1")
+    for too_small in ("-1", "0.5"):
+        with pytest.raises(UserError, match="must be 0 .* or at least 2"):
+            reload_s("--runner", "FlinkRunner", "--model_poll_seconds", too_small)

@@ -241,3 +241,22 @@ class ParseEvents(beam.PTransform):
     def expand(self, raw_batches):
         return raw_batches | beam.ParDo(_ParseBatches(self._spec, self._require_label)).with_outputs(
             DEAD_LETTERS, main="events")
+
+
+def dead_letter_time_us(letter: dict, time_field: str) -> int | None:
+    """The event time a dead letter's raw input names, if it is a JSON object with a valid one; else None."""
+    if letter.get("raw_encoding") != "utf-8" or letter.get("raw_truncated"):
+        return None
+    try:
+        value = orjson.loads(letter["raw"])
+    except orjson.JSONDecodeError:
+        try:  # NaN, Infinity: still JSON to the standard library, and the time may be fine
+            value = json.loads(letter["raw"])
+        except (ValueError, RecursionError):
+            return None
+    if not isinstance(value, dict) or not is_event_time(value.get(time_field)):
+        return None
+    try:
+        return event_time_us_of(value[time_field])
+    except (ValueError, OverflowError):
+        return None

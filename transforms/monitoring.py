@@ -47,7 +47,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from models.registry import ModelError, ModelVersion
-from transforms.events import EventBatch, event_time_us_of
+from transforms.events import EventBatch, dead_letter_time_us, event_time_us_of
 from transforms.features import raw_columns
 from transforms.spec import Spec
 
@@ -276,16 +276,9 @@ class _DeadLetterStats(_SplitByWindow):
         self._dead_letters = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "dead_letters")
         self._untimed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "untimed_dead_letters")
 
-    def setup(self):
-        # Backfills place dead letters by time the same way; imported here because pipelines.backfill
-        # imports pipelines.score, which imports this module.
-        from pipelines.backfill import dead_letter_time_us
-
-        self._time_us = dead_letter_time_us
-
     def items(self, letter: dict):
         self._dead_letters.inc()
-        time_us = self._time_us(letter, self._time_field)
+        time_us = dead_letter_time_us(letter, self._time_field)
         if time_us is None:
             self._untimed.inc()
             return None

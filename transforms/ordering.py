@@ -12,9 +12,12 @@ broken by a stable key, e.g. the event id). ``OrderedPerKey`` runs a step in eit
 
 So a key sees the same sequence in both modes and every output is the same. The exception is a
 late element, one that arrives after its key has moved past its place in the order (bounded data
-has none): it goes through the step at once against a copy of the key's state, which it leaves
-unchanged, so the other elements' outputs stay those of the bounded run without it; it is counted
-as ``rtml.ordering/late``. Outputs carry the event time of the element that produced them.
+has none): it goes to the step's ``late`` at once, which must leave the key's state as it was, so
+the other elements' outputs stay those of the bounded run without it; it is counted as
+``rtml.ordering/late``. Outputs carry the event time of the element that produced them.
+
+Live, "the watermark passes" means the source's watermark: for the Kafka read, message timestamps.
+Producers must stamp messages with the event time for the order to be event time.
 """
 from __future__ import annotations
 
@@ -36,8 +39,9 @@ class OrderedStep:
 
     ``initial_state(key)`` is a key's state before its first element (and after it expires), never None;
     ``step(key, state, time_us, value)`` returns ``(new state, outputs)``; ``finish(key, state)``
-    returns outputs at the end of the input (the end of an archive, a drained stream).
-    States and outputs must pickle.
+    returns outputs at the end of the input (the end of an archive, a drained stream);
+    ``late(key, state, time_us, value)`` returns the outputs of a late element without changing
+    ``state`` (by default: ``step`` on a copy). States and outputs must pickle.
     """
 
     ttl_us: int | None = None  # forget a key's state after this much event time without elements
@@ -50,6 +54,9 @@ class OrderedStep:
 
     def finish(self, key, state) -> Iterable:
         return ()
+
+    def late(self, key, state, time_us: int, value) -> Iterable:
+        return self.step(key, copy.deepcopy(state), time_us, value)[1]
 
     def advance(self, key, state, last_us: int | None, time_us: int, value):
         """``step``, from the initial state if ``state`` is None or expired (``last_us``: the key's previous
@@ -99,11 +106,13 @@ class _OrderedStateFn(beam.DoFn):
     NEXT = userstate.ReadModifyWriteStateSpec("next", PickleCoder())
     RELEASE = userstate.TimerSpec("release", TimeDomain.WATERMARK)
     EXPIRE = userstate.TimerSpec("expire", TimeDomain.WATERMARK)
-    # At the end of the input (or a drain) everything pending is released, then the step finishes.
+    # For a step with ``finish``: at the end of the input (or a drain) everything pending is
+    # released, then the step finishes.
     END = userstate.TimerSpec("end", TimeDomain.WATERMARK)
 
     def __init__(self, step: OrderedStep):
         self._step = step
+        self._finishes = type(step).finish is not OrderedStep.finish
 
     def process(self, element, pending=beam.DoFn.StateParam(PENDING), state=beam.DoFn.StateParam(STATE),
                 done=beam.DoFn.StateParam(DONE), next_release=beam.DoFn.StateParam(NEXT),
@@ -111,11 +120,11 @@ class _OrderedStateFn(beam.DoFn):
         key, (time_us, tiebreak, value) = element
         last = done.read()
         if last is not None and (time_us, tiebreak) <= tuple(last):
-            # Its place in the order has passed: it goes through the step now, against a copy of
-            # the state, so the sequence every other element sees stays the bounded one.
+            # Its place in the order has passed; the sequence every other element sees stays the bounded one.
             _LATE.inc()
-            _, outputs = self._step.advance(key, copy.deepcopy(state.read()), last[0], time_us, value)
-            for output in outputs:
+            current = state.read()
+            for output in self._step.late(key, self._step.initial_state(key) if current is None else current,
+                                          time_us, value):
                 yield TimestampedValue(output, time_us / 1e6)
             return
         pending.add((time_us, tiebreak, value))
@@ -123,7 +132,8 @@ class _OrderedStateFn(beam.DoFn):
         if earliest is None or time_us < earliest:
             next_release.write(time_us)
             release.set(Timestamp(micros=time_us))
-        end.set(GlobalWindow().max_timestamp())
+        if self._finishes:
+            end.set(GlobalWindow().max_timestamp())
 
     @userstate.on_timer(RELEASE)
     def on_release(self, key=beam.DoFn.KeyParam, timestamp=beam.DoFn.TimestampParam,
@@ -139,10 +149,14 @@ class _OrderedStateFn(beam.DoFn):
             next_release.clear()
 
     @userstate.on_timer(EXPIRE)
-    def on_expire(self, state=beam.DoFn.StateParam(STATE), done=beam.DoFn.StateParam(DONE)):
-        # The ttl check in OrderedStep.advance would reset the state anyway; this frees the memory.
-        state.clear()
-        done.clear()
+    def on_expire(self, timestamp=beam.DoFn.TimestampParam, state=beam.DoFn.StateParam(STATE),
+                  done=beam.DoFn.StateParam(DONE)):
+        # The ttl check in OrderedStep.advance would reset the state anyway; this frees the memory
+        # (unless an element came since: timer families need not fire in timestamp order).
+        last = done.read()
+        if last is None or last[0] + self._step.ttl_us < timestamp.micros:
+            state.clear()
+            done.clear()
 
     @userstate.on_timer(END)
     def on_end(self, key=beam.DoFn.KeyParam, pending=beam.DoFn.StateParam(PENDING),
