@@ -436,23 +436,15 @@ def _last_snapshot(snapshot_dir: str, run: str) -> str:
 def build_stream(pipeline, clustering: Clustering, options) -> None:
     """Kafka in, ``ClusterEvents`` live, assignments and dead letters to Kafka, snapshots to --snapshot_dir."""
     flags, spec = options.view_as(KafkaOptions), clustering.spec
-    config = score.kafka_config(flags)
-    batch_size = max(1, min(options.view_as(ArchiveOptions).batch_size, score.STREAM_MAX_BATCH))
-    parsed = (pipeline
-              | "ReadEvents" >> kafka.ReadFromKafka(flags.bootstrap_servers, flags.input_topic,
-                                                    flags.group_id or f"rtml-cluster-{spec.name}", flags.offset_reset,
-                                                    config)
-              | "ToRaw" >> beam.Map(score.kafka_raw)
-              | "Batch" >> beam.ParDo(score.BatchWithinBundle(batch_size))
+    config, batch_size = score.kafka_config(flags), score.stream_batch_size(options)
+    parsed = (score.read_stream(pipeline, flags, config, flags.group_id or f"rtml-cluster-{spec.name}", batch_size)
               | "ParseEvents" >> ParseEvents(spec))
     clustered = parsed.events | "ClusterEvents" >> ClusterEvents(clustering, streaming=True, batch_size=batch_size)
     (clustered.assignments
      | "AssignmentMessages" >> beam.FlatMap(lambda record: score.scored_messages([record], spec.entity_key))
      | "WriteAssignments" >> kafka.WriteToKafka(flags.bootstrap_servers, flags.output_topic, config))
     clustered.snapshots | "PublishSnapshots" >> PublishSnapshots(options.view_as(ClusterOptions).snapshot_dir)
-    (parsed.dead_letters
-     | "DeadLetterMessages" >> beam.Map(score.dead_letter_message)
-     | "WriteDeadLetters" >> kafka.WriteToKafka(flags.bootstrap_servers, flags.dead_letter_topic, config))
+    score.write_dead_letters(parsed.dead_letters, flags, config)
 
 
 def _run_stream(options, test_pipeline) -> dict[str, int]:

@@ -186,20 +186,35 @@ def monitoring_message(record: dict) -> tuple[bytes, bytes]:
     return f"{record['window_s']}s/{record['window_start']}".encode("utf-8"), orjson.dumps(record)
 
 
+def stream_batch_size(options) -> int:
+    """Events per batch in a stream: --batch_size, at most STREAM_MAX_BATCH."""
+    return max(1, min(options.view_as(ArchiveOptions).batch_size, STREAM_MAX_BATCH))
+
+
+def read_stream(pipeline, flags: KafkaOptions, config: dict, group_id: str, batch_size: int):
+    """--input_topic, read live for consumer group ``group_id``, as ``list[Raw]`` blocks of up to ``batch_size``."""
+    return (pipeline
+            | "ReadEvents" >> kafka.ReadFromKafka(flags.bootstrap_servers, flags.input_topic, group_id,
+                                                  flags.offset_reset, config)
+            | "ToRaw" >> beam.Map(kafka_raw)
+            | "Batch" >> beam.ParDo(BatchWithinBundle(batch_size)))
+
+
+def write_dead_letters(dead_letters, flags: KafkaOptions, config: dict) -> None:
+    """Dead letters to --dead_letter_topic, keyed by the original message's key."""
+    (dead_letters
+     | "DeadLetterMessages" >> beam.Map(dead_letter_message)
+     | "WriteDeadLetters" >> kafka.WriteToKafka(flags.bootstrap_servers, flags.dead_letter_topic, config))
+
+
 def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options, model_reload_s: float = 0.0) -> None:
     """Kafka in, the shared ``score_events`` graph, Kafka out; with --monitoring_topic, monitoring too.
 
     ``model_reload_s`` > 0: switch to new versions in --model_dir, checked that often (``model_reload_seconds``).
     """
     flags, model_flags = options.view_as(KafkaOptions), options.view_as(ModelOptions)
-    config = kafka_config(flags)
-    max_batch = max(1, min(options.view_as(ArchiveOptions).batch_size, STREAM_MAX_BATCH))
-    raw = (pipeline
-           | "ReadEvents" >> kafka.ReadFromKafka(flags.bootstrap_servers, flags.input_topic,
-                                                 flags.group_id or f"rtml-score-{spec.name}", flags.offset_reset,
-                                                 config)
-           | "ToRaw" >> beam.Map(kafka_raw)
-           | "Batch" >> beam.ParDo(BatchWithinBundle(max_batch)))
+    config, max_batch = kafka_config(flags), stream_batch_size(options)
+    raw = read_stream(pipeline, flags, config, flags.group_id or f"rtml-score-{spec.name}", max_batch)
     updates = (pipeline | "WatchModelVersions" >> WatchModelVersions(model_flags.model_dir, spec, model, model_reload_s)
                if model_reload_s else None)
     events, scored, dead_letters = score_events(raw, spec, model, model_flags.model_dir, model_flags.engine,
@@ -207,9 +222,7 @@ def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options, mo
     (scored
      | "ScoredMessages" >> beam.FlatMap(scored_messages, spec.entity_key)
      | "WriteScored" >> kafka.WriteToKafka(flags.bootstrap_servers, flags.output_topic, config))
-    (dead_letters
-     | "DeadLetterMessages" >> beam.Map(dead_letter_message)
-     | "WriteDeadLetters" >> kafka.WriteToKafka(flags.bootstrap_servers, flags.dead_letter_topic, config))
+    write_dead_letters(dead_letters, flags, config)
     if flags.monitoring_topic:
         monitored = ({"events": events, "scored": scored, "dead_letters": dead_letters}
                      | "Monitor" >> Monitor(spec, model, options.view_as(MonitorOptions).window_s))
