@@ -253,3 +253,9 @@ def test_entity_spec_stream_on_the_direct_runner_is_refused_not_hung(fraud_entit
         score.run(["--spec", "fraud_entity", "--mode", "stream", "--bootstrap_servers", kafka_broker.bootstrap,
                    "--input_topic", "entity-in", "--output_topic", "entity-out", "--dead_letter_topic", "entity-dl",
                    "--model_dir", fraud_entity_model[0]])
+
+
+def test_the_local_stream_demo_refuses_an_entity_spec_at_once(tmp_path):
+    with pytest.raises(cli.UserError, match="cannot run --spec fraud_entity's entity features live"):
+        score.run(["--spec", "fraud_entity", "--mode", "stream", "--model_dir", str(tmp_path / "model")])
+    assert not (tmp_path / "model").exists()  # refused before training a demo model
