@@ -235,16 +235,38 @@ def test_entity_features_raise_average_precision_on_the_same_holdout(fraud_model
     assert entity_ap >= max(plain_ap, ablation_ap) + 0.05, (plain_ap, ablation_ap, entity_ap)
 
 
-def test_batch_scoring_with_entity_features_scores_every_valid_event(fraud_archive, fraud_entity_model, tmp_path):
+@pytest.fixture(scope="module")
+def entity_scored(fraud_archive, fraud_entity_model, tmp_path_factory) -> dict:
+    """The 5 later days scored in batch mode with the entity model: counters and records by event id."""
+    out = tmp_path_factory.mktemp("entity_scored")
     totals = score.run(["--spec", "fraud_entity", "--input", fraud_archive["later"], "--model_dir",
-                        fraud_entity_model[0], "--output", str(tmp_path / "scored"), "--dead_letter",
-                        str(tmp_path / "dead")])
-    lines = [json.loads(line) for path in pathlib.Path(tmp_path / "scored").glob("*.jsonl")
-             for line in path.read_text().splitlines()]
+                        fraud_entity_model[0], "--output", str(out / "scored"), "--dead_letter", str(out / "dead")])
+    lines = [json.loads(line) for path in sorted((out / "scored").glob("*.jsonl")) for line in path.read_text().splitlines()]
+    return {"totals": totals, "lines": lines, "records": {line["event_id"]: line for line in lines}}
+
+
+def test_batch_scoring_with_entity_features_scores_every_valid_event(fraud_archive, fraud_entity_model, entity_scored):
     valid = sum(day["valid"] for day in fraud_archive["later_days"])
-    assert totals["rtml/scored"] == len(lines) == valid
-    assert len({line["event_id"] for line in lines}) == valid
-    assert {line["model_version"] for line in lines} == {fraud_entity_model[1].version}
+    assert entity_scored["totals"]["rtml/scored"] == len(entity_scored["lines"]) == len(entity_scored["records"]) == valid
+    assert {line["model_version"] for line in entity_scored["lines"]} == {fraud_entity_model[1].version}
+
+
+def test_a_backfill_with_history_before_its_start_gives_the_continuous_runs_scores(
+        fraud_archive, fraud_entity_model, entity_scored, tmp_path):
+    """Backfilling days 3-4 of the later archive (its first two days are history for the entity features)
+    scores each event exactly as scoring the whole archive did."""
+    from pipelines import backfill
+
+    first, last = fraud_archive["later_days"][2]["date"], fraud_archive["later_days"][4]["date"]
+    backfill.run(["--spec", "fraud_entity", "--input", fraud_archive["later"], "--model_dir", fraud_entity_model[0],
+                  "--output", str(tmp_path / "scored"), "--dead_letter", str(tmp_path / "dead"),
+                  "--start", first, "--end", last])
+    lines = [json.loads(line) for path in sorted((tmp_path / "scored").glob("dt=*/scored.jsonl"))
+             for line in path.read_text().splitlines()]
+    expected = {event_id: record for event_id, record in entity_scored["records"].items()
+                if first <= record["event_time"][:10] < last}
+    assert len(lines) == len(expected) == sum(day["valid"] for day in fraud_archive["later_days"][2:4])
+    assert {line["event_id"]: line for line in lines} == expected
 
 
 def test_entity_spec_stream_on_the_direct_runner_is_refused_not_hung(fraud_entity_model, kafka_broker):
