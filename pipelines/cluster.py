@@ -181,13 +181,10 @@ def load_snapshot(snapshot_dir: str, version: str, spec: Spec, features: registr
     """The snapshot ``version`` (or ``current``) of ``snapshot_dir``, checked against the run's spec and features."""
     if version == "current" and not FileSystems.exists(FileSystems.join(snapshot_dir, registry.CURRENT)):
         raise UserError(f"--init_snapshot current: no snapshot in {snapshot_dir} (no {registry.CURRENT} file)")
-    snapshot = registry.load(snapshot_dir, None if version == "current" else version)
+    snapshot = registry.load_for_spec(snapshot_dir, spec, None if version == "current" else version)
     manifest = snapshot.manifest
     if manifest.get("kind") != KIND:
         raise UserError(f"--init_snapshot {snapshot.version}: not a k-means snapshot (made by pipelines.cluster)")
-    if manifest["spec"]["fingerprint"] != spec.fingerprint:
-        raise UserError(f"snapshot {snapshot.version} was made with spec {manifest['spec']['name']} of other fields "
-                        f"or features than --spec {spec.source}")
     if manifest["feature_model_version"] != features.version:
         raise UserError(f"snapshot {snapshot.version} clusters the features of model "
                         f"{manifest['feature_model_version']}, not of model {features.version}; pass --model_version "

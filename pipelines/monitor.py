@@ -20,8 +20,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines import cli, runners
 from pipelines.options import ArchiveOptions, ModelOptions, MonitorOptions, SpecOptions
-from pipelines.score import load_model_for, score_events
-from transforms.fileio import ReadEventFiles, WriteJsonLines, check_input
+from pipelines.score import load_model_for, score_archive
+from transforms.fileio import WriteJsonLines, check_input
 from transforms.monitoring import ALERTS, METRICS_NAMESPACE, WINDOWS, Monitor
 
 VIEWS = (SpecOptions, MonitorOptions, ModelOptions, ArchiveOptions)
@@ -33,16 +33,14 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
     options = cli.parse(argv, VIEWS, __doc__)
     runners.apply_runner_presets(options)
     cli.require(options, "spec", "input", "model_dir", "output")
-    flags, model_flags = options.view_as(ArchiveOptions), options.view_as(ModelOptions)
+    flags = options.view_as(ArchiveOptions)
     spec, model = load_model_for(options)
     monitor = Monitor(spec, model, options.view_as(MonitorOptions).window_s)
     check_input(flags.input)
 
     started = time.monotonic()
     pipeline = cli.create_pipeline(options, test_pipeline)
-    raw = pipeline | "ReadEvents" >> ReadEventFiles(flags.input, flags.batch_size)
-    events, scored, dead_letters = score_events(raw, spec, model, model_flags.model_dir, model_flags.engine,
-                                                batch_size=flags.batch_size)
+    events, scored, dead_letters = score_archive(pipeline, spec, model, options)
     monitored = {"events": events, "scored": scored, "dead_letters": dead_letters} | "Monitor" >> monitor
     monitored[WINDOWS] | "WriteWindows" >> WriteJsonLines(flags.output, WINDOWS)
     monitored[ALERTS] | "WriteAlerts" >> WriteJsonLines(flags.output, ALERTS)

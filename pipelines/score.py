@@ -65,6 +65,13 @@ def score_events(raw_batches, spec: Spec, model: registry.ModelVersion, model_di
     return events, scored, parsed.dead_letters
 
 
+def score_archive(pipeline, spec: Spec, model: registry.ModelVersion, options):
+    """--input read and put through ``score_events``: (valid events, scored record lists, dead letters)."""
+    flags, model_flags = options.view_as(ArchiveOptions), options.view_as(ModelOptions)
+    raw = pipeline | "ReadEvents" >> ReadEventFiles(flags.input, flags.batch_size)
+    return score_events(raw, spec, model, model_flags.model_dir, model_flags.engine, batch_size=flags.batch_size)
+
+
 def scored_schema(spec: Spec):
     """The Parquet schema of scored records (``--output_format parquet``)."""
     import pyarrow as pa
@@ -93,16 +100,13 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
     if options.view_as(ScoreOptions).mode == "stream":
         return _run_stream(options, test_pipeline)
     flags = options.view_as(ArchiveOptions)
-    model_flags = options.view_as(ModelOptions)
     cli.require(options, "spec", "input", "model_dir", "output", "dead_letter")
     spec, model = load_model_for(options)
     check_input(flags.input)
 
     started = time.monotonic()
     pipeline = cli.create_pipeline(options, test_pipeline)
-    raw = pipeline | "ReadEvents" >> ReadEventFiles(flags.input, flags.batch_size)
-    _, scored, dead_letters = score_events(raw, spec, model, model_flags.model_dir, model_flags.engine,
-                                           batch_size=flags.batch_size)
+    _, scored, dead_letters = score_archive(pipeline, spec, model, options)
     if flags.output_format == "parquet":
         scored | "WriteScored" >> WriteParquet(flags.output, "scored", scored_schema(spec))
     else:
