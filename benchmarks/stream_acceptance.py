@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, Producer  # noqa: E402
 
 from pipelines.generate import generate  # noqa: E402
 from stream_latency import DEFAULT_MODEL_DIR, ensure_model  # noqa: E402
-from transforms.kafka_broker import KafkaBroker  # noqa: E402
+from pipelines.kafka_broker import KafkaBroker  # noqa: E402
 
 
 def archive_lines(days: int, out: pathlib.Path) -> tuple[list[bytes], dict]:

@@ -39,7 +39,7 @@ import orjson  # noqa: E402
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 
 from pipelines import generate  # noqa: E402
-from transforms.kafka_broker import KafkaBroker, create_topic  # noqa: E402
+from pipelines.kafka_broker import KafkaBroker, create_topic  # noqa: E402
 
 DEFAULT_MODEL_DIR = ROOT / "benchmarks" / "data" / "stream-model"
 _QUIET = logging.getLogger("benchmarks.stream_latency.librdkafka")

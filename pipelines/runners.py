@@ -6,14 +6,15 @@ the user gave always win; a preset only fills a flag that was left at Beam's def
 
 * DataflowRunner, streaming: ``--enable_streaming_engine``, ``--autoscaling_algorithm
   THROUGHPUT_BASED`` and ``--max_num_workers 20``.
-* FlinkRunner: ``--flink_master localhost:8081`` (a running Flink cluster; Beam's own default,
-  ``[auto]``, downloads a job-server jar and starts an embedded cluster), ``--parallelism 4``,
-  ``--environment_type LOOPBACK`` for a master on this machine (``DOCKER`` otherwise, with
-  ``--sdk_container_image`` as its image when given), and for streaming
+* FlinkRunner: an embedded Flink (``--flink_master [local]``) run by the job server that
+  ``python -m pipelines.artifacts`` fetched (``--flink_job_server_jar``), ``--parallelism`` this
+  machine's cores (4 for a cluster), ``--environment_type LOOPBACK`` for a master on this machine (``DOCKER``
+  otherwise, with ``--sdk_container_image`` as its image when given), and for streaming
   ``--checkpointing_interval 60000`` (ms; the flag is defined here, Flink's job server reads it).
-* PrismRunner: ``--prism_location`` (Beam's flag) defaults to ``$BEAM_PRISM_LOCATION`` or a
-  ``prism`` binary on PATH, so an offline machine need not download one; ``--environment_type
-  LOOPBACK``.
+  Give ``--flink_master HOST:8081`` for a cluster (Flink 1.19, which the fetched job server speaks).
+* PrismRunner: ``--prism_location`` (Beam's flag) defaults to the Prism that
+  ``python -m pipelines.artifacts`` built into this venv, else ``$BEAM_PRISM_LOCATION`` or a
+  ``prism`` on PATH, so nothing is downloaded; ``--environment_type LOOPBACK``.
 """
 from __future__ import annotations
 
@@ -25,9 +26,11 @@ from apache_beam.options.pipeline_options import (
     FlinkRunnerOptions, GoogleCloudOptions, PipelineOptions, PortableOptions, PrismRunnerOptions, StandardOptions,
     WorkerOptions)
 
+from pipelines import artifacts
+
 DATAFLOW_STREAMING_MAX_WORKERS = 20
-FLINK_MASTER = "localhost:8081"
-FLINK_PARALLELISM = 4
+FLINK_MASTER = "[local]"
+FLINK_CLUSTER_PARALLELISM = 4
 FLINK_CHECKPOINTING_INTERVAL_MS = 60_000
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[local]", "[auto]"}
 
@@ -38,6 +41,9 @@ class RunnerPresetOptions(PipelineOptions):
         parser.add_argument("--checkpointing_interval", type=int, default=None, metavar="MS",
                             help="FlinkRunner: milliseconds between Flink checkpoints (default for streaming: "
                                  f"{FLINK_CHECKPOINTING_INTERVAL_MS}; none for batch).")
+        parser.add_argument("--shutdown_sources_after_idle_ms", type=int, default=None, metavar="MS",
+                            help="FlinkRunner: end a source this long after it goes idle, so that a drained stream "
+                                 "finishes (Beam's default with checkpointing: never).")
 
 
 def _runner_name(options: PipelineOptions) -> str:
@@ -75,13 +81,16 @@ def apply_runner_presets(options: PipelineOptions, streaming: bool | None = None
         preset(WorkerOptions, "max_num_workers", DATAFLOW_STREAMING_MAX_WORKERS)
     elif runner == "FlinkRunner":
         preset(FlinkRunnerOptions, "flink_master", FLINK_MASTER)
-        preset(FlinkRunnerOptions, "parallelism", FLINK_PARALLELISM)
+        if artifacts.flink_job_server_jar().exists() and not given & {"flink_job_server_jar", "job_endpoint"}:
+            preset(FlinkRunnerOptions, "flink_job_server_jar", str(artifacts.flink_job_server_jar()))
         master = options.view_as(FlinkRunnerOptions).flink_master
         host = master if master.startswith("[") else urllib.parse.urlsplit(
             master if "://" in master else f"http://{master}").hostname
         if host in _LOCAL_HOSTS:
+            preset(FlinkRunnerOptions, "parallelism", os.cpu_count() or 1)
             preset(PortableOptions, "environment_type", "LOOPBACK")
         else:
+            preset(FlinkRunnerOptions, "parallelism", FLINK_CLUSTER_PARALLELISM)
             preset(PortableOptions, "environment_type", "DOCKER")
             image = options.view_as(WorkerOptions).sdk_container_image
             if image:
@@ -89,7 +98,9 @@ def apply_runner_presets(options: PipelineOptions, streaming: bool | None = None
         if streaming:
             preset(RunnerPresetOptions, "checkpointing_interval", FLINK_CHECKPOINTING_INTERVAL_MS)
     elif runner == "PrismRunner":
-        location = os.environ.get("BEAM_PRISM_LOCATION") or shutil.which("prism")
+        built = artifacts.prism_binary()
+        location = (str(built) if built.exists() else None) or os.environ.get("BEAM_PRISM_LOCATION") \
+            or shutil.which("prism")
         if location:
             preset(PrismRunnerOptions, "prism_location", location)
         preset(PortableOptions, "environment_type", "LOOPBACK")

@@ -31,13 +31,14 @@ from apache_beam.transforms import userstate
 from apache_beam.transforms.window import GlobalWindows
 
 from models import registry
-from models.inference import ScoreEvents, WatchModelVersions
+from models.inference import ScoreEvents
 from pipelines import cli, runners
 from pipelines.options import ArchiveOptions, KafkaOptions, ModelOptions, MonitorOptions, ScoreOptions, SpecOptions
 from transforms import kafka
 from transforms.entity import AddEntityFeatures
+from transforms.kafka_commit import CommitWhenWritten
 from transforms.errors import UserError
-from transforms.events import METRICS_NAMESPACE, ParseEvents, Raw
+from transforms.events import METRICS_NAMESPACE, POSITION, ParseEvents, Raw
 from transforms.fileio import DEFAULT_BATCH_SIZE, ReadEventFiles, WriteJsonLines, WriteParquet, check_input
 from transforms.monitoring import ALERTS, WINDOWS, Monitor
 from transforms.spec import Spec, load_spec
@@ -46,22 +47,21 @@ VIEWS = (SpecOptions, ScoreOptions, ModelOptions, ArchiveOptions, KafkaOptions, 
 STREAM_MAX_BATCH = 256  # events per batch in a stream
 STREAM_MAX_WAIT_S = 0.05  # the longest a stream event waits for its batch to fill
 STOP_TIMEOUT_S = 25.0  # a stop that takes longer ends the process (exit status 1)
-# WatchModelVersions' side input fires 1 s after a change: two changes in one firing would hand
-# RunInference two versions where it reads one
-MIN_MODEL_POLL_S = 2.0
+DRAIN_TIMEOUT_S = 20.0  # after this long draining, a runner's job is cancelled
+MIN_MODEL_POLL_S = 2.0  # reading CURRENT more often than this only costs
 
 
 def score_events(raw_batches, spec: Spec, model: registry.ModelVersion, model_dir: str, engine: str,
-                 streaming: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, model_updates=None):
+                 streaming: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, model_reload_s: float = 0.0):
     """The graph every mode shares: ``list[Raw]`` blocks in; the valid events (``EventBatch``, as scored),
     the scored record lists and the dead letters out.
 
     A spec with entity features adds them first (keyed state when ``streaming``).
-    ``model_updates``: versions to switch to while scoring (see ``ScoreEvents``).
+    ``model_reload_s`` > 0: switch to new good versions in ``model_dir``, read that often (see ``ScoreEvents``).
     """
     parsed = raw_batches | "ParseEvents" >> ParseEvents(spec)
     events = parsed.events | "AddEntityFeatures" >> AddEntityFeatures(spec, streaming, batch_size)
-    scored = events | "ScoreEvents" >> ScoreEvents(spec, model, model_dir, engine, model_updates)
+    scored = events | "ScoreEvents" >> ScoreEvents(spec, model, model_dir, engine, model_reload_s)
     return events, scored, parsed.dead_letters
 
 
@@ -137,10 +137,12 @@ def kafka_config(flags: KafkaOptions) -> dict[str, str]:
     return config
 
 
-def kafka_raw(message: kafka.KafkaMessage) -> Raw:
-    """A Kafka message as the shared graph's input; the key rides along for the dead-letter sink."""
+def kafka_raw(message: kafka.KafkaMessage, with_position: bool = False) -> Raw:
+    """A Kafka message as the shared graph's input; the key rides along for the dead-letter sink, and with
+    ``with_position`` where it sits in its partition (see ``transforms.kafka_commit``)."""
     return Raw(message.value, {"topic": message.topic, "partition": message.partition, "offset": message.offset,
-                               "key": message.key})
+                               "key": message.key},
+               (message.topic, message.partition, message.covers_from, message.offset) if with_position else None)
 
 
 class BatchWithinBundle(beam.DoFn):
@@ -173,16 +175,22 @@ class BatchWithinBundle(beam.DoFn):
             yield GlobalWindows.windowed_value(batch, self._timestamp)
 
 
-def scored_messages(records: list[dict], entity_key: str) -> list[tuple[bytes, bytes]]:
-    """Scored records as Kafka (key, value): keyed by the entity id, UTF-8."""
-    return [(str(record[entity_key]).encode("utf-8"), orjson.dumps(record)) for record in records]
+def scored_messages(records: list[dict], entity_key: str) -> list[tuple[bytes, bytes, tuple | None]]:
+    """Scored records as Kafka (key, value, position): keyed by the entity id, UTF-8."""
+    return [(str(record[entity_key]).encode("utf-8"), orjson.dumps(_without(record, POSITION)), record.get(POSITION))
+            for record in records]
 
 
-def dead_letter_message(letter: dict) -> tuple[bytes | None, bytes]:
-    """A dead letter as Kafka (key, value): keyed by the original message's key."""
+def dead_letter_message(letter: dict) -> tuple[bytes | None, bytes, tuple | None]:
+    """A dead letter as Kafka (key, value, position): keyed by the original message's key."""
     source = dict(letter["source"])
     key = source.pop("key", None)
-    return key, orjson.dumps(dict(letter, source=source))
+    return key, orjson.dumps(dict(_without(letter, POSITION), source=source)), letter.get(POSITION)
+
+
+def _without(record: dict, name: str) -> dict:
+    # A copy: the same record may also feed another branch (monitoring).
+    return {k: v for k, v in record.items() if k != name} if name in record else record
 
 
 def monitoring_message(record: dict) -> tuple[bytes, bytes]:
@@ -195,38 +203,54 @@ def stream_batch_size(options) -> int:
     return max(1, min(options.view_as(ArchiveOptions).batch_size, STREAM_MAX_BATCH))
 
 
-def read_stream(pipeline, flags: KafkaOptions, config: dict, group_id: str, batch_size: int):
-    """--input_topic, read live for consumer group ``group_id``, as ``list[Raw]`` blocks of up to ``batch_size``."""
+def read_stream(pipeline, flags: KafkaOptions, config: dict, group_id: str, batch_size: int,
+                commit_when_written: bool = False):
+    """--input_topic, read live for consumer group ``group_id``, as ``list[Raw]`` blocks of up to ``batch_size``.
+
+    ``commit_when_written``: the read commits nothing itself; every Raw carries its position, for a
+    ``CommitWhenWritten`` fed by the sinks (``write_dead_letters`` and the like return what they wrote).
+    """
     return (pipeline
             | "ReadEvents" >> kafka.ReadFromKafka(flags.bootstrap_servers, flags.input_topic, group_id,
-                                                  flags.offset_reset, config)
-            | "ToRaw" >> beam.Map(kafka_raw)
+                                                  flags.offset_reset, config, max_delay_ms=round(flags.max_delay_s * 1000),
+                                                  commit_on_finalize=not commit_when_written)
+            | "ToRaw" >> beam.Map(kafka_raw, commit_when_written)
             | "Batch" >> beam.ParDo(BatchWithinBundle(batch_size)))
 
 
-def write_dead_letters(dead_letters, flags: KafkaOptions, config: dict) -> None:
-    """Dead letters to --dead_letter_topic, keyed by the original message's key."""
-    (dead_letters
-     | "DeadLetterMessages" >> beam.Map(dead_letter_message)
-     | "WriteDeadLetters" >> kafka.WriteToKafka(flags.bootstrap_servers, flags.dead_letter_topic, config))
+def write_dead_letters(dead_letters, flags: KafkaOptions, config: dict, report_written: bool = False):
+    """Dead letters to --dead_letter_topic, keyed by the original message's key; with ``report_written``,
+    returns the positions written."""
+    return (dead_letters
+            | "DeadLetterMessages" >> beam.Map(dead_letter_message)
+            | "WriteDeadLetters" >> kafka.WriteToKafka(flags.bootstrap_servers, flags.dead_letter_topic, config,
+                                                       report_written=report_written))
 
 
 def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options, model_reload_s: float = 0.0) -> None:
     """Kafka in, the shared ``score_events`` graph, Kafka out; with --monitoring_topic, monitoring too.
 
     ``model_reload_s`` > 0: switch to new versions in --model_dir, checked that often (``model_reload_seconds``).
+    Offsets: on the DirectRunner, everything runs fused with the read, so the read commits a bundle's
+    offsets once it has succeeded; on a streaming runner, events may wait in keyed state behind a
+    fusion break, so offsets are committed only once the records are written (``CommitWhenWritten``).
     """
     flags, model_flags = options.view_as(KafkaOptions), options.view_as(ModelOptions)
     config, max_batch = kafka_config(flags), stream_batch_size(options)
-    raw = read_stream(pipeline, flags, config, flags.group_id or f"rtml-score-{spec.name}", max_batch)
-    updates = (pipeline | "WatchModelVersions" >> WatchModelVersions(model_flags.model_dir, spec, model, model_reload_s)
-               if model_reload_s else None)
+    group = flags.group_id or f"rtml-score-{spec.name}"
+    when_written = not _is_local(options)
+    raw = read_stream(pipeline, flags, config, group, max_batch, commit_when_written=when_written)
     events, scored, dead_letters = score_events(raw, spec, model, model_flags.model_dir, model_flags.engine,
-                                                streaming=True, batch_size=max_batch, model_updates=updates)
-    (scored
-     | "ScoredMessages" >> beam.FlatMap(scored_messages, spec.entity_key)
-     | "WriteScored" >> kafka.WriteToKafka(flags.bootstrap_servers, flags.output_topic, config))
-    write_dead_letters(dead_letters, flags, config)
+                                                streaming=True, batch_size=max_batch, model_reload_s=model_reload_s)
+    written = [scored
+               | "ScoredMessages" >> beam.FlatMap(scored_messages, spec.entity_key)
+               | "WriteScored" >> kafka.WriteToKafka(flags.bootstrap_servers, flags.output_topic, config,
+                                                     report_written=when_written),
+               write_dead_letters(dead_letters, flags, config, report_written=when_written)]
+    if when_written:
+        (written
+         | "WrittenPositions" >> beam.Flatten()
+         | "CommitWhenWritten" >> CommitWhenWritten(flags.bootstrap_servers, group, config))
     if flags.monitoring_topic:
         monitored = ({"events": events, "scored": scored, "dead_letters": dead_letters}
                      | "Monitor" >> Monitor(spec, model, options.view_as(MonitorOptions).window_s))
@@ -269,7 +293,7 @@ def check_topics(flags: KafkaOptions, config: dict) -> None:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    secrets = kafka._Secrets(config)
+    secrets = kafka.Secrets(config)
     try:
         admin = AdminClient({**config, "bootstrap.servers": flags.bootstrap_servers}, logger=secrets)
         found = admin.list_topics(timeout=10).topics
@@ -289,29 +313,16 @@ def check_topics(flags: KafkaOptions, config: dict) -> None:
 def model_reload_seconds(options) -> float:
     """How often a stream reads --model_dir's CURRENT to switch versions (--model_poll_seconds); 0: never.
 
-    The version is fixed at start with --model_version, and on the DirectRunner: there a stage that reads a
-    side input waits for it to be complete, and the endless poll never is (measured: nothing was scored at
-    all). Asked for there, that is a one-line error; by default, a note.
-    """
+    The version is fixed with --model_version."""
     flags = options.view_as(ModelOptions)
     seconds = flags.model_poll_seconds
     if seconds < 0 or 0 < seconds < MIN_MODEL_POLL_S:
         raise UserError(f"--model_poll_seconds must be 0 (keep the version the stream starts with) or at least "
                         f"{MIN_MODEL_POLL_S:g}")
-    asked = seconds > 0 and cli.given(options, "model_poll_seconds")
-    if asked and flags.model_version:
+    if seconds > 0 and cli.given(options, "model_poll_seconds") and flags.model_version:
         raise UserError("--model_version pins one version and --model_poll_seconds follows --model_dir's CURRENT; "
                         "give one of them")
-    if seconds == 0 or flags.model_version:
-        return 0.0
-    if _is_local(options):
-        reason = ("hot model reload needs a streaming runner (--runner DataflowRunner, FlinkRunner or PrismRunner); "
-                  "the DirectRunner keeps the version it starts with")
-        if asked:
-            raise UserError(f"--model_poll_seconds: {reason}")
-        print(f"note: {reason}", file=sys.stderr, flush=True)
-        return 0.0
-    return seconds
+    return 0.0 if flags.model_version else seconds
 
 
 def _is_local(options) -> bool:
@@ -385,19 +396,25 @@ def serve(pipeline, title: str, stop_when=None, on_stop=None) -> dict[str, int]:
     """Run a streaming pipeline until SIGTERM / SIGINT (or ``stop_when()`` returns a reason), then stop it cleanly.
 
     The pipeline runs in a thread, because on the DirectRunner ``pipeline.run()`` only returns when
-    the pipeline has finished. To stop, live Kafka reads in this process are drained (they stop
-    claiming records; what they read is scored, written and committed, then the pipeline ends);
-    a runner whose ``run()`` returned a live result is also asked to cancel. Prints a one-line
+    the pipeline has finished. To stop, live Kafka reads in this process (the DirectRunner's, and
+    Prism's and Flink's LOOPBACK workers) are drained: they stop claiming records; what they read is
+    scored, written and committed, keyed state is flushed by its end-of-window timers, and the
+    pipeline ends. A job that has not ended after ``DRAIN_TIMEOUT_S`` is cancelled. Prints a one-line
     summary to stderr and returns the counters.
     """
     kafka.reset_drain()
     state: dict = {}
 
+    # The DirectRunner's run() returns only when the pipeline has finished, so it runs in the thread; a
+    # portable runner's (Prism, Flink) returns at once and must be called here: it installs signal handlers.
+    if not _is_local(pipeline.options):
+        state["result"] = pipeline.run()
+
     def target():
         try:
-            result = pipeline.run()
-            state["result"] = result
-            result.wait_until_finish()
+            if "result" not in state:
+                state["result"] = pipeline.run()
+            state["result"].wait_until_finish()
         except BaseException as error:  # reported by the main thread
             state["error"] = error
 
@@ -429,12 +446,14 @@ def serve(pipeline, title: str, stop_when=None, on_stop=None) -> dict[str, int]:
         if runner.is_alive():
             print(f"stopping on {reason['why']}: finishing records in flight ...", file=sys.stderr, flush=True)
             kafka.drain_live_reads()
-            if state.get("result") is not None:
+            runner.join(DRAIN_TIMEOUT_S)
+            if runner.is_alive() and state.get("result") is not None:
+                # The reads run elsewhere (a remote worker) or the drain is stuck: cancel instead.
                 try:
                     state["result"].cancel()
-                except Exception:  # noqa: BLE001 - not every runner can cancel; the drain still works
+                except Exception:  # noqa: BLE001 - not every runner can cancel
                     pass
-            runner.join(STOP_TIMEOUT_S)
+                runner.join(STOP_TIMEOUT_S - DRAIN_TIMEOUT_S)
             if runner.is_alive():
                 print(f"error: the pipeline did not stop within {STOP_TIMEOUT_S:g} s of {reason['why']}; exiting "
                       f"without it (records since the last commit will be read again)", file=sys.stderr, flush=True)

@@ -1,6 +1,6 @@
 """The self-contained demo of ``python -m pipelines.score --mode stream`` (no --bootstrap_servers).
 
-Starts a local Tansu broker, creates the topics (events with 3 partitions), trains a model on
+Starts a local Apache Kafka broker, creates the topics (events with 3 partitions), trains a model on
 generated data when --model_dir holds none, produces generated events (1% broken) at a steady
 rate, runs the stream scorer against them and prints every scored record and dead letter as it
 arrives on the output topics; --demo_seconds after the first one (or on SIGTERM / Ctrl-C) it stops the
@@ -22,10 +22,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from models import registry
-from pipelines import generate
+from pipelines import artifacts, generate
 from pipelines.options import KafkaOptions, ModelOptions, SpecOptions
+from pipelines.kafka_broker import KafkaBroker
 from transforms.errors import UserError
-from transforms.kafka_broker import KafkaBroker
 from transforms.spec import load_spec
 
 INPUT_TOPIC, OUTPUT_TOPIC, DEAD_LETTER_TOPIC = "rtml-demo-events", "rtml-demo-scored", "rtml-demo-dead-letters"
@@ -60,15 +60,15 @@ def run_demo(options: PipelineOptions, test_pipeline=None) -> dict[str, int]:
     threads: list[threading.Thread] = []
 
     def cleanup():
-        broker.stop()
+        broker.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
     try:
         try:
             broker.start()
-        except FileNotFoundError as error:
+        except artifacts.MissingArtifact as error:
             raise UserError(f"the stream demo needs a local broker: {error}") from None
-        _say(f"started a local Kafka broker (Tansu, in memory) on {broker.bootstrap}")
+        _say(f"started a local Apache Kafka broker on {broker.bootstrap}")
         score.BEFORE_FORCED_EXIT.append(cleanup)
         broker.create_topic(INPUT_TOPIC, 3)
         broker.create_topic(OUTPUT_TOPIC, 1)

@@ -1,6 +1,6 @@
 import pytest
 
-from transforms.kafka_broker import KafkaBroker
+from pipelines.kafka_broker import KafkaBroker
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""transforms.kafka against a real Kafka-protocol broker (Tansu, see tests/kafka_broker.py).
+"""transforms.kafka against a real Apache Kafka broker (``pipelines.kafka_broker``).
 
 No mocks: every test produces to and consumes from the broker, and runs Beam pipelines on the
 DirectRunner. Expected records come from the producer's delivery reports (topic, partition,
@@ -26,7 +26,8 @@ from apache_beam.transforms.display import DisplayData
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from transforms.kafka_broker import KafkaBroker, free_port
+from pipelines.kafka_broker import KafkaBroker, free_port
+from tests.kafka_helpers import committed, wait_for
 from transforms.kafka import KafkaMessage, ReadFromKafka, WriteToKafka, mask_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,7 @@ def produce(bootstrap: str, topic: str, records, **config) -> list[KafkaMessage]
             failed.append(err)
         else:
             delivered.append(KafkaMessage(msg.topic(), msg.partition(), msg.offset(), msg.key(),
-                                          msg.value(), msg.timestamp()[1]))
+                                          msg.value(), msg.timestamp()[1], msg.offset()))
 
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, **config}, logger=_QUIET)
     records = list(records)
@@ -61,8 +62,7 @@ def produce(bootstrap: str, topic: str, records, **config) -> list[KafkaMessage]
 
 
 def end_offsets(messages: list[KafkaMessage], partitions: int) -> dict[int, int]:
-    """{partition: last offset + 1}. Taken from delivery reports rather than the broker's
-    ListOffsets, because Tansu 0.6 answers that with the last *batch's* base offset + 1."""
+    """{partition: last offset + 1}, from the delivery reports."""
     ends = dict.fromkeys(range(partitions), 0)
     for m in messages:
         ends[m.partition] = max(ends[m.partition], m.offset + 1)
@@ -83,25 +83,6 @@ def consume_all(bootstrap: str, topic: str, expect: int, timeout: float = 20.0) 
     finally:
         consumer.close()
     return got
-
-
-def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group}, logger=_QUIET)
-    try:
-        tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-        return {tp.partition: tp.offset for tp in tps}
-    finally:
-        consumer.close()
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
 def with_timestamps(pcoll):
@@ -146,7 +127,7 @@ def test_bounded_read_by_timestamps(kafka_broker):
 
 def test_partitions_are_discovered_when_the_pipeline_runs(kafka_broker):
     topic = _name("later")
-    expected = [KafkaMessage(topic, i % 4, i // 4, b"k%d" % i, b"v%d" % i, BASE_TS + i)
+    expected = [KafkaMessage(topic, i % 4, i // 4, b"k%d" % i, b"v%d" % i, BASE_TS + i, i // 4)
                 for i in range(20)]
     p = beam.Pipeline("DirectRunner")
     read = p | ReadFromKafka(kafka_broker.bootstrap, topic, stop_timestamp_ms=BASE_TS + 1000)
@@ -275,9 +256,8 @@ def test_read_survives_a_broker_outage():
     """The reader waits out a broker that goes away and comes back, without a restart.
 
     KAFKA_OUTAGE_S sets the outage (3 s by default to keep the suite short; 20 s also passes).
-    Tansu keeps topics in memory, so the broker comes back empty: the test re-creates the
-    topic and produces offsets 0..9 again; the reader, which had offsets 0..4 before the
-    outage, must go on with 5..9 of the new data.
+    The broker keeps its log and the group's committed offsets across the restart; the reader,
+    which had offsets 0..4 before the outage, goes on with 5..9, produced after it.
     """
     outage_s = float(os.environ.get("KAFKA_OUTAGE_S", "3"))
     topic, group = _name("outage"), _name("outage")
@@ -308,8 +288,8 @@ def test_read_survives_a_broker_outage():
         time.sleep(outage_s)
         assert runner.is_alive() and not errors, errors
         broker.start()
-        broker.create_topic(topic, 1)
-        produce(broker.bootstrap, topic, [(None, b"after %d" % i, 0, None) for i in range(10)])
+        assert committed(broker.bootstrap, group, topic, 1) == end_offsets(before, 1)
+        produce(broker.bootstrap, topic, [(None, b"after %d" % i, 0, None) for i in range(5, 10)])
         runner.join(20 + outage_s)
         assert not runner.is_alive(), "the read did not finish after the broker came back"
         assert not errors, errors[0]

@@ -1,50 +1,35 @@
-"""Hot model reload: a running scorer switches model versions (RunInference's model-update side input).
+"""Hot model reload: a running scorer switches to a newly published model version without a restart.
 
 Two real fraud versions: ``old``, the session's model (14 days), and ``new``, trained here on two
 small days, which scores the same events differently. Scores are checked against each version's
-own batch-mode scores.
-
-What the local runners can run (measured with Beam 2.77):
-- The live DirectRunner (FnApiRunner) runs a stage that reads a side input only once that side
-  input is complete; ``WatchModelVersions`` polls forever, so next to a Kafka read nothing was
-  scored at all. The stream scorer therefore keeps its start version there (a note, or a one-line
-  error when --model_poll_seconds is asked for).
-- The BundleBasedDirectRunner makes a side input in the global window available only when its
-  watermark passes the end of that window, every pane accumulated: RunInference's singleton read
-  then fails on two versions. It does update side inputs per event-time window while a TestStream
-  runs, so the switching test sends versions in fixed windows. What switches is the code a
-  streaming runner runs (RunInference reloading through the handler's ``update_model_path``, each
-  batch scored and tagged by one version); there the versions come in the global window with a
-  processing-time trigger, from ``WatchModelVersions``, as from Beam's ``WatchFilePattern``.
+own batch-mode scores. The live test runs the stream scorer as a user does, on the DirectRunner and
+on Prism, against Apache Kafka, and publishes versions while it runs.
 """
 from __future__ import annotations
 
 import datetime
 import logging
+import os
 import pathlib
 import shutil
-from collections import Counter
+import time
 
-import apache_beam as beam
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
-from apache_beam.testing.test_stream import TestStream
-from apache_beam.testing.util import assert_that, equal_to
-from apache_beam.transforms import window
 
 from models import registry
-from models.inference import MODEL_METRICS_NAMESPACE, ScoreEvents, WatchModelVersions, model_metadata
+from models.inference import VersionWatch
 from pipelines import generate, score, train
 from tests.conftest import read_json_lines
+from tests.kafka_helpers import Outputs, Scorer, make_topics, produce, unique_name
 from transforms.errors import UserError
-from transforms.events import EventBatch, EventParser
-from transforms.spec import Spec, load_spec
+from transforms.events import EventParser
+from transforms.spec import load_spec
 
 SPEC = load_spec("fraud")
-EVENTS, BATCH = 120, 20
-WINDOW_S = 10
+EVENTS = 120
+POLL_S = 2
 
 
 @pytest.fixture(scope="module")
@@ -92,66 +77,44 @@ def _copy(versions: dict, tmp_path: pathlib.Path, current: str) -> str:
     return str(model_dir)
 
 
-def _batches(path: pathlib.Path) -> list[EventBatch]:
-    parsed = [EventParser(SPEC).parse(line) for line in path.read_bytes().splitlines()]
-    return [EventBatch([event for event, _ in parsed[i:i + BATCH]], [time for _, time in parsed[i:i + BATCH]])
-            for i in range(0, len(parsed), BATCH)]
+def _publish(model_dir: str, version: str) -> None:
+    """Make ``version`` current the way training does: a new CURRENT file renamed into place."""
+    staged = pathlib.Path(model_dir) / f".{registry.CURRENT}.new"
+    staged.write_text(version + "\n")
+    os.replace(staged, pathlib.Path(model_dir) / registry.CURRENT)
 
 
-def _scored_once_each(expected: dict[str, tuple[str, float]]):
-    """A matcher: every event scored exactly once, by the expected version, with that version's batch score."""
-    def check(batches_of_records):
-        records = [record for records in batches_of_records for record in records]
-        assert Counter(r["event_id"] for r in records) == Counter(expected.keys())
-        for record in records:
-            version, expected_score = expected[record["event_id"]]
-            assert record["model_version"] == version, (record, version)
-            assert abs(record["score"] - expected_score) <= 1e-6, (record, expected_score)
-    return check
-
-
-def test_a_running_scorer_switches_versions_mid_stream_scoring_each_event_once(versions, events, batch_scores):
-    old, new = (registry.load(str(versions["dir"]), versions[name]) for name in ("old", "new"))
+@pytest.mark.parametrize("runner", ["DirectRunner", "PrismRunner"])
+def test_a_running_scorer_switches_versions_mid_stream_scoring_each_event_once(runner, versions, events, batch_scores,
+                                                                                kafka_broker, tmp_path):
+    old, new = versions["old"], versions["new"]
     # every event's score tells which version scored it, not only the record's model_version
-    old_scores, new_scores = batch_scores[old.version], batch_scores[new.version]
-    assert all(abs(old_scores[event_id] - new_scores[event_id]) > 1e-6 for event_id in old_scores)
-    batches = _batches(events)
-    serving = [old, new, old]  # one version per window: a new version, then a rollback
-    stream = TestStream(output_tags={"batches", "models"})
+    assert all(abs(batch_scores[old][e] - batch_scores[new][e]) > 1e-6 for e in batch_scores[old])
+    model_dir = _copy(versions, tmp_path, current="old")
+    lines = events.read_bytes().splitlines()
+    topics = make_topics(kafka_broker, "reload")
+    outputs = Outputs(kafka_broker.bootstrap, topics[1], topics[2])
     expected = {}
-    for number, model in enumerate(serving):
-        start = number * WINDOW_S
-        in_window = batches[2 * number:2 * number + 2]
-        stream = (stream
-                  .add_elements([window.TimestampedValue(model_metadata(model), start)], tag="models")
-                  .add_elements([window.TimestampedValue(b, start + 1 + i) for i, b in enumerate(in_window)],
-                                tag="batches")
-                  .advance_watermark_to(start + WINDOW_S, tag="models")
-                  .advance_watermark_to(start + WINDOW_S, tag="batches"))
-        expected |= {event["event_id"]: (model.version, batch_scores[model.version][event["event_id"]])
-                     for batch in in_window for event in batch.events}
-    assert len(expected) == EVENTS
-    stream = stream.advance_watermark_to_infinity(tag="models").advance_watermark_to_infinity(tag="batches")
-
-    options = PipelineOptions(["--runner", "BundleBasedDirectRunner"])
-    options.view_as(StandardOptions).streaming = True
-    with TestPipeline(options=options) as pipeline:
-        inputs = pipeline | stream
-        updates = inputs["models"] | "ModelsInWindows" >> beam.WindowInto(window.FixedWindows(WINDOW_S))
-        scored = (inputs["batches"]
-                  | "BatchesInWindows" >> beam.WindowInto(window.FixedWindows(WINDOW_S))
-                  | ScoreEvents(SPEC, old, str(versions["dir"]), model_updates=updates))
-        assert_that(scored, _scored_once_each(expected))
-
-
-def _watch(model_dir: str, spec: Spec, start: registry.ModelVersion, expected: list) -> int:
-    """Runs WatchModelVersions for 1 s (a poll every 0.2 s), checks what it emits; returns the refused counter."""
-    pipeline = TestPipeline()
-    updates = pipeline | WatchModelVersions(model_dir, spec, start, interval_s=0.2, duration_s=1.0)
-    assert_that(updates, equal_to(expected))
-    result = pipeline.run()
-    refused = result.metrics().query(MetricsFilter().with_namespace(MODEL_METRICS_NAMESPACE).with_name("refused"))
-    return sum(counter.committed for counter in refused["counters"])
+    try:
+        with Scorer(model_dir, kafka_broker.bootstrap, topics, unique_name("reload"), "--runner", runner,
+                    "--model_poll_seconds", str(POLL_S)) as scorer:
+            for number, version in enumerate((old, new, old)):  # a new version, then a rollback
+                if number:
+                    _publish(model_dir, version)
+                    time.sleep(POLL_S + 1)  # the scorer reads CURRENT at its next batch after POLL_S
+                part = lines[number * EVENTS // 3:(number + 1) * EVENTS // 3]
+                produce(kafka_broker.bootstrap, topics[0], part)
+                expected |= {EventParser(SPEC).parse(line)[0]["event_id"]: version for line in part}
+                outputs.wait(lambda o: len(o.scored) >= len(expected), 120, f"events scored by {version}", scorer)
+            code, _ = scorer.terminate()
+            assert code == 0, scorer.log()
+    finally:
+        outputs.close()
+    assert sorted(record["event_id"] for _, record in outputs.scored) == sorted(expected)  # each once
+    for _, record in outputs.scored:
+        version = expected[record["event_id"]]
+        assert record["model_version"] == version, record
+        assert abs(record["score"] - batch_scores[version][record["event_id"]]) <= 1e-6, record
 
 
 def _alerts(caplog) -> list[str]:
@@ -162,9 +125,9 @@ def _alerts(caplog) -> list[str]:
 def test_a_bad_new_version_is_refused_with_an_alert_and_the_old_one_keeps_serving(problem, versions, tmp_path,
                                                                                   caplog):
     model_dir = _copy(versions, tmp_path, current="new")
-    start = registry.load(model_dir, versions["old"])
+    spec = SPEC
     if problem == "tampered":
-        spec, reason = SPEC, f"model {versions['new']} in {model_dir}: model.onnx does not match its sha256"
+        reason = f"model {versions['new']} in {model_dir}: model.onnx does not match its sha256"
         onnx_file = pathlib.Path(model_dir) / "versions" / versions["new"] / "model.onnx"
         data = bytearray(onnx_file.read_bytes())
         data[-10] ^= 1
@@ -174,19 +137,24 @@ def test_a_bad_new_version_is_refused_with_an_alert_and_the_old_one_keeps_servin
         other.write_text(pathlib.Path(SPEC.source).read_text().replace("top_k: 30", "top_k: 31"))
         spec, reason = load_spec(str(other)), f"model {versions['new']} was trained on spec fraud with other fields"
 
+    watch = VersionWatch(model_dir, spec, interval_s=0)
     with caplog.at_level(logging.ERROR, logger="models.inference"):
-        refused = _watch(model_dir, spec, start, [model_metadata(start)])
+        assert [watch.newer(versions["old"]) for _ in range(5)] == [None] * 5
     alerts = _alerts(caplog)
-    assert refused == 1 and len(alerts) == 1  # polled 5 times, reported once
+    assert len(alerts) == 1  # checked 5 times, reported once
     assert reason in alerts[0] and alerts[0].endswith(f"model {versions['old']} keeps serving")
 
 
-def test_a_good_new_version_is_verified_and_taken(versions, tmp_path, caplog):
-    model_dir = _copy(versions, tmp_path, current="new")
+def test_a_good_new_version_is_verified_and_taken_and_checks_wait_for_the_interval(versions, tmp_path, caplog):
+    model_dir = _copy(versions, tmp_path, current="old")
+    watch = VersionWatch(model_dir, SPEC, interval_s=3600)
+    assert watch.newer(versions["old"]) is None  # the first check: CURRENT names the serving version
+    _publish(model_dir, versions["new"])
+    assert watch.newer(versions["old"]) is None  # not read again within the interval
+    watch = VersionWatch(model_dir, SPEC, interval_s=0)
     with caplog.at_level(logging.ERROR, logger="models.inference"):
-        refused = _watch(model_dir, SPEC, registry.load(model_dir, versions["old"]),
-                         [model_metadata(registry.load(model_dir, versions["new"]))])
-    assert refused == 0 and not _alerts(caplog)
+        assert watch.newer(versions["old"]).version == versions["new"]
+    assert not _alerts(caplog)
 
 
 class _PublishesWhenRun(TestPipeline):
@@ -212,23 +180,16 @@ def test_bounded_scoring_keeps_the_version_it_started_with(versions, events, bat
         event_id: (versions["old"], value) for event_id, value in batch_scores[versions["old"]].items()}
 
 
-def test_hot_reload_runs_on_streaming_runners_and_the_direct_runner_keeps_its_start_version(capsys):
+def test_reload_flags():
     def reload_s(*argv: str) -> float:
         return score.model_reload_seconds(PipelineOptions(list(argv)))
 
-    assert reload_s("--runner", "FlinkRunner") == 60
-    assert reload_s("--runner", "DataflowRunner", "--model_poll_seconds", "5") == 5
-    assert reload_s("--runner", "DataflowRunner", "--model_poll_seconds", "0") == 0
-    assert reload_s("--runner", "DataflowRunner", "--model_version", "20261121T150102Z-3fa9") == 0  # pinned
-    capsys.readouterr()
-    assert reload_s() == 0
-    assert capsys.readouterr().err == ("note: hot model reload needs a streaming runner (--runner DataflowRunner, "
-                                       "FlinkRunner or PrismRunner); the DirectRunner keeps the version it starts "
-                                       "with\n")
-    with pytest.raises(UserError, match="^--model_poll_seconds: hot model reload needs a streaming runner"):
-        reload_s("--model_poll_seconds", "5")
+    assert reload_s() == 60
+    assert reload_s("--runner", "PrismRunner", "--model_poll_seconds", "5") == 5
+    assert reload_s("--model_poll_seconds", "0") == 0
+    assert reload_s("--model_version", "20261121T150102Z-3fa9") == 0  # pinned
     with pytest.raises(UserError, match="give one of them"):
-        reload_s("--runner", "FlinkRunner", "--model_version", "20261121T150102Z-3fa9", "--model_poll_seconds", "5")
+        reload_s("--model_version", "20261121T150102Z-3fa9", "--model_poll_seconds", "5")
     for too_small in ("-1", "0.5"):
         with pytest.raises(UserError, match="must be 0 .* or at least 2"):
-            reload_s("--runner", "FlinkRunner", "--model_poll_seconds", too_small)
+            reload_s("--model_poll_seconds", too_small)

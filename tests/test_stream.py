@@ -1,4 +1,4 @@
-"""``python -m pipelines.score --mode stream`` against a real broker (Tansu), in subprocesses, no mocks.
+"""``python -m pipelines.score --mode stream`` against a real Apache Kafka broker, in subprocesses, no mocks.
 
 A small fraud model is trained once for the module. Each test produces a labelled archive with
 broken lines (keyed by card_id) to a 3-partition topic, runs the stream scorer as a user would,
@@ -7,34 +7,19 @@ and reads what it wrote to the output and dead-letter topics.
 from __future__ import annotations
 
 import datetime
-import json
-import logging
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 
-import orjson
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
 
 from pipelines import generate
-from transforms.kafka_broker import KafkaBroker
+from pipelines.kafka_broker import KafkaBroker
+from tests.kafka_helpers import (Outputs, Scorer, card_key, committed, event_id, json_lines, make_topics, produce,
+                                 unique_name)
 
-ROOT = Path(__file__).resolve().parents[1]
-_QUIET = logging.getLogger("tests.stream.librdkafka")
-_QUIET.setLevel(logging.CRITICAL)
 TOMBSTONE_KEY = b"card-tombstone"
-
-
-def _name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="module")
@@ -60,136 +45,9 @@ def archive(tmp_path_factory, stream_model) -> dict:
     path = root / "data" / "dt=2026-04-01" / "events.jsonl"
     score.run(["--spec", "fraud", "--mode", "batch", "--input", str(path), "--model_dir", stream_model,
                "--output", str(root / "scored"), "--dead_letter", str(root / "dead_letter")])
-    scored = _json_lines(root / "scored")
+    scored = json_lines(root / "scored")
     return {"lines": path.read_bytes().splitlines(), "scores": {r["event_id"]: r["score"] for r in scored},
-            "errors": Counter(d["error"] for d in _json_lines(root / "dead_letter"))}
-
-
-def _json_lines(directory: Path) -> list[dict]:
-    return [json.loads(line) for p in sorted(directory.glob("*.jsonl")) for line in p.read_text().splitlines() if line]
-
-
-def _key(line: bytes) -> bytes | None:
-    try:
-        card = orjson.loads(line).get("card_id")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    return card.encode() if isinstance(card, str) else None
-
-
-def produce(bootstrap: str, topic: str, values: list[bytes | None], keys: list[bytes | None] | None = None,
-            rate: float | None = None, partitions: list[int] | None = None,
-            delivered: list | None = None) -> dict[int, int]:
-    """Produce values keyed by card_id (or ``keys``), to ``partitions`` if given; {partition: last offset + 1}.
-    ``delivered`` gets (partition, offset, value) of each record as the broker stored it."""
-    ends: dict[int, int] = {}
-
-    def on_delivery(err, msg):
-        assert err is None, err
-        ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
-        if delivered is not None:
-            delivered.append((msg.partition(), msg.offset(), msg.value()))
-
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "message.max.bytes": 4 << 20},
-                        logger=_QUIET)
-    started = time.monotonic()
-    for number, value in enumerate(values):
-        if rate is not None:
-            time.sleep(max(0.0, started + number / rate - time.monotonic()))
-        key = keys[number] if keys is not None else _key(value)
-        extra = {"partition": partitions[number]} if partitions is not None else {}
-        producer.produce(topic, value=value, key=key, on_delivery=on_delivery, **extra)
-        producer.poll(0)
-    assert producer.flush(15) == 0
-    return ends
-
-
-class Outputs:
-    """Reads the output and dead-letter topics from the start; ``read()`` adds what has arrived."""
-
-    def __init__(self, bootstrap: str, output: str, dead_letter: str):
-        self.output, self.dead_letter = output, dead_letter
-        self.scored: list[tuple[bytes, dict]] = []
-        self.dead: list[tuple[bytes, dict]] = []
-        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": _name("check"),
-                                   "enable.auto.commit": False}, logger=_QUIET)
-        self._consumer.assign([TopicPartition(output, 0, 0), TopicPartition(dead_letter, 0, 0)])
-
-    def read(self, seconds: float = 0.3) -> "Outputs":
-        for message in self._consumer.consume(1000, seconds):
-            if message.error() is None:
-                into = self.scored if message.topic() == self.output else self.dead
-                into.append((message.key(), orjson.loads(message.value())))
-        return self
-
-    def wait(self, done, timeout: float, what: str, scorer: "Scorer | None" = None) -> None:
-        deadline = time.monotonic() + timeout
-        while not done(self):
-            assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}" + (
-                f"\n{scorer.log()}" if scorer else "")
-            if scorer is not None:
-                scorer.check_alive()
-            self.read()
-
-    def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
-
-
-class Scorer:
-    """``python -m pipelines.score --mode stream`` in a subprocess (own process group), ended on exit."""
-
-    def __init__(self, model_dir: str, bootstrap: str, topics: tuple[str, str, str], group: str, *extra: str):
-        self._log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.score", "--mode", "stream", "--spec", "fraud", "--model_dir", model_dir,
-             "--bootstrap_servers", bootstrap, "--input_topic", topics[0], "--output_topic", topics[1],
-             "--dead_letter_topic", topics[2], "--group_id", group, *extra],
-            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def check_alive(self) -> None:
-        assert self.proc.poll() is None, f"the scorer exited with {self.proc.returncode}:\n{self.log()}"
-
-    def log(self) -> str:
-        self._log.seek(0)
-        return self._log.read().decode(errors="replace")[-5000:]
-
-    def terminate(self, timeout: float = 30.0) -> tuple[int, float]:
-        """SIGTERM; (exit status, seconds it took)."""
-        started = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout)
-        return code, time.monotonic() - started
-
-    def kill(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def __enter__(self) -> "Scorer":
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        if self.proc.poll() is None:
-            self.kill()
-        self._log.close()
-
-
-def _topics(broker: KafkaBroker, prefix: str) -> tuple[str, str, str]:
-    topics = (_name(f"{prefix}-in"), _name(f"{prefix}-scored"), _name(f"{prefix}-dead"))
-    broker.create_topic(topics[0], 3)
-    broker.create_topic(topics[1], 1)
-    broker.create_topic(topics[2], 1)
-    return topics
-
-
-def _committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group}, logger=_QUIET)
-    try:
-        return {tp.partition: tp.offset
-                for tp in consumer.committed([TopicPartition(topic, p) for p in range(3)], timeout=10)}
-    finally:
-        consumer.close()
+            "errors": Counter(d["error"] for d in json_lines(root / "dead_letter"))}
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,10 +56,10 @@ def _committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
 def test_stream_scores_like_batch_dead_letters_broken_messages_and_stops_on_sigterm(kafka_broker, stream_model,
                                                                                   archive):
     bootstrap = kafka_broker.bootstrap
-    topics = _topics(kafka_broker, "clean")
-    group = _name("clean")
+    topics = make_topics(kafka_broker, "clean")
+    group = unique_name("clean")
     lines = archive["lines"]
-    ends = produce(bootstrap, topics[0], [*lines, None], [*map(_key, lines), TOMBSTONE_KEY])
+    ends = produce(bootstrap, topics[0], [*lines, None], [*map(card_key, lines), TOMBSTONE_KEY])
     expected_dead = sum(archive["errors"].values()) + 1  # + the tombstone
     outputs = Outputs(bootstrap, topics[1], topics[2])
     try:
@@ -218,7 +76,7 @@ def test_stream_scores_like_batch_dead_letters_broken_messages_and_stops_on_sigt
     assert took < 30, took
     assert "stopped on SIGTERM" in log and "offsets committed" in log, log
     assert "Traceback" not in log, log
-    assert _committed(bootstrap, group, topics[0]) == ends
+    assert committed(bootstrap, group, topics[0], 3) == ends
 
     ids = Counter(record["event_id"] for _, record in outputs.scored)
     assert ids == Counter(archive["scores"].keys())  # every valid event exactly once in a clean run
@@ -236,13 +94,13 @@ def test_stream_scores_like_batch_dead_letters_broken_messages_and_stops_on_sigt
         if letter["error"].startswith("no value"):
             assert key == TOMBSTONE_KEY
         elif letter["raw_encoding"] == "utf-8" and not letter["raw_truncated"]:
-            assert key == _key(letter["raw"].encode())
+            assert key == card_key(letter["raw"].encode())
 
 
 def test_sigkill_mid_stream_then_restart_scores_every_event_at_least_once(kafka_broker, stream_model, archive):
     bootstrap = kafka_broker.bootstrap
-    topics = _topics(kafka_broker, "kill")
-    group = _name("kill")
+    topics = make_topics(kafka_broker, "kill")
+    group = unique_name("kill")
     lines = archive["lines"]
     head, rest = lines[:300], lines[300:]
     produce(bootstrap, topics[0], head)
@@ -263,7 +121,7 @@ def test_sigkill_mid_stream_then_restart_scores_every_event_at_least_once(kafka_
                          60, "every valid event scored after the restart", scorer)
             # Then SIGTERM while events are still coming in (500/s): what was read must come out, and be committed.
             tail = [line.replace(b'"event_id":"', b'"event_id":"tail-', 1)
-                    for line in rest if _event_id(line) in archive["scores"]][:1500]
+                    for line in rest if event_id(line) in archive["scores"]][:1500]
             delivered: list = []
             producer = threading.Thread(target=produce, kwargs=dict(
                 bootstrap=bootstrap, topic=topics[0], values=tail, rate=500.0, delivered=delivered))
@@ -273,68 +131,48 @@ def test_sigkill_mid_stream_then_restart_scores_every_event_at_least_once(kafka_
             code, took = scorer.terminate()
             assert code == 0 and took < 30, scorer.log()
             producer.join(30)
-        committed = _committed(bootstrap, group, topics[0])
+        committed_offsets = committed(bootstrap, group, topics[0], 3)
         outputs.read(1.0)
     finally:
         outputs.close()
     scored_ids = {r["event_id"] for _, r in outputs.scored}
     dead_at = {(d["source"]["partition"], d["source"]["offset"]) for _, d in outputs.dead}
-    read = [(p, o, v) for p, o, v in delivered if o < committed[p]]
+    read = [(p, o, v) for p, o, v in delivered if o < committed_offsets[p]]
     assert 0 < len(read) < len(tail)  # stopped mid-stream
     for partition, offset, value in read:  # committed means scored or dead-lettered
-        event_id = _event_id(value)
-        assert event_id in scored_ids or (partition, offset) in dead_at, (partition, offset, value[:80])
+        identifier = event_id(value)
+        assert identifier in scored_ids or (partition, offset) in dead_at, (partition, offset, value[:80])
     broken = {(d["source"]["partition"], d["source"]["offset"]) for _, d in outputs.dead}
     assert len(broken) == sum(archive["errors"].values())  # every broken line dead-lettered at least once
 
 
 def test_scorer_waits_out_a_broker_outage_without_a_restart(stream_model, archive):
-    """The broker goes away and comes back on the same port; the scorer goes on by itself.
-
-    Tansu keeps everything in memory, so the broker comes back empty: the test re-creates the
-    topics, fills each input partition up to where the scorer had read (those offsets are not
-    read again), then produces the rest of the events. It also forgets producer ids, so an
-    idempotent producer (WriteToKafka's default) would never be acknowledged again (measured:
-    librdkafka retries until message.timeout.ms); a cluster that keeps its state does not do that,
-    so here the scorer's producers run with enable.idempotence=false.
-    """
-    valid = [line for line in archive["lines"] if _event_id(line) in archive["scores"]]
+    """The broker goes away and comes back on the same port with its data; the scorer goes on by itself,
+    with its idempotent producers (the default)."""
+    valid = [line for line in archive["lines"] if event_id(line) in archive["scores"]]
     first, rest = valid[:600], valid[600:1200]
     with KafkaBroker() as broker:
-        topics = _topics(broker, "outage")
-        ends = produce(broker.bootstrap, topics[0], first, partitions=[i % 3 for i in range(len(first))])
+        topics = make_topics(broker, "outage")
+        produce(broker.bootstrap, topics[0], first, partitions=[i % 3 for i in range(len(first))])
         outputs = Outputs(broker.bootstrap, topics[1], topics[2])
         try:
-            with Scorer(stream_model, broker.bootstrap, topics, _name("outage"),
-                        "--kafka_config", "reconnect.backoff.max.ms=500",
-                        "--kafka_config", "enable.idempotence=false") as scorer:
+            with Scorer(stream_model, broker.bootstrap, topics, unique_name("outage"),
+                        "--kafka_config", "reconnect.backoff.max.ms=500") as scorer:
                 outputs.wait(lambda o: len(o.scored) >= len(first), 60, "the events before the outage", scorer)
                 outputs.close()
                 broker.stop()
                 time.sleep(3)
                 scorer.check_alive()
                 broker.start()
-                for topic, partitions in zip(topics, (3, 1, 1)):
-                    broker.create_topic(topic, partitions)
-                filler = [p for p, end in sorted(ends.items()) for _ in range(end)]
-                produce(broker.bootstrap, topics[0], [b"{}"] * len(filler), [None] * len(filler), partitions=filler)
                 produce(broker.bootstrap, topics[0], rest, partitions=[i % 3 for i in range(len(rest))])
                 outputs = Outputs(broker.bootstrap, topics[1], topics[2])
-                outputs.wait(lambda o: {r["event_id"] for _, r in o.scored} >= set(map(_event_id, rest)),
+                outputs.wait(lambda o: {r["event_id"] for _, r in o.scored} >= set(map(event_id, rest)),
                              60, "the events after the outage", scorer)
-                assert not outputs.dead  # the filler offsets were not read again
+                assert not outputs.dead
                 code, took = scorer.terminate()
                 assert code == 0 and took < 30, scorer.log()
         finally:
             outputs.close()
-
-
-def _event_id(line: bytes) -> str | None:
-    try:
-        value = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None
-    return value.get("event_id") if isinstance(value, dict) else None
 
 
 def test_a_graph_the_direct_runner_cannot_stream_is_refused_not_left_hanging():

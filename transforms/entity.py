@@ -28,7 +28,7 @@ import collections
 import apache_beam as beam
 
 from transforms.events import EventBatch
-from transforms.ordering import OrderedPerKey, OrderedStep
+from transforms.ordering import OrderedPerKey, OrderedStep, WithPassenger
 from transforms.spec import Spec
 
 _US = 1_000_000
@@ -98,14 +98,23 @@ class AddEntityFeatures(beam.PTransform):
         spec = self._spec
         if not spec.entity_features:
             return batches
+        # Each event rides with its position (None in bounded mode), so a stream's offsets are committed
+        # only once the event's scored record is written.
         return (batches
                 | "ByEntity" >> beam.FlatMap(_by_entity, spec)
-                | "EntityHistory" >> OrderedPerKey(EntityHistoryStep(spec), self._streaming)
+                | "EntityHistory" >> OrderedPerKey(WithPassenger(EntityHistoryStep(spec)), self._streaming)
                 | "Rebatch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._batch_size)
-                | "ToEventBatch" >> beam.Map(lambda timed: EventBatch([e for _, e in timed], [t for t, _ in timed])))
+                | "ToEventBatch" >> beam.Map(_to_event_batch))
 
 
 def _by_entity(batch: EventBatch, spec: Spec):
     key = spec.entity_key
-    for event, time_us in zip(batch.events, batch.event_time_us):
-        yield event[key], (time_us, str(event["event_id"]), event)
+    positions = batch.positions or [None] * len(batch.events)
+    for event, time_us, position in zip(batch.events, batch.event_time_us, positions):
+        yield event[key], (time_us, str(event["event_id"]), (event, position))
+
+
+def _to_event_batch(enriched: list) -> EventBatch:
+    positions = [position for _, position in enriched]
+    return EventBatch([event for (_, event), _ in enriched], [time_us for (time_us, _), _ in enriched],
+                      positions if positions[0] is not None else None)

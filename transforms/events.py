@@ -22,6 +22,9 @@ MAX_EVENT_BYTES = 1 << 20  # the contract: a larger event breaks it
 MAX_RAW_BYTES_KEPT = 64 << 10  # a dead letter keeps at most this much of the raw input
 METRICS_NAMESPACE = "rtml"
 DEAD_LETTERS = "dead_letters"
+# The key of a stream's scored record or dead letter that holds its input's Raw.position; the Kafka
+# sinks take it out before writing.
+POSITION = "_position"
 
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})\Z")
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
@@ -37,6 +40,9 @@ class Raw(NamedTuple):
 
     payload: bytes | dict | None  # None: a Kafka message without a value (a tombstone)
     source: dict
+    # A stream's: where the record sits in its log, carried to its scored record or dead letter (as
+    # POSITION) so that its offset is committed only once that is written (transforms.kafka_commit).
+    position: tuple | None = None
 
 
 class EventBatch(NamedTuple):
@@ -44,6 +50,7 @@ class EventBatch(NamedTuple):
 
     events: list[dict]
     event_time_us: list[int]
+    positions: list[tuple] | None = None  # each event's Raw.position, in a stream
 
 
 class EventParser:
@@ -212,19 +219,23 @@ class _ParseBatches(beam.DoFn):
         self._parser = EventParser(self._spec, self._require_label)
 
     def process(self, batch: list[Raw]) -> Iterable:
-        events, times = [], []
-        for payload, source in batch:
+        events, times, positions = [], [], []
+        for payload, source, position in batch:
             parsed = self._parser.parse(payload)
             if isinstance(parsed, str):
                 beam.metrics.Metrics.counter(f"{METRICS_NAMESPACE}.dead_letter", parsed).inc()
-                yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead_letter(payload, parsed, source, self._spec.name))
+                letter = dead_letter(payload, parsed, source, self._spec.name)
+                if position is not None:
+                    letter[POSITION] = position
+                yield beam.pvalue.TaggedOutput(DEAD_LETTERS, letter)
             else:
                 events.append(parsed[0])
                 times.append(parsed[1])
+                positions.append(position)
         self._received.inc(len(batch))
         self._valid.inc(len(events))
         if events:
-            yield EventBatch(events, times)
+            yield EventBatch(events, times, positions if positions[0] is not None else None)
 
 
 class ParseEvents(beam.PTransform):

@@ -35,6 +35,7 @@ from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTr
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
 from apache_beam.transforms.display import DisplayDataItem
+from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.timestamp import Duration, Timestamp
 from confluent_kafka import (TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException,
                              Producer, TopicPartition)
@@ -50,13 +51,20 @@ UNBOUNDED = sys.maxsize
 
 class KafkaMessage(NamedTuple):
     """One Kafka record as read. ``timestamp_ms`` is the record's timestamp (CreateTime or
-    LogAppendTime, whichever the topic keeps; the read time if the record has none)."""
+    LogAppendTime, whichever the topic keeps; the read time if the record has none).
+
+    ``covers_from``: the first offset this record accounts for, i.e. the offset after the record
+    the same read returned before it (or where the read started). It is below ``offset`` where the
+    log has a gap (transaction markers, compaction), so the records of a partition cover its
+    offsets without holes: what ``CommitWhenWritten`` needs to commit exactly what was written.
+    """
     topic: str
     partition: int
     offset: int
     key: Optional[bytes]
     value: Optional[bytes]
     timestamp_ms: int
+    covers_from: Optional[int] = None
 
 
 class KafkaTopicNotFoundError(RuntimeError):
@@ -86,7 +94,7 @@ def mask_config(config: dict | None) -> dict:
     return {k: (_MASK if _is_secret(k) or str(v) in secrets else v) for k, v in config.items()}
 
 
-class _Secrets:
+class Secrets:
     """Removes the values of a config's secret settings from text.
 
     Also serves as confluent-kafka's ``logger``, so librdkafka's own log lines (which can
@@ -107,10 +115,10 @@ class _Secrets:
         _LOG.log(level, "librdkafka: %s", self.scrub(msg % args if args else msg))
 
     def __repr__(self) -> str:
-        return "_Secrets(***)"
+        return "Secrets(***)"
 
 
-def _client(cls, config: dict, secrets: _Secrets):
+def client(cls, config: dict, secrets: Secrets):
     """A Consumer or Producer whose construction errors and logs carry no secret values."""
     try:
         return cls(config, logger=secrets)
@@ -132,7 +140,7 @@ def _is_transient(err: KafkaError) -> bool:
     return not err.fatal() and (err.retriable() or err.code() in _TRANSIENT)
 
 
-def _retry(what: str, fn, secrets: _Secrets, pause_s: float = 1.0):
+def _retry(what: str, fn, secrets: Secrets, pause_s: float = 1.0):
     """``fn()``, retried for as long as the cluster is unreachable (never gives up: a streaming
     job should wait for its broker, not die)."""
     while True:
@@ -213,8 +221,9 @@ class ReadFromKafka(beam.PTransform):
     So a record is late when stamped more than ``max_delay_ms`` before the newest record seen,
     or, on a caught-up partition, before the wall clock.
 
-    Delivery, at-least-once: for ``group_id``, the next offset after what a bundle claimed is
-    committed by bundle finalization, which the runner calls only once the bundle has
+    Delivery, at-least-once: for ``group_id``, unless ``commit_on_finalize`` is False (then
+    ``transforms.kafka_commit.CommitWhenWritten`` commits, once the records' outputs are written),
+    the next offset after what a bundle claimed is committed by bundle finalization, which the runner calls only once the bundle has
     succeeded, including the steps fused after the read (a WriteToKafka there has flushed). A
     crash before that replays the bundle's records on restart (duplicates, never loss). Commits
     are best effort: one that fails is logged and only widens that replay. Without
@@ -231,7 +240,7 @@ class ReadFromKafka(beam.PTransform):
                  start_offsets: dict[int, int] | None = None,
                  stop_offsets: dict[int, int] | None = None,
                  start_timestamp_ms: int | None = None, stop_timestamp_ms: int | None = None,
-                 max_delay_ms: int = 1000):
+                 max_delay_ms: int = 1000, commit_on_finalize: bool = True):
         super().__init__()
         if offset_reset not in ("earliest", "latest"):
             raise ValueError(f"offset_reset must be 'earliest' or 'latest', not {offset_reset!r}")
@@ -249,6 +258,7 @@ class ReadFromKafka(beam.PTransform):
         self.start_timestamp_ms = start_timestamp_ms
         self.stop_timestamp_ms = stop_timestamp_ms
         self.max_delay_ms = max_delay_ms
+        self.commit_on_finalize = commit_on_finalize
 
     @property
     def bounded(self) -> bool:
@@ -272,9 +282,9 @@ class ReadFromKafka(beam.PTransform):
         config = self._config()
         spec = _ReadSpec(self.topic, self.group_id, self.offset_reset, self.start_offsets,
                          self.stop_offsets, self.start_timestamp_ms, self.stop_timestamp_ms,
-                         self.bounded)
+                         self.bounded, commit_starts=self.group_id is not None and not self.commit_on_finalize)
         read_fn = (_ReadPartitionFn if self.bounded else _ReadLivePartitionFn)(
-            config, commit=self.group_id is not None, max_delay_ms=self.max_delay_ms)
+            config, commit=self.group_id is not None and self.commit_on_finalize, max_delay_ms=self.max_delay_ms)
         return (
             pbegin
             | "Impulse" >> beam.Impulse()
@@ -304,6 +314,7 @@ class _ReadSpec:
     start_timestamp_ms: Optional[int]
     stop_timestamp_ms: Optional[int]
     bounded: bool
+    commit_starts: bool  # commit each partition's start for the group if it has no committed offset yet
 
 
 class _PlanPartitionsFn(beam.DoFn):
@@ -314,8 +325,8 @@ class _PlanPartitionsFn(beam.DoFn):
         self._config = config
 
     def process(self, _):
-        spec, secrets = self._spec, _Secrets(self._config)
-        consumer = _client(Consumer, self._config, secrets)
+        spec, secrets = self._spec, Secrets(self._config)
+        consumer = client(Consumer, self._config, secrets)
         try:
             partitions = _retry("metadata", lambda: _partitions(consumer, spec.topic), secrets)
             if spec.stop_offsets is not None:
@@ -325,6 +336,8 @@ class _PlanPartitionsFn(beam.DoFn):
                                      f"of topic {spec.topic!r}")
             starts = _retry("offset lookup", lambda: _start_offsets(consumer, spec, partitions),
                             secrets)
+            if spec.commit_starts:
+                _retry("offset commit", lambda: _commit_missing(consumer, spec.topic, starts), secrets)
         finally:
             consumer.close()
         for p in partitions:
@@ -367,6 +380,15 @@ def _start_offsets(consumer: Consumer, spec: _ReadSpec, partitions: list[int]) -
             low, high = consumer.get_watermark_offsets(tp, timeout=10)
             starts[tp.partition] = high if to_end else low
     return starts
+
+
+def _commit_missing(consumer: Consumer, topic: str, starts: dict[int, int]) -> None:
+    """Commit ``starts`` for the partitions the group has no offset for, so that where a read begins is
+    always the group's committed offset (what CommitWhenWritten counts from)."""
+    committed = consumer.committed([TopicPartition(topic, p) for p in starts], timeout=10)
+    missing = [TopicPartition(topic, tp.partition, starts[tp.partition]) for tp in committed if tp.offset < 0]
+    if missing:
+        consumer.commit(offsets=missing, asynchronous=False)
 
 
 class _PartitionTracker(OffsetRestrictionTracker):
@@ -434,8 +456,8 @@ class _ReadPartitionFn(beam.DoFn):
         self._max_delay_ms = max_delay_ms
 
     def setup(self):
-        self._secrets = _Secrets(self._config)
-        self._consumer = _client(Consumer, self._config, self._secrets)
+        self._secrets = Secrets(self._config)
+        self._consumer = client(Consumer, self._config, self._secrets)
 
     def start_bundle(self):
         self._claimed: dict[tuple[str, int], int] = {}  # next offset per partition, this bundle
@@ -460,6 +482,7 @@ class _ReadPartitionFn(beam.DoFn):
         # a fresh fetch is what yields a current end-of-partition event.
         self._consumer.assign([TopicPartition(part.topic, part.partition, start)])
         deadline, replied = time.monotonic() + self.FIRST_REPLY_S, False
+        uncovered = start  # the next message emitted accounts for the offsets from here
         at_end = False
         while not at_end and time.monotonic() < deadline:
             if draining():
@@ -495,8 +518,9 @@ class _ReadPartitionFn(beam.DoFn):
                     _advance(watermark, ts - self._max_delay_ms)
                     yield beam.window.TimestampedValue(
                         KafkaMessage(part.topic, part.partition, offset, msg.key(), msg.value(),
-                                     ts),
+                                     ts, uncovered),
                         Timestamp(micros=ts * 1000))
+                    uncovered = start
                 if start >= tracker.current_restriction().stop:  # claimed the last offset
                     return
         if draining():  # what was claimed so far goes on through the pipeline; nothing more
@@ -552,24 +576,29 @@ class _ReadLivePartitionFn(_ReadPartitionFn):
 
 
 class WriteToKafka(beam.PTransform):
-    """Writes (key: bytes | None, value: bytes) pairs to a topic; outputs nothing.
+    """Writes (key: bytes | None, value: bytes) pairs to a topic; outputs nothing, or what it wrote.
 
     One idempotent producer per DoFn instance (``enable.idempotence`` defaults to true; set it
     in ``producer_config`` to override). Every bundle ends with a flush, and fails with
     KafkaDeliveryError if any of its records was not acknowledged, so the runner retries it:
     at-least-once into Kafka (a retried bundle can write some records twice).
+
+    ``report_written``: elements are (key, value, position), and once a bundle's records are
+    acknowledged their positions come out (for ``transforms.kafka_commit.CommitWhenWritten``).
     """
 
-    def __init__(self, bootstrap_servers: str, topic: str, producer_config: dict | None = None):
+    def __init__(self, bootstrap_servers: str, topic: str, producer_config: dict | None = None,
+                 report_written: bool = False):
         super().__init__()
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.producer_config = dict(producer_config or {})
+        self.report_written = report_written
 
     def expand(self, pcoll):
         config = {"enable.idempotence": True, **self.producer_config,
                   "bootstrap.servers": self.bootstrap_servers}
-        return pcoll | "Produce" >> beam.ParDo(_ProduceFn(config, self.topic))
+        return pcoll | "Produce" >> beam.ParDo(_ProduceFn(config, self.topic, self.report_written))
 
     def __repr__(self) -> str:
         return (f"WriteToKafka(bootstrap_servers={self.bootstrap_servers!r}, "
@@ -583,23 +612,27 @@ class WriteToKafka(beam.PTransform):
 class _ProduceFn(beam.DoFn):
     FLUSH_STEP_S = 1.0
 
-    def __init__(self, config: dict, topic: str):
+    def __init__(self, config: dict, topic: str, report_written: bool = False):
         self._config = config
         self._topic = topic
+        self._report_written = report_written
 
     def setup(self):
-        self._secrets = _Secrets(self._config)
-        self._producer = _client(Producer, self._config, self._secrets)
+        self._secrets = Secrets(self._config)
+        self._producer = client(Producer, self._config, self._secrets)
 
     def start_bundle(self):
         self._failures: list[KafkaError] = []
+        self._written: list[tuple] = []  # (position, timestamp) of this bundle's records
 
     def _on_delivery(self, err, msg):
         if err is not None:
             self._failures.append(err)
 
-    def process(self, element):
-        key, value = element
+    def process(self, element, timestamp=beam.DoFn.TimestampParam):
+        key, value, *position = element
+        if self._report_written:
+            self._written.append((position[0], timestamp))
         while True:
             try:
                 self._producer.produce(self._topic, value=value, key=key,
@@ -619,6 +652,9 @@ class _ProduceFn(beam.DoFn):
             self._failures = []
             raise KafkaDeliveryError(f"{n} record(s) not delivered to {self._topic!r}: "
                                      f"{self._secrets.scrub(first.str())}")
+        written, self._written = self._written, []
+        for position, timestamp in written:
+            yield GlobalWindows.windowed_value(position, timestamp)
 
     def teardown(self):
         producer, self._producer = getattr(self, "_producer", None), None

@@ -58,12 +58,45 @@ class OrderedStep:
     def late(self, key, state, time_us: int, value) -> Iterable:
         return self.step(key, copy.deepcopy(state), time_us, value)[1]
 
+    @property
+    def finishes(self) -> bool:
+        """Whether ``finish`` may output anything (live, a key then keeps a timer until the end)."""
+        return type(self).finish is not OrderedStep.finish
+
     def advance(self, key, state, last_us: int | None, time_us: int, value):
         """``step``, from the initial state if ``state`` is None or expired (``last_us``: the key's previous
         element). Both modes, and a late element, go through here; subclasses override ``step``."""
         if state is None or (self.ttl_us is not None and last_us is not None and time_us - last_us > self.ttl_us):
             state = self.initial_state(key)
         return self.step(key, state, time_us, value)
+
+
+class WithPassenger(OrderedStep):
+    """``step`` over ``(value, passenger)`` elements: ``step`` sees the value, and each output it makes for
+    an element comes out as ``(output, passenger)``. A passenger rides through the ordering untouched
+    (a stream's Kafka position, so that its offset is committed only once its output is written)."""
+
+    def __init__(self, step: OrderedStep):
+        self._step, self.ttl_us = step, step.ttl_us
+
+    def initial_state(self, key):
+        return self._step.initial_state(key)
+
+    def step(self, key, state, time_us: int, value):
+        inner, passenger = value
+        state, outputs = self._step.step(key, state, time_us, inner)
+        return state, [(output, passenger) for output in outputs]
+
+    def late(self, key, state, time_us: int, value):
+        inner, passenger = value
+        return [(output, passenger) for output in self._step.late(key, state, time_us, inner)]
+
+    def finish(self, key, state):
+        return [(output, None) for output in self._step.finish(key, state)]
+
+    @property
+    def finishes(self) -> bool:
+        return self._step.finishes
 
 
 class OrderedPerKey(beam.PTransform):
@@ -112,7 +145,7 @@ class _OrderedStateFn(beam.DoFn):
 
     def __init__(self, step: OrderedStep):
         self._step = step
-        self._finishes = type(step).finish is not OrderedStep.finish
+        self._finishes = step.finishes
 
     def process(self, element, pending=beam.DoFn.StateParam(PENDING), state=beam.DoFn.StateParam(STATE),
                 done=beam.DoFn.StateParam(DONE), next_release=beam.DoFn.StateParam(NEXT),

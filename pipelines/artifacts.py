@@ -1,0 +1,177 @@
+"""The local runtimes a set-up fetches once, so that nothing downloads while a pipeline runs.
+
+    python -m pipelines.artifacts          # fetch what this venv lacks; one line for each
+
+- **Prism**, Beam's portable local runner, built from the Go module proxy with ``go install`` at the
+  apache-beam version, into the venv's ``bin/``. The PrismRunner preset points ``--prism_location``
+  at it.
+- **Apache Kafka** (``org.apache.kafka:kafka_2.13``) from Maven Central, for the local broker of the
+  tests, the demo and the benchmarks (``pipelines.kafka_broker``).
+- **Beam's Flink job server** (``org.apache.beam:beam-runners-flink-1.19``) from Maven Central. The
+  FlinkRunner preset runs it with an embedded Flink (``--flink_master [local]``).
+
+Maven artifacts go to ``<venv>/share/rtml/<name>/lib`` with a launcher jar beside them: a jar holding
+only a manifest whose ``Class-Path`` names the libraries, so ``java -jar`` starts the service as
+Beam's shaded jars do.
+
+Why Beam 2.62's Flink runner with apache-beam 2.77: the shaded ``beam-runners-flink-*-job-server``
+jars are not served by the registry this project installs from, and of the unshaded runner only
+2.62.0 and 2.70.0 are; 2.70.0 needs ``beam-runners-java-job-service`` 2.70.0, which is not served
+either. 2.62.0 resolves whole, and the Job API and Fn API it speaks run apache-beam 2.77's Python
+SDK (tests/test_flink.py checks records against the DirectRunner's).
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+BEAM_VERSION = importlib.metadata.version("apache-beam")
+KAFKA = ("org.apache.kafka", "kafka_2.13", "4.4.0", "kafka.Kafka")
+FLINK_VERSION = "1.19"
+FLINK_JOB_SERVER = ("org.apache.beam", f"beam-runners-flink-{FLINK_VERSION}", "2.62.0",
+                    "org.apache.beam.runners.flink.FlinkJobServerDriver")
+HOME = Path(sys.prefix) / "share" / "rtml"
+
+
+class MissingArtifact(RuntimeError):
+    """A runtime the set-up did not fetch; the message says how to get it."""
+
+
+def prism_binary() -> Path:
+    return Path(sys.prefix) / "bin" / "prism"
+
+
+def kafka_jar() -> Path:
+    return _launcher("kafka")
+
+
+def flink_job_server_jar() -> Path:
+    return _launcher("flink")
+
+
+def _launcher(name: str) -> Path:
+    return HOME / name / f"{name}.jar"
+
+
+def require(path: Path, what: str) -> Path:
+    """``path``, or MissingArtifact naming the set-up step that makes it."""
+    if not path.exists():
+        raise MissingArtifact(f"{what} is not installed ({path} is missing); run: "
+                              f"{Path(sys.executable).name} -m pipelines.artifacts")
+    return path
+
+
+def java() -> str:
+    """The java to run services with: $JAVA_HOME's, else the one on PATH."""
+    home = os.environ.get("JAVA_HOME")
+    found = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    if not found or not Path(found).exists():
+        raise MissingArtifact("no java found (install a JDK 17 or set JAVA_HOME)")
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Fetching
+
+
+def fetch_prism() -> str:
+    target = prism_binary()
+    if target.exists():
+        return f"prism: present ({target})"
+    go = shutil.which("go")
+    if go is None:
+        return "prism: NOT INSTALLED: no go on PATH; PrismRunner is unavailable (the DirectRunner and FlinkRunner work)"
+    with tempfile.TemporaryDirectory() as gobin:
+        done = subprocess.run([go, "install", f"github.com/apache/beam/sdks/v2/go/cmd/prism@v{BEAM_VERSION}"],
+                              env={**os.environ, "GOBIN": gobin}, capture_output=True, text=True)
+        if done.returncode != 0:
+            return f"prism: NOT INSTALLED: go install failed: {_last_line(done.stderr)}; PrismRunner is unavailable"
+        shutil.move(str(Path(gobin) / "prism"), target)
+    return f"prism: built v{BEAM_VERSION} ({target})"
+
+
+def fetch_maven(name: str, coordinates: tuple[str, str, str, str]) -> str:
+    group, artifact, version, main_class = coordinates
+    launcher = _launcher(name)
+    if launcher.exists():
+        return f"{name}: present ({launcher})"
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        return f"{name}: NOT INSTALLED: no mvn on PATH; {_without(name)}"
+    folder = launcher.parent
+    shutil.rmtree(folder, ignore_errors=True)
+    with tempfile.TemporaryDirectory() as work:
+        (Path(work) / "pom.xml").write_text(_POM.format(group=group, artifact=artifact, version=version))
+        done = subprocess.run([mvn, "-q", "-B", "dependency:copy-dependencies", "-DincludeScope=runtime",
+                               f"-DoutputDirectory={folder / 'lib'}"], cwd=work, capture_output=True, text=True)
+    if done.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        return (f"{name}: NOT INSTALLED: mvn could not fetch {group}:{artifact}:{version}: "
+                f"{_last_error(done.stdout + done.stderr)}; {_without(name)}")
+    _write_launcher(launcher, main_class, sorted((folder / "lib").iterdir()))
+    return f"{name}: fetched {group}:{artifact}:{version} ({launcher})"
+
+
+def _without(name: str) -> str:
+    return {"kafka": "the local Kafka broker (tests, demo, benchmarks) is unavailable; pipelines still reach any "
+                     "--bootstrap_servers",
+            "flink": "FlinkRunner needs --flink_job_server_jar or --job_endpoint (the DirectRunner and PrismRunner "
+                     "work)"}[name]
+
+
+_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>beam-rtml</groupId><artifactId>runtime</artifactId><version>1</version><packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>{group}</groupId><artifactId>{artifact}</artifactId><version>{version}</version></dependency>
+  </dependencies>
+</project>
+"""
+
+
+def _write_launcher(path: Path, main_class: str, jars: list[Path]) -> None:
+    """A jar of one manifest: ``Main-Class`` and a ``Class-Path`` of ``jars``, relative to it."""
+    def header(name: str, value: str) -> bytes:
+        # Manifest lines hold at most 72 bytes; a continuation line starts with a space.
+        data, lines = f"{name}: {value}".encode(), []
+        while data:
+            width = 72 if not lines else 71
+            lines.append((b" " if lines else b"") + data[:width])
+            data = data[width:]
+        return b"\r\n".join(lines) + b"\r\n"
+
+    class_path = " ".join(str(jar.relative_to(path.parent)) for jar in jars)
+    manifest = (header("Manifest-Version", "1.0") + header("Main-Class", main_class)
+                + header("Class-Path", class_path) + b"\r\n")
+    with zipfile.ZipFile(path, "w") as launcher:
+        launcher.writestr("META-INF/MANIFEST.MF", manifest)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no output"
+
+
+def _last_error(text: str) -> str:
+    errors = [line for line in text.splitlines() if "ERROR" in line and "Failed to execute" in line]
+    return (errors[0] if errors else _last_line(text)).replace("\x1b", "")[:300]
+
+
+def main() -> int:
+    HOME.mkdir(parents=True, exist_ok=True)
+    lines = [fetch_prism(), fetch_maven("kafka", KAFKA), fetch_maven("flink", FLINK_JOB_SERVER)]
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        lines.append("java: NOT FOUND: the local Kafka broker and FlinkRunner need a JDK 17")
+    for line in lines:
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""The stateful live path on real streaming runners: Prism and an embedded Flink, against Apache Kafka.
+
+A small ``fraud_entity`` model (per-card keyed state) is trained once. Its live scorer runs as a
+user runs it (``python -m pipelines.score --mode stream --runner R``, a subprocess), with monitoring
+windows on, over a day of events with broken lines produced to a 3-partition topic, each message
+stamped with its event time. Every valid event must be scored once with its bounded score, every
+broken line dead-lettered, the monitoring windows must count every event, and SIGTERM must stop it.
+Bounded scoring on each runner must give the DirectRunner's records, record for record.
+"""
+from __future__ import annotations
+
+import datetime
+import time
+from collections import Counter
+
+import pytest
+
+from pipelines import generate, score
+from tests.kafka_helpers import (Outputs, Scorer, card_key, committed, event_id, json_lines, make_topics, produce,
+                                 read_topic, unique_name, wait_for)
+from transforms.kafka_commit import COMMIT_EVERY_S
+
+RUNNERS = ["PrismRunner", "FlinkRunner"]
+TOMBSTONE_KEY = b"card-tombstone"
+
+
+@pytest.fixture(scope="module")
+def entity_model(tmp_path_factory) -> str:
+    """A fraud_entity model trained on 3 small generated days; its model_dir."""
+    from pipelines import train
+
+    root = tmp_path_factory.mktemp("entity_model")
+    generate.generate("fraud", 3, root / "data", datetime.date(2026, 3, 1), 1500, 0.0, 7, compress=False)
+    train.run(["--spec", "fraud_entity", "--input", str(root / "data" / "*" / "*.jsonl"),
+               "--model_dir", str(root / "model")])
+    return str(root / "model")
+
+
+def _score_batch(model_dir: str, path, out, *runner_flags: str) -> dict:
+    score.run(["--spec", "fraud_entity", "--mode", "batch", "--input", str(path), "--model_dir", model_dir,
+               "--output", str(out / "scored"), "--dead_letter", str(out / "dead_letter"), *runner_flags])
+    return {"records": json_lines(out / "scored"), "dead_letters": json_lines(out / "dead_letter")}
+
+
+@pytest.fixture(scope="module")
+def day(tmp_path_factory, entity_model) -> dict:
+    """A later day (2,000 lines, 20 broken in every generated way) and the DirectRunner's bounded result."""
+    root = tmp_path_factory.mktemp("entity_day")
+    generate.generate("fraud", 1, root / "data", datetime.date(2026, 4, 1), 2000, 0.01, 11, compress=False)
+    path = root / "data" / "dt=2026-04-01" / "events.jsonl"
+    return {"path": path, "lines": path.read_bytes().splitlines(),
+            **_score_batch(entity_model, path, root / "direct")}
+
+
+def _sorted(records: list[dict]) -> list[dict]:
+    return sorted(records, key=lambda r: (r.get("event_id") or "", str(r.get("source"))))
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_bounded_scoring_gives_the_direct_runners_records(runner, entity_model, day, tmp_path):
+    got = _score_batch(entity_model, day["path"], tmp_path, "--runner", runner)
+    assert _sorted(got["records"]) == _sorted(day["records"])
+    assert _sorted(got["dead_letters"]) == _sorted(day["dead_letters"])
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_entity_features_and_monitoring_run_live_with_the_bounded_scores(runner, kafka_broker, entity_model, day):
+    bootstrap = kafka_broker.bootstrap
+    topics = make_topics(kafka_broker, runner.lower())
+    monitoring = unique_name("monitoring")
+    kafka_broker.create_topic(monitoring, 1)
+    lines = day["lines"]
+    ends = produce(bootstrap, topics[0], [*lines, None], [*map(card_key, lines), TOMBSTONE_KEY],
+                   stamp_event_time=True)
+    group = unique_name(runner)
+    expected = {r["event_id"]: r["score"] for r in day["records"]}
+    expected_errors = Counter(d["error"] for d in day["dead_letters"])
+    outputs = Outputs(bootstrap, topics[1], topics[2])
+    try:
+        with Scorer(entity_model, bootstrap, topics, group, "--runner", runner,
+                    "--monitoring_topic", monitoring, spec="fraud_entity") as scorer:
+            outputs.wait(lambda o: len(o.scored) >= len(expected) and len(o.dead) >= len(day["dead_letters"]) + 1,
+                         240, f"every event scored or dead-lettered on {runner}", scorer)
+            wait_for(lambda: committed(bootstrap, group, topics[0], 3) == ends, 30,
+                     "every offset committed once written")
+            code, took = scorer.terminate()
+            assert code == 0 and took < 30, scorer.log()
+        outputs.read(1.0)
+    finally:
+        outputs.close()
+
+    ids = Counter(record["event_id"] for _, record in outputs.scored)
+    assert set(ids) == set(expected) and max(ids.values()) == 1  # each valid event once
+    for key, record in outputs.scored:
+        assert abs(record["score"] - expected[record["event_id"]]) <= 1e-6, record
+        assert key == record["card_id"].encode()
+    errors = Counter(letter["error"] for _, letter in outputs.dead)
+    assert errors == expected_errors + Counter({"no value (a null Kafka message value)": 1}), errors
+    assert all(letter["source"]["topic"] == topics[0] for _, letter in outputs.dead)
+
+    windows = [record for _, record in read_topic(bootstrap, monitoring) if record["kind"] == "window"]
+    sizes = {record["window_s"] for record in windows}
+    assert sizes, "no monitoring window came out"
+    for size in sizes:  # every valid event counted once per window size, in on-time panes
+        of_size = [record for record in windows if record["window_s"] == size]
+        assert sum(record["events"] for record in of_size) == len(expected), size
+        assert {record["pane"] for record in of_size} == {"on_time"}
+
+
+def test_sigkill_while_events_wait_in_keyed_state_then_restart_loses_no_valid_event(kafka_broker, entity_model,
+                                                                                  tmp_path):
+    """Events whose entity features wait for the watermark are read, not yet written, when the scorer is killed.
+
+    Tomorrow's events, stamped with the time they are produced, wait in keyed state until the watermark
+    (message time less --max_delay_s) reaches their event time, so they are all pending when the broken
+    lines' dead letters (written at once) have come out. Offsets committed at the read would lose every one
+    of them on SIGKILL; committed once written, a restart reads them again and a drain (SIGTERM) scores them.
+    """
+    tomorrow = datetime.datetime.now(datetime.timezone.utc).date() + datetime.timedelta(days=1)
+    generate.generate("fraud", 1, tmp_path / "data", tomorrow, 600, 0.02, 13, compress=False)
+    lines = next((tmp_path / "data").glob("dt=*/events.jsonl")).read_bytes().splitlines()
+    bootstrap, group = kafka_broker.bootstrap, unique_name("kill")
+    topics = make_topics(kafka_broker, "kill")
+    ends = produce(bootstrap, topics[0], lines)
+    valid = {event_id(line) for line in lines if _is_valid(line)}
+    broken = len(lines) - len(valid)
+    outputs = Outputs(bootstrap, topics[1], topics[2])
+    flags = ("--runner", "PrismRunner", "--model_poll_seconds", "0")
+    try:
+        with Scorer(entity_model, bootstrap, topics, group, *flags, spec="fraud_entity") as scorer:
+            outputs.wait(lambda o: len(o.dead) >= broken, 120, "the broken lines' dead letters", scorer)
+            time.sleep(2 * COMMIT_EVERY_S)  # what was written has been committed
+            scorer.kill()
+        assert not outputs.read().scored  # every valid event was waiting in keyed state
+        left = committed(bootstrap, group, topics[0], 3)
+        assert all(left[p] < end for p, end in ends.items()), (left, ends)  # their offsets were not committed
+        with Scorer(entity_model, bootstrap, topics, group, *flags, spec="fraud_entity") as scorer:
+            outputs.wait(lambda o: len(o.dead) >= 2 * broken, 120, "the restart to read the log again", scorer)
+            code, took = scorer.terminate()  # the drain releases the waiting events
+            assert code == 0 and took < 30, scorer.log()
+        outputs.read(1.0)
+    finally:
+        outputs.close()
+    assert {record["event_id"] for _, record in outputs.scored} == valid
+    assert committed(bootstrap, group, topics[0], 3) == ends
+
+
+def _is_valid(line: bytes) -> bool:
+    from transforms.events import EventParser
+    from transforms.spec import load_spec
+
+    return not isinstance(EventParser(load_spec("fraud_entity")).parse(line), str)
