@@ -1,5 +1,6 @@
-# The two commands of the README. Both create .venv (Python 3.11) if missing and install the
-# project with the exact versions in constraints.txt; nothing else needs to be running.
+# The two commands of the README. Both set up what they need from nothing: .venv (Python 3.11) with the
+# exact versions in constraints.txt, then the local runtimes (Prism, Apache Kafka, Beam's Flink job server;
+# python -m pipelines.artifacts), fetched once; nothing else needs to be running.
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,11 +10,15 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[broker,test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
-demo: $(VENV)/.installed
+$(VENV)/.runtimes: $(VENV)/.installed pipelines/artifacts.py
+	$(PY) -m pipelines.artifacts
+	touch $@
+
+demo: $(VENV)/.runtimes
 	$(PY) -m pipelines.demo
 
-test: $(VENV)/.installed
+test: $(VENV)/.runtimes
 	$(PY) -m pytest

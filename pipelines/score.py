@@ -48,6 +48,7 @@ STREAM_MAX_BATCH = 256  # events per batch in a stream
 STREAM_MAX_WAIT_S = 0.05  # the longest a stream event waits for its batch to fill
 STOP_TIMEOUT_S = 25.0  # a stop that takes longer ends the process (exit status 1)
 DRAIN_TIMEOUT_S = 20.0  # after this long draining, a runner's job is cancelled
+FLINK_DRAIN_S = 5.0
 MIN_MODEL_POLL_S = 2.0  # reading CURRENT more often than this only costs
 
 
@@ -272,6 +273,11 @@ def _run_stream(options, test_pipeline, stop_when=None, on_stop=None) -> dict[st
     config = kafka_config(flags)  # a malformed item fails here, before anything starts
     model_reload_s = model_reload_seconds(options)
     options.view_as(StandardOptions).streaming = True
+    stateful = " and ".join(what for what, used in (("entity features", spec.entity_features),
+                                                      ("monitoring", flags.monitoring_topic)) if used)
+    note = runners.choose_stream_runner(options, stateful or None)
+    if note:
+        print(note, file=sys.stderr, flush=True)
     _check_local_streaming(options)
     check_topics(flags, config)
     pipeline = cli.create_pipeline(options, test_pipeline)
@@ -326,9 +332,7 @@ def model_reload_seconds(options) -> float:
 
 
 def _is_local(options) -> bool:
-    runner = options.view_as(StandardOptions).runner
-    return runner is None or (isinstance(runner, str) and runner.split(".")[-1] in ("DirectRunner",
-                                                                                     "SwitchingDirectRunner"))
+    return runners.runner_name(options) in ("DirectRunner", "SwitchingDirectRunner")
 
 
 def _check_local_streaming(options) -> None:
@@ -360,7 +364,8 @@ def check_fused_with_source(pipeline, options) -> None:
         stages = ", ".join(dict.fromkeys(label.split("/")[0] for label in found))
         raise UserError(f"--mode stream: these stages group or keep state: {stages} (first: {found[0]}), which the "
                         f"DirectRunner cannot run behind an unbounded source (it would wait forever); use a streaming "
-                        f"runner: --runner PrismRunner, FlinkRunner or DataflowRunner")
+                        f"runner: --runner PrismRunner (python -m pipelines.artifacts builds it), FlinkRunner or "
+                        f"DataflowRunner")
 
 
 _SIGNALS = ("SIGTERM", "SIGINT")
@@ -399,11 +404,15 @@ def serve(pipeline, title: str, stop_when=None, on_stop=None) -> dict[str, int]:
     the pipeline has finished. To stop, live Kafka reads in this process (the DirectRunner's, and
     Prism's and Flink's LOOPBACK workers) are drained: they stop claiming records; what they read is
     scored, written and committed, keyed state is flushed by its end-of-window timers, and the
-    pipeline ends. A job that has not ended after ``DRAIN_TIMEOUT_S`` is cancelled. Prints a one-line
+    pipeline ends. A job that has not ended after ``DRAIN_TIMEOUT_S`` is cancelled: Flink's streaming
+    jobs never end by themselves (their sources stay open for checkpoints), so on Flink the drain gets
+    ``FLINK_DRAIN_S`` to write what is in flight. A cancel loses nothing: on a streaming runner offsets
+    are committed only once records are written, so a restart reads the rest again. Prints a one-line
     summary to stderr and returns the counters.
     """
     kafka.reset_drain()
     state: dict = {}
+    drain_s = FLINK_DRAIN_S if runners.runner_name(pipeline.options) == "FlinkRunner" else DRAIN_TIMEOUT_S
 
     # The DirectRunner's run() returns only when the pipeline has finished, so it runs in the thread; a
     # portable runner's (Prism, Flink) returns at once and must be called here: it installs signal handlers.
@@ -446,14 +455,14 @@ def serve(pipeline, title: str, stop_when=None, on_stop=None) -> dict[str, int]:
         if runner.is_alive():
             print(f"stopping on {reason['why']}: finishing records in flight ...", file=sys.stderr, flush=True)
             kafka.drain_live_reads()
-            runner.join(DRAIN_TIMEOUT_S)
+            runner.join(drain_s)
             if runner.is_alive() and state.get("result") is not None:
-                # The reads run elsewhere (a remote worker) or the drain is stuck: cancel instead.
+                state["cancelled"] = True
                 try:
                     state["result"].cancel()
                 except Exception:  # noqa: BLE001 - not every runner can cancel
                     pass
-                runner.join(STOP_TIMEOUT_S - DRAIN_TIMEOUT_S)
+                runner.join(STOP_TIMEOUT_S - drain_s)
             if runner.is_alive():
                 print(f"error: the pipeline did not stop within {STOP_TIMEOUT_S:g} s of {reason['why']}; exiting "
                       f"without it (records since the last commit will be read again)", file=sys.stderr, flush=True)
@@ -463,7 +472,7 @@ def serve(pipeline, title: str, stop_when=None, on_stop=None) -> dict[str, int]:
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-    if "error" in state:
+    if "error" in state and not (state.get("cancelled") and "CANCELLED" in str(state["error"])):
         error = state["error"]
         missing = _missing_topic(error)
         if missing:
@@ -474,8 +483,10 @@ def serve(pipeline, title: str, stop_when=None, on_stop=None) -> dict[str, int]:
     scored = totals.get(f"{METRICS_NAMESPACE}/scored", 0)
     dead = sum(count for key, count in totals.items() if key.startswith(f"{METRICS_NAMESPACE}.dead_letter/"))
     how = f"stopped on {reason['why']} in {time.monotonic() - stopping:.1f} s" if reason["why"] else "finished"
+    done = ("cancelled after draining; what was not yet written is read again on restart" if state.get("cancelled")
+            else "all written, offsets committed")
     print(f"{title}: {how} after {time.monotonic() - started:.0f} s; {received:,} received, {scored:,} scored, "
-          f"{dead:,} dead-lettered; all written, offsets committed", file=sys.stderr, flush=True)
+          f"{dead:,} dead-lettered; {done}", file=sys.stderr, flush=True)
     return totals
 
 

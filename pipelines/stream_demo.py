@@ -44,10 +44,6 @@ def run_demo(options: PipelineOptions, test_pipeline=None) -> dict[str, int]:
     from pipelines import score, train
 
     spec = load_spec(options.view_as(SpecOptions).spec)
-    if spec.entity_features:
-        raise UserError(f"the stream demo runs on the DirectRunner, which cannot run --spec {spec.name}'s entity "
-                        f"features live (keyed state); use a spec without them (fraud, sensor), or a streaming runner "
-                        f"(--runner PrismRunner, FlinkRunner or DataflowRunner) with --bootstrap_servers")
     if spec.name not in generate.MODELS:
         raise UserError(f"the stream demo generates events for the built-in specs only ({', '.join(generate.MODELS)}); "
                         f"for --spec {options.view_as(SpecOptions).spec} give --bootstrap_servers and topics")

@@ -116,7 +116,7 @@ class Outputs:
                 into.append((message.key(), orjson.loads(message.value())))
         return self
 
-    def wait(self, done, timeout: float, what: str, scorer: "Scorer | None" = None) -> None:
+    def wait(self, done, timeout: float, what: str, scorer: "StreamProcess | None" = None) -> None:
         deadline = time.monotonic() + timeout
         while not done(self):
             assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}" + (
@@ -131,17 +131,14 @@ class Outputs:
             self._consumer = None
 
 
-class Scorer:
-    """``python -m pipelines.score --mode stream`` in a subprocess (own process group), ended on exit."""
+class StreamProcess:
+    """A streaming command (``python -m pipelines.score --mode stream ...``) in a subprocess, in its own process
+    group, ended on exit."""
 
-    def __init__(self, model_dir: str, bootstrap: str, topics: tuple[str, str, str], group: str, *extra: str,
-                 spec: str = "fraud"):
+    def __init__(self, command: list[str]):
         self._log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.score", "--mode", "stream", "--spec", spec, "--model_dir", model_dir,
-             "--bootstrap_servers", bootstrap, "--input_topic", topics[0], "--output_topic", topics[1],
-             "--dead_letter_topic", topics[2], "--group_id", group, *extra],
-            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(command, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
 
     def check_alive(self) -> None:
         assert self.proc.poll() is None, f"the scorer exited with {self.proc.returncode}:\n{self.log()}"
@@ -161,13 +158,20 @@ class Scorer:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
 
-    def __enter__(self) -> "Scorer":
+    def __enter__(self) -> "StreamProcess":
         return self
 
     def __exit__(self, *_exc) -> None:
         if self.proc.poll() is None:
             self.kill()
         self._log.close()
+
+
+def stream_scorer(model_dir: str, bootstrap: str, topics: tuple[str, str, str], group: str, *extra: str,
+                  spec: str = "fraud") -> StreamProcess:
+    return StreamProcess([sys.executable, "-m", "pipelines.score", "--mode", "stream", "--spec", spec,
+                          "--model_dir", model_dir, "--bootstrap_servers", bootstrap, "--input_topic", topics[0],
+                          "--output_topic", topics[1], "--dead_letter_topic", topics[2], "--group_id", group, *extra])
 
 
 def make_topics(broker: KafkaBroker, prefix: str) -> tuple[str, str, str]:

@@ -34,6 +34,13 @@ from models import registry
 from models.kmeans import MiniBatchKMeans
 from pipelines import cli, cluster, generate, train
 from tests.conftest import read_json_lines
+from tests.kafka_helpers import (
+    Outputs,
+    StreamProcess,
+    make_topics,
+    produce,
+    unique_name,
+)
 from transforms.errors import UserError
 from transforms.events import ParseEvents, Raw, event_time_us_of
 
@@ -381,7 +388,8 @@ def test_stream_mode_is_refused_on_the_direct_runner_in_one_line(sensor, tmp_pat
     monkeypatch.setattr(sys, "argv", ["pipelines.cluster", *_flags(sensor), "--mode", "stream",
                                       "--snapshot_dir", str(tmp_path / "snapshots"),
                                       "--bootstrap_servers", "127.0.0.1:9", "--input_topic", "sensor",
-                                      "--output_topic", "clusters", "--dead_letter_topic", "dead-letters"])
+                                      "--output_topic", "clusters", "--dead_letter_topic", "dead-letters",
+                                      "--runner", "DirectRunner"])
     started = time.monotonic()
     with pytest.raises(SystemExit) as exit_status:
         cli.main(cluster.run)
@@ -406,3 +414,29 @@ def test_bad_settings_get_one_line(sensor, tmp_path, change, message):
     with pytest.raises(UserError) as error:
         cluster.run(argv)
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("runner", ["PrismRunner"])
+def test_stream_mode_runs_live_with_the_batch_runs_assignments(runner, sensor, batch_run, kafka_broker, tmp_path):
+    """Both days produced to a 3-partition topic, stamped with event time; the live k-means assigns every valid
+    event once, exactly as the bounded run did, and stops on SIGTERM."""
+    lines = [line for day in sensor["days"] for line in day.read_bytes().splitlines()]
+    topics = make_topics(kafka_broker, "cluster")
+    produce(kafka_broker.bootstrap, topics[0], lines, [None] * len(lines), stamp_event_time=True)
+    expected = {r["event_id"]: (r["cluster"], r["distance"]) for r in batch_run["records"]}
+    outputs = Outputs(kafka_broker.bootstrap, topics[1], topics[2])
+    command = [sys.executable, "-m", "pipelines.cluster", *_flags(sensor), "--mode", "stream", "--runner",
+               runner, "--snapshot_dir", str(tmp_path / "snapshots"), "--bootstrap_servers",
+               kafka_broker.bootstrap, "--input_topic", topics[0], "--output_topic", topics[1],
+               "--dead_letter_topic", topics[2], "--group_id", unique_name("cluster")]
+    try:
+        with StreamProcess(command) as clusterer:
+            outputs.wait(lambda o: len(o.scored) >= len(expected), 240, "every event assigned", clusterer)
+            code, took = clusterer.terminate()
+            assert code == 0 and took < 30, clusterer.log()
+        outputs.read(1.0)
+    finally:
+        outputs.close()
+    assert sorted(r["event_id"] for _, r in outputs.scored) == sorted(expected)  # each once
+    assert {r["event_id"]: (r["cluster"], r["distance"]) for _, r in outputs.scored} == expected
+    assert len(outputs.dead) == batch_run["totals"]["rtml/received"] - batch_run["totals"]["rtml/valid"]

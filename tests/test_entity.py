@@ -1,7 +1,6 @@
 """Per-entity features: the definition, bounded == live (TestStream), specs, and what they buy."""
 import datetime
 import json
-import pathlib
 
 import apache_beam as beam
 import pytest
@@ -274,10 +273,4 @@ def test_entity_spec_stream_on_the_direct_runner_is_refused_not_hung(fraud_entit
     with pytest.raises(cli.UserError, match="keep state: AddEntityFeatures.*use a streaming runner"):
         score.run(["--spec", "fraud_entity", "--mode", "stream", "--bootstrap_servers", kafka_broker.bootstrap,
                    "--input_topic", "entity-in", "--output_topic", "entity-out", "--dead_letter_topic", "entity-dl",
-                   "--model_dir", fraud_entity_model[0]])
-
-
-def test_the_local_stream_demo_refuses_an_entity_spec_at_once(tmp_path):
-    with pytest.raises(cli.UserError, match="cannot run --spec fraud_entity's entity features live"):
-        score.run(["--spec", "fraud_entity", "--mode", "stream", "--model_dir", str(tmp_path / "model")])
-    assert not (tmp_path / "model").exists()  # refused before training a demo model
+                   "--model_dir", fraud_entity_model[0], "--runner", "DirectRunner"])

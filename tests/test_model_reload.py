@@ -22,7 +22,13 @@ from models import registry
 from models.inference import VersionWatch
 from pipelines import generate, score, train
 from tests.conftest import read_json_lines
-from tests.kafka_helpers import Outputs, Scorer, make_topics, produce, unique_name
+from tests.kafka_helpers import (
+    Outputs,
+    make_topics,
+    produce,
+    stream_scorer,
+    unique_name,
+)
 from transforms.errors import UserError
 from transforms.events import EventParser
 from transforms.spec import load_spec
@@ -96,7 +102,7 @@ def test_a_running_scorer_switches_versions_mid_stream_scoring_each_event_once(r
     outputs = Outputs(kafka_broker.bootstrap, topics[1], topics[2])
     expected = {}
     try:
-        with Scorer(model_dir, kafka_broker.bootstrap, topics, unique_name("reload"), "--runner", runner,
+        with stream_scorer(model_dir, kafka_broker.bootstrap, topics, unique_name("reload"), "--runner", runner,
                     "--model_poll_seconds", str(POLL_S)) as scorer:
             for number, version in enumerate((old, new, old)):  # a new version, then a rollback
                 if number:

@@ -11,6 +11,7 @@ sentinel that captures the result.
 """
 import contextlib
 import json
+import os
 import pathlib
 import socket
 import subprocess
@@ -20,7 +21,7 @@ import time
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import cli, generate, runners, score, train
+from pipelines import artifacts, cli, generate, runners, score, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATAFLOW = ["--runner", "DataflowRunner", "--dry_run=True", "--project", "p-project", "--region", "us-central1",
@@ -85,14 +86,7 @@ def test_train_translates_for_dataflow(monkeypatch, trained, tmp_path):
     assert {"ReadEvents", "ParseEvents", "WriteStaged", "AnalyzeFeatures"} <= _step_names(job)
 
 
-def _presets_wired() -> bool:
-    return any("apply_runner_presets(" in (ROOT / "pipelines" / name).read_text()
-               for name in ("score.py", "cli.py"))
-
-
 def test_score_stream_translates_for_dataflow_with_streaming_presets(monkeypatch, trained):
-    if not _presets_wired():
-        pytest.skip("pipelines.runners.apply_runner_presets is not called by pipelines.score yet (see its docstring)")
     root, _ = trained
     job = _translate(monkeypatch, score.run, [
         "--spec", "fraud", "--mode", "stream", "--bootstrap_servers", "broker.internal:9092",
@@ -134,17 +128,21 @@ def test_presets_fill_only_what_the_user_left_unset():
     assert options.view_as(runners.WorkerOptions).max_num_workers == 5
     assert runners.apply_runner_presets(PipelineOptions(["--runner", "DataflowRunner"])) == {}  # batch
     assert runners.apply_runner_presets(PipelineOptions(["--runner=FlinkRunner", "--streaming"])) == {
-        "flink_master": "localhost:8081", "parallelism": 4, "environment_type": "LOOPBACK",
-        "checkpointing_interval": 60000}
+        "flink_master": "[local]", "flink_job_server_jar": str(artifacts.flink_job_server_jar()),
+        "parallelism": os.cpu_count(), "environment_type": "LOOPBACK", "checkpointing_interval": 60000}
     assert runners.apply_runner_presets(PipelineOptions(
         ["--runner=FlinkRunner", "--flink_master=flink.internal:8081", "--parallelism=8",
          "--sdk_container_image=europe-docker.pkg.dev/p/rtml/score_stream:v1"])) == {
+        "flink_job_server_jar": str(artifacts.flink_job_server_jar()),
         "environment_type": "DOCKER", "environment_config": "europe-docker.pkg.dev/p/rtml/score_stream:v1"}
     # given on the command line, even at Beam's default: the user's choice stands
-    assert runners.apply_runner_presets(PipelineOptions(["--runner=FlinkRunner", "--flink_master=[auto]"])) == {
-        "parallelism": 4, "environment_type": "LOOPBACK"}
+    assert runners.apply_runner_presets(PipelineOptions(["--runner=FlinkRunner", "--flink_master=localhost:8081",
+                                                         "--job_endpoint=localhost:8099"])) == {
+        "parallelism": os.cpu_count(), "environment_type": "LOOPBACK"}
     assert runners.apply_runner_presets(PipelineOptions(["--runner=PrismRunner", "--prism_location=/opt/prism"])) \
         == {"environment_type": "LOOPBACK"}
+    assert runners.apply_runner_presets(PipelineOptions(["--runner=PrismRunner"])) == {
+        "prism_location": str(artifacts.prism_binary()), "environment_type": "LOOPBACK"}
     assert runners.apply_runner_presets(PipelineOptions([])) == {}
 
 
@@ -193,18 +191,3 @@ def test_score_batch_end_to_end_on_portable_runner(trained, job_service, tmp_pat
     assert _lines(tmp_path / "scored", "scored") == valid
     assert _lines(tmp_path / "dead_letter", "dead_letter") == lines - valid
     assert totals.get("rtml/received") == lines and totals.get("rtml/scored") == valid
-
-
-def test_flink_presets_run_score_batch_through_a_job_endpoint(trained, job_service, tmp_path):
-    """FlinkRunner with only --job_endpoint (a Flink job server would serve the same Job API): the presets
-    pick the LOOPBACK environment for a master on this machine, so no Docker is needed."""
-    if not _presets_wired():
-        pytest.skip("pipelines.runners.apply_runner_presets is not called by pipelines.score yet (see its docstring)")
-    root, manifest = trained
-    totals = score.run(["--spec", "fraud", "--input", str(root / "data" / "*" / "*.jsonl"),
-                        "--model_dir", str(root / "model"), "--output", str(tmp_path / "scored"),
-                        "--dead_letter", str(tmp_path / "dead_letter"),
-                        "--runner", "FlinkRunner", "--job_endpoint", job_service])
-    valid = sum(day["valid"] for day in manifest["days"])
-    assert _lines(tmp_path / "scored", "scored") == valid
-    assert totals.get("rtml/scored") == valid

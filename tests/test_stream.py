@@ -16,8 +16,17 @@ import pytest
 
 from pipelines import generate
 from pipelines.kafka_broker import KafkaBroker
-from tests.kafka_helpers import (Outputs, Scorer, card_key, committed, event_id, json_lines, make_topics, produce,
-                                 unique_name)
+from tests.kafka_helpers import (
+    Outputs,
+    card_key,
+    committed,
+    event_id,
+    json_lines,
+    make_topics,
+    produce,
+    stream_scorer,
+    unique_name,
+)
 
 TOMBSTONE_KEY = b"card-tombstone"
 
@@ -63,7 +72,7 @@ def test_stream_scores_like_batch_dead_letters_broken_messages_and_stops_on_sigt
     expected_dead = sum(archive["errors"].values()) + 1  # + the tombstone
     outputs = Outputs(bootstrap, topics[1], topics[2])
     try:
-        with Scorer(stream_model, bootstrap, topics, group) as scorer:
+        with stream_scorer(stream_model, bootstrap, topics, group) as scorer:
             outputs.wait(lambda o: len(o.scored) >= len(archive["scores"]) and len(o.dead) >= expected_dead,
                          60, "every event scored or dead-lettered", scorer)
             code, took = scorer.terminate()  # the last bundles' offsets are committed on the way out
@@ -106,7 +115,7 @@ def test_sigkill_mid_stream_then_restart_scores_every_event_at_least_once(kafka_
     produce(bootstrap, topics[0], head)
     outputs = Outputs(bootstrap, topics[1], topics[2])
     try:
-        with Scorer(stream_model, bootstrap, topics, group) as scorer:
+        with stream_scorer(stream_model, bootstrap, topics, group) as scorer:
             outputs.wait(lambda o: len(o.scored) > 0, 60, "the first scored records", scorer)
             # The rest arrives at 600 events/s while the scorer is killed.
             producer = threading.Thread(target=produce, args=(bootstrap, topics[0], rest, None, 600.0))
@@ -116,7 +125,7 @@ def test_sigkill_mid_stream_then_restart_scores_every_event_at_least_once(kafka_
             seen_before_kill = len({r["event_id"] for _, r in outputs.read(0.5).scored})
         producer.join(30)
         assert seen_before_kill < len(archive["scores"])  # killed mid-stream
-        with Scorer(stream_model, bootstrap, topics, group) as scorer:
+        with stream_scorer(stream_model, bootstrap, topics, group) as scorer:
             outputs.wait(lambda o: {r["event_id"] for _, r in o.scored} >= archive["scores"].keys(),
                          60, "every valid event scored after the restart", scorer)
             # Then SIGTERM while events are still coming in (500/s): what was read must come out, and be committed.
@@ -156,7 +165,7 @@ def test_scorer_waits_out_a_broker_outage_without_a_restart(stream_model, archiv
         produce(broker.bootstrap, topics[0], first, partitions=[i % 3 for i in range(len(first))])
         outputs = Outputs(broker.bootstrap, topics[1], topics[2])
         try:
-            with Scorer(stream_model, broker.bootstrap, topics, unique_name("outage"),
+            with stream_scorer(stream_model, broker.bootstrap, topics, unique_name("outage"),
                         "--kafka_config", "reconnect.backoff.max.ms=500") as scorer:
                 outputs.wait(lambda o: len(o.scored) >= len(first), 60, "the events before the outage", scorer)
                 outputs.close()

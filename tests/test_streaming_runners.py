@@ -13,11 +13,23 @@ import datetime
 import time
 from collections import Counter
 
+import orjson
 import pytest
 
 from pipelines import generate, score
-from tests.kafka_helpers import (Outputs, Scorer, card_key, committed, event_id, json_lines, make_topics, produce,
-                                 read_topic, unique_name, wait_for)
+from tests.kafka_helpers import (
+    Outputs,
+    card_key,
+    committed,
+    event_id,
+    json_lines,
+    make_topics,
+    produce,
+    read_topic,
+    stream_scorer,
+    unique_name,
+    wait_for,
+)
 from transforms.kafka_commit import COMMIT_EVERY_S
 
 RUNNERS = ["PrismRunner", "FlinkRunner"]
@@ -77,7 +89,7 @@ def test_entity_features_and_monitoring_run_live_with_the_bounded_scores(runner,
     expected_errors = Counter(d["error"] for d in day["dead_letters"])
     outputs = Outputs(bootstrap, topics[1], topics[2])
     try:
-        with Scorer(entity_model, bootstrap, topics, group, "--runner", runner,
+        with stream_scorer(entity_model, bootstrap, topics, group, "--runner", runner,
                     "--monitoring_topic", monitoring, spec="fraud_entity") as scorer:
             outputs.wait(lambda o: len(o.scored) >= len(expected) and len(o.dead) >= len(day["dead_letters"]) + 1,
                          240, f"every event scored or dead-lettered on {runner}", scorer)
@@ -127,14 +139,14 @@ def test_sigkill_while_events_wait_in_keyed_state_then_restart_loses_no_valid_ev
     outputs = Outputs(bootstrap, topics[1], topics[2])
     flags = ("--runner", "PrismRunner", "--model_poll_seconds", "0")
     try:
-        with Scorer(entity_model, bootstrap, topics, group, *flags, spec="fraud_entity") as scorer:
+        with stream_scorer(entity_model, bootstrap, topics, group, *flags, spec="fraud_entity") as scorer:
             outputs.wait(lambda o: len(o.dead) >= broken, 120, "the broken lines' dead letters", scorer)
             time.sleep(2 * COMMIT_EVERY_S)  # what was written has been committed
             scorer.kill()
         assert not outputs.read().scored  # every valid event was waiting in keyed state
         left = committed(bootstrap, group, topics[0], 3)
         assert all(left[p] < end for p, end in ends.items()), (left, ends)  # their offsets were not committed
-        with Scorer(entity_model, bootstrap, topics, group, *flags, spec="fraud_entity") as scorer:
+        with stream_scorer(entity_model, bootstrap, topics, group, *flags, spec="fraud_entity") as scorer:
             outputs.wait(lambda o: len(o.dead) >= 2 * broken, 120, "the restart to read the log again", scorer)
             code, took = scorer.terminate()  # the drain releases the waiting events
             assert code == 0 and took < 30, scorer.log()
@@ -150,3 +162,42 @@ def _is_valid(line: bytes) -> bool:
     from transforms.spec import load_spec
 
     return not isinstance(EventParser(load_spec("fraud_entity")).parse(line), str)
+
+
+def test_events_out_of_order_within_max_delay_get_their_bounded_entity_features(kafka_broker, entity_model, day,
+                                                                                tmp_path):
+    """The day's valid events, 100 ms apart in event time, produced in blocks of thirty in reverse order (each
+    message stamped with its event time): up to 2.9 s out of order, more than the default --max_delay_s of 1 s
+    but inside 4 s, so with 4 the live entity features (and scores) equal the bounded ones."""
+    valid = [orjson.loads(line) for line in day["lines"] if _is_valid(line)][:1000]
+    start_ms = 1_775_000_000_000
+    for number, event in enumerate(valid):
+        event["event_time"] = datetime.datetime.fromtimestamp((start_ms + 100 * number) / 1000,
+                                                              datetime.timezone.utc).isoformat(timespec="milliseconds")
+    lines = [orjson.dumps(event) for event in valid]
+    path = tmp_path / "dense.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    expected = {r["event_id"]: r["score"] for r in _score_batch(entity_model, path, tmp_path / "batch")["records"]}
+    arrival = [line for block in range(0, len(lines), 30) for line in reversed(lines[block:block + 30])]
+    topics = make_topics(kafka_broker, "disorder")
+    produce(kafka_broker.bootstrap, topics[0], arrival, stamp_event_time=True)
+    outputs = Outputs(kafka_broker.bootstrap, topics[1], topics[2])
+    try:
+        with stream_scorer(entity_model, kafka_broker.bootstrap, topics, unique_name("disorder"), "--runner",
+                           "PrismRunner", "--max_delay_s", "4", spec="fraud_entity") as scorer:
+            outputs.wait(lambda o: len(o.scored) >= len(expected), 240, "every event scored", scorer)
+            code, _ = scorer.terminate()
+            assert code == 0, scorer.log()
+    finally:
+        outputs.close()
+    assert sorted(r["event_id"] for _, r in outputs.scored) == sorted(expected)
+    for _, record in outputs.scored:
+        assert abs(record["score"] - expected[record["event_id"]]) <= 1e-6, record
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "soon", "90000"])
+def test_a_bad_max_delay_is_one_line(value, capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        score.run(["--spec", "fraud", "--mode", "stream", "--max_delay_s", value])
+    assert exit_status.value.code == 2
+    assert "--max_delay_s: not a number of seconds from 0 to 86400" in capsys.readouterr().err
