@@ -166,33 +166,47 @@ def _is_valid(line: bytes) -> bool:
 
 def test_events_out_of_order_within_max_delay_get_their_bounded_entity_features(kafka_broker, entity_model, day,
                                                                                 tmp_path):
-    """The day's valid events, 100 ms apart in event time, produced in blocks of thirty in reverse order (each
-    message stamped with its event time): up to 2.9 s out of order, more than the default --max_delay_s of 1 s
-    but inside 4 s, so with 4 the live entity features (and scores) equal the bounded ones."""
-    valid = [orjson.loads(line) for line in day["lines"] if _is_valid(line)][:1000]
-    start_ms = 1_775_000_000_000
-    for number, event in enumerate(valid):
-        event["event_time"] = datetime.datetime.fromtimestamp((start_ms + 100 * number) / 1000,
-                                                              datetime.timezone.utc).isoformat(timespec="milliseconds")
-    lines = [orjson.dumps(event) for event in valid]
-    path = tmp_path / "dense.jsonl"
-    path.write_bytes(b"\n".join(lines) + b"\n")
-    expected = {r["event_id"]: r["score"] for r in _score_batch(entity_model, path, tmp_path / "batch")["records"]}
-    arrival = [line for block in range(0, len(lines), 30) for line in reversed(lines[block:block + 30])]
+    """Live traffic out of order: 300 events of five cards, 100 ms apart in event time, sent in blocks of two
+    seconds, each block's later half when it has happened and its earlier half 1.5 s after that (each message
+    stamped with its event time), so an event arrives up to 3.4 s after its time and after later events of its
+    own card. Within --max_delay_s 4 none is late, and the live entity features (and scores) equal the bounded
+    ones; with the default of 1 s, events are late and scored from a copy of their card's history (measured:
+    this test then fails). On Flink. Prism needed more (README, Limits)."""
+    warmup = orjson.loads(next(line for line in day["lines"] if _is_valid(line)))
+    valid = [orjson.loads(line) for line in day["lines"] if _is_valid(line)][1:301]
     topics = make_topics(kafka_broker, "disorder")
-    produce(kafka_broker.bootstrap, topics[0], arrival, stamp_event_time=True)
     outputs = Outputs(kafka_broker.bootstrap, topics[1], topics[2])
     try:
         with stream_scorer(entity_model, kafka_broker.bootstrap, topics, unique_name("disorder"), "--runner",
-                           "PrismRunner", "--max_delay_s", "4", spec="fraud_entity") as scorer:
-            outputs.wait(lambda o: len(o.scored) >= len(expected), 240, "every event scored", scorer)
+                           "FlinkRunner", "--max_delay_s", "4", spec="fraud_entity") as scorer:
+            warmup |= {"card_id": "card-warmup", "event_time": _rfc3339(time.time() * 1000)}
+            produce(kafka_broker.bootstrap, topics[0], [orjson.dumps(warmup)], stamp_event_time=True)
+            outputs.wait(lambda o: o.scored, 120, "the scorer to start", scorer)
+            start_ms = time.time() * 1000 + 1000
+            for number, event in enumerate(valid):
+                event |= {"card_id": f"card-{number % 5}", "event_time": _rfc3339(start_ms + 100 * number)}
+            lines = [orjson.dumps(event) for event in valid]
+            for block in range(0, len(lines), 20):  # once its last event has happened: its later half, then
+                time.sleep(max(0.0, (start_ms + 100 * (block + 19)) / 1000 - time.time()))
+                produce(kafka_broker.bootstrap, topics[0], lines[block + 10:block + 20], stamp_event_time=True)
+                time.sleep(1.5)  # the earlier half comes 1.5 s later, up to 3.4 s after its event time
+                produce(kafka_broker.bootstrap, topics[0], lines[block:block + 10], stamp_event_time=True)
+            outputs.wait(lambda o: len(o.scored) >= len(lines) + 1, 120, "every event scored", scorer)
             code, _ = scorer.terminate()
             assert code == 0, scorer.log()
     finally:
         outputs.close()
+    path = tmp_path / "disorder.jsonl"
+    path.write_bytes(b"\n".join([orjson.dumps(warmup), *lines]) + b"\n")
+    expected = {r["event_id"]: r["score"] for r in _score_batch(entity_model, path, tmp_path / "batch")["records"]}
     assert sorted(r["event_id"] for _, r in outputs.scored) == sorted(expected)
-    for _, record in outputs.scored:
-        assert abs(record["score"] - expected[record["event_id"]]) <= 1e-6, record
+    differ = sorted((r["event_time"], r["card_id"], r["event_id"]) for _, r in outputs.scored
+                    if abs(r["score"] - expected[r["event_id"]]) > 1e-6)
+    assert not differ, (len(differ), [(t[11:23], c, e[-3:]) for t, c, e in differ])
+
+
+def _rfc3339(ms: float) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
 @pytest.mark.parametrize("value", ["-1", "nan", "soon", "90000"])
