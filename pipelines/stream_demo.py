@@ -44,8 +44,9 @@ def run_demo(options: PipelineOptions, test_pipeline=None) -> dict[str, int]:
     from pipelines import score, train
 
     spec = load_spec(options.view_as(SpecOptions).spec)
-    if spec.name not in generate.MODELS:
-        raise UserError(f"the stream demo generates events for the built-in specs only ({', '.join(generate.MODELS)}); "
+    events = _generator_for(spec)
+    if events is None:
+        raise UserError(f"the stream demo generates events of the built-in use cases only ({', '.join(generate.MODELS)}); "
                         f"for --spec {options.view_as(SpecOptions).spec} give --bootstrap_servers and topics")
     seconds = options.view_as(KafkaOptions).demo_seconds
     if not seconds > 0:
@@ -73,16 +74,16 @@ def run_demo(options: PipelineOptions, test_pipeline=None) -> dict[str, int]:
         model_dir = options.view_as(ModelOptions).model_dir or str(workdir / "model")
         if not (pathlib.Path(model_dir) / registry.CURRENT).exists():
             _say(f"no model in {model_dir}: training one on {TRAIN_DAYS} days of generated {spec.name} events "
-                 f"(one to two minutes). For a real one: python -m pipelines.generate --spec {spec.name} --days 14 "
+                 f"(one to two minutes). For a real one: python -m pipelines.generate --spec {events} --days 14 "
                  f"--out data/{spec.name} && python -m pipelines.train --spec {spec.name} "
                  f"--input 'data/{spec.name}/*/*.jsonl' --model_dir models/{spec.name}")
-            generate.generate(spec.name, TRAIN_DAYS, workdir / "train", datetime.date(2026, 3, 1),
+            generate.generate(events, TRAIN_DAYS, workdir / "train", datetime.date(2026, 3, 1),
                               TRAIN_EVENTS_PER_DAY, 0.0, 7, compress=False)
             train.run(["--spec", spec.name, "--input", str(workdir / "train" / "*" / "*.jsonl"),
                        "--model_dir", model_dir, "--dead_letter", str(workdir / "train_dead_letters")])
 
         count = int(EVENTS_PER_SECOND * (seconds + 60))  # enough for a slow start too
-        generate.generate(spec.name, 1, workdir / "live", datetime.date(2026, 4, 1), max(count, 100), 0.01, 11,
+        generate.generate(events, 1, workdir / "live", datetime.date(2026, 4, 1), max(count, 100), 0.01, 11,
                           compress=False)
         lines = (workdir / "live" / "dt=2026-04-01" / "events.jsonl").read_bytes().splitlines()
         first_output: list[float] = []  # when the printer saw the first record
@@ -116,6 +117,14 @@ def run_demo(options: PipelineOptions, test_pipeline=None) -> dict[str, int]:
         if cleanup in score.BEFORE_FORCED_EXIT:
             score.BEFORE_FORCED_EXIT.remove(cleanup)
         _say("stopped the producer, the printer and the broker")
+
+
+def _generator_for(spec) -> str | None:
+    """The built-in generator whose events fit ``spec`` (the same entity key and fields), e.g. fraud's for
+    fraud_entity."""
+    fields = {field.name for field in spec.fields}
+    return next((name for name in generate.MODELS if load_spec(name).entity_key == spec.entity_key
+                 and {field.name for field in load_spec(name).fields} == fields), None)
 
 
 def _produce(bootstrap: str, lines: list[bytes], entity_key: str, stop: threading.Event) -> None:
