@@ -103,8 +103,10 @@ class KafkaBroker:
             return self
         if not (self._root / "data" / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            subprocess.run(self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(self._config)),
-                           check=True, stdin=subprocess.DEVNULL, capture_output=True)
+            # --cluster-id=: an id may start with "-"
+            format_storage = self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+                                        "-c", str(self._config))
+            subprocess.run(format_storage, check=True, stdin=subprocess.DEVNULL, capture_output=True)
         with open(self._root / "broker.log", "ab") as log:
             self._proc = subprocess.Popen(self._java("kafka.Kafka", str(self._config)), stdin=subprocess.DEVNULL,
                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -139,7 +141,11 @@ class KafkaBroker:
         create_topic(self.bootstrap, name, partitions, config=config)
 
     def __enter__(self) -> "KafkaBroker":
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
 
     def __exit__(self, *exc) -> None:
         self.close()

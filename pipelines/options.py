@@ -46,9 +46,10 @@ class ModelOptions(PipelineOptions):
                                  "sklearn: tensorflow-transform's artifact, then the scikit-learn estimator.")
         parser.add_argument("--model_poll_seconds", type=float, default=60.0,
                             help="--mode stream: read --model_dir's CURRENT this often and switch to a new version "
-                                 "without a restart, between batches (default: 60; at least 2). A tampered, incomplete or "
-                                 "other-spec version is refused with an alert and the serving one stays. 0, or "
-                                 "--model_version: the version is fixed at start. Batch mode always keeps its start version.")
+                                 "without a restart, between batches (default: 60; at least 2). A tampered, "
+                                 "incomplete or other-spec version is refused with an alert and the serving one "
+                                 "stays. 0, or --model_version: the version is fixed at start. Batch mode always "
+                                 "keeps its start version.")
 
 
 class TrainOptions(PipelineOptions):

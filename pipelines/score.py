@@ -36,10 +36,10 @@ from pipelines import cli, runners
 from pipelines.options import ArchiveOptions, KafkaOptions, ModelOptions, MonitorOptions, ScoreOptions, SpecOptions
 from transforms import kafka
 from transforms.entity import AddEntityFeatures
-from transforms.kafka_commit import CommitWhenWritten
 from transforms.errors import UserError
 from transforms.events import METRICS_NAMESPACE, POSITION, ParseEvents, Raw
 from transforms.fileio import DEFAULT_BATCH_SIZE, ReadEventFiles, WriteJsonLines, WriteParquet, check_input
+from transforms.kafka_commit import CommitWhenWritten
 from transforms.monitoring import ALERTS, WINDOWS, Monitor
 from transforms.spec import Spec, load_spec
 
@@ -213,7 +213,8 @@ def read_stream(pipeline, flags: KafkaOptions, config: dict, group_id: str, batc
     """
     return (pipeline
             | "ReadEvents" >> kafka.ReadFromKafka(flags.bootstrap_servers, flags.input_topic, group_id,
-                                                  flags.offset_reset, config, max_delay_ms=round(flags.max_delay_s * 1000),
+                                                  flags.offset_reset, config,
+                                                  max_delay_ms=round(flags.max_delay_s * 1000),
                                                   commit_on_finalize=not commit_when_written)
             | "ToRaw" >> beam.Map(kafka_raw, commit_when_written)
             | "Batch" >> beam.ParDo(BatchWithinBundle(batch_size)))

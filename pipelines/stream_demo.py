@@ -46,8 +46,8 @@ def run_demo(options: PipelineOptions, test_pipeline=None) -> dict[str, int]:
     spec = load_spec(options.view_as(SpecOptions).spec)
     events = _generator_for(spec)
     if events is None:
-        raise UserError(f"the stream demo generates events of the built-in use cases only ({', '.join(generate.MODELS)}); "
-                        f"for --spec {options.view_as(SpecOptions).spec} give --bootstrap_servers and topics")
+        raise UserError(f"the stream demo generates events of the built-in use cases only "
+                        f"({', '.join(generate.MODELS)}); for --spec {options.view_as(SpecOptions).spec} give --bootstrap_servers and topics")
     seconds = options.view_as(KafkaOptions).demo_seconds
     if not seconds > 0:
         raise UserError("--demo_seconds must be > 0")

@@ -223,7 +223,8 @@ class ReadFromKafka(beam.PTransform):
 
     Delivery, at-least-once: for ``group_id``, unless ``commit_on_finalize`` is False (then
     ``transforms.kafka_commit.CommitWhenWritten`` commits, once the records' outputs are written),
-    the next offset after what a bundle claimed is committed by bundle finalization, which the runner calls only once the bundle has
+    the next offset after what a bundle claimed is committed by bundle finalization, which the
+    runner calls only once the bundle has
     succeeded, including the steps fused after the read (a WriteToKafka there has flushed). A
     crash before that replays the bundle's records on restart (duplicates, never loss). Commits
     are best effort: one that fails is logged and only widens that replay. Without

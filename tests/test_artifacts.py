@@ -1,0 +1,36 @@
+"""The set-up of the local runtimes (``python -m pipelines.artifacts``): what a machine without Go, Maven or
+Java is told, and what a pipeline says when a runtime was never fetched."""
+from __future__ import annotations
+
+import pytest
+
+from pipelines import artifacts
+from pipelines.kafka_broker import KafkaBroker
+
+
+@pytest.fixture
+def bare_machine(monkeypatch, tmp_path):
+    """No go, mvn or java on PATH, no JAVA_HOME, and nothing fetched yet."""
+    monkeypatch.setattr(artifacts.shutil, "which", lambda name: None)
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setattr(artifacts, "HOME", tmp_path / "share")
+    monkeypatch.setattr(artifacts, "prism_binary", lambda: tmp_path / "bin" / "prism")
+
+
+def test_missing_tools_are_one_line_each_saying_what_still_works(bare_machine, capsys):
+    assert artifacts.main() == 0  # the set-up goes on: batch scoring needs none of them
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "prism: NOT INSTALLED: no go on PATH; PrismRunner is unavailable (the DirectRunner and FlinkRunner work)",
+        "kafka: NOT INSTALLED: no mvn on PATH; the local Kafka broker (tests, demo, benchmarks) is unavailable; "
+        "pipelines still reach any --bootstrap_servers",
+        "flink: NOT INSTALLED: no mvn on PATH; FlinkRunner needs --flink_job_server_jar or --job_endpoint (the "
+        "DirectRunner and PrismRunner work)",
+        "java: NOT FOUND: the local Kafka broker and FlinkRunner need a JDK 17"]
+
+
+def test_a_runtime_never_fetched_is_named_with_the_command_that_fetches_it(bare_machine):
+    with pytest.raises(artifacts.MissingArtifact, match=r"^Apache Kafka is not installed \(.*kafka\.jar is missing\); "
+                                                        r"run: python.* -m pipelines\.artifacts$"):
+        with KafkaBroker():
+            pass
