@@ -68,9 +68,10 @@ from pipelines.options import ArchiveOptions, ClusterOptions, KafkaOptions, Mode
 from transforms import kafka
 from transforms.entity import AddEntityFeatures
 from transforms.errors import UserError
-from transforms.events import METRICS_NAMESPACE, EventBatch, ParseEvents
+from transforms.events import METRICS_NAMESPACE, POSITION, EventBatch, ParseEvents
 from transforms.features import FEATURES_OUTPUT, feature_graph, raw_columns
 from transforms.fileio import DEFAULT_BATCH_SIZE, ReadEventFiles, WriteJsonLines, WriteParquet, check_input
+from transforms.kafka_commit import CommitWhenWritten
 from transforms.ordering import OrderedPerKey, OrderedStep
 from transforms.spec import Spec
 
@@ -92,6 +93,7 @@ class Point(NamedTuple):
     event_time: str
     entity: str
     features: tuple[float, ...]
+    position: tuple | None = None  # a stream's Kafka position, for its assignment record (see score.build_stream)
 
 
 class Snapshot(NamedTuple):
@@ -217,11 +219,12 @@ class _FeatureRows(beam.DoFn):
     def process(self, batch: EventBatch):
         spec = self._spec
         columns = raw_columns(batch, spec)
-        for row, (event, time_us) in enumerate(zip(batch.events, batch.event_time_us)):
+        positions = batch.positions or [None] * len(batch.events)
+        for row, (event, time_us, position) in enumerate(zip(batch.events, batch.event_time_us, positions)):
             features = self._session.run([FEATURES_OUTPUT], {name: values[row:row + 1]
                                                              for name, values in columns.items()})[0][0]
             point = Point(event["event_id"], event[spec.event_time], event[spec.entity_key],
-                          tuple(features.astype(np.float64).tolist()))
+                          tuple(features.astype(np.float64).tolist()), position)
             yield MODEL_KEY, (time_us, str(event["event_id"]), point)
 
 
@@ -289,9 +292,12 @@ class _KMeansStep(OrderedStep):
                 for point, cluster, distance in zip(points, clusters.tolist(), distances.tolist())]
 
     def _record(self, point: Point, cluster: int | None, distance: float | None, state: Progress) -> dict:
-        return {"event_id": point.event_id, "event_time": point.event_time,
-                self._clustering.spec.entity_key: point.entity, "cluster": cluster, "distance": distance,
-                "snapshot_version": state.snapshot}
+        record = {"event_id": point.event_id, "event_time": point.event_time,
+                  self._clustering.spec.entity_key: point.entity, "cluster": cluster, "distance": distance,
+                  "snapshot_version": state.snapshot}
+        if point.position is not None:
+            record[POSITION] = point.position
+        return record
 
     def _snapshot(self, state: Progress) -> Snapshot:
         model, minibatch_size = state.model, self._clustering.minibatch_size
@@ -431,17 +437,25 @@ def _last_snapshot(snapshot_dir: str, run: str) -> str:
 
 
 def build_stream(pipeline, clustering: Clustering, options) -> None:
-    """Kafka in, ``ClusterEvents`` live, assignments and dead letters to Kafka, snapshots to --snapshot_dir."""
+    """Kafka in, ``ClusterEvents`` live, assignments and dead letters to Kafka, snapshots to --snapshot_dir.
+
+    Offsets as in ``score.build_stream``: on a streaming runner, committed once the assignments are written.
+    """
     flags, spec = options.view_as(KafkaOptions), clustering.spec
     config, batch_size = score.kafka_config(flags), score.stream_batch_size(options)
-    parsed = (score.read_stream(pipeline, flags, config, flags.group_id or f"rtml-cluster-{spec.name}", batch_size)
+    group, when_written = flags.group_id or f"rtml-cluster-{spec.name}", not runners.is_direct(options)
+    parsed = (score.read_stream(pipeline, flags, config, group, batch_size, commit_when_written=when_written)
               | "ParseEvents" >> ParseEvents(spec))
     clustered = parsed.events | "ClusterEvents" >> ClusterEvents(clustering, streaming=True, batch_size=batch_size)
-    (clustered.assignments
-     | "AssignmentMessages" >> beam.FlatMap(lambda record: score.scored_messages([record], spec.entity_key))
-     | "WriteAssignments" >> kafka.WriteToKafka(flags.bootstrap_servers, flags.output_topic, config))
+    written = [clustered.assignments
+               | "AssignmentMessages" >> beam.FlatMap(lambda record: score.scored_messages([record], spec.entity_key))
+               | "WriteAssignments" >> kafka.WriteToKafka(flags.bootstrap_servers, flags.output_topic, config,
+                                                          report_written=when_written),
+               score.write_dead_letters(parsed.dead_letters, flags, config, report_written=when_written)]
+    if when_written:
+        written | "WrittenPositions" >> beam.Flatten() | "CommitWhenWritten" >> CommitWhenWritten(
+            flags.bootstrap_servers, group, config)
     clustered.snapshots | "PublishSnapshots" >> PublishSnapshots(options.view_as(ClusterOptions).snapshot_dir)
-    score.write_dead_letters(parsed.dead_letters, flags, config)
 
 
 def _run_stream(options, test_pipeline) -> dict[str, int]:

@@ -105,6 +105,10 @@ def apply_runner_presets(options: PipelineOptions, streaming: bool | None = None
     return applied
 
 
+def is_direct(options: PipelineOptions) -> bool:
+    return runner_name(options) in ("DirectRunner", "SwitchingDirectRunner")
+
+
 def prism_location() -> str | None:
     """The Prism binary this venv's set-up built, else $BEAM_PRISM_LOCATION or a ``prism`` on PATH."""
     built = artifacts.prism_binary()

@@ -240,7 +240,7 @@ def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options, mo
     flags, model_flags = options.view_as(KafkaOptions), options.view_as(ModelOptions)
     config, max_batch = kafka_config(flags), stream_batch_size(options)
     group = flags.group_id or f"rtml-score-{spec.name}"
-    when_written = not _is_local(options)
+    when_written = not runners.is_direct(options)
     raw = read_stream(pipeline, flags, config, group, max_batch, commit_when_written=when_written)
     events, scored, dead_letters = score_events(raw, spec, model, model_flags.model_dir, model_flags.engine,
                                                 streaming=True, batch_size=max_batch, model_reload_s=model_reload_s)
@@ -332,13 +332,9 @@ def model_reload_seconds(options) -> float:
     return 0.0 if flags.model_version else seconds
 
 
-def _is_local(options) -> bool:
-    return runners.runner_name(options) in ("DirectRunner", "SwitchingDirectRunner")
-
-
 def _check_local_streaming(options) -> None:
     """On the DirectRunner a stream runs in this process, where SIGTERM can drain it."""
-    if _is_local(options) and options.view_as(DirectOptions).direct_running_mode == "multi_processing":
+    if runners.is_direct(options) and options.view_as(DirectOptions).direct_running_mode == "multi_processing":
         raise UserError("--mode stream on the DirectRunner runs in this process; drop "
                         "--direct_running_mode multi_processing (or use a streaming runner)")
 
@@ -349,7 +345,7 @@ def check_fused_with_source(pipeline, options) -> None:
     The DirectRunner runs an unbounded Kafka read on the FnApiRunner stage by stage: whatever sits
     behind a GroupByKey or a stateful DoFn would never run. Such steps need a streaming runner.
     """
-    if not _is_local(options):
+    if not runners.is_direct(options):
         return
     found = []
 
@@ -417,7 +413,7 @@ def serve(pipeline, title: str, stop_when=None, on_stop=None) -> dict[str, int]:
 
     # The DirectRunner's run() returns only when the pipeline has finished, so it runs in the thread; a
     # portable runner's (Prism, Flink) returns at once and must be called here: it installs signal handlers.
-    if not _is_local(pipeline.options):
+    if not runners.is_direct(pipeline.options):
         state["result"] = pipeline.run()
 
     def target():

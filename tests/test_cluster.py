@@ -34,13 +34,7 @@ from models import registry
 from models.kmeans import MiniBatchKMeans
 from pipelines import cli, cluster, generate, train
 from tests.conftest import read_json_lines
-from tests.kafka_helpers import (
-    Outputs,
-    StreamProcess,
-    make_topics,
-    produce,
-    unique_name,
-)
+from tests.kafka_helpers import Outputs, StreamProcess, committed, make_topics, produce, unique_name, wait_for
 from transforms.errors import UserError
 from transforms.events import ParseEvents, Raw, event_time_us_of
 
@@ -422,16 +416,19 @@ def test_stream_mode_runs_live_with_the_batch_runs_assignments(runner, sensor, b
     event once, exactly as the bounded run did, and stops on SIGTERM."""
     lines = [line for day in sensor["days"] for line in day.read_bytes().splitlines()]
     topics = make_topics(kafka_broker, "cluster")
-    produce(kafka_broker.bootstrap, topics[0], lines, [None] * len(lines), stamp_event_time=True)
+    ends = produce(kafka_broker.bootstrap, topics[0], lines, [None] * len(lines), stamp_event_time=True)
+    group = unique_name("cluster")
     expected = {r["event_id"]: (r["cluster"], r["distance"]) for r in batch_run["records"]}
     outputs = Outputs(kafka_broker.bootstrap, topics[1], topics[2])
     command = [sys.executable, "-m", "pipelines.cluster", *_flags(sensor), "--mode", "stream", "--runner",
                runner, "--snapshot_dir", str(tmp_path / "snapshots"), "--bootstrap_servers",
                kafka_broker.bootstrap, "--input_topic", topics[0], "--output_topic", topics[1],
-               "--dead_letter_topic", topics[2], "--group_id", unique_name("cluster")]
+               "--dead_letter_topic", topics[2], "--group_id", group]
     try:
         with StreamProcess(command) as clusterer:
             outputs.wait(lambda o: len(o.scored) >= len(expected), 240, "every event assigned", clusterer)
+            wait_for(lambda: committed(kafka_broker.bootstrap, group, topics[0], 3) == ends, 30,
+                     "every offset committed once written")
             code, took = clusterer.terminate()
             assert code == 0 and took < 30, clusterer.log()
         outputs.read(1.0)

@@ -22,13 +22,7 @@ from models import registry
 from models.inference import VersionWatch
 from pipelines import generate, score, train
 from tests.conftest import read_json_lines
-from tests.kafka_helpers import (
-    Outputs,
-    make_topics,
-    produce,
-    stream_scorer,
-    unique_name,
-)
+from tests.kafka_helpers import Outputs, make_topics, produce, stream_scorer, unique_name
 from transforms.errors import UserError
 from transforms.events import EventParser
 from transforms.spec import load_spec

@@ -16,17 +16,8 @@ import pytest
 
 from pipelines import generate
 from pipelines.kafka_broker import KafkaBroker
-from tests.kafka_helpers import (
-    Outputs,
-    card_key,
-    committed,
-    event_id,
-    json_lines,
-    make_topics,
-    produce,
-    stream_scorer,
-    unique_name,
-)
+from tests.kafka_helpers import (Outputs, card_key, committed, event_id, json_lines, make_topics, produce,
+                                 stream_scorer, unique_name)
 
 TOMBSTONE_KEY = b"card-tombstone"
 

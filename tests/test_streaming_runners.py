@@ -17,19 +17,8 @@ import orjson
 import pytest
 
 from pipelines import generate, score
-from tests.kafka_helpers import (
-    Outputs,
-    card_key,
-    committed,
-    event_id,
-    json_lines,
-    make_topics,
-    produce,
-    read_topic,
-    stream_scorer,
-    unique_name,
-    wait_for,
-)
+from tests.kafka_helpers import (Outputs, card_key, committed, event_id, json_lines, make_topics, produce, read_topic,
+                                 stream_scorer, unique_name, wait_for)
 from transforms.kafka_commit import COMMIT_EVERY_S
 
 RUNNERS = ["PrismRunner", "FlinkRunner"]
