@@ -25,6 +25,7 @@ import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.transforms import userstate
 from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -60,6 +61,8 @@ class _CommitFn(beam.DoFn):
     WRITTEN = userstate.ReadModifyWriteStateSpec("written", PickleCoder())
     SCHEDULED = userstate.ReadModifyWriteStateSpec("scheduled", PickleCoder())
     FLUSH = userstate.TimerSpec("flush", TimeDomain.REAL_TIME)
+    # At the end of the input (a drained stream) the last flush may still be waiting: commit then too.
+    END = userstate.TimerSpec("end", TimeDomain.WATERMARK)
 
     def __init__(self, config: dict):
         self._config = config
@@ -69,7 +72,8 @@ class _CommitFn(beam.DoFn):
         self._consumer = client(Consumer, self._config, self._secrets)
 
     def process(self, element, frontier=beam.DoFn.StateParam(FRONTIER), written=beam.DoFn.StateParam(WRITTEN),
-                scheduled=beam.DoFn.StateParam(SCHEDULED), flush=beam.DoFn.TimerParam(FLUSH)):
+                scheduled=beam.DoFn.StateParam(SCHEDULED), flush=beam.DoFn.TimerParam(FLUSH),
+                at_end=beam.DoFn.TimerParam(END)):
         key, (start, end) = element
         done = frontier.read()
         if done is None:
@@ -86,17 +90,30 @@ class _CommitFn(beam.DoFn):
         if not scheduled.read():
             scheduled.write(True)
             flush.set(Timestamp.of(time.time() + COMMIT_EVERY_S))
+            at_end.set(GlobalWindow().max_timestamp())
 
     @userstate.on_timer(FLUSH)
     def on_flush(self, key=beam.DoFn.KeyParam, frontier=beam.DoFn.StateParam(FRONTIER),
                  scheduled=beam.DoFn.StateParam(SCHEDULED), flush=beam.DoFn.TimerParam(FLUSH)):
+        if self._commit(key, frontier.read()):
+            scheduled.clear()
+        else:
+            flush.set(Timestamp.of(time.time() + COMMIT_EVERY_S))
+
+    @userstate.on_timer(END)
+    def on_end(self, key=beam.DoFn.KeyParam, frontier=beam.DoFn.StateParam(FRONTIER)):
+        self._commit(key, frontier.read())
+
+    def _commit(self, key: str, offset: int | None) -> bool:
+        if offset is None:
+            return True
         topic, partition = _topic_partition(key)
         try:
-            self._consumer.commit(offsets=[TopicPartition(topic, partition, frontier.read())], asynchronous=False)
-            scheduled.clear()
+            self._consumer.commit(offsets=[TopicPartition(topic, partition, offset)], asynchronous=False)
+            return True
         except KafkaException as error:  # the broker is away: try again; until then a restart reads more again
             _LOG.warning("Kafka offset commit failed: %s", self._secrets.scrub(error))
-            flush.set(Timestamp.of(time.time() + COMMIT_EVERY_S))
+            return False
 
     def _committed(self, key: str) -> int:
         topic, partition = _topic_partition(key)
