@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/stream_acceptance.py [--rate 2000] [--days 6]
 
-Generates a fraud archive (10k lines a day, 1% broken), starts a local Tansu broker and the
+Generates a fraud archive (10k lines a day, 1% broken), starts a local Apache Kafka broker and the
 stream scorer (``python -m pipelines.score --mode stream``, DirectRunner), produces every line at
 a steady rate to a 3-partition topic keyed by card id, then checks: every valid event scored,
 every broken line dead-lettered, end-to-end latency (output message timestamp minus input

@@ -129,10 +129,6 @@ class KafkaBroker:
             proc.kill()
             proc.wait(timeout)
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self._root, ignore_errors=True)

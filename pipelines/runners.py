@@ -41,9 +41,6 @@ class RunnerPresetOptions(PipelineOptions):
         parser.add_argument("--checkpointing_interval", type=int, default=None, metavar="MS",
                             help="FlinkRunner: milliseconds between Flink checkpoints (default for streaming: "
                                  f"{FLINK_CHECKPOINTING_INTERVAL_MS}; none for batch).")
-        parser.add_argument("--shutdown_sources_after_idle_ms", type=int, default=None, metavar="MS",
-                            help="FlinkRunner: end a source this long after it goes idle, so that a drained stream "
-                                 "finishes (Beam's default with checkpointing: never).")
 
 
 def runner_name(options: PipelineOptions) -> str:

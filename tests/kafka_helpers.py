@@ -207,6 +207,15 @@ def read_topic(bootstrap: str, topic: str, quiet_s: float = 2.0) -> list[tuple[b
     return got
 
 
+def stop_once_committed(process: StreamProcess, bootstrap: str, group: str, topic: str,
+                        ends: dict[int, int]) -> None:
+    """Wait until ``group`` has committed ``topic`` up to ``ends`` (every record written), then SIGTERM
+    ``process``: it must exit 0 within 30 s."""
+    wait_for(lambda: committed(bootstrap, group, topic, len(ends)) == ends, 30, "every offset committed once written")
+    code, took = process.terminate()
+    assert code == 0 and took < 30, process.log()
+
+
 def wait_for(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

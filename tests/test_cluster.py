@@ -34,7 +34,7 @@ from models import registry
 from models.kmeans import MiniBatchKMeans
 from pipelines import cli, cluster, generate, train
 from tests.conftest import read_json_lines
-from tests.kafka_helpers import Outputs, StreamProcess, committed, make_topics, produce, unique_name, wait_for
+from tests.kafka_helpers import Outputs, StreamProcess, make_topics, produce, stop_once_committed, unique_name
 from transforms.errors import UserError
 from transforms.events import ParseEvents, Raw, event_time_us_of
 
@@ -427,10 +427,7 @@ def test_stream_mode_runs_live_with_the_batch_runs_assignments(runner, sensor, b
     try:
         with StreamProcess(command) as clusterer:
             outputs.wait(lambda o: len(o.scored) >= len(expected), 240, "every event assigned", clusterer)
-            wait_for(lambda: committed(kafka_broker.bootstrap, group, topics[0], 3) == ends, 30,
-                     "every offset committed once written")
-            code, took = clusterer.terminate()
-            assert code == 0 and took < 30, clusterer.log()
+            stop_once_committed(clusterer, kafka_broker.bootstrap, group, topics[0], ends)
         outputs.read(1.0)
     finally:
         outputs.close()

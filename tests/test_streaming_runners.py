@@ -18,7 +18,7 @@ import pytest
 
 from pipelines import generate, score
 from tests.kafka_helpers import (Outputs, card_key, committed, event_id, json_lines, make_topics, produce, read_topic,
-                                 stream_scorer, unique_name, wait_for)
+                                 stop_once_committed, stream_scorer, unique_name)
 from transforms.kafka_commit import COMMIT_EVERY_S
 
 RUNNERS = ["PrismRunner", "FlinkRunner"]
@@ -82,10 +82,7 @@ def test_entity_features_and_monitoring_run_live_with_the_bounded_scores(runner,
                     "--monitoring_topic", monitoring, spec="fraud_entity") as scorer:
             outputs.wait(lambda o: len(o.scored) >= len(expected) and len(o.dead) >= len(day["dead_letters"]) + 1,
                          240, f"every event scored or dead-lettered on {runner}", scorer)
-            wait_for(lambda: committed(bootstrap, group, topics[0], 3) == ends, 30,
-                     "every offset committed once written")
-            code, took = scorer.terminate()
-            assert code == 0 and took < 30, scorer.log()
+            stop_once_committed(scorer, bootstrap, group, topics[0], ends)
         outputs.read(1.0)
     finally:
         outputs.close()

@@ -210,8 +210,8 @@ class ReadFromKafka(beam.PTransform):
     - ``stop_timestamp_ms``: at the first message whose timestamp >= it (Kafka's own definition
       of the offset for a time), or once the partition is caught up and the wall clock has
       passed it by ``max_delay_ms``. This is found by reading rather than by offsets_for_times,
-      so it holds on brokers whose time index is approximate (Tansu 0.6 answers from append
-      time); with either time bound, messages stamped outside [start, stop) are dropped.
+      so it holds on brokers whose time index is approximate (some Kafka-protocol brokers
+      answer from append time); with either time bound, messages stamped outside [start, stop) are dropped.
     With no stop the read is live and never ends.
 
     Watermark, per partition and never decreasing: after each record, its timestamp minus
