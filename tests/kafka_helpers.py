@@ -174,9 +174,10 @@ def stream_scorer(model_dir: str, bootstrap: str, topics: tuple[str, str, str], 
                           "--output_topic", topics[1], "--dead_letter_topic", topics[2], "--group_id", group, *extra])
 
 
-def make_topics(broker: KafkaBroker, prefix: str) -> tuple[str, str, str]:
+def make_topics(broker: KafkaBroker, prefix: str, partitions: int = 3) -> tuple[str, str, str]:
+    """Input (``partitions``), output and dead-letter topics."""
     topics = (unique_name(f"{prefix}-in"), unique_name(f"{prefix}-scored"), unique_name(f"{prefix}-dead"))
-    broker.create_topic(topics[0], 3)
+    broker.create_topic(topics[0], partitions)
     broker.create_topic(topics[1], 1)
     broker.create_topic(topics[2], 1)
     return topics
