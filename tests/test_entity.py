@@ -173,6 +173,28 @@ def test_live_entity_features_equal_bounded_with_out_of_order_and_late_events():
     pipeline.run().wait_until_finish()
 
 
+def test_live_history_outlives_a_quiet_spell_shorter_than_its_window_and_expires_after_a_longer_one():
+    # The 7-day history of c1: kept across a 5-day gap and a 3-day one (the first expiry timer, due 7 days
+    # after day 0, must find the card active and look again), forgotten after an 8-day gap.
+    days = [0, 5, 8, 16, 16.5]
+    events = [_event(i, "c1", day * 86400, 10.0 * (i + 1), "FR") for i, day in enumerate(days)]
+    stream = TestStream()
+    for event in events:
+        stream.add_elements([TimestampedValue(b, b.event_time_us[0] / _US) for b in _batches([event])])
+        stream.advance_watermark_to(event["_time_us"] / _US + 1)
+    stream.advance_watermark_to_infinity()
+    options = PipelineOptions(runner="BundleBasedDirectRunner")
+    options.view_as(StandardOptions).streaming = True
+    pipeline = TestPipeline(options=options)
+    live = (pipeline | stream
+            | AddEntityFeatures(FRAUD_ENTITY, streaming=True, batch_size=64) | beam.FlatMap(_features_of))
+    expected = _expected(events)
+    since_previous = {event_id: values[4] for event_id, values in expected}  # seconds_since_previous
+    assert since_previous["e0002"] == 3 * 86400 and since_previous["e0003"] == 7 * 86400  # kept, then forgotten
+    assert_that(live, equal_to(expected))
+    pipeline.run().wait_until_finish()
+
+
 # ---------------------------------------------------------------------------------------------
 # Specs
 

@@ -449,7 +449,10 @@ class _ReadPartitionFn(beam.DoFn):
     # fetch): a slice that ended before it would never see a message or the partition's end.
     MAX_PROCESS_S = 0.1
     FIRST_REPLY_S = 1.0
-    RESUME_AFTER = Duration(micros=200_000)  # how soon a checkpointed read asks to go on
+    # How soon a checkpointed read asks to go on. A message produced just after a slice waits this
+    # long plus the runner's rescheduling: at 200 ms, a fraud_entity stream on Prism measured p50 2.0 s
+    # at 200 events/s; at 20 ms, 1.3 s.
+    RESUME_AFTER = Duration(micros=20_000)
 
     def __init__(self, config: dict, commit: bool, max_delay_ms: int):
         self._config = config

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Tuple
+from typing import NamedTuple, Tuple
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
@@ -49,17 +49,21 @@ class CommitWhenWritten(beam.PTransform):
                 | "CommitWrittenPrefix" >> beam.ParDo(_CommitFn(self._config)))
 
 
+class _Progress(NamedTuple):
+    frontier: int  # the next offset not yet written
+    written: dict  # written spans beyond the frontier: {first offset: offset after the last}
+    scheduled: bool  # whether a flush is set
+
+
 def _by_partition(position: tuple) -> tuple[str, tuple[int, int]]:
     topic, partition, covers_from, offset = position
     return f"{topic}:{partition}", (covers_from, offset + 1)  # ':' is not allowed in a topic name
 
 
 class _CommitFn(beam.DoFn):
-    # the next offset not yet written (None until the group's committed offset is read)
-    FRONTIER = userstate.ReadModifyWriteStateSpec("frontier", PickleCoder())
-    # written spans beyond the frontier: {first offset: offset after the last}
-    WRITTEN = userstate.ReadModifyWriteStateSpec("written", PickleCoder())
-    SCHEDULED = userstate.ReadModifyWriteStateSpec("scheduled", PickleCoder())
+    # One state, so that a bundle reads it once (a runner without cache tokens, like Prism, serves every
+    # first read of a state in a bundle with a round trip): ``_Progress``.
+    PROGRESS = userstate.ReadModifyWriteStateSpec("progress", PickleCoder())
     FLUSH = userstate.TimerSpec("flush", TimeDomain.REAL_TIME)
     # At the end of the input (a drained stream) the last flush may still be waiting: commit then too.
     END = userstate.TimerSpec("end", TimeDomain.WATERMARK)
@@ -71,42 +75,40 @@ class _CommitFn(beam.DoFn):
         self._secrets = Secrets(self._config)
         self._consumer = client(Consumer, self._config, self._secrets)
 
-    def process(self, element, frontier=beam.DoFn.StateParam(FRONTIER), written=beam.DoFn.StateParam(WRITTEN),
-                scheduled=beam.DoFn.StateParam(SCHEDULED), flush=beam.DoFn.TimerParam(FLUSH),
+    def process(self, element, progress=beam.DoFn.StateParam(PROGRESS), flush=beam.DoFn.TimerParam(FLUSH),
                 at_end=beam.DoFn.TimerParam(END)):
         key, (start, end) = element
-        done = frontier.read()
-        if done is None:
-            done = self._committed(key)
-        if end <= done:
+        current = progress.read() or _Progress(self._committed(key), {}, False)
+        if end <= current.frontier:
             return  # written again (a retried bundle, a replay)
-        spans = written.read() or {}
+        spans, done = current.written, current.frontier
         start = max(start, done)
         spans[start] = max(end, spans.get(start, end))
         while done in spans:
             done = spans.pop(done)
-        frontier.write(done)
-        written.write(spans)
-        if not scheduled.read():
-            scheduled.write(True)
+        if not current.scheduled:
             flush.set(Timestamp.of(time.time() + COMMIT_EVERY_S))
             at_end.set(GlobalWindow().max_timestamp())
+        progress.write(_Progress(done, spans, True))
 
     @userstate.on_timer(FLUSH)
-    def on_flush(self, key=beam.DoFn.KeyParam, frontier=beam.DoFn.StateParam(FRONTIER),
-                 scheduled=beam.DoFn.StateParam(SCHEDULED), flush=beam.DoFn.TimerParam(FLUSH)):
-        if self._commit(key, frontier.read()):
-            scheduled.clear()
+    def on_flush(self, key=beam.DoFn.KeyParam, progress=beam.DoFn.StateParam(PROGRESS),
+                 flush=beam.DoFn.TimerParam(FLUSH)):
+        current = progress.read()
+        if current is None:
+            return
+        if self._commit(key, current.frontier):
+            progress.write(current._replace(scheduled=False))
         else:
             flush.set(Timestamp.of(time.time() + COMMIT_EVERY_S))
 
     @userstate.on_timer(END)
-    def on_end(self, key=beam.DoFn.KeyParam, frontier=beam.DoFn.StateParam(FRONTIER)):
-        self._commit(key, frontier.read())
+    def on_end(self, key=beam.DoFn.KeyParam, progress=beam.DoFn.StateParam(PROGRESS)):
+        current = progress.read()
+        if current is not None:
+            self._commit(key, current.frontier)
 
-    def _commit(self, key: str, offset: int | None) -> bool:
-        if offset is None:
-            return True
+    def _commit(self, key: str, offset: int) -> bool:
         topic, partition = _topic_partition(key)
         try:
             self._consumer.commit(offsets=[TopicPartition(topic, partition, offset)], asynchronous=False)

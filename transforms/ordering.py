@@ -7,14 +7,15 @@ broken by a stable key, e.g. the event id). ``OrderedPerKey`` runs a step in eit
 - bounded (an archive, a backfill, training): group by key, sort, fold;
 - unbounded (a stream): Beam keyed state. Elements wait in a bag until the watermark passes
   their event time (an event-time timer), then go through the step in order; the step's state
-  lives in keyed state, and an event-time timer forgets it after ``ttl_us`` without elements.
+  lives in the same bag, and an event-time timer forgets it after ``ttl_us`` without elements.
   At the end of the input (or a drain) whatever still waits is released, then the step finishes.
 
 So a key sees the same sequence in both modes and every output is the same. The exception is a
 late element, one that arrives after its key has moved past its place in the order (bounded data
-has none): it goes to the step's ``late`` at once, which must leave the key's state as it was, so
-the other elements' outputs stay those of the bounded run without it; it is counted as
-``rtml.ordering/late``. Outputs carry the event time of the element that produced them.
+has none): when released (at once: the watermark has passed it) it goes to the step's ``late``,
+which must leave the key's state as it was, so the other elements' outputs stay those of the
+bounded run without it; it is counted as ``rtml.ordering/late``. Outputs carry the event time
+of the element that produced them.
 
 Live, "the watermark passes" means the source's watermark: for the Kafka read, message timestamps.
 Producers must stamp messages with the event time for the order to be event time.
@@ -22,7 +23,7 @@ Producers must stamp messages with the event time for the order to be event time
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
@@ -130,13 +131,21 @@ def _fold(keyed_elements, step: OrderedStep):
             yield TimestampedValue(output, last_us / 1e6)
 
 
+class _Stepped(NamedTuple):
+    """What a key has stepped so far: the step's state, and (time_us, tiebreak) of its last element."""
+    state: Any
+    last: tuple
+
+
 class _OrderedStateFn(beam.DoFn):
-    PENDING = userstate.BagStateSpec("pending", PickleCoder())
-    STATE = userstate.ReadModifyWriteStateSpec("state", PickleCoder())
-    # (time_us, tiebreak) of the last element stepped: anything at or before it is late
-    DONE = userstate.ReadModifyWriteStateSpec("done", PickleCoder())
-    # when RELEASE is set for: the earliest pending event time (read, rather than the whole bag, per element)
-    NEXT = userstate.ReadModifyWriteStateSpec("next", PickleCoder())
+    """The live run of a step. What costs is state round trips: without cache tokens (Prism gives
+    none) a bundle's first read of a key's state waits for the runner, and so does the write of each
+    changed state at the bundle's end. So a key keeps one bag: its waiting elements and its
+    ``_Stepped``. An element is a blind append and a timer; a release is one read and one write,
+    however many elements it steps."""
+    KEPT = userstate.BagStateSpec("kept", PickleCoder())
+    # One release per distinct event time (its dynamic tag), so that adding an element needs no read
+    # to find the earliest one waiting.
     RELEASE = userstate.TimerSpec("release", TimeDomain.WATERMARK)
     EXPIRE = userstate.TimerSpec("expire", TimeDomain.WATERMARK)
     # For a step with ``finish``: at the end of the input (or a drain) everything pending is
@@ -147,76 +156,74 @@ class _OrderedStateFn(beam.DoFn):
         self._step = step
         self._finishes = step.finishes
 
-    def process(self, element, pending=beam.DoFn.StateParam(PENDING), state=beam.DoFn.StateParam(STATE),
-                done=beam.DoFn.StateParam(DONE), next_release=beam.DoFn.StateParam(NEXT),
+    def process(self, element, kept=beam.DoFn.StateParam(KEPT),
                 release=beam.DoFn.TimerParam(RELEASE), end=beam.DoFn.TimerParam(END)):
-        key, (time_us, tiebreak, value) = element
-        last = done.read()
-        if last is not None and (time_us, tiebreak) <= tuple(last):
-            # Its place in the order has passed; the sequence every other element sees stays the bounded one.
-            _LATE.inc()
-            current = state.read()
-            for output in self._step.late(key, self._step.initial_state(key) if current is None else current,
-                                          time_us, value):
-                yield TimestampedValue(output, time_us / 1e6)
-            return
-        pending.add((time_us, tiebreak, value))
-        earliest = next_release.read()
-        if earliest is None or time_us < earliest:
-            next_release.write(time_us)
-            release.set(Timestamp(micros=time_us))
+        _, (time_us, tiebreak, value) = element
+        kept.add((time_us, tiebreak, value))
+        release.set(Timestamp(micros=time_us), dynamic_timer_tag=str(time_us))
         if self._finishes:
             end.set(GlobalWindow().max_timestamp())
 
     @userstate.on_timer(RELEASE)
     def on_release(self, key=beam.DoFn.KeyParam, timestamp=beam.DoFn.TimestampParam,
-                   pending=beam.DoFn.StateParam(PENDING), state=beam.DoFn.StateParam(STATE),
-                   done=beam.DoFn.StateParam(DONE), next_release=beam.DoFn.StateParam(NEXT),
-                   release=beam.DoFn.TimerParam(RELEASE), expire=beam.DoFn.TimerParam(EXPIRE)):
+                   kept=beam.DoFn.StateParam(KEPT), expire=beam.DoFn.TimerParam(EXPIRE)):
         # The watermark has passed ``timestamp``: nothing at or before it can still arrive on time.
-        later = yield from self._release(key, timestamp.micros, pending, state, done, expire)
-        if later:
-            next_release.write(later[0][0])
-            release.set(Timestamp(micros=later[0][0]))
-        else:
-            next_release.clear()
+        # (An earlier release in the same bundle may have stepped everything already.)
+        yield from self._release(key, timestamp.micros, kept, expire)
 
     @userstate.on_timer(EXPIRE)
-    def on_expire(self, timestamp=beam.DoFn.TimestampParam, state=beam.DoFn.StateParam(STATE),
-                  done=beam.DoFn.StateParam(DONE)):
+    def on_expire(self, timestamp=beam.DoFn.TimestampParam, kept=beam.DoFn.StateParam(KEPT)):
         # The ttl check in OrderedStep.advance would reset the state anyway; this frees the memory
         # (unless an element came since: timer families need not fire in timestamp order).
-        last = done.read()
-        if last is None or last[0] + self._step.ttl_us < timestamp.micros:
-            state.clear()
-            done.clear()
+        stepped, waiting = _split(kept.read())
+        if stepped is not None and stepped.last[0] + self._step.ttl_us < timestamp.micros:
+            _keep(kept, None, waiting)
 
     @userstate.on_timer(END)
-    def on_end(self, key=beam.DoFn.KeyParam, pending=beam.DoFn.StateParam(PENDING),
-               state=beam.DoFn.StateParam(STATE), done=beam.DoFn.StateParam(DONE),
-               next_release=beam.DoFn.StateParam(NEXT), expire=beam.DoFn.TimerParam(EXPIRE)):
-        yield from self._release(key, None, pending, state, done, expire)
-        next_release.clear()
-        current, last = state.read(), done.read()
-        if current is not None:
-            for output in self._step.finish(key, current):
-                yield TimestampedValue(output, last[0] / 1e6)
+    def on_end(self, key=beam.DoFn.KeyParam, kept=beam.DoFn.StateParam(KEPT), expire=beam.DoFn.TimerParam(EXPIRE)):
+        yield from self._release(key, None, kept, expire)
+        stepped, _ = _split(kept.read())
+        if stepped is not None:
+            for output in self._step.finish(key, stepped.state):
+                yield TimestampedValue(output, stepped.last[0] / 1e6)
 
-    def _release(self, key, up_to_us: int | None, pending, state, done, expire):
-        """Steps the pending elements at or before ``up_to_us`` (None: all) in order; returns the rest."""
-        waiting = sorted(pending.read(), key=lambda element: element[:2])
+    def _release(self, key, up_to_us: int | None, kept, expire):
+        """Steps the waiting elements at or before ``up_to_us`` (None: all) in order. An element at or
+        before the last one stepped arrived after its place in the order had passed: it is late."""
+        stepped, waiting = _split(kept.read())
         ready = [w for w in waiting if up_to_us is None or w[0] <= up_to_us]
-        later = waiting[len(ready):]
-        pending.clear()
-        for element in later:
-            pending.add(element)
+        if not ready:
+            return
+        current, last = stepped or (None, None)
         for time_us, tiebreak, value in ready:
-            last = tuple(done.read() or (time_us, tiebreak))
-            current, outputs = self._step.advance(key, state.read(), last[0], time_us, value)
-            state.write(current)
-            done.write(max(last, (time_us, tiebreak)))
-            if self._step.ttl_us is not None:
-                expire.set(Timestamp(micros=max(last[0], time_us) + self._step.ttl_us + 1))
+            if last is not None and (time_us, tiebreak) <= last:
+                _LATE.inc()
+                outputs = self._step.late(key, self._step.initial_state(key) if current is None else current,
+                                          time_us, value)
+            else:
+                current, outputs = self._step.advance(key, current, None if last is None else last[0], time_us, value)
+                last = (time_us, tiebreak)
             for output in outputs:
                 yield TimestampedValue(output, time_us / 1e6)
-        return later
+        _keep(kept, _Stepped(current, last), waiting[len(ready):])
+        if self._step.ttl_us is not None:
+            expire.set(Timestamp(micros=last[0] + self._step.ttl_us + 1))
+
+
+def _split(entries) -> tuple[_Stepped | None, list]:
+    """A key's bag: its ``_Stepped`` (None before its first element), and its waiting elements in order."""
+    stepped, waiting = None, []
+    for entry in entries:
+        if isinstance(entry, _Stepped):
+            stepped = entry
+        else:
+            waiting.append(entry)
+    return stepped, sorted(waiting, key=lambda element: element[:2])
+
+
+def _keep(kept, stepped: _Stepped | None, waiting: list):
+    kept.clear()
+    if stepped is not None:
+        kept.add(stepped)
+    for element in waiting:
+        kept.add(element)
