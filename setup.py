@@ -29,4 +29,5 @@ setuptools.setup(
     extras_require={
         "test": ["pytest==9.2.0", "hypothesis==6.170.15"],
     },
+    entry_points={"console_scripts": ["rtml = pipelines.rtml:main"]},
 )

@@ -58,6 +58,14 @@ class ModelVersion:
     def read(self, name: str) -> bytes:
         return _read(self.file(name))
 
+    def baseline(self) -> dict:
+        """The training baseline that monitoring compares with; ModelError for a version trained before
+        monitoring existed."""
+        if "baseline" not in self.manifest:
+            raise ModelError(f"model {self.version} has no monitoring baseline (trained before monitoring was "
+                             f"added); train a new version")
+        return self.manifest["baseline"]
+
 
 def new_version() -> str:
     """A version name that sorts by creation time: ``20261121T150102Z-3fa9``."""

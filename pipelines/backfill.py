@@ -55,7 +55,7 @@ from transforms.errors import UserError
 from transforms.events import EventBatch, ParseEvents, Raw, dead_letter_time_us, event_time_us_of, is_event_time
 from transforms.fileio import ReadEventFiles, check_input
 
-VIEWS = (SpecOptions, ModelOptions, ArchiveOptions, BackfillOptions)  # --help; KafkaOptions' flags parse too
+VIEWS = (SpecOptions, ModelOptions, ArchiveOptions, BackfillOptions, KafkaOptions)
 MANIFEST = "_manifest.json"
 SCORED_FILE = "scored.jsonl"
 DEAD_LETTER_FILE = "dead_letter.jsonl"

@@ -16,32 +16,50 @@ from transforms.errors import UserError
 from transforms.events import METRICS_NAMESPACE
 
 _REASONS_SHOWN = 12
+PROG: str | None = None  # how --help names the command (rtml sets it; else "python -m <module>")
 
 
 def parse(argv: Sequence[str] | None, views: Sequence[type[PipelineOptions]], description: str) -> PipelineOptions:
-    """Beam pipeline options from argv; ``--help`` prints the flags of ``views`` and exits.
+    """Beam pipeline options from argv: the command's own flags (``views``) and Beam's; ``--help``
+    prints them and exits.
 
     Unlike Beam's default (a warning), an unknown flag is an error: a mistyped optional flag
-    would otherwise be ignored silently.
+    would otherwise be ignored silently, and so would another command's flag.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         print(_help(views, description))
         raise SystemExit(0)
     parser = _BeamArgumentParser(allow_abbrev=False)
-    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+    for cls in (*_beam_views(), *views):
         cls._add_argparse_args(parser)
     known = [option for action in parser._actions for option in action.option_strings]
     for arg in argv:
         name = arg.split("=", 1)[0]
         if name.startswith("--") and name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            raise UserError(f"unknown flag {name}" + (f" (did you mean {close[0]}?)" if close else "") + "; see --help")
+            raise UserError(_unknown_flag(name, known))
     try:
         parser.parse_args(argv)
     except SystemExit:  # argparse has printed its one-line reason
         raise SystemExit(2) from None
     return PipelineOptions(argv)
+
+
+def _beam_views() -> list[type[PipelineOptions]]:
+    return list({str(c): c for c in PipelineOptions.__subclasses__() if c.__module__.startswith("apache_beam.")}.values())
+
+
+def _unknown_flag(name: str, known: list[str]) -> str:
+    for cls in PipelineOptions.__subclasses__():
+        if cls.__module__.startswith("apache_beam."):
+            continue
+        other = argparse.ArgumentParser()
+        cls._add_argparse_args(other)
+        if any(name in action.option_strings for action in other._actions):
+            group = cls.__name__.replace("Options", "").lower()
+            return f"{name} is not a flag of this command (it is one of the {group} flags); see --help"
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"unknown flag {name}" + (f" (did you mean {close[0]}?)" if close else "") + "; see --help"
 
 
 def given(options: PipelineOptions, name: str) -> bool:
@@ -57,8 +75,8 @@ def require(options: PipelineOptions, *names: str) -> None:
 
 
 def _help(views: Sequence[type[PipelineOptions]], description: str) -> str:
-    parser = argparse.ArgumentParser(prog=f"python -m {sys.modules['__main__'].__spec__.name}"
-                                     if getattr(sys.modules["__main__"], "__spec__", None) else None,
+    main_spec = getattr(sys.modules["__main__"], "__spec__", None)
+    parser = argparse.ArgumentParser(prog=PROG or (f"python -m {main_spec.name}" if main_spec else None),
                                      description=description, add_help=True,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Every other Beam pipeline option is accepted too "

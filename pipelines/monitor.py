@@ -35,7 +35,7 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
     cli.require(options, "spec", "input", "model_dir", "output")
     flags = options.view_as(ArchiveOptions)
     spec, model = load_model_for(options)
-    monitor = Monitor(spec, model, options.view_as(MonitorOptions).window_s)
+    monitor = Monitor(spec, model.baseline(), model.version, options.view_as(MonitorOptions).window_s)
     check_input(flags.input)
 
     started = time.monotonic()

@@ -81,11 +81,8 @@ class KafkaOptions(PipelineOptions):
         try:  # in --help, with this text; when parsing, Beam's KafkaStreamsRunnerOptions has defined it already
             parser.add_argument(
                 "--bootstrap_servers",
-                help="Kafka brokers, host:port[,host:port]. Not given, --mode stream runs a self-contained demo: it "
-                     "starts a local Apache Kafka broker (python -m pipelines.artifacts fetches it), creates the "
-                     "input topic (3 partitions) and the output and dead-letter topics, trains a model on generated "
-                     "data if --model_dir holds none, produces generated events (1%% broken) for --demo_seconds, "
-                     "prints each scored record and dead letter as it arrives, then stops broker and pipeline.")
+                help="Kafka brokers, host:port[,host:port]; required by --mode stream. (A self-contained demo "
+                     "with its own local broker: rtml demo stream.)")
         except argparse.ArgumentError:
             pass
         parser.add_argument("--input_topic", help="Topic of events to score (JSON values, keyed by entity id).")
@@ -112,9 +109,14 @@ class KafkaOptions(PipelineOptions):
                             help="A librdkafka setting for every client (consumer and producers), e.g. "
                                  "security.protocol=SASL_SSL, sasl.mechanism=PLAIN, sasl.username=..., "
                                  "sasl.password=...; repeat the flag for more. Secret values are never logged.")
+
+
+class DemoOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
         parser.add_argument("--demo_seconds", type=float, default=30.0,
-                            help="How long the embedded demo (no --bootstrap_servers) scores, from its first "
-                                 "scored record, before it stops by itself (default: 30).")
+                            help="How long the stream demo scores, from its first scored record, before it stops "
+                                 "by itself (default: 30).")
 
 
 DEFAULT_MAX_DELAY_S = 1.0

@@ -99,7 +99,7 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
     options = cli.parse(argv, VIEWS, __doc__)
     runners.apply_runner_presets(options, streaming=options.view_as(ScoreOptions).mode == "stream")
     if options.view_as(ScoreOptions).mode == "stream":
-        return _run_stream(options, test_pipeline)
+        return run_stream(options, test_pipeline)
     flags = options.view_as(ArchiveOptions)
     cli.require(options, "spec", "input", "model_dir", "output", "dead_letter")
     spec, model = load_model_for(options)
@@ -255,20 +255,20 @@ def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options, mo
          | "CommitWhenWritten" >> CommitWhenWritten(flags.bootstrap_servers, group, config))
     if flags.monitoring_topic:
         monitored = ({"events": events, "scored": scored, "dead_letters": dead_letters}
-                     | "Monitor" >> Monitor(spec, model, options.view_as(MonitorOptions).window_s))
+                     | "Monitor" >> Monitor(spec, model.baseline(), model.version, options.view_as(MonitorOptions).window_s))
         ((monitored[WINDOWS], monitored[ALERTS])
          | "MonitoringRecords" >> beam.Flatten()
          | "MonitoringMessages" >> beam.Map(monitoring_message)
          | "WriteMonitoring" >> kafka.WriteToKafka(flags.bootstrap_servers, flags.monitoring_topic, config))
 
 
-def _run_stream(options, test_pipeline, stop_when=None, on_stop=None) -> dict[str, int]:
+def run_stream(options, test_pipeline=None, stop_when=None, on_stop=None) -> dict[str, int]:
+    """Score a Kafka topic live until SIGTERM / SIGINT or ``stop_when()`` (see ``serve``); returns the counters."""
     flags = options.view_as(KafkaOptions)
     cli.require(options, "spec")
     if not cli.given(options, "bootstrap_servers"):  # Beam's flag defaults to localhost:9092
-        from pipelines import stream_demo
-
-        return stream_demo.run_demo(options, test_pipeline)
+        raise UserError("--mode stream reads Kafka: give --bootstrap_servers and the topics (a self-contained "
+                        "demo with its own local broker: rtml demo stream --spec fraud)")
     cli.require(options, "model_dir", "input_topic", "output_topic", "dead_letter_topic")
     spec, model = load_model_for(options)
     config = kafka_config(flags)  # a malformed item fails here, before anything starts

@@ -1,10 +1,12 @@
-"""The self-contained demo of ``python -m pipelines.score --mode stream`` (no --bootstrap_servers).
+"""The self-contained demo of live scoring: ``rtml demo stream [--spec fraud_entity] [--demo_seconds 30]``.
 
-Starts a local Apache Kafka broker, creates the topics (events with 3 partitions), trains a model on
-generated data when --model_dir holds none, produces generated events (1% broken) at a steady
-rate, runs the stream scorer against them and prints every scored record and dead letter as it
-arrives on the output topics; --demo_seconds after the first one (or on SIGTERM / Ctrl-C) it stops the
-scorer cleanly, then the producer, the printer and the broker.
+Starts a local Apache Kafka broker, creates the topics (events with 3 partitions), trains a small
+model on generated data in a temporary folder (or scores with the one in --model_dir, never
+training into it), produces generated events (1% broken) at a steady rate, runs the stream scorer
+(``pipelines.score --mode stream``) against them and prints every scored record and dead letter as
+it arrives on the output topics; --demo_seconds after the first one (or on SIGTERM / Ctrl-C) it
+stops the scorer cleanly, then the producer, the printer and the broker. Other flags (--runner,
+--monitoring_topic, --max_delay_s ...) go to the scorer.
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from models import registry
-from pipelines import artifacts, generate
-from pipelines.options import KafkaOptions, ModelOptions, SpecOptions
+from pipelines import artifacts, cli, generate, score, train
+from pipelines.options import DemoOptions, KafkaOptions, ModelOptions, SpecOptions
 from pipelines.kafka_broker import KafkaBroker
 from transforms.errors import UserError
 from transforms.spec import load_spec
@@ -40,15 +42,27 @@ def _say(text: str) -> None:
     print(f"[demo] {text}", file=sys.stderr, flush=True)
 
 
-def run_demo(options: PipelineOptions, test_pipeline=None) -> dict[str, int]:
-    from pipelines import score, train
+VIEWS = (SpecOptions, DemoOptions, ModelOptions, KafkaOptions)
 
+
+def run(argv=None, test_pipeline=None) -> dict[str, int]:
+    """Run the demo; returns the scorer's counters."""
+    options = cli.parse(argv, VIEWS, __doc__)
+    if not options.view_as(SpecOptions).spec:
+        options.view_as(SpecOptions).spec = "fraud"
+    if cli.given(options, "bootstrap_servers"):
+        raise UserError("the stream demo starts its own broker; to score a running cluster: "
+                        "rtml score --mode stream --bootstrap_servers ...")
+    user_model_dir = options.view_as(ModelOptions).model_dir
+    if user_model_dir and not (pathlib.Path(user_model_dir) / registry.CURRENT).exists():
+        raise UserError(f"--model_dir {user_model_dir} holds no model; the demo trains its own when --model_dir "
+                        f"is not given")
     spec = load_spec(options.view_as(SpecOptions).spec)
     events = _generator_for(spec)
     if events is None:
         raise UserError(f"the stream demo generates events of the built-in use cases only "
                         f"({', '.join(generate.MODELS)}); for --spec {options.view_as(SpecOptions).spec} give --bootstrap_servers and topics")
-    seconds = options.view_as(KafkaOptions).demo_seconds
+    seconds = options.view_as(DemoOptions).demo_seconds
     if not seconds > 0:
         raise UserError("--demo_seconds must be > 0")
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="rtml-stream-demo-"))
@@ -71,8 +85,8 @@ def run_demo(options: PipelineOptions, test_pipeline=None) -> dict[str, int]:
         broker.create_topic(OUTPUT_TOPIC, 1)
         broker.create_topic(DEAD_LETTER_TOPIC, 1)
 
-        model_dir = options.view_as(ModelOptions).model_dir or str(workdir / "model")
-        if not (pathlib.Path(model_dir) / registry.CURRENT).exists():
+        model_dir = user_model_dir or str(workdir / "model")
+        if not user_model_dir:
             _say(f"no model in {model_dir}: training one on {TRAIN_DAYS} days of generated {spec.name} events "
                  f"(one to two minutes). For a real one: python -m pipelines.generate --spec {events} --days 14 "
                  f"--out data/{spec.name} && python -m pipelines.train --spec {spec.name} "
@@ -95,7 +109,7 @@ def run_demo(options: PipelineOptions, test_pipeline=None) -> dict[str, int]:
             thread.start()
         _say(f"producing {EVENTS_PER_SECOND} generated {spec.name} events/s (1% broken) to {INPUT_TOPIC}; scoring "
              f"to {OUTPUT_TOPIC} and {DEAD_LETTER_TOPIC} for {seconds:g} s (Ctrl-C stops earlier)")
-        argv = [*options._flags, "--bootstrap_servers", broker.bootstrap, "--input_topic", INPUT_TOPIC,
+        argv = [*options._flags, "--spec", spec.name, "--bootstrap_servers", broker.bootstrap, "--input_topic", INPUT_TOPIC,
                 "--output_topic", OUTPUT_TOPIC, "--dead_letter_topic", DEAD_LETTER_TOPIC,
                 "--group_id", "rtml-demo", "--offset_reset", "earliest", "--model_dir", model_dir]
         started = time.monotonic()
@@ -107,7 +121,7 @@ def run_demo(options: PipelineOptions, test_pipeline=None) -> dict[str, int]:
                 return f"no scored record within {seconds + STARTUP_ALLOWANCE_S:g} s"
             return None
 
-        return score._run_stream(PipelineOptions(argv), test_pipeline, stop_when,
+        return score.run_stream(PipelineOptions(argv), test_pipeline, stop_when,
                                  on_stop=lambda: time.sleep(1.0))  # the printer catches the last records
     finally:
         stop.set()
@@ -172,3 +186,7 @@ def _print_record(topic: str, value: bytes) -> None:
         source = record.get("source", {})
         print(f"dead letter  {record.get('error')}  (partition {source.get('partition')}, "
               f"offset {source.get('offset')})", flush=True)
+
+
+if __name__ == "__main__":
+    cli.main(run)

@@ -182,6 +182,7 @@ def _cli(*args):
     (["--model_dir", "/nonexistent/model"], "error: --model_dir /nonexistent/model: no model here"),
     (["--modle_dir", "x"], "error: unknown flag --modle_dir (did you mean --model_dir?)"),
     (["--spec", "nope"], "error: --spec nope: no such built-in spec"),
+    (["--snapshot_every", "3"], "error: --snapshot_every is not a flag of this command (it is one of the cluster flags)"),
 ])
 def test_user_mistakes_get_one_line(tmp_path, args, message):
     base = {"--spec": "fraud", "--mode": "batch", "--input": "x", "--model_dir": "/nonexistent/model",

@@ -151,7 +151,7 @@ def _monitored(raw_batches, spec, model, name: str = ""):
     parsed = raw_batches | f"Parse{name}" >> ParseEvents(spec)
     scored = parsed.events | f"Score{name}" >> beam.Map(_scored, spec)
     return ({"events": parsed.events, "scored": scored, "dead_letters": parsed.dead_letters}
-            | f"Monitor{name}" >> Monitor(spec, model))
+            | f"Monitor{name}" >> Monitor(spec, model.baseline(), model.version))
 
 
 def _raw(lines: list[bytes]) -> list[Raw]:
@@ -284,7 +284,7 @@ def test_a_window_record_holds_rates_scores_and_drift_and_alerts_cross_the_spec_
 
 def test_a_model_without_a_baseline_is_refused_in_one_line():
     with pytest.raises(ModelError, match="model v0 has no monitoring baseline .*; train a new version"):
-        Monitor(FRAUD, ModelVersion("unused", {"version": "v0"}))
+        ModelVersion("unused", {"version": "v0"}).baseline()
 
 
 # ---------------------------------------------------------------------------------------------

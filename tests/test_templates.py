@@ -22,8 +22,7 @@ TEMPLATES = ROOT / "templates"
 # template -> (pipeline module, functions whose cli.require calls apply, flags it requires by other means)
 PIPELINES = {
     "score_batch": (score, ("run",), set()),
-    # Without --bootstrap_servers, stream mode runs its local demo, which a Dataflow job must not.
-    "score_stream": (score, ("_run_stream",), {"bootstrap_servers"}),
+    "score_stream": (score, ("run_stream",), {"bootstrap_servers"}),
     "train": (train, ("run",), set()),
 }
 BEAM_FLAGS_USED = {"bootstrap_servers"}  # Beam's own flag (KafkaStreamsRunnerOptions) that stream mode reads

@@ -46,7 +46,6 @@ from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
-from models.registry import ModelError, ModelVersion
 from transforms.events import EventBatch, dead_letter_time_us, event_time_us_of
 from transforms.features import raw_columns
 from transforms.spec import Spec
@@ -134,14 +133,6 @@ def training_baseline(spec: Spec, plan: dict, training_columns: dict[str, np.nda
     score.update(shares=(counts / counts.sum()).tolist(),
                  alert_rate=float(np.mean(holdout_scores >= spec.alert_threshold)))
     return {"training_rows": len(next(iter(training_columns.values()))), "features": features, "score": score}
-
-
-def baseline_of(model: ModelVersion) -> dict:
-    """The model's training baseline; ModelError for a version trained before monitoring existed."""
-    if "baseline" not in model.manifest:
-        raise ModelError(f"model {model.version} has no monitoring baseline (trained before monitoring was "
-                         f"added); train a new version")
-    return model.manifest["baseline"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,13 +356,13 @@ class Monitor(beam.PTransform):
     """``{"events": EventBatch, "scored": lists of scored records, "dead_letters": dicts}`` in;
     ``{"windows": monitoring records, "alerts": alert records}`` out (dicts; see the module docstring).
 
-    Windows: ``window_sizes_s`` if given, else the spec's ``monitoring.windows``. ``model`` gives the
-    training baseline (ModelError if it has none) and the version named in the records.
+    Windows: ``window_sizes_s`` if given, else the spec's ``monitoring.windows``. ``baseline`` is the
+    model's training baseline (``ModelVersion.baseline()``), ``model_version`` the version named in the records.
     """
 
-    def __init__(self, spec: Spec, model: ModelVersion, window_sizes_s: tuple[int, ...] | None = None):
+    def __init__(self, spec: Spec, baseline: dict, model_version: str, window_sizes_s: tuple[int, ...] | None = None):
         super().__init__()
-        self._spec, self._baseline, self._baseline_version = spec, baseline_of(model), model.version
+        self._spec, self._baseline, self._baseline_version = spec, baseline, model_version
         self._sizes = tuple(sorted(set(window_sizes_s or spec.monitoring.window_sizes_s)))
 
     def expand(self, inputs):

@@ -1,0 +1,62 @@
+"""The ``rtml`` command, as a user types it: its subcommands, their flags, and the stream demo."""
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+RTML = str(pathlib.Path(sys.executable).with_name("rtml"))
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _rtml(*args, timeout=120):
+    return subprocess.run([RTML, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_the_commands():
+    result = _rtml("--help")
+    assert result.returncode == 0
+    listed = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ")]
+    assert {"generate", "train", "score", "backfill", "monitor", "cluster", "launch", "demo"} <= set(listed)
+
+
+def test_a_commands_help_starts_with_its_own_flags():
+    result = _rtml("score", "--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: rtml score")
+    groups = [line for line in result.stdout.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert groups[:3] == ["options:", "spec options:", "score options:"], groups  # (options: --help itself)
+    assert "cluster options:" not in groups
+    assert groups.index("kafka options:") < groups.index("beam: StandardOptions:")
+
+
+def test_a_flag_of_another_command_or_an_unknown_command_is_one_line():
+    result = _rtml("score", "--spec", "fraud", "--snapshot_every", "3")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: --snapshot_every is not a flag of this command "
+                                     "(it is one of the cluster flags); see --help")
+    result = _rtml("scroe")
+    assert result.returncode == 2 and result.stderr.strip().startswith("error: unknown command scroe; one of:")
+
+
+def test_stream_mode_without_a_broker_points_to_the_demo(fraud_model):
+    result = _rtml("score", "--mode", "stream", "--spec", "fraud", "--model_dir", fraud_model[0])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "give --bootstrap_servers" in result.stderr and "rtml demo stream" in result.stderr
+
+
+def test_the_stream_demo_never_trains_into_a_users_model_dir(tmp_path):
+    result = _rtml("demo", "stream", "--model_dir", str(tmp_path))
+    assert result.returncode == 2 and "holds no model" in result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_stream_demo_scores_live_with_a_given_model_and_stops(fraud_model):
+    result = _rtml("demo", "stream", "--spec", "fraud", "--model_dir", fraud_model[0], "--demo_seconds", "3",
+                   timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scored = [line for line in result.stdout.splitlines() if line.startswith("scored")]
+    dead = [line for line in result.stdout.splitlines() if line.startswith("dead letter")]
+    assert len(scored) >= 20, result.stdout[-2000:]
+    assert all("score" not in line.split()[1] for line in scored)
+    assert "stopped the producer, the printer and the broker" in result.stderr
+    assert len(dead) <= len(scored)
