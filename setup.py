@@ -14,19 +14,23 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["pipelines*", "transforms*", "models*", "templates*"]),
     package_data={"transforms": ["specs/*.yaml"],
                   "templates": ["metadata/*.json", "*.yaml", "Dockerfile", "Dockerfile.dockerignore", ".gcloudignore"]},
+    # What scoring needs (batch and stream, ONNX, Kafka). No TensorFlow and no scikit-learn: those are
+    # the train extra's. onnx builds the k-means feature graph (pipelines.cluster).
     install_requires=[
-        "apache-beam[gcp]==2.77.0",
-        "tensorflow-transform==1.21.0",
-        "scikit-learn==1.9.1",
-        "skl2onnx==1.20.0",
+        "apache-beam==2.77.0",
         "onnx==1.23.2",
         "onnxruntime==1.31.1",
         "confluent-kafka==2.16.1",
-        "google-cloud-dataflow-client==0.13.0",
         "orjson==3.13.0",
+        "numpy==2.4.6",
+        "pyarrow==25.0.1",
         "PyYAML==6.0.3",
     ],
     extras_require={
+        # training, and --engine sklearn
+        "train": ["tensorflow-transform==1.21.0", "scikit-learn==1.9.1", "skl2onnx==1.20.0"],
+        # Dataflow: Beam's GCP IO and the flex-template launch client
+        "gcp": ["apache-beam[gcp]==2.77.0", "google-cloud-dataflow-client==0.13.0"],
         "test": ["pytest==9.2.0", "hypothesis==6.170.15"],
     },
     entry_points={"console_scripts": ["rtml = pipelines.rtml:main"]},

@@ -44,6 +44,7 @@ import uuid
 import apache_beam as beam
 import orjson
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.utils.timestamp import Timestamp
 
 from models.inference import ScoreEvents
 from pipelines import cli
@@ -76,10 +77,6 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 def partition_name(start_us: int, partition: str) -> str:
     moment = _EPOCH + datetime.timedelta(microseconds=start_us)
     return "dt=" + moment.strftime("%Y-%m-%d" if partition == "day" else "%Y-%m-%dT%H")
-
-
-def iso(time_us: int) -> str:
-    return (_EPOCH + datetime.timedelta(microseconds=time_us)).isoformat().replace("+00:00", "Z")
 
 
 def parse_moment(flag: str, text: str, partition: str) -> int:
@@ -160,7 +157,7 @@ def unit_bounds(name: str, partition: str) -> tuple[str, str] | tuple[None, None
     moment = datetime.datetime.strptime(text, "%Y-%m-%d" if partition == "day" else "%Y-%m-%dT%H").replace(
         tzinfo=datetime.timezone.utc)
     start = event_time_us_of(moment)
-    return iso(start), iso(start + UNIT_US[partition])
+    return Timestamp(micros=start).to_rfc3339(), Timestamp(micros=start + UNIT_US[partition]).to_rfc3339()
 
 
 def write_unit(target: Target, name: str, scored_lines: list[bytes], dead_lines: list[bytes]) -> dict:
@@ -629,7 +626,7 @@ def run(argv=None) -> dict[str, dict]:
         progress.close()
     done = sum(1 for s in statuses.values() if s["todo"])
     print(table(statuses))
-    print(f"{spec.name} backfill {iso(start_us)} .. {iso(end_us)} by {flags.partition} with model {model.version}: "
+    print(f"{spec.name} backfill {Timestamp(micros=start_us).to_rfc3339()} .. {Timestamp(micros=end_us).to_rfc3339()} by {flags.partition} with model {model.version}: "
           f"{done} of {len(names)} partitions written, {len(names) - done} skipped, in "
           f"{time.monotonic() - started:.1f} s; scored: {output}, dead letters: {dead_letter}")
     return statuses

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib.util
 import logging
 import sys
 from typing import Callable, Sequence
@@ -60,6 +61,21 @@ def _unknown_flag(name: str, known: list[str]) -> str:
             return f"{name} is not a flag of this command (it is one of the {group} flags); see --help"
     close = difflib.get_close_matches(name, known, n=1)
     return f"unknown flag {name}" + (f" (did you mean {close[0]}?)" if close else "") + "; see --help"
+
+
+def missing_extra(extra: str, *modules: str) -> str | None:
+    """Why this cannot run, in one line, if any of ``modules`` is not installed (they come with ``extra``)."""
+    absent = [module for module in modules if not _installed(module)]
+    if not absent:
+        return None
+    return f"{', '.join(absent)} not installed: this needs the {extra} extra (pip install -c constraints.txt '.[{extra}]')"
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
 
 
 def given(options: PipelineOptions, name: str) -> bool:
@@ -120,9 +136,9 @@ def summary(title: str, totals: dict[str, int], seconds: float, outputs: dict[st
     received, valid = totals.get(f"{METRICS_NAMESPACE}/received", 0), totals.get(f"{METRICS_NAMESPACE}/valid", 0)
     lines = [f"{title}: {received:,} events in {seconds:.1f} s "
              f"({received / max(seconds, 1e-9):,.0f} events/s)"]
-    for key, label in (("valid", "valid"), ("scored", "scored")):
+    for key in ("valid", "scored", "assigned"):
         if f"{METRICS_NAMESPACE}/{key}" in totals:
-            lines.append(f"  {label:<13}{totals[f'{METRICS_NAMESPACE}/{key}']:>12,}")
+            lines.append(f"  {key:<13}{totals[f'{METRICS_NAMESPACE}/{key}']:>12,}")
     reasons = {}
     for key, count in totals.items():
         if key.startswith(f"{METRICS_NAMESPACE}.dead_letter/"):

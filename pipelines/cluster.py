@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import json
 import pathlib
 import shutil
@@ -60,6 +59,7 @@ from typing import NamedTuple
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.utils.timestamp import Timestamp
 
 from models import registry
 from models.kmeans import DEFAULTS, MiniBatchKMeans
@@ -82,8 +82,7 @@ KIND = "kmeans"  # a snapshot manifest's kind
 SNAPSHOTS = "snapshots"
 SETTINGS = ("k", "minibatch_size", "learning_rate", "eta", "decay", "seed")
 # An event with its cluster and distance is scored: serve() and cli.summary report this counter.
-_SCORED = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "scored")
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_ASSIGNED = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "assigned")
 
 
 class Point(NamedTuple):
@@ -307,23 +306,19 @@ class _KMeansStep(OrderedStep):
                         eta=model.eta, decay=model.decay, minibatch_size=minibatch_size,
                         centers=model.centers.tolist(), counts=model.counts.tolist(), events=state.events,
                         learned=model.seen, minibatches=model.batches,
-                        event_time={"from": _rfc3339(state.first_us), "to": _rfc3339(state.last_us)})
+                        event_time={"from": Timestamp(micros=state.first_us).to_rfc3339(),
+                                    "to": Timestamp(micros=state.last_us).to_rfc3339()})
         contents = {"model": model.to_dict(), "minibatch_size": minibatch_size,
                     "pending": [list(row) for row in state.pending], "events": state.events,
                     "event_time_us": [state.first_us, state.last_us]}
         return Snapshot(version, manifest, contents)
 
 
-def _rfc3339(time_us: int) -> str:
-    moment = _EPOCH + datetime.timedelta(microseconds=time_us)
-    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 def _split(output):
     if isinstance(output, Snapshot):
         yield beam.pvalue.TaggedOutput(SNAPSHOTS, output)
     else:
-        _SCORED.inc()
+        _ASSIGNED.inc()
         yield output
 
 

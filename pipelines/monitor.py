@@ -22,7 +22,7 @@ from pipelines import cli, runners
 from pipelines.options import ArchiveOptions, ModelOptions, MonitorOptions, SpecOptions
 from pipelines.score import load_model_for, score_archive
 from transforms.fileio import WriteJsonLines, check_input
-from transforms.monitoring import ALERTS, METRICS_NAMESPACE, WINDOWS, Monitor
+from transforms.monitoring import ALERTS, MONITOR_METRICS_NAMESPACE, WINDOWS, Monitor
 
 VIEWS = (SpecOptions, MonitorOptions, ModelOptions, ArchiveOptions)
 ALERTS_SHOWN = 20
@@ -80,8 +80,8 @@ def report(windows: list[dict], alerts: list[dict], totals: dict[str, int], min_
                      f"  {sum(r['events'] for r in records):>9,}  {sum(r['dead_letters'] for r in records):>12,}"
                      f"  {sum(r['alerts'] for r in records):>7,}  {largest:<24}  {alert_days[size, day, 'drift']:>12}"
                      f"  {alert_days[size, day, 'alert_rate']:>11}")
-    late = sum(count for key, count in totals.items() if key.startswith(f"{METRICS_NAMESPACE}/late_events_"))
-    untimed = totals.get(f"{METRICS_NAMESPACE}/untimed_dead_letters", 0)
+    late = sum(count for key, count in totals.items() if key.startswith(f"{MONITOR_METRICS_NAMESPACE}/late_events_"))
+    untimed = totals.get(f"{MONITOR_METRICS_NAMESPACE}/untimed_dead_letters", 0)
     lines.append(f"  measured: windows of at least {min_events:,} events, with drift figures and alerts; "
                  f"{late:,} late events; {untimed:,} dead letters without a usable event time (in no window)")
     lines.append(f"  {len(alerts):,} alerts" + (":" if alerts else ""))

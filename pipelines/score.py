@@ -90,6 +90,9 @@ def load_model_for(options) -> tuple[Spec, registry.ModelVersion]:
     Raises ModelError when the model was trained on a spec with other fields or features.
     """
     model_flags = options.view_as(ModelOptions)
+    missing = model_flags.engine == "sklearn" and cli.missing_extra("train", "sklearn", "tensorflow_transform")
+    if missing:
+        raise UserError(f"--engine sklearn: {missing}")
     spec = load_spec(options.view_as(SpecOptions).spec)
     return spec, registry.load_for_spec(model_flags.model_dir, spec, model_flags.model_version)
 
@@ -477,12 +480,13 @@ def serve(pipeline, title: str, stop_when=None, on_stop=None) -> dict[str, int]:
         raise error
     totals = cli.counters(state["result"])
     received = totals.get(f"{METRICS_NAMESPACE}/received", 0)
-    scored = totals.get(f"{METRICS_NAMESPACE}/scored", 0)
+    out = (f"{totals[f'{METRICS_NAMESPACE}/assigned']:,} assigned" if f"{METRICS_NAMESPACE}/assigned" in totals
+           else f"{totals.get(f'{METRICS_NAMESPACE}/scored', 0):,} scored")
     dead = sum(count for key, count in totals.items() if key.startswith(f"{METRICS_NAMESPACE}.dead_letter/"))
     how = f"stopped on {reason['why']} in {time.monotonic() - stopping:.1f} s" if reason["why"] else "finished"
     done = ("cancelled after draining; what was not yet written is read again on restart" if state.get("cancelled")
             else "all written, offsets committed")
-    print(f"{title}: {how} after {time.monotonic() - started:.0f} s; {received:,} received, {scored:,} scored, "
+    print(f"{title}: {how} after {time.monotonic() - started:.0f} s; {received:,} received, {out}, "
           f"{dead:,} dead-lettered; {done}", file=sys.stderr, flush=True)
     return totals
 

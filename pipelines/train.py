@@ -10,10 +10,17 @@ on the holdout, and published as a new version that becomes current.
 """
 from __future__ import annotations
 
-import datetime
 import importlib.metadata
 import shutil
+import sys
 import time
+
+from pipelines import cli
+
+_MISSING = cli.missing_extra("train", "sklearn", "skl2onnx", "tensorflow_transform")
+if _MISSING:  # one line, not an ImportError's traceback, in an install without the train extra
+    print(f"error: training: {_MISSING}", file=sys.stderr)
+    raise SystemExit(2)
 
 import apache_beam as beam
 import joblib
@@ -21,10 +28,11 @@ import numpy as np
 import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.utils.timestamp import Timestamp
 
 from models import estimator as estimators
 from models import registry
-from pipelines import cli, runners
+from pipelines import runners
 from pipelines.options import ArchiveOptions, ModelOptions, SpecOptions, TrainOptions
 from transforms.entity import AddEntityFeatures
 from transforms.errors import UserError
@@ -201,8 +209,7 @@ def _ablation(spec: Spec, features: np.ndarray, labels: np.ndarray, train: np.nd
 
 
 def _utc(microseconds) -> str:
-    moment = datetime.datetime.fromtimestamp(int(microseconds) / 1e6, datetime.timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return Timestamp(micros=int(microseconds)).to_rfc3339()
 
 
 def _report(model: registry.ModelVersion, seconds: float) -> str:

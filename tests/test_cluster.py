@@ -205,7 +205,7 @@ def test_bounded_clusters_separate_the_machine_regimes(sensor, batch_run):
     valid = sum(day["valid"] for day in days)
     totals, records = batch_run["totals"], batch_run["records"]
     assert totals["rtml/received"] == sum(day["lines"] for day in days)
-    assert totals["rtml/valid"] == totals["rtml/scored"] == len(records) == valid
+    assert totals["rtml/valid"] == totals["rtml/assigned"] == len(records) == valid
     assert len({record["event_id"] for record in records}) == valid
     assert len(read_json_lines(sensor["root"] / "batch" / "dead_letter")) == totals["rtml/received"] - valid
     regimes = _regimes(sensor["days"])

@@ -26,7 +26,7 @@ from transforms.errors import UserError
 from transforms.events import EventBatch, ParseEvents, Raw, event_time_us_of
 from transforms.features import raw_columns
 from transforms.fileio import WriteJsonLines
-from transforms.monitoring import (ALERTS, METRICS_NAMESPACE, PSI_EPSILON, WINDOWS, Bins, Monitor, psi,
+from transforms.monitoring import (ALERTS, MONITOR_METRICS_NAMESPACE, PSI_EPSILON, WINDOWS, Bins, Monitor, psi,
                                    quantile_edges, training_baseline)
 from transforms.spec import Monitoring, SpecError, _build, load_spec
 
@@ -343,7 +343,7 @@ def test_an_archive_with_a_day_of_tripled_amounts_alerts_on_that_day_only(fraud_
     for day in manifest["days"]:
         of_day = [r for r in windows if r["window_start"].startswith(day["date"])]
         assert len(of_day) == 24 and sum(r["events"] for r in of_day) == day["valid"]
-    untimed = totals[f"{METRICS_NAMESPACE}/untimed_dead_letters"]
+    untimed = totals[f"{MONITOR_METRICS_NAMESPACE}/untimed_dead_letters"]
     assert sum(r["dead_letters"] for r in windows) + untimed == sum(day["lines"] - day["valid"]
                                                                     for day in manifest["days"])
 

@@ -46,11 +46,11 @@ from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
-from transforms.events import EventBatch, dead_letter_time_us, event_time_us_of
+from transforms.events import METRICS_NAMESPACE, EventBatch, dead_letter_time_us, event_time_us_of
 from transforms.features import raw_columns
 from transforms.spec import Spec
 
-METRICS_NAMESPACE = "rtml.monitor"
+MONITOR_METRICS_NAMESPACE = f"{METRICS_NAMESPACE}.monitor"
 WINDOWS, ALERTS = "windows", "alerts"
 DRIFT_BINS = 10  # quantile bins of a number
 SCORE_BINS = 10
@@ -215,7 +215,7 @@ class _EventStats(_SplitByWindow):
     def __init__(self, spec: Spec, baseline: dict, window_sizes_s: tuple[int, ...]):
         super().__init__(window_sizes_s)
         self._spec, self._baseline = spec, baseline
-        self._events = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "events")
+        self._events = beam.metrics.Metrics.counter(MONITOR_METRICS_NAMESPACE, "events")
 
     def setup(self):
         self._bins = {name: (entry["source"], Bins(entry)) for name, entry in self._baseline["features"].items()}
@@ -238,7 +238,7 @@ class _ScoreStats(_SplitByWindow):
     def __init__(self, baseline: dict, window_sizes_s: tuple[int, ...]):
         super().__init__(window_sizes_s)
         self._baseline = baseline
-        self._alerts = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "alerts")
+        self._alerts = beam.metrics.Metrics.counter(MONITOR_METRICS_NAMESPACE, "alerts")
 
     def setup(self):
         self._bins = Bins(self._baseline["score"])
@@ -264,8 +264,8 @@ class _DeadLetterStats(_SplitByWindow):
     def __init__(self, time_field: str, window_sizes_s: tuple[int, ...]):
         super().__init__(window_sizes_s)
         self._time_field = time_field
-        self._dead_letters = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "dead_letters")
-        self._untimed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "untimed_dead_letters")
+        self._dead_letters = beam.metrics.Metrics.counter(MONITOR_METRICS_NAMESPACE, "dead_letters")
+        self._untimed = beam.metrics.Metrics.counter(MONITOR_METRICS_NAMESPACE, "untimed_dead_letters")
 
     def items(self, letter: dict):
         self._dead_letters.inc()
@@ -324,13 +324,13 @@ class _WindowRecords(beam.DoFn):
     def __init__(self, spec: Spec, baseline: dict, baseline_version: str, size_s: int):
         self._spec, self._baseline, self._baseline_version, self._size = spec, baseline, baseline_version, size_s
         metric = beam.metrics.Metrics
-        self._windows = metric.counter(METRICS_NAMESPACE, f"windows_{size_s}s")
-        self._late = metric.counter(METRICS_NAMESPACE, f"late_events_{size_s}s")
-        self._alert_counters = {kind: metric.counter(METRICS_NAMESPACE, f"{kind}_alerts")
+        self._windows = metric.counter(MONITOR_METRICS_NAMESPACE, f"windows_{size_s}s")
+        self._late = metric.counter(MONITOR_METRICS_NAMESPACE, f"late_events_{size_s}s")
+        self._alert_counters = {kind: metric.counter(MONITOR_METRICS_NAMESPACE, f"{kind}_alerts")
                                 for kind in ("drift", "alert_rate")}
-        self._events = metric.distribution(METRICS_NAMESPACE, f"events_per_window_{size_s}s")
-        self._alert_rate = metric.distribution(METRICS_NAMESPACE, f"alert_rate_x1000_{size_s}s")
-        self._psi = {name: metric.distribution(METRICS_NAMESPACE, f"psi_x1000_{name}_{size_s}s")
+        self._events = metric.distribution(MONITOR_METRICS_NAMESPACE, f"events_per_window_{size_s}s")
+        self._alert_rate = metric.distribution(MONITOR_METRICS_NAMESPACE, f"alert_rate_x1000_{size_s}s")
+        self._psi = {name: metric.distribution(MONITOR_METRICS_NAMESPACE, f"psi_x1000_{name}_{size_s}s")
                      for name in baseline["features"]}
 
     def process(self, stats: WindowStats, pane=beam.DoFn.PaneInfoParam, bounds=beam.DoFn.WindowParam):
