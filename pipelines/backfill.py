@@ -47,13 +47,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils.timestamp import Timestamp
 
 from models.inference import ScoreEvents
-from pipelines import cli
+from pipelines import cli, graph
 from pipelines.options import ArchiveOptions, BackfillOptions, KafkaOptions, ModelOptions, SpecOptions
-from pipelines.score import BatchWithinBundle, kafka_config, load_model_for
 from transforms import kafka
-from transforms.entity import AddEntityFeatures
 from transforms.errors import UserError
-from transforms.events import EventBatch, ParseEvents, Raw, dead_letter_time_us, event_time_us_of, is_event_time
+from transforms.events import EventBatch, dead_letter_time_us, event_time_us_of, is_event_time
 from transforms.fileio import ReadEventFiles, check_input
 
 VIEWS = (SpecOptions, ModelOptions, ArchiveOptions, BackfillOptions, KafkaOptions)
@@ -265,12 +263,7 @@ def _key_dead_letter(letter: dict, time_field: str, partition: str, names: froze
     if name in names:
         where = source.get("line", source.get("row", source.get("offset", 0)))
         yield name, ("d", [(str(source.get("file", source.get("topic", ""))), int(source.get("partition", 0)),
-                            where if isinstance(where, int) else 0, orjson.dumps(letter))])
-
-
-def _kafka_raw(message: kafka.KafkaMessage) -> Raw:
-    return Raw(message.value, {"topic": message.topic, "partition": message.partition, "offset": message.offset,
-                               "timestamp_ms": message.timestamp_ms})
+                            where if isinstance(where, int) else 0, orjson.dumps(graph.dead_letter_record(letter)[1]))])
 
 
 class WriteUnits(beam.DoFn):
@@ -305,16 +298,14 @@ def build_wave(pipeline, spec, model, options, target: Target, names: list[str])
         history_us = spec.entity_history_s * 1_000_000  # entity features look back this far
         first_ms = (min(bounds) - margin_us - history_us) // 1000
         stop_ms = -(-(max(bounds) + margin_us) // 1000)
-        raw = (pipeline
-               | "ReadEvents" >> kafka.ReadFromKafka(bootstrap, topic, None, "earliest", dict(config),
-                                                     start_timestamp_ms=first_ms, stop_timestamp_ms=stop_ms)
-               | "ToRaw" >> beam.Map(_kafka_raw)
-               | "Batch" >> beam.ParDo(BatchWithinBundle(archive.batch_size)))
+        raw = pipeline | "ReadEvents" >> graph.ReadKafkaEvents(
+            kafka.ReadFromKafka(bootstrap, topic, None, "earliest", dict(config),
+                                start_timestamp_ms=first_ms, stop_timestamp_ms=stop_ms), archive.batch_size,
+            with_timestamps=True)  # an untimed dead letter goes to the partition of its message's time
     else:
         raw = pipeline | "ReadEvents" >> ReadEventFiles(archive.input, archive.batch_size)
-    parsed = raw | "ParseEvents" >> ParseEvents(spec)
+    parsed = raw | "ParseAndEnrich" >> graph.ParseAndEnrich(spec, streaming=False, batch_size=archive.batch_size)
     scored = (parsed.events
-              | "AddEntityFeatures" >> AddEntityFeatures(spec, streaming=False, batch_size=archive.batch_size)
               | "InWave" >> beam.FlatMap(_in_wave, unit_us, starts)
               | "ScoreEvents" >> ScoreEvents(spec, model, model_flags.model_dir, model_flags.engine)
               | "KeyScored" >> beam.FlatMap(_key_records, spec.event_time, partition))
@@ -578,7 +569,7 @@ def run(argv=None) -> dict[str, dict]:
         raise UserError("--output and --dead_letter must be different directories")
     if flags.source == "kafka" and cli.given(options, "input"):
         raise UserError("--input reads files; --source kafka reads --input_topic: give one")
-    spec, model = load_model_for(options)
+    spec, model = graph.spec_and_model(options)
     kafka_read = ()
     if flags.source == "kafka":
         kafka_read, n_files = _kafka_replay(options, end_us), None
@@ -644,7 +635,7 @@ def _kafka_replay(options, end_us: int) -> tuple:
     if stop_us > time.time() * 1_000_000:
         raise UserError(f"--source kafka: --end {flags.end} plus --replay_margin_s {flags.replay_margin_s:g} is in the "
                         f"future; the replay would wait for it")
-    config = tuple(sorted(kafka_config(kafka_flags).items()))
+    config = tuple(sorted(graph.kafka_config(kafka_flags).items()))
     return kafka_flags.bootstrap_servers, kafka_flags.input_topic, config, margin_us
 
 

@@ -63,14 +63,12 @@ from apache_beam.utils.timestamp import Timestamp
 
 from models import registry
 from models.kmeans import DEFAULTS, MiniBatchKMeans
-from pipelines import cli, runners, score
+from pipelines import cli, graph, runners, serving
 from pipelines.options import ArchiveOptions, ClusterOptions, KafkaOptions, ModelOptions, ScoreOptions, SpecOptions
-from transforms import kafka
-from transforms.entity import AddEntityFeatures
 from transforms.errors import UserError
-from transforms.events import METRICS_NAMESPACE, POSITION, EventBatch, ParseEvents
+from transforms.events import METRICS_NAMESPACE, POSITION, EventBatch
 from transforms.features import FEATURES_OUTPUT, feature_graph, raw_columns
-from transforms.fileio import DEFAULT_BATCH_SIZE, ReadEventFiles, WriteJsonLines, WriteParquet, check_input
+from transforms.fileio import ReadEventFiles, WriteJsonLines, WriteParquet, check_input
 from transforms.kafka_commit import CommitWhenWritten
 from transforms.ordering import OrderedPerKey, OrderedStep
 from transforms.spec import Spec
@@ -138,7 +136,7 @@ def clustering_for(options) -> Clustering:
     Raises UserError (one line) for bad settings, or a snapshot of another spec, features or k.
     """
     flags = options.view_as(ClusterOptions)
-    spec, features = score.load_model_for(options)
+    spec, features = graph.spec_and_model(options)
     given = {name: getattr(flags, name) for name in SETTINGS if getattr(flags, name) is not None}
     snapshot, saved = None, {}
     if flags.init_snapshot:
@@ -323,20 +321,20 @@ def _split(output):
 
 
 class ClusterEvents(beam.PTransform):
-    """``EventBatch`` in; ``assignments`` (one record per event) and ``snapshots`` (``Snapshot``) out.
+    """``EventBatch`` (with its entity features: ``graph.ParseAndEnrich``) in; ``assignments`` (one record
+    per event) and ``snapshots`` (``Snapshot``) out.
 
     ``streaming`` picks keyed state and timers (live) or group, sort and fold (bounded); the
     outputs are the same either way.
     """
 
-    def __init__(self, clustering: Clustering, streaming: bool, batch_size: int = DEFAULT_BATCH_SIZE):
+    def __init__(self, clustering: Clustering, streaming: bool):
         super().__init__()
-        self._clustering, self._streaming, self._batch_size = clustering, streaming, batch_size
+        self._clustering, self._streaming = clustering, streaming
 
     def expand(self, batches):
         clustering = self._clustering
         return (batches
-                | "AddEntityFeatures" >> AddEntityFeatures(clustering.spec, self._streaming, self._batch_size)
                 | "Features" >> beam.ParDo(_FeatureRows(clustering.spec, clustering.features.manifest["feature_plan"]))
                 | "MiniBatchKMeans" >> OrderedPerKey(_KMeansStep(clustering), self._streaming)
                 | "Split" >> beam.FlatMap(_split).with_outputs(SNAPSHOTS, main="assignments"))
@@ -398,9 +396,8 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
     pipeline = cli.create_pipeline(options, test_pipeline)
     parsed = (pipeline
               | "ReadEvents" >> ReadEventFiles(flags.input, flags.batch_size)
-              | "ParseEvents" >> ParseEvents(clustering.spec))
-    clustered = parsed.events | "ClusterEvents" >> ClusterEvents(clustering, streaming=False,
-                                                                 batch_size=flags.batch_size)
+              | "ParseAndEnrich" >> graph.ParseAndEnrich(clustering.spec, streaming=False, batch_size=flags.batch_size))
+    clustered = parsed.events | "ClusterEvents" >> ClusterEvents(clustering, streaming=False)
     if flags.output_format == "parquet":
         (clustered.assignments
          | "Batch" >> beam.BatchElements(min_batch_size=flags.batch_size, max_batch_size=flags.batch_size)
@@ -437,20 +434,28 @@ def build_stream(pipeline, clustering: Clustering, options) -> None:
     Offsets as in ``score.build_stream``: on a streaming runner, committed once the assignments are written.
     """
     flags, spec = options.view_as(KafkaOptions), clustering.spec
-    config, batch_size = score.kafka_config(flags), score.stream_batch_size(options)
+    config, batch_size = graph.kafka_config(flags), graph.stream_batch_size(options)
     group, when_written = flags.group_id or f"rtml-cluster-{spec.name}", not runners.is_direct(options)
-    parsed = (score.read_stream(pipeline, flags, config, group, batch_size, commit_when_written=when_written)
-              | "ParseEvents" >> ParseEvents(spec))
-    clustered = parsed.events | "ClusterEvents" >> ClusterEvents(clustering, streaming=True, batch_size=batch_size)
-    written = [clustered.assignments
-               | "AssignmentMessages" >> beam.FlatMap(lambda record: score.scored_messages([record], spec.entity_key))
-               | "WriteAssignments" >> kafka.WriteToKafka(flags.bootstrap_servers, flags.output_topic, config,
-                                                          report_written=when_written),
-               score.write_dead_letters(parsed.dead_letters, flags, config, report_written=when_written)]
+    parsed = (pipeline
+              | "ReadEvents" >> graph.ReadKafkaEvents(graph.live_read(flags, config, group, when_written), batch_size,
+                                                      with_positions=when_written)
+              | "ParseAndEnrich" >> graph.ParseAndEnrich(spec, streaming=True, batch_size=batch_size))
+    clustered = parsed.events | "ClusterEvents" >> ClusterEvents(clustering, streaming=True)
+    written = [clustered.assignments | "WriteAssignments" >> graph.WriteToTopic(
+                   flags.bootstrap_servers, flags.output_topic, config, _assignment_message, spec.entity_key,
+                   one_each=True, report_written=when_written),
+               parsed.dead_letters | "WriteDeadLetters" >> graph.WriteToTopic(
+                   flags.bootstrap_servers, flags.dead_letter_topic, config, graph.dead_letter_message,
+                   one_each=True, report_written=when_written)]
     if when_written:
         written | "WrittenPositions" >> beam.Flatten() | "CommitWhenWritten" >> CommitWhenWritten(
             flags.bootstrap_servers, group, config)
     clustered.snapshots | "PublishSnapshots" >> PublishSnapshots(options.view_as(ClusterOptions).snapshot_dir)
+
+
+def _assignment_message(record: dict, entity_key: str) -> tuple[bytes, bytes, tuple | None]:
+    [message] = graph.scored_messages([record], entity_key)
+    return message
 
 
 def _run_stream(options, test_pipeline) -> dict[str, int]:
@@ -459,19 +464,19 @@ def _run_stream(options, test_pipeline) -> dict[str, int]:
         raise UserError("missing --bootstrap_servers; see --help")
     flags = options.view_as(KafkaOptions)
     clustering = clustering_for(options)
-    config = score.kafka_config(flags)
+    config = graph.kafka_config(flags)
     note = runners.choose_stream_runner(options, "online k-means")
     if note:
         print(note, file=sys.stderr, flush=True)
     pipeline = cli.create_pipeline(options, test_pipeline)
     build_stream(pipeline, clustering, options)
-    score.check_fused_with_source(pipeline, options)  # the model's keyed state: refused on the DirectRunner
-    score.check_topics(flags, config)
+    serving.check_fused_with_source(pipeline, options)  # the model's keyed state: refused on the DirectRunner
+    serving.check_topics(flags, config)
     print(f"clustering {flags.input_topic} -> {flags.output_topic} (dead letters: {flags.dead_letter_topic}) on "
           f"{flags.bootstrap_servers} with k={clustering.start.model.k} and the features of {clustering.spec.name} "
           f"model {clustering.features.version}; snapshots to {options.view_as(ClusterOptions).snapshot_dir}"
           f"; SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)
-    return score.serve(pipeline, f"{clustering.spec.name} stream clustering")
+    return serving.serve(pipeline, f"{clustering.spec.name} stream clustering")
 
 
 if __name__ == "__main__":

@@ -18,10 +18,9 @@ import time
 import orjson
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import cli, runners
+from pipelines import cli, graph, runners
 from pipelines.options import ArchiveOptions, ModelOptions, MonitorOptions, SpecOptions
-from pipelines.score import load_model_for, score_archive
-from transforms.fileio import WriteJsonLines, check_input
+from transforms.fileio import ReadEventFiles, WriteJsonLines, check_input
 from transforms.monitoring import ALERTS, MONITOR_METRICS_NAMESPACE, WINDOWS, Monitor
 
 VIEWS = (SpecOptions, MonitorOptions, ModelOptions, ArchiveOptions)
@@ -34,14 +33,18 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
     runners.apply_runner_presets(options)
     cli.require(options, "spec", "input", "model_dir", "output")
     flags = options.view_as(ArchiveOptions)
-    spec, model = load_model_for(options)
+    spec, model = graph.spec_and_model(options)
     monitor = Monitor(spec, model.baseline(), model.version, options.view_as(MonitorOptions).window_s)
     check_input(flags.input)
 
     started = time.monotonic()
     pipeline = cli.create_pipeline(options, test_pipeline)
-    events, scored, dead_letters = score_archive(pipeline, spec, model, options)
-    monitored = {"events": events, "scored": scored, "dead_letters": dead_letters} | "Monitor" >> monitor
+    model_flags = options.view_as(ModelOptions)
+    scored = (pipeline
+              | "ReadEvents" >> ReadEventFiles(flags.input, flags.batch_size)
+              | "ScoreRaw" >> graph.ScoreRaw(spec, model, model_flags.model_dir, model_flags.engine,
+                                             batch_size=flags.batch_size))
+    monitored = scored._asdict() | "Monitor" >> monitor
     monitored[WINDOWS] | "WriteWindows" >> WriteJsonLines(flags.output, WINDOWS)
     monitored[ALERTS] | "WriteAlerts" >> WriteJsonLines(flags.output, ALERTS)
     result = pipeline.run()

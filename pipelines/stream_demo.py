@@ -80,7 +80,6 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
         except artifacts.MissingArtifact as error:
             raise UserError(f"the stream demo needs a local broker: {error}") from None
         _say(f"started a local Apache Kafka broker on {broker.bootstrap}")
-        score.BEFORE_FORCED_EXIT.append(cleanup)
         broker.create_topic(INPUT_TOPIC, 3)
         broker.create_topic(OUTPUT_TOPIC, 1)
         broker.create_topic(DEAD_LETTER_TOPIC, 1)
@@ -122,14 +121,13 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
             return None
 
         return score.run_stream(PipelineOptions(argv), test_pipeline, stop_when,
-                                 on_stop=lambda: time.sleep(1.0))  # the printer catches the last records
+                                on_stop=lambda: time.sleep(1.0),  # the printer catches the last records
+                                before_forced_exit=(cleanup,))
     finally:
         stop.set()
         for thread in threads:
             thread.join(10)
         cleanup()
-        if cleanup in score.BEFORE_FORCED_EXIT:
-            score.BEFORE_FORCED_EXIT.remove(cleanup)
         _say("stopped the producer, the printer and the broker")
 
 

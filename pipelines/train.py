@@ -32,11 +32,10 @@ from apache_beam.utils.timestamp import Timestamp
 
 from models import estimator as estimators
 from models import registry
-from pipelines import runners
+from pipelines import graph, runners
 from pipelines.options import ArchiveOptions, ModelOptions, SpecOptions, TrainOptions
-from transforms.entity import AddEntityFeatures
 from transforms.errors import UserError
-from transforms.events import EventBatch, ParseEvents
+from transforms.events import EventBatch
 from transforms.features import AnalyzeFeatures, feature_graph, feature_names, load_feature_plan, raw_columns, \
     tft_layer, transform_with_tft, width
 from transforms.fileio import ReadEventFiles, WriteJsonLines, check_input
@@ -78,9 +77,10 @@ def build(pipeline, spec: Spec, input_pattern: str, batch_size: int, staging, de
     """The training graph: parse, stage valid events, find the split time, analyze the training part."""
     parsed = (pipeline
               | "ReadEvents" >> ReadEventFiles(input_pattern, batch_size)
-              | "ParseEvents" >> ParseEvents(spec, require_label=require_label))
+              | "ParseAndEnrich" >> graph.ParseAndEnrich(spec, streaming=False, batch_size=batch_size,
+                                                         require_label=require_label))
     parsed.dead_letters | "WriteDeadLetters" >> WriteJsonLines(dead_letter_dir, "dead_letter")
-    events = parsed.events | "AddEntityFeatures" >> AddEntityFeatures(spec, streaming=False, batch_size=batch_size)
+    events = parsed.events
     events | "Stage" >> beam.Map(_staged_table, spec) | "WriteStaged" >> beam.io.WriteToParquetBatched(
         str(staging / "events" / "part"), _staged_schema(spec), file_name_suffix=".parquet")
     split_index = round((1 - holdout_fraction) * 100)

@@ -1,4 +1,5 @@
-"""The import order: templates -> pipelines -> models -> transforms, no cycles, no private names across modules.
+"""The import order: templates -> pipelines (commands -> their shared runtime) -> models -> transforms; no
+cycles, no private names across modules.
 
 Read from the sources' import statements (wherever they are, functions included), so that a
 shortcut taken anywhere shows up here, not only when that code path runs.
@@ -10,6 +11,10 @@ import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("transforms", "models", "pipelines", "templates")  # each may import only those before it
+# pipelines' commands; the rest of pipelines is what they share (graph, serving, cli, options, runners ...)
+COMMANDS = {f"pipelines.{name}" for name in
+            ("generate", "train", "score", "backfill", "monitor", "cluster", "demo", "stream_demo", "rtml")}
+DEMOS = {"pipelines.demo", "pipelines.stream_demo"}  # they run other commands, as a user would
 
 
 def _modules() -> dict[str, ast.Module]:
@@ -44,6 +49,17 @@ def test_packages_import_only_the_ones_below_them():
         for imported, _ in _imports(tree):
             if PACKAGES.index(imported.split(".")[0]) > rank:
                 wrong.append(f"{name} imports {imported}")
+    assert not wrong
+
+
+def test_commands_share_code_through_the_runtime_not_each_other():
+    wrong = []
+    for name, tree in MODULES.items():
+        if not name.startswith("pipelines.") or name in DEMOS:
+            continue
+        for imported, _ in _imports(tree):
+            if imported in COMMANDS and imported != name:
+                wrong.append(f"{name} imports the command {imported}")
     assert not wrong
 
 

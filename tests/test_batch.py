@@ -15,7 +15,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from models import registry
-from pipelines import score
+from pipelines import graph, score
 from tests.conftest import read_json_lines
 from transforms.events import Raw
 from transforms.spec import load_spec
@@ -143,7 +143,7 @@ def test_score_events_graph(fraud_model):
              Raw(b"\xff", {"file": "f", "line": 3}),
              Raw(json.dumps(dict(good, event_id="e3", merchant_category="never-seen")).encode(), {"file": "f", "line": 4})]
     with TestPipeline() as pipeline:
-        _, scored, dead_letters = score.score_events(pipeline | beam.Create([batch]), spec, model, fraud_model[0], "onnx")
+        _, scored, dead_letters = pipeline | beam.Create([batch]) | graph.ScoreRaw(spec, model, fraud_model[0], "onnx")
         assert_that(scored | beam.FlatMap(lambda records: [r["event_id"] for r in records]),
                     equal_to(["e1", "e3"]), label="scored")
         assert_that(dead_letters | beam.Map(lambda d: (d["source"]["line"], d["error"])),

@@ -32,11 +32,11 @@ from sklearn.metrics import adjusted_rand_score
 
 from models import registry
 from models.kmeans import MiniBatchKMeans
-from pipelines import cli, cluster, generate, train
+from pipelines import cli, cluster, generate, graph, train
 from tests.conftest import read_json_lines
 from tests.kafka_helpers import Outputs, StreamProcess, make_topics, produce, stop_once_committed, unique_name
 from transforms.errors import UserError
-from transforms.events import ParseEvents, Raw, event_time_us_of
+from transforms.events import Raw, event_time_us_of
 
 DAYS, EVENTS_PER_DAY, BROKEN_SHARE = 2, 1440, 0.01  # 30 machines, a reading every 30 minutes
 K, MINIBATCH, SNAPSHOT_EVERY = 3, 32, 2
@@ -275,7 +275,7 @@ def _replay(paths, clustering: cluster.Clustering, snapshot_dir: str, expected: 
     with TestPipeline(options=options) as pipeline:
         parsed = (pipeline
                   | "Replay" >> _test_stream(paths)
-                  | "ParseEvents" >> ParseEvents(clustering.spec))
+                  | "ParseAndEnrich" >> graph.ParseAndEnrich(clustering.spec, streaming=True))
         clustered = parsed.events | "ClusterEvents" >> cluster.ClusterEvents(clustering, streaming=True)
         clustered.snapshots | "PublishSnapshots" >> cluster.PublishSnapshots(snapshot_dir)
         assert_that(clustered.assignments | "View" >> beam.Map(view), equal_to([view(r) for r in expected]))

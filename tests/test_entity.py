@@ -131,6 +131,16 @@ def _interleaved_events() -> list[dict]:
     return events
 
 
+def _live_features(stream: TestStream):
+    """A streaming pipeline of AddEntityFeatures over ``stream`` (keyed state, timers): (pipeline, features)."""
+    options = PipelineOptions(runner="BundleBasedDirectRunner")
+    options.view_as(StandardOptions).streaming = True
+    pipeline = TestPipeline(options=options)
+    live = (pipeline | stream
+            | AddEntityFeatures(FRAUD_ENTITY, streaming=True, batch_size=64) | beam.FlatMap(_features_of))
+    return pipeline, live
+
+
 def _expected(events: list[dict]) -> list[tuple]:
     return [(event_id, tuple(row[f.name] for f in FRAUD_ENTITY.entity_features))
             for event_id, row in _fold(FRAUD_ENTITY, events).items()]
@@ -160,11 +170,7 @@ def test_live_entity_features_equal_bounded_with_out_of_order_and_late_events():
     stream.advance_watermark_to(on_time[-1]["_time_us"] / _US + 1)
     stream.advance_watermark_to_infinity()
 
-    options = PipelineOptions(runner="BundleBasedDirectRunner")
-    options.view_as(StandardOptions).streaming = True
-    pipeline = TestPipeline(options=options)
-    live = (pipeline | stream
-            | AddEntityFeatures(FRAUD_ENTITY, streaming=True, batch_size=64) | beam.FlatMap(_features_of))
+    pipeline, live = _live_features(stream)
     assert_that(live | "OnTime" >> beam.Filter(lambda kv: kv[0] not in late),
                 equal_to(expected), label="on_time_equal_bounded")
     assert_that(live | "Late" >> beam.Map(lambda kv: kv[0]) | beam.Filter(lambda k: k in late),
@@ -174,8 +180,8 @@ def test_live_entity_features_equal_bounded_with_out_of_order_and_late_events():
 
 
 def test_live_history_outlives_a_quiet_spell_shorter_than_its_window_and_expires_after_a_longer_one():
-    # The 7-day history of c1: kept across a 5-day gap and a 3-day one (the first expiry timer, due 7 days
-    # after day 0, must find the card active and look again), forgotten after an 8-day gap.
+    # The 7-day history of c1: kept across a 5-day gap and a 3-day one, forgotten after an 8-day gap (its
+    # expiry timer fires in that gap; one that fired while the card was active must leave its history be).
     days = [0, 5, 8, 16, 16.5]
     events = [_event(i, "c1", day * 86400, 10.0 * (i + 1), "FR") for i, day in enumerate(days)]
     stream = TestStream()
@@ -183,11 +189,7 @@ def test_live_history_outlives_a_quiet_spell_shorter_than_its_window_and_expires
         stream.add_elements([TimestampedValue(b, b.event_time_us[0] / _US) for b in _batches([event])])
         stream.advance_watermark_to(event["_time_us"] / _US + 1)
     stream.advance_watermark_to_infinity()
-    options = PipelineOptions(runner="BundleBasedDirectRunner")
-    options.view_as(StandardOptions).streaming = True
-    pipeline = TestPipeline(options=options)
-    live = (pipeline | stream
-            | AddEntityFeatures(FRAUD_ENTITY, streaming=True, batch_size=64) | beam.FlatMap(_features_of))
+    pipeline, live = _live_features(stream)
     expected = _expected(events)
     since_previous = {event_id: values[4] for event_id, values in expected}  # seconds_since_previous
     assert since_previous["e0002"] == 3 * 86400 and since_previous["e0003"] == 7 * 86400  # kept, then forgotten
@@ -292,7 +294,7 @@ def test_a_backfill_with_history_before_its_start_gives_the_continuous_runs_scor
 
 def test_entity_spec_stream_on_the_direct_runner_is_refused_not_hung(fraud_entity_model, kafka_broker):
     kafka_broker.create_topic("entity-in", 1)
-    with pytest.raises(cli.UserError, match="keep state: AddEntityFeatures.*use a streaming runner"):
+    with pytest.raises(cli.UserError, match="keep state: .*AddEntityFeatures.*use a streaming runner"):
         score.run(["--spec", "fraud_entity", "--mode", "stream", "--bootstrap_servers", kafka_broker.bootstrap,
                    "--input_topic", "entity-in", "--output_topic", "entity-out", "--dead_letter_topic", "entity-dl",
                    "--model_dir", fraud_entity_model[0], "--runner", "DirectRunner"])

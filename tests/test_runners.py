@@ -72,7 +72,7 @@ def test_score_batch_translates_for_dataflow(monkeypatch, trained, tmp_path):
         "--spec", "fraud", "--input", str(root / "data" / "*" / "*.jsonl"), "--model_dir", str(root / "model"),
         "--output", "gs://rtml-bucket/scored", "--dead_letter", "gs://rtml-bucket/dead_letter", *DATAFLOW])
     assert job.proto.type_.name == "JOB_TYPE_BATCH"
-    assert {"ReadEvents", "ParseEvents", "ScoreEvents", "WriteScored", "WriteDeadLetters"} <= _step_names(job)
+    assert {"ReadEvents", "ScoreRaw", "WriteScored", "WriteDeadLetters"} <= _step_names(job)
     [pool] = _environment(job).worker_pools
     assert pool.autoscaling_settings.max_num_workers == 0  # no streaming preset in batch
 
@@ -83,7 +83,7 @@ def test_train_translates_for_dataflow(monkeypatch, trained, tmp_path):
         "--spec", "fraud", "--input", str(root / "data" / "*" / "*.jsonl"), "--model_dir", str(tmp_path / "model"),
         *DATAFLOW])
     assert job.proto.type_.name == "JOB_TYPE_BATCH"
-    assert {"ReadEvents", "ParseEvents", "WriteStaged", "AnalyzeFeatures"} <= _step_names(job)
+    assert {"ReadEvents", "ParseAndEnrich", "WriteStaged", "AnalyzeFeatures"} <= _step_names(job)
 
 
 def test_score_stream_translates_for_dataflow_with_streaming_presets(monkeypatch, trained):
@@ -93,7 +93,7 @@ def test_score_stream_translates_for_dataflow_with_streaming_presets(monkeypatch
         "--input_topic", "events", "--output_topic", "scored", "--dead_letter_topic", "dead-letters",
         "--model_dir", str(root / "model"), *DATAFLOW])
     assert job.proto.type_.name == "JOB_TYPE_STREAMING"
-    assert {"ReadEvents", "ScoreEvents", "WriteScored", "WriteDeadLetters"} <= _step_names(job)
+    assert {"ReadEvents", "ScoreRaw", "WriteScored", "WriteDeadLetters"} <= _step_names(job)
     environment = _environment(job)
     [pool] = environment.worker_pools
     assert pool.autoscaling_settings.algorithm.name == "AUTOSCALING_ALGORITHM_BASIC"  # THROUGHPUT_BASED

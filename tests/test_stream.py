@@ -179,15 +179,15 @@ def test_a_graph_the_direct_runner_cannot_stream_is_refused_not_left_hanging():
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines import score
+    from pipelines import serving
     from transforms.errors import UserError
 
     options = PipelineOptions(["--streaming"])
     pipeline = beam.Pipeline(options=options)
     _ = pipeline | beam.Create([("k", 1)]) | "Group" >> beam.GroupByKey()
     with pytest.raises(UserError, match="Group.*streaming runner"):
-        score.check_fused_with_source(pipeline, options)
-    score.check_fused_with_source(pipeline, PipelineOptions(["--streaming", "--runner", "FlinkRunner"]))
+        serving.check_fused_with_source(pipeline, options)
+    serving.check_fused_with_source(pipeline, PipelineOptions(["--streaming", "--runner", "FlinkRunner"]))
 
 
 def test_stream_mode_flags_are_checked_before_anything_starts(stream_model):

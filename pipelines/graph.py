@@ -1,0 +1,228 @@
+"""The graph every command composes: sources of ``list[Raw]`` blocks, the scoring graph, Kafka sinks.
+
+    raw = pipeline | ReadEventFiles(...)          # or ReadKafkaEvents(...), live or bounded
+    scored = raw | ScoreRaw(spec, model, ...)     # Scored(events, scored, dead_letters)
+    scored.scored | WriteScoredToKafka(...)       # or WriteJsonLines / WriteParquet
+
+Batch and stream run the same ``ParseAndEnrich`` and ``ScoreRaw``; only sources and sinks differ.
+"""
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+import apache_beam as beam
+import orjson
+from apache_beam.transforms.window import GlobalWindows
+
+from models import registry
+from models.inference import ScoreEvents
+from pipelines import cli
+from pipelines.options import ArchiveOptions, KafkaOptions, ModelOptions, SpecOptions
+from transforms import kafka
+from transforms.entity import AddEntityFeatures
+from transforms.errors import UserError
+from transforms.events import POSITION, ParseEvents, Raw
+from transforms.fileio import DEFAULT_BATCH_SIZE
+from transforms.spec import Spec, load_spec
+
+STREAM_MAX_BATCH = 256  # events per batch in a stream
+STREAM_MAX_WAIT_S = 0.05  # the longest a stream event waits for its batch to fill
+
+
+def spec_and_model(options) -> tuple[Spec, registry.ModelVersion]:
+    """The --spec and the --model_dir version to score with (ModelError for a model of other fields or
+    features; a one-line error for --engine sklearn without the train extra)."""
+    model_flags = options.view_as(ModelOptions)
+    missing = model_flags.engine == "sklearn" and cli.missing_extra("train", "sklearn", "tensorflow_transform")
+    if missing:
+        raise UserError(f"--engine sklearn: {missing}")
+    spec = load_spec(options.view_as(SpecOptions).spec)
+    return spec, registry.load_for_spec(model_flags.model_dir, spec, model_flags.model_version)
+
+
+def kafka_config(flags: KafkaOptions) -> dict[str, str]:
+    """--kafka_config KEY=VALUE items as a librdkafka config (errors never quote a value)."""
+    config = {}
+    for number, item in enumerate(flags.kafka_config or [], start=1):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--kafka_config #{number} is not KEY=VALUE")
+        config[key.strip()] = value
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources
+
+
+def kafka_raw(message: kafka.KafkaMessage, with_position: bool = False, with_timestamp: bool = False) -> Raw:
+    """A Kafka message as the graph's input. Its source: topic, partition, offset (the contract's), the key
+    (taken out again by the dead-letter sink, which writes under it) and, ``with_timestamp``, the message's
+    timestamp; ``with_position``: where it sits in its partition (see ``transforms.kafka_commit``)."""
+    source = {"topic": message.topic, "partition": message.partition, "offset": message.offset, "key": message.key}
+    if with_timestamp:
+        source["timestamp_ms"] = message.timestamp_ms
+    return Raw(message.value, source,
+               (message.topic, message.partition, message.covers_from, message.offset) if with_position else None)
+
+
+class BatchWithinBundle(beam.DoFn):
+    """Raw records in; lists of up to ``max_size`` out, none held longer than ``max_wait_s``.
+
+    Stateless (no GroupByKey, no state), so it fuses with the Kafka source and runs live on the
+    DirectRunner. A batch goes out when it is full, when its first record has waited
+    ``max_wait_s`` (checked as records arrive), or when the bundle ends (a live read ends its
+    bundles every fraction of a second), whichever comes first.
+    """
+
+    def __init__(self, max_size: int, max_wait_s: float = STREAM_MAX_WAIT_S):
+        self._max_size, self._max_wait_s = max_size, max_wait_s
+
+    def start_bundle(self):
+        self._batch, self._timestamp, self._since = [], None, 0.0
+
+    def process(self, raw: Raw, timestamp=beam.DoFn.TimestampParam):
+        if not self._batch:
+            self._since = time.monotonic()
+        self._batch.append(raw)
+        self._timestamp = timestamp
+        if len(self._batch) >= self._max_size or time.monotonic() - self._since >= self._max_wait_s:
+            batch, self._batch = self._batch, []
+            yield batch
+
+    def finish_bundle(self):
+        if self._batch:
+            batch, self._batch = self._batch, []
+            yield GlobalWindows.windowed_value(batch, self._timestamp)
+
+
+def stream_batch_size(options) -> int:
+    """Events per batch in a stream: --batch_size, at most STREAM_MAX_BATCH."""
+    return max(1, min(options.view_as(ArchiveOptions).batch_size, STREAM_MAX_BATCH))
+
+
+def live_read(flags: KafkaOptions, config: dict, group_id: str, commit_when_written: bool) -> kafka.ReadFromKafka:
+    """--input_topic read live for ``group_id``. ``commit_when_written``: the read commits nothing itself
+    (``CommitWhenWritten`` does, fed by the sinks); else it commits what its finished bundles read."""
+    return kafka.ReadFromKafka(flags.bootstrap_servers, flags.input_topic, group_id, flags.offset_reset, config,
+                               max_delay_ms=round(flags.max_delay_s * 1000), commit_on_finalize=not commit_when_written)
+
+
+class ReadKafkaEvents(beam.PTransform):
+    """A topic as ``list[Raw]`` blocks of up to ``batch_size``: the pipeline in, the blocks out.
+
+    ``read`` is the configured ``transforms.kafka.ReadFromKafka`` (live for a group, or a bounded
+    time range). ``with_positions``: every Raw carries its position, for a ``CommitWhenWritten`` fed
+    by the sinks (the read then commits nothing itself). ``with_timestamps``: its source carries the
+    message's timestamp.
+    """
+
+    def __init__(self, read: kafka.ReadFromKafka, batch_size: int, with_positions: bool = False,
+                 with_timestamps: bool = False):
+        super().__init__()
+        self._read, self._batch_size = read, batch_size
+        self._with_positions, self._with_timestamps = with_positions, with_timestamps
+
+    def expand(self, pipeline):
+        return (pipeline
+                | "Read" >> self._read
+                | "ToRaw" >> beam.Map(kafka_raw, self._with_positions, self._with_timestamps)
+                | "Batch" >> beam.ParDo(BatchWithinBundle(self._batch_size)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The scoring graph
+
+
+class Parsed(NamedTuple):
+    events: beam.PCollection  # EventBatch, with the spec's entity features
+    dead_letters: beam.PCollection  # dicts
+
+
+class Scored(NamedTuple):
+    events: beam.PCollection  # EventBatch, as scored
+    scored: beam.PCollection  # lists of scored records
+    dead_letters: beam.PCollection  # dicts
+
+
+class ParseAndEnrich(beam.PTransform):
+    """``list[Raw]`` blocks in; ``Parsed``: the valid events with the spec's entity features (keyed state when
+    ``streaming``), and the dead letters."""
+
+    def __init__(self, spec: Spec, streaming: bool, batch_size: int = DEFAULT_BATCH_SIZE, require_label: bool = False):
+        super().__init__()
+        self._spec, self._streaming, self._batch_size, self._require_label = spec, streaming, batch_size, require_label
+
+    def expand(self, raw):
+        parsed = raw | "ParseEvents" >> ParseEvents(self._spec, require_label=self._require_label)
+        events = parsed.events | "AddEntityFeatures" >> AddEntityFeatures(self._spec, self._streaming, self._batch_size)
+        return Parsed(events, parsed.dead_letters)
+
+
+class ScoreRaw(beam.PTransform):
+    """``list[Raw]`` blocks in; ``Scored`` out: parse, entity features, the model.
+
+    ``model_reload_s`` > 0: switch to new good versions in ``model_dir``, read that often (see ``ScoreEvents``).
+    """
+
+    def __init__(self, spec: Spec, model: registry.ModelVersion, model_dir: str, engine: str, streaming: bool = False,
+                 batch_size: int = DEFAULT_BATCH_SIZE, model_reload_s: float = 0.0):
+        super().__init__()
+        self._spec, self._model, self._model_dir, self._engine = spec, model, model_dir, engine
+        self._streaming, self._batch_size, self._model_reload_s = streaming, batch_size, model_reload_s
+
+    def expand(self, raw):
+        parsed = raw | "ParseAndEnrich" >> ParseAndEnrich(self._spec, self._streaming, self._batch_size)
+        scored = parsed.events | "ScoreEvents" >> ScoreEvents(self._spec, self._model, self._model_dir, self._engine,
+                                                             self._model_reload_s)
+        return Scored(parsed.events, scored, parsed.dead_letters)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kafka sinks: each takes records; with ``report_written``, returns the positions written
+
+
+def scored_messages(records: list[dict], entity_key: str) -> list[tuple[bytes, bytes, tuple | None]]:
+    """Scored records as Kafka (key, value, position): keyed by the entity id, UTF-8."""
+    return [(str(record[entity_key]).encode("utf-8"), orjson.dumps(_without(record, POSITION)), record.get(POSITION))
+            for record in records]
+
+
+def dead_letter_record(letter: dict) -> tuple[bytes | None, dict]:
+    """A dead letter as written: the original Kafka message's key (None for a file's line), and the record
+    without it and without its position."""
+    source = dict(letter["source"])
+    key = source.pop("key", None)
+    return key, dict(_without(letter, POSITION), source=source)
+
+
+def dead_letter_message(letter: dict) -> tuple[bytes | None, bytes, tuple | None]:
+    """A dead letter as Kafka (key, value, position): keyed by the original message's key."""
+    key, record = dead_letter_record(letter)
+    return key, orjson.dumps(record), letter.get(POSITION)
+
+
+def monitoring_message(record: dict) -> tuple[bytes, bytes]:
+    """A monitoring or alert record as Kafka (key, value): keyed by its window, ``<size>s/<start>``."""
+    return f"{record['window_s']}s/{record['window_start']}".encode("utf-8"), orjson.dumps(record)
+
+
+def _without(record: dict, name: str) -> dict:
+    # A copy: the same record may also feed another branch (monitoring).
+    return {k: v for k, v in record.items() if k != name} if name in record else record
+
+
+class WriteToTopic(beam.PTransform):
+    """Records in, each made a Kafka (key, value[, position]) by ``to_messages`` (one record to a list of
+    messages, or with ``one_each``, to one message), written to ``topic``."""
+
+    def __init__(self, bootstrap_servers: str, topic: str, config: dict, to_messages, *args,
+                 one_each: bool = False, report_written: bool = False):
+        super().__init__()
+        self._write = kafka.WriteToKafka(bootstrap_servers, topic, config, report_written=report_written)
+        self._to_messages, self._args, self._one_each = to_messages, args, one_each
+
+    def expand(self, records):
+        make = beam.Map if self._one_each else beam.FlatMap
+        return records | "Messages" >> make(self._to_messages, *self._args) | "Write" >> self._write
