@@ -15,7 +15,7 @@ setuptools.setup(
     package_data={"transforms": ["specs/*.yaml"],
                   "templates": ["metadata/*.json", "*.yaml", "Dockerfile", "Dockerfile.dockerignore", ".gcloudignore"]},
     # What scoring needs (batch and stream, ONNX, Kafka). No TensorFlow and no scikit-learn: those are
-    # the train extra's. onnx builds the k-means feature graph (pipelines.cluster).
+    # the train extra's (a new k-means model's k-means++ too). onnx builds the k-means feature graph.
     install_requires=[
         "apache-beam==2.77.0",
         "onnx==1.23.2",

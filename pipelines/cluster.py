@@ -59,14 +59,13 @@ from typing import NamedTuple
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.utils.timestamp import Timestamp
 
 from models import registry
 from models.kmeans import DEFAULTS, MiniBatchKMeans
 from pipelines import cli, graph, runners, serving
 from pipelines.options import ArchiveOptions, ClusterOptions, KafkaOptions, ModelOptions, ScoreOptions, SpecOptions
 from transforms.errors import UserError
-from transforms.events import METRICS_NAMESPACE, POSITION, EventBatch
+from transforms.events import METRICS_NAMESPACE, POSITION, EventBatch, rfc3339
 from transforms.features import FEATURES_OUTPUT, feature_graph, raw_columns
 from transforms.fileio import ReadEventFiles, WriteJsonLines, WriteParquet, check_input
 from transforms.kafka_commit import CommitWhenWritten
@@ -79,7 +78,7 @@ STATE_FILE = "kmeans.json"  # in a snapshot version: everything a run needs to c
 KIND = "kmeans"  # a snapshot manifest's kind
 SNAPSHOTS = "snapshots"
 SETTINGS = ("k", "minibatch_size", "learning_rate", "eta", "decay", "seed")
-# An event with its cluster and distance is scored: serve() and cli.summary report this counter.
+# An event given its cluster and distance: serving.serve and cli.summary report this counter.
 _ASSIGNED = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "assigned")
 
 
@@ -136,6 +135,9 @@ def clustering_for(options) -> Clustering:
     Raises UserError (one line) for bad settings, or a snapshot of another spec, features or k.
     """
     flags = options.view_as(ClusterOptions)
+    missing = not flags.init_snapshot and cli.missing_extra("train", "sklearn")
+    if missing:  # a new model starts with scikit-learn's k-means++
+        raise UserError(f"a new k-means model (no --init_snapshot): {missing}")
     spec, features = graph.spec_and_model(options)
     given = {name: getattr(flags, name) for name in SETTINGS if getattr(flags, name) is not None}
     snapshot, saved = None, {}
@@ -304,8 +306,7 @@ class _KMeansStep(OrderedStep):
                         eta=model.eta, decay=model.decay, minibatch_size=minibatch_size,
                         centers=model.centers.tolist(), counts=model.counts.tolist(), events=state.events,
                         learned=model.seen, minibatches=model.batches,
-                        event_time={"from": Timestamp(micros=state.first_us).to_rfc3339(),
-                                    "to": Timestamp(micros=state.last_us).to_rfc3339()})
+                        event_time={"from": rfc3339(state.first_us), "to": rfc3339(state.last_us)})
         contents = {"model": model.to_dict(), "minibatch_size": minibatch_size,
                     "pending": [list(row) for row in state.pending], "events": state.events,
                     "event_time_us": [state.first_us, state.last_us]}
@@ -381,7 +382,7 @@ def assignment_schema(spec: Spec):
 
 
 def run(argv=None, test_pipeline=None) -> dict[str, int]:
-    """Cluster events; returns the run's counters (received, valid, scored, dead letters by reason)."""
+    """Cluster events; returns the run's counters (received, valid, assigned, dead letters by reason)."""
     options = cli.parse(argv, VIEWS, __doc__)
     streaming = options.view_as(ScoreOptions).mode == "stream"
     runners.apply_runner_presets(options, streaming=streaming)

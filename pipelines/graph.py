@@ -2,7 +2,7 @@
 
     raw = pipeline | ReadEventFiles(...)          # or ReadKafkaEvents(...), live or bounded
     scored = raw | ScoreRaw(spec, model, ...)     # Scored(events, scored, dead_letters)
-    scored.scored | WriteScoredToKafka(...)       # or WriteJsonLines / WriteParquet
+    scored.scored | WriteToTopic(..., scored_messages, ...)   # or WriteJsonLines / WriteParquet
 
 Batch and stream run the same ``ParseAndEnrich`` and ``ScoreRaw``; only sources and sinks differ.
 """

@@ -73,7 +73,7 @@ class KafkaOptions(PipelineOptions):
 
     ``--bootstrap_servers`` is also Beam's own flag (``KafkaStreamsRunnerOptions``, default
     localhost:9092): when Beam parses, that definition stands (so ``cli.given`` tells whether it
-    was on the command line); in ``--help`` this one shows, with what stream mode does without it.
+    was on the command line); in ``--help`` this one shows, with its help text.
     """
 
     @classmethod

@@ -5,8 +5,9 @@ model on generated data in a temporary folder (or scores with the one in --model
 training into it), produces generated events (1% broken) at a steady rate, runs the stream scorer
 (``pipelines.score --mode stream``) against them and prints every scored record and dead letter as
 it arrives on the output topics; --demo_seconds after the first one (or on SIGTERM / Ctrl-C) it
-stops the scorer cleanly, then the producer, the printer and the broker. Other flags (--runner,
---monitoring_topic, --max_delay_s ...) go to the scorer.
+stops the scorer cleanly, then the producer, the printer and the broker. The model, Kafka and
+monitoring flags (--monitoring_topic, --window_s, --max_delay_s ...) and Beam's (--runner ...) go to
+the scorer.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from models import registry
 from pipelines import artifacts, cli, generate, score, train
-from pipelines.options import DemoOptions, KafkaOptions, ModelOptions, SpecOptions
+from pipelines.options import DemoOptions, KafkaOptions, ModelOptions, MonitorOptions, SpecOptions
 from pipelines.kafka_broker import KafkaBroker
 from transforms.errors import UserError
 from transforms.spec import load_spec
@@ -42,7 +43,7 @@ def _say(text: str) -> None:
     print(f"[demo] {text}", file=sys.stderr, flush=True)
 
 
-VIEWS = (SpecOptions, DemoOptions, ModelOptions, KafkaOptions)
+VIEWS = (SpecOptions, DemoOptions, ModelOptions, KafkaOptions, MonitorOptions)
 
 
 def run(argv=None, test_pipeline=None) -> dict[str, int]:
@@ -61,7 +62,8 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
     events = _generator_for(spec)
     if events is None:
         raise UserError(f"the stream demo generates events of the built-in use cases only "
-                        f"({', '.join(generate.MODELS)}); for --spec {options.view_as(SpecOptions).spec} give --bootstrap_servers and topics")
+                        f"({', '.join(generate.MODELS)}); to score --spec {options.view_as(SpecOptions).spec} from a running "
+                        f"cluster: rtml score --mode stream --bootstrap_servers ...")
     seconds = options.view_as(DemoOptions).demo_seconds
     if not seconds > 0:
         raise UserError("--demo_seconds must be > 0")

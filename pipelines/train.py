@@ -28,14 +28,13 @@ import numpy as np
 import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.utils.timestamp import Timestamp
 
 from models import estimator as estimators
 from models import registry
 from pipelines import graph, runners
 from pipelines.options import ArchiveOptions, ModelOptions, SpecOptions, TrainOptions
 from transforms.errors import UserError
-from transforms.events import EventBatch
+from transforms.events import EventBatch, rfc3339
 from transforms.features import AnalyzeFeatures, feature_graph, feature_names, load_feature_plan, raw_columns, \
     tft_layer, transform_with_tft, width
 from transforms.fileio import ReadEventFiles, WriteJsonLines, check_input
@@ -209,7 +208,7 @@ def _ablation(spec: Spec, features: np.ndarray, labels: np.ndarray, train: np.nd
 
 
 def _utc(microseconds) -> str:
-    return Timestamp(micros=int(microseconds)).to_rfc3339()
+    return rfc3339(int(microseconds))
 
 
 def _report(model: registry.ModelVersion, seconds: float) -> str:

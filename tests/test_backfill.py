@@ -357,7 +357,9 @@ def test_kafka_replay_between_two_timestamps(setup, clean, kafka_broker, tmp_pat
     spec = load_spec("fraud")
     topic = f"backfill-{os.getpid()}-{random.randrange(1 << 30)}"
     kafka_broker.create_topic(topic, 3)
-    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap, "linger.ms": 5})
+    # Idempotent, so that a retried batch (a fresh topic's leaders may still be settling) cannot land after a
+    # later one: the replay stops at the first message past its end time.
+    producer = Producer({"bootstrap.servers": kafka_broker.bootstrap, "linger.ms": 5, "enable.idempotence": True})
     untimed_by_day: dict[str, list[str]] = {}
     for path in sorted(pathlib.Path(setup["root"], "archive").glob("*/*.jsonl")):
         day = path.parent.name[3:]

@@ -41,7 +41,8 @@ def test_batch_scoring_needs_neither_tensorflow_nor_scikit_learn(fraud_archive, 
     assert read_json_lines(tmp_path / "scored") == fraud_scored["records"]
 
 
-def test_training_and_the_sklearn_engine_say_they_need_the_train_extra(fraud_archive, fraud_model, tmp_path):
+def test_training_the_sklearn_engine_and_a_new_kmeans_model_say_they_need_the_train_extra(fraud_archive, fraud_model,
+                                                                                          tmp_path):
     result = _without_train_extra("pipelines.train", "--spec", "fraud", "--input", fraud_archive["train"],
                                   "--model_dir", str(tmp_path / "model"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -52,3 +53,9 @@ def test_training_and_the_sklearn_engine_say_they_need_the_train_extra(fraud_arc
                                   "--output", str(tmp_path / "scored"), "--dead_letter", str(tmp_path / "dead"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "error: --engine sklearn: sklearn, tensorflow_transform not installed" in result.stderr
+    result = _without_train_extra("pipelines.cluster", "--spec", "fraud", "--mode", "batch", "--k", "3",
+                                  "--input", fraud_archive["later"], "--model_dir", fraud_model[0],
+                                  "--snapshot_dir", str(tmp_path / "snapshots"), "--output", str(tmp_path / "clusters"),
+                                  "--dead_letter", str(tmp_path / "dead"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: a new k-means model (no --init_snapshot): sklearn not installed" in result.stderr

@@ -33,7 +33,7 @@ GOOD = {
     "dead_letter": ["gs://rtml-bucket/dead_letter"],
     "model_dir": ["/template/model_store/fraud"],
     "model_version": ["20261121T150102Z-3fa9"],
-    "engine": ["onnx", "sklearn"],
+    "engine": ["onnx"],
     "output_format": ["jsonl", "parquet"],
     "batch_size": ["1", "512", "100000"],
     "bootstrap_servers": ["localhost:9092", "b-1.kafka.internal:9092,10.0.0.7:9093"],
@@ -54,7 +54,7 @@ BAD = {
     "dead_letter": ["gs://rtml-bucket/x;rm", "file:///tmp/x"],
     "model_dir": ["models/fraud", "/template/../etc", "gs://b/models", "/a b", "gs://rtml-bucket/m;id"],
     "model_version": ["latest", "../x"],
-    "engine": ["torch", "onnx "],
+    "engine": ["torch", "onnx ", "sklearn"],  # the scoring images have no scikit-learn
     "output_format": ["csv"],
     "batch_size": ["0", "-1", "1e3", "5000000"],
     "bootstrap_servers": ["localhost", "host:9092;id", "host:9092, host2:9092"],

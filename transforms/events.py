@@ -190,6 +190,13 @@ def event_time_us_of(value: str | datetime.datetime) -> int:
     return (moment - _EPOCH) // _MICROSECOND
 
 
+def rfc3339(time_us: int) -> str:
+    """An instant as RFC 3339 UTC with microseconds, always all six digits, so that such strings sort as
+    their times do (Beam's ``Timestamp.to_rfc3339`` leaves out a zero fraction)."""
+    return (_EPOCH + datetime.timedelta(microseconds=time_us)).isoformat(timespec="microseconds").replace(
+        "+00:00", "Z")
+
+
 def dead_letter(payload: bytes | dict | None, error: str, source: dict, spec_name: str) -> dict:
     """The contract's dead-letter record: reason, where it came from, and the raw input (cut if long)."""
     if payload is None:

@@ -176,7 +176,11 @@ class _OrderedStateFn(beam.DoFn):
         # The ttl check in OrderedStep.advance would reset the state anyway; this frees the memory
         # (unless an element came since: timer families need not fire in timestamp order).
         stepped, waiting = _split(kept.read())
-        if stepped is not None and stepped.last[0] + self._step.ttl_us < timestamp.micros:
+        ttl_us = self._step.ttl_us
+        # (an element still waiting within the ttl of the last one needs the state: the watermark may have
+        # jumped past both, and this timer fired first)
+        if (stepped is not None and stepped.last[0] + ttl_us < timestamp.micros
+                and not any(time_us - stepped.last[0] <= ttl_us for time_us, _, _ in waiting)):
             _keep(kept, None, waiting)
 
     @userstate.on_timer(END)
