@@ -55,6 +55,9 @@ from transforms.events import EventBatch, dead_letter_time_us, event_time_us_of,
 from transforms.fileio import ReadEventFiles, check_input
 
 VIEWS = (SpecOptions, ModelOptions, ArchiveOptions, BackfillOptions, KafkaOptions)
+_EVERY_BACKFILL = ("spec", "model_dir", "output", "dead_letter", "start", "end")
+REQUIRED = {"--source files": ("input", *_EVERY_BACKFILL),
+            "--source kafka": ("bootstrap_servers", "input_topic", *_EVERY_BACKFILL)}
 MANIFEST = "_manifest.json"
 SCORED_FILE = "scored.jsonl"
 DEAD_LETTER_FILE = "dead_letter.jsonl"
@@ -548,10 +551,9 @@ def table(statuses: dict[str, dict]) -> str:
 
 def run(argv=None) -> dict[str, dict]:
     """Backfill [start, end); returns each unit's status, note and manifest."""
-    options = cli.parse(argv, VIEWS, __doc__)
+    options = cli.parse(argv, VIEWS, __doc__, REQUIRED)
     flags, archive = options.view_as(BackfillOptions), options.view_as(ArchiveOptions)
-    cli.require(options, "spec", "input_topic" if flags.source == "kafka" else "input", "model_dir", "output",
-                "dead_letter", "start", "end")
+    cli.require(options, *REQUIRED[f"--source {flags.source}"])
     start_us = parse_moment("start", flags.start, flags.partition)
     end_us = parse_moment("end", flags.end, flags.partition)
     if end_us <= start_us:

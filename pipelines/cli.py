@@ -20,16 +20,17 @@ _REASONS_SHOWN = 12
 PROG: str | None = None  # how --help names the command (rtml sets it; else "python -m <module>")
 
 
-def parse(argv: Sequence[str] | None, views: Sequence[type[PipelineOptions]], description: str) -> PipelineOptions:
+def parse(argv: Sequence[str] | None, views: Sequence[type[PipelineOptions]], description: str,
+          required: dict[str, Sequence[str]] | None = None) -> PipelineOptions:
     """Beam pipeline options from argv: the command's own flags (``views``) and Beam's; ``--help``
-    prints them and exits.
+    prints them and exits, marking those ``required`` ({case, e.g. a --mode: flag names}; "" for every run).
 
     Unlike Beam's default (a warning), an unknown flag is an error: a mistyped optional flag
     would otherwise be ignored silently, and so would another command's flag.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        print(_help(views, description))
+        print(_help(views, description, required or {}))
         raise SystemExit(0)
     parser = _BeamArgumentParser(allow_abbrev=False)
     for cls in (*_beam_views(), *views):
@@ -90,7 +91,7 @@ def require(options: PipelineOptions, *names: str) -> None:
         raise UserError(f"missing {', '.join(missing)}; see --help")
 
 
-def _help(views: Sequence[type[PipelineOptions]], description: str) -> str:
+def _help(views: Sequence[type[PipelineOptions]], description: str, required: dict[str, Sequence[str]]) -> str:
     main_spec = getattr(sys.modules["__main__"], "__spec__", None)
     parser = argparse.ArgumentParser(prog=PROG or (f"python -m {main_spec.name}" if main_spec else None),
                                      description=description, add_help=True,
@@ -99,6 +100,11 @@ def _help(views: Sequence[type[PipelineOptions]], description: str) -> str:
                                             "(Dataflow, Flink, Portable runners ...).")
     for view in views:
         view._add_argparse_args(parser.add_argument_group(view.__name__.replace("Options", " options").lower()))
+    for action in parser._actions:
+        cases = [case for case, names in required.items() if action.dest in names]
+        if cases:
+            when = "" if len(cases) == len(required) else " with " + " or ".join(cases)
+            action.help = f"[required{when}] " + (action.help or "")
     for view in (StandardOptions, DirectOptions, SetupOptions):
         view._add_argparse_args(parser.add_argument_group(f"beam: {view.__name__}"))
     return parser.format_help()

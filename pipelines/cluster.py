@@ -73,6 +73,9 @@ from transforms.ordering import OrderedPerKey, OrderedStep
 from transforms.spec import Spec
 
 VIEWS = (SpecOptions, ScoreOptions, ClusterOptions, ModelOptions, ArchiveOptions, KafkaOptions)
+REQUIRED = {"--mode batch": ("spec", "input", "model_dir", "snapshot_dir", "output", "dead_letter"),
+            "--mode stream": ("spec", "model_dir", "snapshot_dir", "bootstrap_servers", "input_topic", "output_topic",
+                              "dead_letter_topic")}
 MODEL_KEY = "kmeans"  # the one key: the whole stream is one model
 STATE_FILE = "kmeans.json"  # in a snapshot version: everything a run needs to continue from it
 KIND = "kmeans"  # a snapshot manifest's kind
@@ -383,12 +386,12 @@ def assignment_schema(spec: Spec):
 
 def run(argv=None, test_pipeline=None) -> dict[str, int]:
     """Cluster events; returns the run's counters (received, valid, assigned, dead letters by reason)."""
-    options = cli.parse(argv, VIEWS, __doc__)
+    options = cli.parse(argv, VIEWS, __doc__, REQUIRED)
     streaming = options.view_as(ScoreOptions).mode == "stream"
     runners.apply_runner_presets(options, streaming=streaming)
     if streaming:
         return _run_stream(options, test_pipeline)
-    cli.require(options, "spec", "input", "model_dir", "snapshot_dir", "output", "dead_letter")
+    cli.require(options, *REQUIRED["--mode batch"])
     flags, snapshot_dir = options.view_as(ArchiveOptions), options.view_as(ClusterOptions).snapshot_dir
     clustering = clustering_for(options)
     check_input(flags.input)
@@ -460,7 +463,7 @@ def _assignment_message(record: dict, entity_key: str) -> tuple[bytes, bytes, tu
 
 
 def _run_stream(options, test_pipeline) -> dict[str, int]:
-    cli.require(options, "spec", "model_dir", "snapshot_dir", "input_topic", "output_topic", "dead_letter_topic")
+    cli.require(options, *REQUIRED["--mode stream"])
     if not cli.given(options, "bootstrap_servers"):  # Beam's flag defaults to localhost:9092
         raise UserError("missing --bootstrap_servers; see --help")
     flags = options.view_as(KafkaOptions)

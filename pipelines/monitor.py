@@ -24,14 +24,15 @@ from transforms.fileio import ReadEventFiles, WriteJsonLines, check_input
 from transforms.monitoring import ALERTS, MONITOR_METRICS_NAMESPACE, WINDOWS, Monitor
 
 VIEWS = (SpecOptions, MonitorOptions, ModelOptions, ArchiveOptions)
+REQUIRED = {"": ("spec", "input", "model_dir", "output")}
 ALERTS_SHOWN = 20
 
 
 def run(argv=None, test_pipeline=None) -> dict[str, int]:
     """Monitor an archive; returns the run's counters (those of scoring and ``rtml.monitor/...``)."""
-    options = cli.parse(argv, VIEWS, __doc__)
+    options = cli.parse(argv, VIEWS, __doc__, REQUIRED)
     runners.apply_runner_presets(options)
-    cli.require(options, "spec", "input", "model_dir", "output")
+    cli.require(options, *REQUIRED[""])
     flags = options.view_as(ArchiveOptions)
     spec, model = graph.spec_and_model(options)
     monitor = Monitor(spec, model.baseline(), model.version, options.view_as(MonitorOptions).window_s)

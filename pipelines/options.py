@@ -81,8 +81,8 @@ class KafkaOptions(PipelineOptions):
         try:  # in --help, with this text; when parsing, Beam's KafkaStreamsRunnerOptions has defined it already
             parser.add_argument(
                 "--bootstrap_servers",
-                help="Kafka brokers, host:port[,host:port]; required by --mode stream. (A self-contained demo "
-                     "with its own local broker: rtml demo stream.)")
+                help="Kafka brokers, host:port[,host:port]. (A self-contained demo with its own local broker: "
+                     "rtml demo stream.)")
         except argparse.ArgumentError:
             pass
         parser.add_argument("--input_topic", help="Topic of events to score (JSON values, keyed by entity id).")

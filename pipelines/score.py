@@ -36,6 +36,9 @@ from transforms.monitoring import ALERTS, WINDOWS, Monitor
 from transforms.spec import Spec
 
 VIEWS = (SpecOptions, ScoreOptions, ModelOptions, ArchiveOptions, KafkaOptions, MonitorOptions)
+REQUIRED = {"--mode batch": ("spec", "input", "model_dir", "output", "dead_letter"),
+            "--mode stream": ("spec", "model_dir", "bootstrap_servers", "input_topic", "output_topic",
+                              "dead_letter_topic")}
 MIN_MODEL_POLL_S = 2.0  # reading CURRENT more often than this only costs
 
 
@@ -52,12 +55,12 @@ def scored_schema(spec: Spec):
 
 def run(argv=None, test_pipeline=None) -> dict[str, int]:
     """Score events; returns the run's counters (received, valid, scored, dead letters by reason)."""
-    options = cli.parse(argv, VIEWS, __doc__)
+    options = cli.parse(argv, VIEWS, __doc__, REQUIRED)
     runners.apply_runner_presets(options, streaming=options.view_as(ScoreOptions).mode == "stream")
     if options.view_as(ScoreOptions).mode == "stream":
         return run_stream(options, test_pipeline)
     flags = options.view_as(ArchiveOptions)
-    cli.require(options, "spec", "input", "model_dir", "output", "dead_letter")
+    cli.require(options, *REQUIRED["--mode batch"])
     spec, model = graph.spec_and_model(options)
     check_input(flags.input)
 
@@ -133,7 +136,7 @@ def run_stream(options, test_pipeline=None, stop_when=None, on_stop=None,
     if not cli.given(options, "bootstrap_servers"):  # Beam's flag defaults to localhost:9092
         raise UserError("--mode stream reads Kafka: give --bootstrap_servers and the topics (a self-contained "
                         "demo with its own local broker: rtml demo stream --spec fraud)")
-    cli.require(options, "model_dir", "input_topic", "output_topic", "dead_letter_topic")
+    cli.require(options, *REQUIRED["--mode stream"])
     spec, model = graph.spec_and_model(options)
     config = graph.kafka_config(flags)  # a malformed item fails here, before anything starts
     model_reload_s = model_reload_seconds(options)

@@ -42,6 +42,7 @@ from transforms.monitoring import training_baseline
 from transforms.spec import Spec, load_spec
 
 VIEWS = (SpecOptions, TrainOptions, ModelOptions, ArchiveOptions)
+REQUIRED = {"": ("spec", "input", "model_dir")}
 TIME_COLUMN = "__event_time_us"
 FEATURE_TOLERANCE = 1e-4  # ONNX features vs tensorflow-transform's, absolute
 # ONNX's tree ensembles hold split thresholds as float32: a row whose feature lies between a
@@ -95,9 +96,9 @@ def build(pipeline, spec: Spec, input_pattern: str, batch_size: int, staging, de
 
 def run(argv=None, test_pipeline=None) -> registry.ModelVersion:
     """Train and publish a model version; returns it."""
-    options = cli.parse(argv, VIEWS, __doc__)
+    options = cli.parse(argv, VIEWS, __doc__, REQUIRED)
     runners.apply_runner_presets(options)
-    cli.require(options, "spec", "input", "model_dir")
+    cli.require(options, *REQUIRED[""])
     flags, model_dir = options.view_as(ArchiveOptions), options.view_as(ModelOptions).model_dir
     holdout_fraction = options.view_as(TrainOptions).holdout_fraction
     if not 0 < holdout_fraction < 1:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -27,6 +28,10 @@ def test_a_commands_help_starts_with_its_own_flags():
     assert groups[:3] == ["options:", "spec options:", "score options:"], groups  # (options: --help itself)
     assert "cluster options:" not in groups
     assert groups.index("kafka options:") < groups.index("beam: StandardOptions:")
+    blocks = re.split(r"\n(?=  -)", result.stdout)  # one a flag: its line and the help wrapped below it
+    help_of = {block.split()[0]: " ".join(block.split()) for block in blocks if block.startswith("  --")}
+    assert "[required]" in help_of["--spec"] and "[required with --mode batch]" in help_of["--input"]
+    assert "[required with --mode stream]" in help_of["--input_topic"] and "required" not in help_of["--engine"]
 
 
 def test_a_flag_of_another_command_or_an_unknown_command_is_one_line():

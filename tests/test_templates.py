@@ -1,8 +1,6 @@
 """The flex templates agree with their pipelines: parameters are flags, required flags are parameters,
 regexes compile (in the subset Java shares), accept the documented examples and refuse shell or path
 tricks; the build files name every template."""
-import ast
-import inspect
 import json
 import os
 import pathlib
@@ -19,11 +17,11 @@ from templates import build, launch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "templates"
-# template -> (pipeline module, functions whose cli.require calls apply, flags it requires by other means)
+# template -> (pipeline module, the case of its REQUIRED flags)
 PIPELINES = {
-    "score_batch": (score, ("run",), set()),
-    "score_stream": (score, ("run_stream",), {"bootstrap_servers"}),
-    "train": (train, ("run",), set()),
+    "score_batch": (score, "--mode batch"),
+    "score_stream": (score, "--mode stream"),
+    "train": (train, ""),
 }
 BEAM_FLAGS_USED = {"bootstrap_servers"}  # Beam's own flag (KafkaStreamsRunnerOptions) that stream mode reads
 GOOD = {
@@ -91,18 +89,6 @@ def _beam_flags() -> set[str]:
     return _flags({str(c): c for c in PipelineOptions.__subclasses__()}.values())
 
 
-def _required(module, functions) -> set[str]:
-    names = set()
-    for node in ast.walk(ast.parse(inspect.getsource(module))):
-        if isinstance(node, ast.FunctionDef) and node.name in functions:
-            for call in ast.walk(node):
-                if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
-                        and call.func.attr == "require"):
-                    names |= {arg.value for arg in call.args if isinstance(arg, ast.Constant)}
-    assert names, f"no cli.require call in {module.__name__}.{functions}"
-    return names
-
-
 def test_every_pipeline_has_metadata_an_entry_file_and_an_image():
     names = sorted(p.stem for p in (TEMPLATES / "metadata").glob("*.json"))
     assert names == sorted(PIPELINES) == sorted(build.PIPELINES) == sorted(launch.PIPELINES)
@@ -126,7 +112,7 @@ def test_every_pipeline_has_metadata_an_entry_file_and_an_image():
 
 @pytest.mark.parametrize("name", sorted(PIPELINES))
 def test_parameters_are_the_pipelines_flags_and_cover_its_required_ones(name):
-    module, functions, also_required = PIPELINES[name]
+    module, case = PIPELINES[name]
     metadata = _metadata(name)
     assert set(metadata) >= {"name", "description", "parameters"}
     parameters = {p["name"]: p for p in metadata["parameters"]}
@@ -134,7 +120,7 @@ def test_parameters_are_the_pipelines_flags_and_cover_its_required_ones(name):
     own = _flags(module.VIEWS)
     for parameter in parameters:
         assert parameter in own or (parameter in BEAM_FLAGS_USED and parameter in _beam_flags()), parameter
-    required = _required(module, functions) | also_required
+    required = set(module.REQUIRED[case])
     assert required <= set(parameters)
     for parameter, spec in parameters.items():
         assert set(spec) <= {"name", "label", "helpText", "isOptional", "regexes", "paramType"}
