@@ -156,9 +156,16 @@ class _OrderedStateFn(beam.DoFn):
         self._step = step
         self._finishes = step.finishes
 
+    def start_bundle(self):
+        # key -> how far this bundle has released it. A key's releases of one watermark step come in one
+        # bundle (a timer per event time): the first steps them all, and the rest, unless an element came
+        # in between, skip reading and sorting what still waits (a hot key, like k-means' one, has many).
+        self._released_to: dict = {}
+
     def process(self, element, kept=beam.DoFn.StateParam(KEPT),
                 release=beam.DoFn.TimerParam(RELEASE), end=beam.DoFn.TimerParam(END)):
-        _, (time_us, tiebreak, value) = element
+        key, (time_us, tiebreak, value) = element
+        self._released_to.pop(key, None)
         kept.add((time_us, tiebreak, value))
         release.set(Timestamp(micros=time_us), dynamic_timer_tag=str(time_us))
         if self._finishes:
@@ -168,8 +175,10 @@ class _OrderedStateFn(beam.DoFn):
     def on_release(self, key=beam.DoFn.KeyParam, timestamp=beam.DoFn.TimestampParam,
                    kept=beam.DoFn.StateParam(KEPT), expire=beam.DoFn.TimerParam(EXPIRE)):
         # The watermark has passed ``timestamp``: nothing at or before it can still arrive on time.
-        # (An earlier release in the same bundle may have stepped everything already.)
+        if self._released_to.get(key, timestamp.micros - 1) >= timestamp.micros:
+            return
         yield from self._release(key, timestamp.micros, kept, expire)
+        self._released_to[key] = timestamp.micros
 
     @userstate.on_timer(EXPIRE)
     def on_expire(self, timestamp=beam.DoFn.TimestampParam, kept=beam.DoFn.StateParam(KEPT)):
