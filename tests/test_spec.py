@@ -34,6 +34,9 @@ def _spec_file(tmp_path, **changes) -> str:
     ({"features": [{"name": "a", "kind": "cube", "source": "amount"}]}, "kind must be one of"),
     ({"features": [{"name": "a", "kind": "zscore", "source": "nope"}]}, "source 'nope' is not a field"),
     ({"features": [{"name": "a", "kind": "zscore", "source": "amount", "colour": 1}]}, "unknown key colour"),
+    ({"features": [{"name": "a", "kind": "buckets", "source": "amount", "num_buckets": "ten"}]},
+     r"features\[0\].num_buckets: must be a whole number >= 2"),
+    ({"features": [{"name": "a", "kind": ["zscore"], "source": "amount"}]}, "kind must be one of"),
     ({"model": {"estimator": "os.system"}}, "must be a scikit-learn class"),
     ({"fields": {"event_id": {"type": "uuid"}}}, "type must be one of"),
 ])

@@ -8,39 +8,25 @@ model whose ONNX features differ from tensorflow-transform's. Scoring, bounded o
 ONNX graph in front of the model, so it needs neither TensorFlow nor scikit-learn at run time,
 and the features it computes are those the model was trained on.
 
-Each feature kind is defined twice, side by side below: as TensorFlow ops for
-tensorflow-transform and as ONNX nodes for serving, each producing a [rows, width] float32 block.
-
-| kind        | source    | columns                           | analyzed                     |
-|-------------|-----------|-----------------------------------|------------------------------|
-| identity    | number    | x                                 | -                            |
-| zscore      | number    | (x - mean) / std                  | mean, variance               |
-| log_zscore  | number    | zscore of log(1 + x)              | mean, variance of log(1 + x) |
-| buckets     | number    | one-hot of the quantile bucket    | num_buckets - 1 boundaries   |
-| vocabulary  | string    | one-hot over top_k terms + 1 OOV  | the top_k most frequent      |
-| time_of_day | timestamp | sin and cos of the UTC time of day| -                            |
+Each feature kind (``transforms/feature_kinds.py``) holds both definitions of its columns: as
+TensorFlow ops for tensorflow-transform and as ONNX nodes for serving.
 """
 from __future__ import annotations
-
-import math
-from typing import Any
 
 import apache_beam as beam
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from transforms.events import EventBatch, event_time_us_of
+from transforms.feature_kinds import KINDS, OnnxGraph
 from transforms.spec import Feature, Spec
 
-OOV = "<OOV>"
 ONNX_OPSETS = {"": 17, "ai.onnx.ml": 3}
 ONNX_IR_VERSION = 8  # what these opsets need; onnxruntime refuses IR versions newer than it knows
 FEATURES_OUTPUT = "features"  # the feature graph's output
 SCORE_OUTPUT = "score"  # a model version's output: features, then the estimator (models/estimator.py)
 _PARAM_PREFIX = "__param__."  # analyzed values, exported as constant columns of the transform
-_US_PER_DAY = 86_400_000_000
-_RADIANS_PER_US = np.float32(2 * math.pi / _US_PER_DAY)
 _PROBE_VALUES = {np.object_: [b""], np.int64: [0], np.float32: [1.0]}  # one row, any values
 
 
@@ -77,63 +63,27 @@ def raw_feature_spec(spec: Spec) -> dict:
 
 def width(feature: Feature) -> int:
     """How many columns a feature contributes to the model's input."""
-    return {"buckets": feature.num_buckets, "vocabulary": feature.top_k + 1, "time_of_day": 2}.get(feature.kind, 1)
+    return KINDS[feature.kind].width(feature)
 
 
 def feature_names(spec: Spec, plan: dict) -> list[str]:
     """One name per model input column, in order (``country=GB``, ``amount_bucket=3`` ...)."""
-    names = []
-    for feature in spec.features:
-        if feature.kind == "vocabulary":
-            terms = plan[feature.name]["vocabulary"] + [OOV]
-            names += [f"{feature.name}={t}" for t in terms]
-            names += [f"{feature.name}=<unused>"] * (width(feature) - len(terms))
-        elif feature.kind == "buckets":
-            names += [f"{feature.name}={i}" for i in range(feature.num_buckets)]
-        elif feature.kind == "time_of_day":
-            names += [f"{feature.name}_sin", f"{feature.name}_cos"]
-        else:
-            names.append(feature.name)
-    return names
+    return [name for f in spec.features for name in KINDS[f.kind].column_names(f, plan[f.name])]
 
 
 # ---------------------------------------------------------------------------------------------
 # tensorflow-transform: analysis in Beam, and the reference transform.
 
 def preprocessing_fn(spec: Spec):
-    """The tensorflow-transform preprocessing function for a spec (see the table above)."""
+    """The tensorflow-transform preprocessing function for a spec: each feature kind's TensorFlow block."""
 
     def fn(inputs):
         import tensorflow as tf
-        import tensorflow_transform as tft
-
-        def zscore(x, name):
-            mean, var = tft.mean(x), tft.var(x)
-            std = tf.sqrt(var)
-            params[name] = {"mean": mean, "var": var}
-            return (x - mean) / tf.where(std > 0, std, tf.ones_like(std))
 
         outputs, params = {}, {}
         for feature in spec.features:
-            x = inputs[feature.source]
-            if feature.kind == "identity":
-                block = x
-            elif feature.kind == "zscore":
-                block = zscore(x, feature.name)
-            elif feature.kind == "log_zscore":
-                block = zscore(tf.math.log(x + 1.0), feature.name)
-            elif feature.kind == "buckets":
-                boundaries = tft.quantiles(x, feature.num_buckets, epsilon=0.001)
-                params[feature.name] = {"boundaries": boundaries[0]}
-                block = tf.one_hot(tft.apply_buckets(x, boundaries), feature.num_buckets)
-            elif feature.kind == "vocabulary":
-                vocabulary = tft.vocabulary(x, top_k=feature.top_k, frequency_threshold=feature.frequency_threshold,
-                                            vocab_filename=feature.name)
-                ids = tft.apply_vocabulary(x, vocabulary, num_oov_buckets=1)
-                block = tf.one_hot(ids, width(feature))
-            else:  # time_of_day
-                angle = tf.cast(tf.math.floormod(x, _US_PER_DAY), tf.float32) * _RADIANS_PER_US
-                block = tf.stack([tf.sin(angle), tf.cos(angle)], axis=1)
+            params[feature.name] = {}
+            block = KINDS[feature.kind].tft(inputs[feature.source], feature, params[feature.name])
             outputs[feature.name] = tf.reshape(block, [-1, width(feature)])
         rows = tf.shape(inputs[spec.feature_sources[0]])[:1]
         for feature_name, values in params.items():
@@ -203,17 +153,12 @@ def load_feature_plan(transform_dir: str, spec: Spec) -> dict:
     probe = {name: tf.constant(np.array(_PROBE_VALUES[dtype], dtype=dtype))
              for name, dtype in ((n, _raw_dtype(spec, n)[0]) for n in spec.feature_sources)}
     outputs = output.transform_features_layer()(probe)
-    plan: dict[str, Any] = {f.name: {} for f in spec.features}
+    analyzed: dict[str, dict[str, np.ndarray]] = {f.name: {} for f in spec.features}
     for key, value in outputs.items():
         if key.startswith(_PARAM_PREFIX):
             feature_name, _, param = key[len(_PARAM_PREFIX):].rpartition(".")
-            values = value.numpy()[0].astype(np.float32)
-            plan[feature_name][param] = values.tolist() if param == "boundaries" else float(values[0])
-    for feature in spec.features:
-        if feature.kind == "vocabulary":
-            terms = output.vocabulary_by_name(feature.name)
-            plan[feature.name]["vocabulary"] = [t.decode("utf-8") if isinstance(t, bytes) else t for t in terms]
-    return plan
+            analyzed[feature_name][param] = value.numpy()[0].astype(np.float32)
+    return {f.name: KINDS[f.kind].plan(analyzed[f.name], f, output) for f in spec.features}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,35 +166,8 @@ def load_feature_plan(transform_dir: str, spec: Spec) -> dict:
 
 def feature_graph(spec: Spec, plan: dict) -> onnx.ModelProto:
     """An ONNX model: one 1-D input per feature source, output ``features`` [rows, columns] float32."""
-    graph = _GraphBuilder()
-    blocks = []
-    for feature in spec.features:
-        x = feature.source
-        params = plan[feature.name]
-        if feature.kind == "identity":
-            block = graph.column(x)
-        elif feature.kind in ("zscore", "log_zscore"):
-            if feature.kind == "log_zscore":
-                x = graph.node("Log", [graph.node("Add", [x, graph.const(np.float32(1.0))])])
-            std = np.sqrt(np.float32(params["var"]))
-            centered = graph.node("Sub", [x, graph.const(np.float32(params["mean"]))])
-            block = graph.column(graph.node("Div", [centered, graph.const(std if std > 0 else np.float32(1))]))
-        elif feature.kind == "buckets":
-            boundaries = graph.const(np.array([params["boundaries"]], dtype=np.float32))
-            above = graph.node("Cast", [graph.node("GreaterOrEqual", [graph.column(x), boundaries])], to=TensorProto.INT64)
-            bucket = graph.node("ReduceSum", [above, graph.const(np.array([1], np.int64))], keepdims=0)
-            block = graph.one_hot(bucket, width(feature))
-        elif feature.kind == "vocabulary":
-            terms = params["vocabulary"]
-            ids = graph.node("LabelEncoder", [x], domain="ai.onnx.ml", keys_strings=terms,
-                             values_int64s=list(range(len(terms))), default_int64=len(terms))
-            block = graph.one_hot(ids, width(feature))
-        else:  # time_of_day
-            day_us = graph.node("Mod", [x, graph.const(np.int64(_US_PER_DAY))])
-            angle = graph.node("Mul", [graph.node("Cast", [day_us], to=TensorProto.FLOAT), graph.const(_RADIANS_PER_US)])
-            block = graph.node("Concat", [graph.column(graph.node("Sin", [angle])),
-                                          graph.column(graph.node("Cos", [angle]))], axis=1)
-        blocks.append(block)
+    graph = OnnxGraph()
+    blocks = [KINDS[f.kind].onnx(graph, f.source, f, plan[f.name]) for f in spec.features]
     graph.node("Concat", blocks, axis=1, output=FEATURES_OUTPUT)
     inputs = [helper.make_tensor_value_info(name, _raw_dtype(spec, name)[1], ["rows"]) for name in spec.feature_sources]
     outputs = [helper.make_tensor_value_info(FEATURES_OUTPUT, TensorProto.FLOAT,
@@ -260,30 +178,3 @@ def feature_graph(spec: Spec, plan: dict) -> onnx.ModelProto:
         ir_version=ONNX_IR_VERSION)
     onnx.checker.check_model(model, full_check=True)
     return model
-
-
-class _GraphBuilder:
-    """Collects ONNX nodes and constants, naming each output uniquely."""
-
-    def __init__(self):
-        self.nodes, self.initializers = [], []
-
-    def _name(self, stem: str) -> str:
-        return f"{stem}_{len(self.nodes) + len(self.initializers)}"
-
-    def const(self, value: np.ndarray) -> str:
-        name = self._name("const")
-        self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    def node(self, op: str, inputs: list[str], output: str | None = None, domain: str = "", **attributes) -> str:
-        output = output or self._name(op.lower())
-        self.nodes.append(helper.make_node(op, inputs, [output], domain=domain, **attributes))
-        return output
-
-    def column(self, x: str) -> str:
-        """[rows] -> [rows, 1]."""
-        return self.node("Unsqueeze", [x, self.const(np.array([1], np.int64))])
-
-    def one_hot(self, ids: str, depth: int) -> str:
-        return self.node("OneHot", [ids, self.const(np.int64(depth)), self.const(np.array([0, 1], np.float32))], axis=-1)

@@ -47,6 +47,7 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from transforms.events import METRICS_NAMESPACE, EventBatch, dead_letter_time_us, event_time_us_of
+from transforms.feature_kinds import KINDS
 from transforms.features import raw_columns
 from transforms.spec import Spec
 
@@ -106,8 +107,8 @@ def psi(expected: Iterable[float], counts: Iterable[int]) -> float | None:
 
 
 def drift_features(spec: Spec):
-    """The spec's features monitored for drift: all but ``time_of_day``."""
-    return [f for f in spec.features if f.kind != "time_of_day"]
+    """The spec's features whose kind is monitored for drift (all but ``time_of_day``'s)."""
+    return [f for f in spec.features if KINDS[f.kind].monitored_for_drift]
 
 
 def training_baseline(spec: Spec, plan: dict, training_columns: dict[str, np.ndarray],
@@ -122,10 +123,8 @@ def training_baseline(spec: Spec, plan: dict, training_columns: dict[str, np.nda
     features = {}
     for feature in drift_features(spec):
         values = training_columns[feature.source]
-        if feature.kind == "vocabulary":
-            entry = {"terms": list(plan[feature.name]["vocabulary"])}
-        else:
-            entry = {"edges": quantile_edges(values, DRIFT_BINS)}
+        terms = KINDS[feature.kind].drift_terms(feature, plan[feature.name])
+        entry = {"terms": terms} if terms is not None else {"edges": quantile_edges(values, DRIFT_BINS)}
         counts = Bins(entry).counts(values)
         features[feature.name] = {"source": feature.source, **entry, "shares": (counts / counts.sum()).tolist()}
     score = {"edges": quantile_edges(holdout_scores, SCORE_BINS)}

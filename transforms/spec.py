@@ -13,7 +13,7 @@ path to a YAML file of the same form; a new use case is a new file, with no code
       channel: {type: string, enum: [pos, online, atm]}
     entity_features:               # optional; per-entity history, see transforms/entity.py
       - {name: card_amount_24h, kind: sum, source: amount, window: 24h}
-    features:                      # applied in this order; see transforms/features.py
+    features:                      # applied in this order; kinds: transforms/feature_kinds.py
       - {name: amount_log, kind: log_zscore, source: amount}
       - {name: card_amount_24h, kind: log_zscore, source: card_amount_24h}
     model:
@@ -33,10 +33,10 @@ from typing import Any
 import yaml
 
 from transforms.errors import UserError
+from transforms.feature_kinds import KINDS
 
 SPECS_DIR = pathlib.Path(__file__).parent / "specs"
 FIELD_TYPES = ("string", "number", "timestamp", "binary")
-FEATURE_KINDS = ("identity", "zscore", "log_zscore", "buckets", "vocabulary", "time_of_day")
 ENTITY_FEATURE_KINDS = {  # kind: the type of source it reads (None: none)
     "count": None, "seconds_since_previous": None, "sum": "number", "mean": "number", "ratio_to_mean": "number",
     "difference_from_mean": "number", "is_new": "string"}
@@ -282,20 +282,21 @@ def _field(name: str, rules: Any, where: str) -> Field:
 def _feature(item: Any, where: str, fields: dict[str, Field]) -> Feature:
     names = {f.name for f in dataclasses.fields(Feature)}
     item = _mapping(item, where, required={"name", "kind", "source"}, optional=names)
-    feature = Feature(**item)
-    if feature.kind not in FEATURE_KINDS:
-        raise SpecError(f"{where}: kind must be one of {', '.join(FEATURE_KINDS)}")
+    kind = KINDS.get(item["kind"]) if isinstance(item["kind"], str) else None
+    if kind is None:
+        raise SpecError(f"{where}: kind must be one of {', '.join(KINDS)}")
+    for key, least in (("num_buckets", 2), ("top_k", 1), ("frequency_threshold", 0)):
+        if key in item and (type(item[key]) is not int or item[key] < least):
+            raise SpecError(f"{where}.{key}: must be a whole number >= {least}")
+    feature = Feature(**{key: str(value) if key in ("name", "source") else value for key, value in item.items()})
     source = fields.get(feature.source)
     if source is None:
         raise SpecError(f"{where}: source {feature.source!r} is not a field")
     if not source.required:
         raise SpecError(f"{where}: source {feature.source!r} must be a required field")
-    wanted = {"vocabulary": "string", "time_of_day": "timestamp"}.get(feature.kind, "number")
-    if source.type != wanted:
-        raise SpecError(f"{where}: a {feature.kind} feature needs a {wanted} field, "
+    if source.type != kind.source_type:
+        raise SpecError(f"{where}: a {feature.kind} feature needs a {kind.source_type} field, "
                         f"{feature.source!r} is {source.type}")
-    if feature.num_buckets < 2 or feature.top_k < 1:
-        raise SpecError(f"{where}: num_buckets must be >= 2 and top_k >= 1")
     return feature
 
 
