@@ -131,8 +131,8 @@ def _test_model(spec) -> ModelVersion:
     lines = [_line(n, n) for n in range(1000, 1300)]
     events = [orjson.loads(line) for line in lines]
     batch = EventBatch(events, [event_time_us_of(e["event_time"]) for e in events])
-    plan = {f.name: {"vocabulary": list(dict.fromkeys(e[f.source] for e in events))}
-            for f in spec.features if f.kind == "vocabulary"}
+    plan = {f.name: {"vocabulary": list(dict.fromkeys(e[f.source] for e in events))} if f.kind == "vocabulary"
+            else {} for f in spec.features}
     scores = np.array([_score(e) for e in events])
     baseline = training_baseline(spec, plan, raw_columns(batch, spec), scores)
     return ModelVersion("unused", {"version": "v-test", "baseline": baseline})

@@ -21,13 +21,8 @@ A new kind is one subclass of ``FeatureKind`` passed to ``register``; specs may 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
-
-if TYPE_CHECKING:
-    from transforms.spec import Feature
 
 OOV = "<OOV>"
 US_PER_DAY = 86_400_000_000
@@ -36,6 +31,9 @@ _RADIANS_PER_US = np.float32(2 * math.pi / US_PER_DAY)
 
 class FeatureKind:
     """One way of turning a source field into model input columns (see the module's docstring).
+
+    Each method takes the spec's ``Feature`` (transforms/spec.py, which imports this module to
+    validate kinds) and, after analysis, the feature's ``plan`` (its analyzed values).
 
     ``tft`` returns the TensorFlow block and puts each analyzed value it wants served into
     ``analyzed`` (name -> tensor); ``plan`` turns those values, read back from the artifact, into
@@ -46,22 +44,22 @@ class FeatureKind:
     source_type = "number"  # the spec field type it reads: number, string or timestamp
     monitored_for_drift = True  # whether monitoring compares its source's distribution with training's
 
-    def width(self, feature: Feature) -> int:
+    def width(self, feature) -> int:
         return 1
 
-    def column_names(self, feature: Feature, plan: dict) -> list[str]:
+    def column_names(self, feature, plan: dict) -> list[str]:
         return [feature.name]
 
-    def tft(self, x, feature: Feature, analyzed: dict):
+    def tft(self, x, feature, analyzed: dict):
         raise NotImplementedError
 
-    def plan(self, analyzed: dict[str, np.ndarray], feature: Feature, transform_output) -> dict:
+    def plan(self, analyzed: dict[str, np.ndarray], feature, transform_output) -> dict:
         return {key: float(values[0]) for key, values in analyzed.items()}
 
-    def onnx(self, graph, x: str, feature: Feature, plan: dict) -> str:
+    def onnx(self, graph, x: str, feature, plan: dict) -> str:
         raise NotImplementedError
 
-    def drift_terms(self, feature: Feature, plan: dict) -> list[str] | None:
+    def drift_terms(self, feature, plan: dict) -> list[str] | None:
         """The categories monitoring counts for drift; None: quantile bins of the source's values."""
         return None
 
