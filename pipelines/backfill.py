@@ -47,12 +47,12 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils.timestamp import Timestamp
 
 from models.inference import ScoreEvents
-from pipelines import cli, graph
+from pipelines import cli, graph, runners
 from pipelines.options import ArchiveOptions, BackfillOptions, KafkaOptions, ModelOptions, SpecOptions
 from transforms import kafka
 from transforms.errors import UserError
 from transforms.events import EventBatch, dead_letter_time_us, event_time_us_of, is_event_time
-from transforms.fileio import ReadEventFiles, check_input
+from transforms.fileio import UNREADABLE_REASON, ReadEventFiles, check_input
 
 VIEWS = (SpecOptions, ModelOptions, ArchiveOptions, BackfillOptions, KafkaOptions)
 _EVERY_BACKFILL = ("spec", "model_dir", "output", "dead_letter", "start", "end")
@@ -69,6 +69,8 @@ UNIT_US = {"day": 86_400_000_000, "hour": 3_600_000_000}
 _NAME = {"day": re.compile(r"dt=\d{4}-\d{2}-\d{2}\Z"), "hour": re.compile(r"dt=\d{4}-\d{2}-\d{2}T\d{2}\Z")}
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
+_YEAR_10000_US = 253_402_300_800_000_000
+MAX_DAYS_UNASKED = 366  # a longer range is more likely a typo (2000..2030) than a plan: it needs --yes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,6 +95,8 @@ def parse_moment(flag: str, text: str, partition: str) -> int:
     except (ValueError, OverflowError):
         raise UserError(f"--{flag} {text}: not a UTC date (2026-03-01) or an RFC 3339 timestamp with a zone "
                         f"(2026-03-01T06:00:00Z)") from None
+    if not 0 <= moment_us < _YEAR_10000_US:
+        raise UserError(f"--{flag} {text}: must be from 1970 on (and before the year 10000)")
     if moment_us % UNIT_US[partition]:
         raise UserError(f"--{flag} {text}: not on a {partition} boundary (UTC); partitions are whole UTC "
                         f"{partition}s")
@@ -251,10 +255,14 @@ def _key_records(records: list[dict], time_field: str, partition: str):
 
 
 def _key_dead_letter(letter: dict, time_field: str, partition: str, names: frozenset):
-    """A dead letter keyed by its partition; none if outside the wave.
+    """A dead letter keyed by its partition; none if outside the wave; an unreadable file's to every unit.
 
     Without a usable event time: a Kafka message by its message timestamp, a file line in `_untimed`.
     """
+    if letter["error"].startswith(UNREADABLE_REASON):  # the rest of the file may hold any unit's events
+        for name in names:
+            yield name, ("x", [])
+        return
     source = letter.get("source") or {}
     time_us = dead_letter_time_us(letter, time_field)
     if time_us is None and "timestamp_ms" in source:
@@ -270,7 +278,9 @@ def _key_dead_letter(letter: dict, time_field: str, partition: str, names: froze
 
 
 class WriteUnits(beam.DoFn):
-    """(unit, values) in; sorts the unit's records and dead letters, writes and commits it; its name out."""
+    """(unit, values) in; sorts the unit's records and dead letters, writes and commits it; its name out.
+
+    A unit is not written when an input file could not be read to its end (an "x" value)."""
 
     def __init__(self, target: Target):
         self._target = target
@@ -283,6 +293,8 @@ class WriteUnits(beam.DoFn):
                 scored.extend(items)
             elif tag == "d":
                 dead.extend(items)
+            elif tag == "x":
+                return
         scored.sort()
         dead.sort()
         write_unit(self._target, name, [item[-1] for item in scored], [item[-1] for item in dead])
@@ -558,6 +570,9 @@ def run(argv=None) -> dict[str, dict]:
     end_us = parse_moment("end", flags.end, flags.partition)
     if end_us <= start_us:
         raise UserError(f"--end {flags.end} must be after --start {flags.start}")
+    if end_us - start_us > MAX_DAYS_UNASKED * UNIT_US["day"] and not flags.yes:
+        raise UserError(f"--start {flags.start} .. --end {flags.end} spans {(end_us - start_us) // UNIT_US['day']:,} "
+                        f"days, more than {MAX_DAYS_UNASKED}; add --yes if that is meant")
     if flags.max_parallel < 1:
         raise UserError("--max_parallel must be at least 1")
     if archive.output_format != "jsonl":
@@ -579,12 +594,7 @@ def run(argv=None) -> dict[str, dict]:
         fingerprint = hashlib.sha256(json.dumps(["kafka", *kafka_read[:2], kafka_read[3]]).encode()).hexdigest()
     else:
         fingerprint, n_files = input_fingerprint(archive.input)
-    try:
-        from pipelines.runners import apply_runner_presets
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        apply_runner_presets(options)
+    runners.apply_runner_presets(options)
 
     started = time.monotonic()
     os.makedirs(output, exist_ok=True)
@@ -612,8 +622,10 @@ def run(argv=None) -> dict[str, dict]:
         except BaseException as error:
             progress.close()
             complete = sum(1 for name in names if read_complete(output, dead_letter, name) is not None)
-            print(f"backfill stopped ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
-                  f"{complete} of {len(names)} partitions are complete; the same command redoes the rest",
+            cause = "" if isinstance(error, UserError) else \
+                f" ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+            print(f"backfill stopped{cause}; {complete} of {len(names)} partitions are complete; the same command "
+                  f"redoes the rest",
                   file=sys.stderr, flush=True)
             raise
         progress.close()
@@ -649,10 +661,14 @@ def _run_wave(options, spec, model, target: Target, wave: list[str], statuses: d
                                                     stop), daemon=True, name="backfill-progress")
     watcher.start()
     try:
-        pipeline.run().wait_until_finish()
+        result = pipeline.run()
+        result.wait_until_finish()
     finally:
         stop.set()
         watcher.join()
+    cli.check_whole_input(cli.counters(result), "no partition of this wave was committed, as the rest of a file "
+                                                "may hold any of their events: fix or remove them and run the same "
+                                                "command again")
     for name in wave:
         manifest = read_complete(target.output, target.dead_letter, name)
         if manifest is None:

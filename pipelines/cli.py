@@ -13,8 +13,9 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (
     DirectOptions, PipelineOptions, SetupOptions, StandardOptions, _BeamArgumentParser)
 
-from transforms.errors import UserError
+from transforms.errors import IncompleteInput, UserError
 from transforms.events import METRICS_NAMESPACE
+from transforms.fileio import UNREADABLE_NAMESPACE
 
 _REASONS_SHOWN = 12
 PROG: str | None = None  # how --help names the command (rtml sets it; else "python -m <module>")
@@ -32,7 +33,7 @@ def parse(argv: Sequence[str] | None, views: Sequence[type[PipelineOptions]], de
     if "-h" in argv or "--help" in argv:
         print(_help(views, description, required or {}))
         raise SystemExit(0)
-    parser = _BeamArgumentParser(allow_abbrev=False)
+    parser = _OneLineParser(allow_abbrev=False)
     for cls in (*_beam_views(), *views):
         cls._add_argparse_args(parser)
     known = [option for action in parser._actions for option in action.option_strings]
@@ -40,11 +41,16 @@ def parse(argv: Sequence[str] | None, views: Sequence[type[PipelineOptions]], de
         name = arg.split("=", 1)[0]
         if name.startswith("--") and name not in known:
             raise UserError(_unknown_flag(name, known))
-    try:
-        parser.parse_args(argv)
-    except SystemExit:  # argparse has printed its one-line reason
-        raise SystemExit(2) from None
+    _, left_over = parser.parse_known_args(argv)
+    if left_over:  # a value without a flag; not quoted, as it may be a secret (--kafka_config KEY VALUE)
+        raise UserError(f"argument #{argv.index(left_over[0]) + 1} is a value without a flag (not shown: it may be "
+                        f"a secret); a flag takes one value, and --kafka_config one KEY=VALUE")
     return PipelineOptions(argv)
+
+
+class _OneLineParser(_BeamArgumentParser):
+    def error(self, message):
+        raise UserError(f"{message}; see --help")
 
 
 def _beam_views() -> list[type[PipelineOptions]]:
@@ -159,18 +165,34 @@ def summary(title: str, totals: dict[str, int], seconds: float, outputs: dict[st
         lines.append(f"    {sum(c for _, c in rest):>10,}  ({len(rest)} other reasons; see the dead letters)")
     if received != valid + sum(reasons.values()):
         lines.append("  WARNING: received != valid + dead-lettered")
+    lines += [f"  {'unreadable':<13}{path}" for path in unreadable_files(totals)]
     lines += [f"  {name:<13}{where}" for name, where in outputs.items()]
     return "\n".join(lines)
 
 
+def unreadable_files(totals: dict[str, int]) -> list[str]:
+    """The input files a run could not read to their end (``transforms.fileio.read_blocks``)."""
+    return sorted(key.split("/", 1)[1] for key in totals if key.startswith(f"{UNREADABLE_NAMESPACE}/"))
+
+
+def check_whole_input(totals: dict[str, int], consequence: str) -> None:
+    """IncompleteInput if some input files could not be read to their end."""
+    paths = unreadable_files(totals)
+    if paths:
+        shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        raise IncompleteInput(f"{len(paths)} input file{'s' if len(paths) > 1 else ''} could not be read to the end "
+                              f"({shown}; their dead letters say from where and why); {consequence}")
+
+
 def main(run: Callable[[Sequence[str] | None], object]) -> None:
-    """Run an entry point; a user's mistake is one line on stderr and exit status 2, never a traceback."""
+    """Run an entry point; a user's mistake is one line on stderr and exit status 2 (input files that could
+    not be read to their end: 3), never a traceback."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         run(None)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(error.exit_status) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 

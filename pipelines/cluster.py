@@ -419,6 +419,7 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
                       {"assignments": f"{flags.output}/clusters-*.{flags.output_format}",
                        "dead letters": f"{flags.dead_letter}/dead_letter-*.jsonl"}))
     print(_last_snapshot(snapshot_dir, clustering.run))
+    cli.check_whole_input(totals, "the rest of the input was clustered")
     return totals
 
 

@@ -56,6 +56,7 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
                       {"windows": f"{flags.output}/{WINDOWS}-*.jsonl", "alerts": f"{flags.output}/{ALERTS}-*.jsonl"}))
     print(report(read_records(flags.output, WINDOWS), read_records(flags.output, ALERTS), totals,
                  spec.monitoring.min_events))
+    cli.check_whole_input(totals, "the rest of the input was monitored")
     return totals
 
 

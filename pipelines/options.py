@@ -191,6 +191,8 @@ class BackfillOptions(PipelineOptions):
                                  "(default: day).")
         parser.add_argument("--force", action="store_true", default=False,
                             help="Recompute every partition in [start, end), complete ones included.")
+        parser.add_argument("--yes", action="store_true", default=False,
+                            help="Backfill a range longer than 366 days (refused without it, as likely a typo).")
         parser.add_argument("--redo_stale", action="store_true", default=False,
                             help="Also recompute complete partitions made with another model version or from "
                                  "other input files (without it they are reported and kept).")

@@ -23,10 +23,11 @@ import shutil
 import urllib.parse
 
 from apache_beam.options.pipeline_options import (
-    FlinkRunnerOptions, GoogleCloudOptions, PipelineOptions, PortableOptions, PrismRunnerOptions, StandardOptions,
+    DirectOptions, FlinkRunnerOptions, GoogleCloudOptions, PipelineOptions, PortableOptions, PrismRunnerOptions, StandardOptions,
     WorkerOptions)
 
 from pipelines import artifacts
+from transforms.errors import UserError
 
 DATAFLOW_STREAMING_MAX_WORKERS = 20
 FLINK_MASTER = "[local]"
@@ -62,6 +63,8 @@ def apply_runner_presets(options: PipelineOptions, streaming: bool | None = None
 
     ``streaming``: whether the pipeline will stream (default: ``--streaming``); it is also set.
     """
+    if (options.view_as(DirectOptions).direct_num_workers or 0) < 0:
+        raise UserError("--direct_num_workers must be 0 (one per core) or more")
     runner, given, applied = runner_name(options), _given(options), {}
 
     def preset(view, name, value):

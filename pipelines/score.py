@@ -83,6 +83,7 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
     print(cli.summary(f"{spec.name} batch scoring with model {model.version}", totals, time.monotonic() - started,
                       {"scored": f"{flags.output}/scored-*.{flags.output_format}",
                        "dead letters": f"{flags.dead_letter}/dead_letter-*.jsonl"}))
+    cli.check_whole_input(totals, "the rest of the input was scored")
     return totals
 
 

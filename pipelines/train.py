@@ -87,7 +87,8 @@ def build(pipeline, spec: Spec, input_pattern: str, batch_size: int, staging, de
     split = (events
              | "EventTimes" >> beam.FlatMap(lambda batch: batch.event_time_us)
              | "Percentiles" >> beam.ApproximateQuantiles.Globally(101)
-             | "SplitTime" >> beam.Map(lambda percentiles: percentiles[split_index]))
+             # no valid events, no percentiles: training then stops with a one-line reason
+             | "SplitTime" >> beam.Map(lambda percentiles: percentiles[split_index] if percentiles else 0))
     split | "WriteSplit" >> beam.io.WriteToText(str(staging / "split"), shard_name_template="")
     (events
      | "TrainingPart" >> beam.FlatMap(_before, beam.pvalue.AsSingleton(split))
@@ -103,6 +104,9 @@ def run(argv=None, test_pipeline=None) -> registry.ModelVersion:
     holdout_fraction = options.view_as(TrainOptions).holdout_fraction
     if not 0 < holdout_fraction < 1:
         raise UserError("--holdout_fraction must be between 0 and 1")
+    if "://" in model_dir:
+        raise UserError(f"--model_dir {model_dir}: training publishes to a local or mounted directory; train into "
+                        f"one, then copy it (e.g. gcloud storage cp -r DIR {model_dir}): scoring reads it from there")
     spec = load_spec(options.view_as(SpecOptions).spec)
     supervised = estimators.is_supervised(spec)
     check_input(flags.input)
@@ -118,6 +122,7 @@ def run(argv=None, test_pipeline=None) -> registry.ModelVersion:
     totals = cli.counters(result)
     print(cli.summary(f"{spec.name} training data", totals, time.monotonic() - started,
                       {"dead letters": f"{dead_letter_dir}/dead_letter-*.jsonl"}))
+    cli.check_whole_input(totals, "no model was trained from the rest; fix or remove them and train again")
 
     manifest = _fit_and_export(spec, staging, version, totals)
     model = registry.publish(model_dir, staging, manifest)
@@ -215,7 +220,8 @@ def _utc(microseconds) -> str:
 def _report(model: registry.ModelVersion, seconds: float) -> str:
     manifest = model.manifest
     training, holdout = manifest["training"], manifest["metrics"]["holdout"]
-    lines = [f"model {model.version} ({manifest['spec']['name']}) is current: {model.path}",
+    state = "is current" if model.current else "is published but not current (a training started later published first)"
+    lines = [f"model {model.version} ({manifest['spec']['name']}) {state}: {model.path}",
              f"  trained on {training['train']['rows']:,} events {training['train']['from']} .. "
              f"{training['train']['to']}; held out {training['holdout']['rows']:,} later events"]
     if "roc_auc" in holdout:

@@ -67,3 +67,37 @@ def fraud_scored(fraud_archive, fraud_model, tmp_path_factory) -> dict:
 def read_json_lines(directory: pathlib.Path) -> list[dict]:
     return [json.loads(line) for path in sorted(pathlib.Path(directory).glob("*.jsonl"))
             for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def publish_stand_in_model(model_dir: pathlib.Path | str, scale: float = 100.0, spec_name: str = "fraud") -> str:
+    """Publish a stand-in model version in a second; returns its version.
+
+    An ONNX graph over the spec's raw feature sources, published through the registry like a
+    trained version: score = sum / (sum + scale) of the number sources. For tests whose guarantees
+    do not depend on what a model learned (a trained one costs tens of seconds); it has no
+    monitoring baseline.
+    """
+    from onnx import TensorProto, helper
+
+    from models import registry
+    from transforms.spec import load_spec
+
+    spec = load_spec(spec_name)
+    types = {"string": TensorProto.STRING, "timestamp": TensorProto.INT64}
+    sources = {name: types.get(spec.field(name).type, TensorProto.FLOAT) for name in spec.feature_sources}
+    numbers = [name for name, kind in sources.items() if kind == TensorProto.FLOAT]
+    nodes = [helper.make_node("Constant", [], ["scale"], value=helper.make_tensor("s", TensorProto.FLOAT, [], [scale])),
+             helper.make_node("Sum", numbers, ["total"]),
+             helper.make_node("Add", ["total", "scale"], ["denominator"]),
+             helper.make_node("Div", ["total", "denominator"], ["ratio"]),
+             helper.make_node("Cast", ["ratio"], ["score"], to=TensorProto.DOUBLE)]
+    graph = helper.make_graph(nodes, "stand_in", [helper.make_tensor_value_info(n, t, ["rows"]) for n, t in sources.items()],
+                              [helper.make_tensor_value_info("score", TensorProto.DOUBLE, ["rows"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    version = registry.new_version() + f"-s{int(scale)}"
+    staging = registry.staging_dir(str(model_dir), version)
+    (staging / "model.onnx").write_bytes(model.SerializeToString())
+    registry.publish(str(model_dir), staging, {"version": version, "spec": {
+        "name": spec.name, "fingerprint": spec.fingerprint, "source": spec.source}})
+    return version

@@ -1,9 +1,8 @@
 """``python -m pipelines.backfill``: partitions by event time, atomic and deterministic, rerunnable after crashes.
 
 The archive is 4 generated days of 1,500 fraud events (2% broken). The model is a stand-in built
-in a second (an ONNX graph over the fraud spec's raw columns, published through the registry like a
-trained version): the backfill's guarantees do not depend on what the model learned, and training
-one would cost most of this module's time budget. SIGKILL tests run the backfill in a subprocess
+in a second (``publish_stand_in_model``): the backfill's guarantees do not depend on what the model
+learned, and training one would cost most of this module's time budget. SIGKILL tests run the backfill in a subprocess
 through a tiny wrapper that patches one of its functions to kill the process at the Nth call.
 """
 from __future__ import annotations
@@ -21,9 +20,9 @@ import textwrap
 
 import pytest
 
-from models import registry
 from pipelines import backfill, cli
 from pipelines.generate import generate
+from tests.conftest import publish_stand_in_model
 from transforms.errors import UserError
 from transforms.events import EventParser, dead_letter, dead_letter_time_us, event_time_us_of
 from transforms.spec import load_spec
@@ -34,37 +33,12 @@ DAYS = ["dt=2026-03-01", "dt=2026-03-02", "dt=2026-03-03"]
 UNITS = DAYS + ["_untimed"]
 
 
-def publish_model(model_dir: pathlib.Path, scale: float = 100.0) -> str:
-    """A stand-in fraud model version: score = amount / (amount + scale), from the spec's raw columns."""
-    from onnx import TensorProto, helper
-
-    spec = load_spec("fraud")
-    inputs = [helper.make_tensor_value_info("amount", TensorProto.FLOAT, ["rows"])]
-    inputs += [helper.make_tensor_value_info(name, TensorProto.STRING, ["rows"])
-               for name in ("merchant_category", "channel", "country", "currency")]
-    inputs += [helper.make_tensor_value_info("event_time", TensorProto.INT64, ["rows"])]
-    nodes = [helper.make_node("Constant", [], ["scale"], value=helper.make_tensor("s", TensorProto.FLOAT, [], [scale])),
-             helper.make_node("Add", ["amount", "scale"], ["total"]),
-             helper.make_node("Div", ["amount", "total"], ["ratio"]),
-             helper.make_node("Cast", ["ratio"], ["score"], to=TensorProto.DOUBLE)]
-    graph = helper.make_graph(nodes, "stand_in", inputs,
-                              [helper.make_tensor_value_info("score", TensorProto.DOUBLE, ["rows"])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    version = registry.new_version() + f"-s{int(scale)}"
-    staging = registry.staging_dir(str(model_dir), version)
-    (staging / "model.onnx").write_bytes(model.SerializeToString())
-    registry.publish(str(model_dir), staging, {"version": version, "spec": {
-        "name": spec.name, "fingerprint": spec.fingerprint, "source": spec.source}})
-    return version
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("backfill")
     generate("fraud", 4, root / "archive", datetime.date(2026, 3, 1), 1500, 0.02, 5, compress=False)
     model_dir = root / "model"
-    version = publish_model(model_dir)
+    version = publish_stand_in_model(model_dir)
     return {"root": root, "input": str(root / "archive" / "*" / "*.jsonl"), "model_dir": str(model_dir),
             "version": version}
 
@@ -283,7 +257,7 @@ def test_other_model_version_is_reported_and_kept_unless_asked(setup, clean, tmp
     shutil.copytree(clean["out"], out)
     model_dir = tmp_path / "model"
     shutil.copytree(setup["model_dir"], model_dir)
-    newer = publish_model(model_dir, scale=50.0)
+    newer = publish_stand_in_model(model_dir, scale=50.0)
     flags = args(setup, out)
     flags[flags.index("--model_dir") + 1] = str(model_dir)
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
@@ -322,6 +296,10 @@ def test_hour_partitions(setup, clean, tmp_path):
     ({"--start": "2026-03-01T06:00:00Z"}, "error: --start 2026-03-01T06:00:00Z: not on a day boundary"),
     ({"--model_dir": "/nonexistent/model"}, "error: --model_dir /nonexistent/model: no model here"),
     ({"--max_parallel": "0"}, "error: --max_parallel must be at least 1"),
+    ({"--start": "0999-01-01"}, "error: --start 0999-01-01: must be from 1970 on"),
+    ({"--start": "2000-01-01", "--end": "2030-01-01"},
+     "error: --start 2000-01-01 .. --end 2030-01-01 spans 10,958 days, more than 366; add --yes if that is meant"),
+    ({"--direct_num_workers": "-3"}, "error: --direct_num_workers must be 0 (one per core) or more"),
     ({"--end": None}, "error: missing --end"),
     ({"--source": "kafka", "--input": None, "--input_topic": "events"},
      "error: --source kafka needs --bootstrap_servers"),

@@ -83,7 +83,7 @@ def test_manifest_describes_the_version(fraud_model):
     assert len(manifest["features"]) == 80 and "country=<OOV>" in manifest["features"]
     assert manifest["checks"]["onnx_vs_tft_features_max_abs_diff"] <= 1e-4
     assert {"apache-beam", "tensorflow-transform", "scikit-learn", "onnxruntime"} <= set(manifest["libraries"])
-    assert (pathlib.Path(fraud_model[0]) / "CURRENT").read_text().strip() == manifest["version"]
+    assert (pathlib.Path(fraud_model[0]) / "CURRENT").read_text().split()[0] == manifest["version"]
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +202,18 @@ def test_no_matching_input_and_missing_flags(fraud_model, tmp_path):
     assert result.returncode == 2 and "no files match" in result.stderr and "Traceback" not in result.stderr
     result = _cli("pipelines.train", "--spec", "fraud")
     assert result.returncode == 2 and "missing --input, --model_dir" in result.stderr
+
+
+def test_training_mistakes_get_one_line(tmp_path):
+    from pipelines import train
+    from transforms.errors import UserError
+
+    (tmp_path / "broken.jsonl").write_bytes(b'garbage\n{"event_id": 1}\n\xff\n')
+    with pytest.raises(UserError, match="training publishes to a local or mounted directory"):
+        train.run(["--spec", "fraud", "--input", str(tmp_path / "broken.jsonl"), "--model_dir", "gs://bucket/models"])
+    with pytest.raises(UserError, match="no valid training events; see the dead letters"):
+        train.run(["--spec", "fraud", "--input", str(tmp_path / "broken.jsonl"), "--model_dir", str(tmp_path / "m")])
+    assert not (tmp_path / "m" / "CURRENT").exists()
 
 
 def test_help_explains_every_flag():

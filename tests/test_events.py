@@ -79,6 +79,10 @@ GOOD = json.dumps({"event_id": "e", "event_time": "2026-03-16T09:14:03.120Z", "c
     (GOOD.replace('"amount": 5', '"amount": -Infinity'), "amount: must be a finite number > 0"),
     (GOOD.replace('"amount": 5', '"amount": 1e999'), "amount: must be a finite number > 0"),
     (GOOD.replace('"amount": 5', '"amount": ' + "9" * 400), "amount: must be a finite number > 0"),
+    (GOOD.replace('"amount": 5', '"amount": ' + "9" * 5000), "not valid JSON (an integer of more than 4300 digits)"),
+    (GOOD.replace('"amount": 5', '"amount": 1e39'), "amount: must be a finite number > 0"),
+    (GOOD.replace('"amount": 5', '"amount": 5, "note": NaN'), "not valid JSON (unexpected character"),
+    (GOOD.replace('"amount": 5', '"amount": 5, "note": ' + "9" * 400), "not valid JSON (number is infinity"),
     (GOOD.replace('"amount": 5', '"amount": 0'), "amount: must be a finite number > 0"),
     (GOOD.replace('"amount": 5', '"amount": true'), "amount: must be a finite number > 0"),
     (GOOD.replace('"amount": 5', '"amount": "5"'), "amount: must be a finite number > 0"),
@@ -96,6 +100,19 @@ GOOD = json.dumps({"event_id": "e", "event_time": "2026-03-16T09:14:03.120Z", "c
 ])
 def test_contract_breaks_have_their_reason(line, reason):
     assert PARSERS["fraud"].parse(line.encode()).startswith(reason)
+
+
+json_tokens = st.sampled_from(['{', '}', '[', ']', ',', ':', '"amount"', '"event_time"', '"x"', 'NaN', '-Infinity',
+                                '1e39', '1e999', "9" * 400, "9" * 5000, '-0', '0.1', 'true', 'null', '"\\ud800"',
+                                '"2026-03-16T09:14:03Z"', '"0001-01-01T00:00:00+01:00"', GOOD, GOOD[:40]])
+
+
+@given(st.lists(json_tokens, max_size=30).map("".join))
+@settings(max_examples=500)
+def test_any_json_like_text_gives_an_event_or_a_one_line_reason(text):
+    for parser in PARSERS.values():
+        result = parser.parse(text.encode())
+        assert (isinstance(result, str) and result and "\n" not in result) or isinstance(result[1], int)
 
 
 def test_invalid_utf8_and_oversized_events():

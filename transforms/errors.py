@@ -7,3 +7,11 @@ class UserError(Exception):
     The command-line entry points print its message on one line and exit with status 2,
     without a traceback; every other exception is a bug and keeps its traceback.
     """
+
+    exit_status = 2
+
+
+class IncompleteInput(UserError):
+    """Input files that could not be read to their end; the run did what it could with the rest."""
+
+    exit_status = 3

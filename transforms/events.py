@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import datetime
 import json
-import math
 import re
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -29,6 +28,7 @@ POSITION = "_position"
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})\Z")
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 _MICROSECOND = datetime.timedelta(microseconds=1)
+_FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max: features are float32
 
 
 class Raw(NamedTuple):
@@ -38,11 +38,17 @@ class Raw(NamedTuple):
     ``{"topic": ..., "partition": p, "offset": o}``.
     """
 
-    payload: bytes | dict | None  # None: a Kafka message without a value (a tombstone)
+    payload: bytes | dict | Unreadable | None  # None: a Kafka message without a value (a tombstone)
     source: dict
     # A stream's: where the record sits in its log, carried to its scored record or dead letter (as
     # POSITION) so that its offset is committed only once that is written (transforms.kafka_commit).
     position: tuple | None = None
+
+
+class Unreadable(NamedTuple):
+    """A ``Raw`` payload standing for the rest of a file that could not be read: a dead letter."""
+
+    reason: str
 
 
 class EventBatch(NamedTuple):
@@ -66,24 +72,35 @@ class EventParser:
         self._checks = [(f.name, f.required or (require_label and f.name == spec.label), _check_for(f))
                         for f in spec.fields]
 
-    def parse(self, payload: bytes | dict | None) -> tuple[dict, int] | str:
+    def parse(self, payload: bytes | dict | Unreadable | None) -> tuple[dict, int] | str:
         if isinstance(payload, dict):
             return self._validate(payload)
         if payload is None:
             return "no value (a null Kafka message value)"
+        if isinstance(payload, Unreadable):
+            return payload.reason
         if len(payload) > MAX_EVENT_BYTES:
             return "event larger than 1 MiB"
         try:
             event = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            # orjson is strict; the standard library tells a precise reason, and reads NaN and
-            # Infinity so that the field at fault is named.
-            event = _lenient_json(payload)
-            if isinstance(event, str):
-                return event
+        except orjson.JSONDecodeError as error:
+            return self._refusal(payload, error)
         if not isinstance(event, dict):
             return "not a JSON object"
         return self._validate(event)
+
+    def _refusal(self, payload: bytes, error: orjson.JSONDecodeError) -> str:
+        """Why a payload that orjson refused is a dead letter. The standard library tells a precise
+        reason, and reads NaN, Infinity and numbers beyond a double, so that a field at fault is
+        named; such a value outside the contract's fields still makes the event a dead letter, as
+        its records could not carry it."""
+        event = _lenient_json(payload)
+        if isinstance(event, str):
+            return event
+        if not isinstance(event, dict):
+            return "not a JSON object"
+        reason = self._validate(event)
+        return reason if isinstance(reason, str) else f"not valid JSON ({error.msg} at column {error.colno})"
 
     def _validate(self, event: dict) -> tuple[dict, int] | str:
         for name, required, check in self._checks:
@@ -110,6 +127,8 @@ def _lenient_json(payload: bytes) -> Any:
         return f"not valid JSON ({error.msg} at column {error.colno})"
     except RecursionError:
         return "not valid JSON (nested too deeply)"
+    except ValueError:  # Python's limit on the digits of an integer
+        return "not valid JSON (an integer of more than 4300 digits)"
     try:
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
@@ -157,12 +176,9 @@ def _number_check(field: Field) -> Callable[[Any], str | None]:
     message = f"{field.name}: must be a finite number" + "".join(f" {text}" for _, _, text in bounds)
 
     def check(value):
-        if type(value) not in (int, float):  # bool is an int subclass: excluded on purpose
-            return message
-        try:
-            if not math.isfinite(value):
-                return message
-        except OverflowError:  # an integer too large for a float
+        # bool is an int subclass: excluded on purpose. Features are float32, so a number beyond
+        # its range is no more finite than NaN; the comparison is exact for integers of any size.
+        if type(value) not in (int, float) or not abs(value) <= _FLOAT32_MAX:
             return message
         return None if all(holds(value, bound) for bound, holds, _ in bounds) else message
 
@@ -197,9 +213,9 @@ def rfc3339(time_us: int) -> str:
         "+00:00", "Z")
 
 
-def dead_letter(payload: bytes | dict | None, error: str, source: dict, spec_name: str) -> dict:
+def dead_letter(payload: bytes | dict | Unreadable | None, error: str, source: dict, spec_name: str) -> dict:
     """The contract's dead-letter record: reason, where it came from, and the raw input (cut if long)."""
-    if payload is None:
+    if payload is None or isinstance(payload, Unreadable):
         raw = b""
     else:
         raw = payload if isinstance(payload, bytes) else json.dumps(payload, default=str).encode("utf-8")

@@ -6,6 +6,7 @@ read by one worker, in order; archives partitioned by day or hour give the paral
 """
 from __future__ import annotations
 
+import zlib
 from typing import Iterator
 
 import apache_beam as beam
@@ -15,10 +16,17 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import UserError
-from transforms.events import Raw
+from transforms.events import METRICS_NAMESPACE, Raw, Unreadable
 
 DEFAULT_BATCH_SIZE = 4096
 _READ_CHUNK = 8 << 20
+_GZIP_READ_CHUNK = 1 << 20  # compressed bytes per read
+_GZIP_WBITS = 31  # zlib: a gzip header and trailer
+UNREADABLE_REASON = "file unreadable from here on"
+UNREADABLE_NAMESPACE = f"{METRICS_NAMESPACE}.unreadable_file"  # a count per path
+# What corrupt, truncated or mislabelled files raise: gzip (OSError, EOFError, zlib.error), Parquet
+# (pyarrow's errors derive from OSError, ValueError or NotImplementedError).
+UNREADABLE_ERRORS = (OSError, EOFError, zlib.error, ValueError, NotImplementedError)
 
 
 def check_input(pattern: str) -> list[str]:
@@ -47,25 +55,59 @@ class ReadEventFiles(beam.PTransform):
 
 
 def read_blocks(readable: fileio.ReadableFile, batch_size: int) -> Iterator[list[Raw]]:
+    """A file's records in blocks. A file that cannot be read to its end (corrupt, truncated, not
+    what its name says) ends with one record standing for the rest of it: a dead letter at the
+    first line or row not read, and a count under ``rtml.unreadable_file`` (its path)."""
     path = readable.metadata.path
-    if path.endswith(".parquet"):
-        yield from _parquet_blocks(readable, path, batch_size)
-        return
-    with readable.open(compression_type=CompressionTypes.AUTO) as handle:
-        block = []
-        for number, line in enumerate(_lines(handle), start=1):
-            block.append(Raw(line, {"file": path, "line": number}))
+    parquet = path.endswith(".parquet")
+    unit = "row" if parquet else "line"
+    block, number = [], 0
+    try:
+        for number, payload in enumerate(_parquet_rows(readable) if parquet else _lines(readable), start=1):
+            block.append(Raw(payload, {"file": path, unit: number}))
             if len(block) == batch_size:
                 yield block
                 block = []
-        if block:
-            yield block
+    except UNREADABLE_ERRORS as error:
+        beam.metrics.Metrics.counter(UNREADABLE_NAMESPACE, path).inc()
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        block.append(Raw(Unreadable(f"{UNREADABLE_REASON} ({detail})"), {"file": path, unit: number + 1}))
+    if block:
+        yield block
 
 
-def _lines(handle) -> Iterator[bytes]:
-    """The lines of a binary file without their line ends; a last line without one counts too."""
+def _lines(readable: fileio.ReadableFile) -> Iterator[bytes]:
+    """The lines of a file without their line ends; a last line without one counts too."""
+    if readable.metadata.path.endswith(".gz"):
+        with readable.open(compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            yield from _split_lines(_gunzip(handle))
+    else:
+        with readable.open(compression_type=CompressionTypes.AUTO) as handle:
+            yield from _split_lines(iter(lambda: handle.read(_READ_CHUNK), b""))
+
+
+def _gunzip(handle) -> Iterator[bytes]:
+    """The decompressed chunks of a gzip file of any number of members.
+
+    Unlike Beam's reader, which ends early at a cut, this raises EOFError there, after yielding
+    every byte before the cut, so a cut file is never taken for a short one and no line that can
+    be read is lost."""
+    decompressor, started = zlib.decompressobj(wbits=_GZIP_WBITS), False
+    while chunk := handle.read(_GZIP_READ_CHUNK):
+        while chunk:
+            started = True
+            yield decompressor.decompress(chunk)
+            chunk = b""
+            if decompressor.eof:  # the next member, if any, starts in what is left
+                chunk = decompressor.unused_data
+                decompressor, started = zlib.decompressobj(wbits=_GZIP_WBITS), False
+    if started:
+        raise EOFError("the gzip data ends before its end-of-stream marker (a cut file?)")
+
+
+def _split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
     rest = b""
-    while chunk := handle.read(_READ_CHUNK):
+    for chunk in chunks:
         lines = (rest + chunk).split(b"\n")
         rest = lines.pop()
         for line in lines:
@@ -74,15 +116,12 @@ def _lines(handle) -> Iterator[bytes]:
         yield rest
 
 
-def _parquet_blocks(readable: fileio.ReadableFile, path: str, batch_size: int) -> Iterator[list[Raw]]:
+def _parquet_rows(readable: fileio.ReadableFile) -> Iterator[dict]:
     import pyarrow.parquet as pq
 
     with readable.open() as handle:
-        row = 0
-        for record_batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_size):
-            rows = record_batch.to_pylist()
-            yield [Raw(values, {"file": path, "row": row + i}) for i, values in enumerate(rows, start=1)]
-            row += len(rows)
+        for record_batch in pq.ParquetFile(handle).iter_batches(batch_size=DEFAULT_BATCH_SIZE):
+            yield from record_batch.to_pylist()
 
 
 def json_lines(records: dict | list[dict]) -> bytes:
