@@ -76,13 +76,13 @@ class VersionWatch:
             return None
         self._next_check = now + self._interval_s
         try:
-            current = registry.current_version(self._model_dir)
+            current, digest = registry.current(self._model_dir)
         except registry.ModelError as error:
             return self._refuse(None, error, serving)
         if current in (serving, self._refused):
             return None
         try:
-            model = registry.load_for_spec(self._model_dir, self._spec, current)
+            model = registry.load_for_spec(self._model_dir, self._spec, current, digest)
         except registry.ModelError as error:
             return self._refuse(current, error, serving)
         self._refused = self._refused_reason = None
@@ -104,14 +104,16 @@ class _ScoreHandler(ModelHandler[EventBatch, PredictionResult, LoadedVersion]):
     scored by the newest good version in --model_dir (``VersionWatch``), each batch by one version.
     """
 
-    def __init__(self, model_dir: str, version: str, spec: Spec, reload_every_s: float = 0.0):
+    def __init__(self, model_dir: str, model: registry.ModelVersion, spec: Spec, reload_every_s: float = 0.0):
         super().__init__()
-        self._model_dir, self._version, self._spec = model_dir, version, spec
+        self._model_dir, self._spec = model_dir, spec
+        # what the launcher verified: a worker loads exactly that manifest, even if CURRENT has moved on
+        self._version, self._manifest_sha256 = model.version, model.manifest_sha256
         self._watch = VersionWatch(model_dir, spec, reload_every_s) if reload_every_s else None
         self._switched_to: LoadedVersion | None = None
 
     def load_model(self) -> LoadedVersion:
-        version = registry.load(self._model_dir, self._version)
+        version = registry.load(self._model_dir, self._version, self._manifest_sha256 or None)
         return LoadedVersion(version.version, self._load(version))
 
     def batch_elements_kwargs(self):
@@ -134,7 +136,8 @@ class _ScoreHandler(ModelHandler[EventBatch, PredictionResult, LoadedVersion]):
         newer = self._watch.newer(serving.version)
         if newer is not None:
             # A model RunInference loads from now on (a new worker, an evicted cache) is this one too.
-            self._version, self._switched_to = newer.version, LoadedVersion(newer.version, self._load(newer))
+            self._version, self._manifest_sha256 = newer.version, newer.manifest_sha256
+            self._switched_to = LoadedVersion(newer.version, self._load(newer))
         return self._switched_to or loaded
 
     def get_num_bytes(self, batch: Sequence[EventBatch]) -> int:
@@ -208,7 +211,7 @@ class ScoreEvents(beam.PTransform):
                  reload_every_s: float = 0.0):
         super().__init__()
         handler_class = {"onnx": OnnxScoreHandler, "sklearn": SklearnScoreHandler}[engine]
-        self._spec, self._handler = spec, handler_class(model_dir, model.version, spec, reload_every_s)
+        self._spec, self._handler = spec, handler_class(model_dir, model, spec, reload_every_s)
 
     def expand(self, batches):
         spec = self._spec

@@ -1,7 +1,7 @@
 """Versioned model directories: write a version atomically, mark it current, load it only if intact.
 
     MODEL_DIR/
-      CURRENT                      the current version's name
+      CURRENT                      the current version's name and its manifest's sha256
       versions/<version>/
         manifest.json              what, from what, how good, and the sha256 of every other file
         model.onnx                 features + estimator, raw columns in, score out
@@ -10,7 +10,17 @@
       .staging/                    versions being written; never read
 
 A version is published by renaming its finished staging directory into ``versions/``, then
-replacing ``CURRENT``; a crash at any point leaves the previous current version serving.
+replacing ``CURRENT``; a crash at any point leaves the previous current version serving. Publishing
+holds a lock on the directory, and CURRENT only moves to a newer version (names sort by creation
+time): of two trainings into one directory, the one started last is current, whichever ends last.
+
+The model directory is a trust boundary. ``CURRENT`` names a version only by a plain name (no
+path), and records the sha256 of that version's manifest, which holds the sha256 of every other
+file: a version whose bytes differ from what CURRENT vouches for is refused before any file of
+it is used. ``--engine sklearn`` unpickles ``estimator.joblib`` (pickle runs code), so only ever
+after that check; the ONNX engine runs no code from the directory. A version loaded by name rather
+than through CURRENT is checked against its own manifest only, unless the caller passes the
+manifest digest it expects (the workers of a run get the one the launcher verified).
 Publishing needs a local (or mounted) directory; loading reads through Beam's filesystems, so
 workers can load a model directory copied to any of them (``gs://...``).
 """
@@ -21,7 +31,11 @@ import datetime
 import hashlib
 import json
 import os
+import fcntl
+import functools
+import logging
 import pathlib
+import re
 import secrets
 from typing import TYPE_CHECKING
 
@@ -35,6 +49,9 @@ if TYPE_CHECKING:
 
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
+_PUBLISH_LOCK = ".publish.lock"
+_VERSION_NAME = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,127}\Z")
+_LOG = logging.getLogger(__name__)
 
 
 class ModelError(UserError):
@@ -47,6 +64,8 @@ class ModelVersion:
 
     path: str
     manifest: dict
+    manifest_sha256: str = ""
+    current: bool = False  # made current when published
 
     @property
     def version(self) -> str:
@@ -68,8 +87,8 @@ class ModelVersion:
 
 
 def new_version() -> str:
-    """A version name that sorts by creation time: ``20261121T150102Z-3fa9``."""
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(2)
+    """A version name that sorts by creation time, to the microsecond: ``20261121T150102.123456Z-3fa9``."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ-") + secrets.token_hex(2)
 
 
 def staging_dir(model_dir: str, version: str) -> pathlib.Path:
@@ -79,33 +98,59 @@ def staging_dir(model_dir: str, version: str) -> pathlib.Path:
 
 
 def publish(model_dir: str, staging: pathlib.Path, manifest: dict) -> ModelVersion:
-    """Hash every file in ``staging``, write the manifest, move it into ``versions/`` and make it current."""
+    """Hash every file in ``staging``, write the manifest, move it into ``versions/`` and make it current
+    unless a newer version already is (``ModelVersion.current`` says which)."""
     manifest = dict(manifest, files=_hashes(str(staging)))
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    versions = pathlib.Path(model_dir) / "versions"
+    manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    (staging / MANIFEST).write_bytes(manifest_bytes)
+    digest = hashlib.sha256(manifest_bytes).hexdigest()
+    root = pathlib.Path(model_dir)
+    versions = root / "versions"
     versions.mkdir(exist_ok=True)
     final = versions / manifest["version"]
-    staging.rename(final)
-    pointer = pathlib.Path(model_dir) / f".{CURRENT}.{manifest['version']}"
-    pointer.write_text(manifest["version"] + "\n")
-    os.replace(pointer, pathlib.Path(model_dir) / CURRENT)
-    return ModelVersion(str(final), manifest)
+    with open(root / _PUBLISH_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        staging.rename(final)
+        try:
+            superseded = current(model_dir)[0] >= manifest["version"]
+        except ModelError:
+            superseded = False
+        if not superseded:
+            pointer = root / f".{CURRENT}.{manifest['version']}"
+            pointer.write_text(f"{manifest['version']} sha256:{digest}\n")
+            os.replace(pointer, root / CURRENT)
+    return ModelVersion(str(final), manifest, digest, current=not superseded)
 
 
-def load(model_dir: str, version: str | None = None) -> ModelVersion:
-    """The named version, or the current one, after checking every file against the manifest.
+def load(model_dir: str, version: str | None = None, manifest_sha256: str | None = None) -> ModelVersion:
+    """The named version, or the current one, after checking its manifest against the digest CURRENT
+    records (or ``manifest_sha256``) and every file against the manifest.
 
     Raises ModelError, with a one-line reason, for a missing, incomplete or tampered model.
     """
-    if version is None:
-        version = current_version(model_dir)
+    if version is None or manifest_sha256 is None:
+        try:
+            named, digest = current(model_dir)
+        except ModelError:
+            if version is None:
+                raise
+            named = digest = None
+        version = version or named
+        if manifest_sha256 is None and version == named:
+            manifest_sha256 = digest
+    _check_name(version, f"model version {version!r}")
     path = FileSystems.join(model_dir, "versions", version)
     try:
-        manifest = json.loads(_read(FileSystems.join(path, MANIFEST)))
+        manifest_bytes = _read(FileSystems.join(path, MANIFEST))
+        manifest = json.loads(manifest_bytes)
     except FileNotFoundError:
         raise ModelError(f"model {version} in {model_dir}: missing, or its {MANIFEST} is missing") from None
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise ModelError(f"model {version} in {model_dir}: {MANIFEST} is not valid JSON") from None
+    digest = hashlib.sha256(manifest_bytes).hexdigest()
+    if manifest_sha256 and digest != manifest_sha256:
+        raise ModelError(f"model {version} in {model_dir}: {MANIFEST} is not the one {CURRENT} vouches for (sha256 "
+                         f"{digest[:12]}…, not {manifest_sha256[:12]}…); refusing a tampered model")
     expected, actual = manifest.get("files", {}), _hashes(path, skip=MANIFEST)
     for name in sorted(set(expected) | set(actual)):
         if name not in actual:
@@ -117,25 +162,48 @@ def load(model_dir: str, version: str | None = None) -> ModelVersion:
         else:
             continue
         raise ModelError(f"model {version} in {model_dir}: {name} {problem}; refusing a tampered or incomplete model")
-    return ModelVersion(path, manifest)
+    return ModelVersion(path, manifest, digest)
 
 
-def current_version(model_dir: str) -> str:
-    """The name of the version ``model_dir``'s CURRENT file names (not verified: ``load`` does that)."""
+def current(model_dir: str) -> tuple[str, str | None]:
+    """The version ``model_dir``'s CURRENT names and the manifest digest it records (None: written by a
+    version of rtml that recorded none). Not verified: ``load`` does that."""
     try:
-        return _read(FileSystems.join(model_dir, CURRENT)).decode().strip()
+        text = _read(FileSystems.join(model_dir, CURRENT)).decode("utf-8")
     except FileNotFoundError:
         raise ModelError(f"--model_dir {model_dir}: no model here (no {CURRENT} file); "
-                         f"train one with `python -m pipelines.train`") from None
+                         f"train one with `rtml train`") from None
+    except (UnicodeDecodeError, OSError) as error:
+        raise ModelError(f"--model_dir {model_dir}: {CURRENT} cannot be read "
+                         f"({str(error).splitlines()[0] or type(error).__name__})") from None
+    name, _, digest = text.strip().partition(" sha256:")
+    _check_name(name, f"{CURRENT} in {model_dir} names {name[:80]!r}, which")
+    if not digest:
+        _warn_no_digest(model_dir, name)
+    elif not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ModelError(f"--model_dir {model_dir}: {CURRENT} holds a malformed manifest digest")
+    return name, digest or None
 
 
-def load_for_spec(model_dir: str, spec: Spec, version: str | None = None) -> ModelVersion:
+@functools.lru_cache(maxsize=None)  # once per directory and version, not at every poll
+def _warn_no_digest(model_dir: str, name: str) -> None:
+    _LOG.warning("%s in %s records no manifest digest (written before rtml recorded one): version %s is checked "
+                 "against its own manifest only", CURRENT, model_dir, name)
+
+
+def _check_name(name: str, what: str) -> None:
+    if not _VERSION_NAME.match(name) or ".." in name:
+        raise ModelError(f"{what} is not a version name (letters, digits, '.', '_' and '-'; no path)")
+
+
+def load_for_spec(model_dir: str, spec: Spec, version: str | None = None,
+                  manifest_sha256: str | None = None) -> ModelVersion:
     """``load``, and check that the version was trained for ``spec``'s fields and features.
 
     Raises ModelError when it was trained on a spec with other fields or features (the alert
     threshold and other settings outside the spec's fingerprint may differ).
     """
-    model = load(model_dir, version)
+    model = load(model_dir, version, manifest_sha256)
     if model.manifest["spec"]["fingerprint"] != spec.fingerprint:
         raise ModelError(
             f"model {model.version} was trained on spec {model.manifest['spec']['name']} with other fields or "

@@ -174,7 +174,7 @@ def test_bounded_scoring_keeps_the_version_it_started_with(versions, events, bat
     score.run(["--spec", "fraud", "--input", str(events), "--model_dir", model_dir, "--model_poll_seconds", "1",
                "--output", str(tmp_path / "scored"), "--dead_letter", str(tmp_path / "dead_letter")],
               test_pipeline=_PublishesWhenRun(model_dir, versions["new"]))
-    assert registry.current_version(model_dir) == versions["new"]
+    assert registry.current(model_dir)[0] == versions["new"]
     records = read_json_lines(tmp_path / "scored")
     assert {r["event_id"]: (r["model_version"], r["score"]) for r in records} == {
         event_id: (versions["old"], value) for event_id, value in batch_scores[versions["old"]].items()}

@@ -1,0 +1,141 @@
+"""The model directory is a trust boundary: CURRENT names a version by a plain name and vouches for
+its manifest's bytes, the manifest for every other file; nothing of a version is used before that
+holds, and of two trainings into one directory the later-started one is current."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from models import registry
+from tests.conftest import publish_stand_in_model
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+class _Plant:
+    """Unpickling this writes a marker file: what a planted estimator.joblib would do."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    version = publish_stand_in_model(tmp_path / "model")
+    return tmp_path / "model", version
+
+
+def _rewrite_manifest(version_dir, change) -> None:
+    manifest = json.loads((version_dir / registry.MANIFEST).read_text())
+    change(manifest)
+    (version_dir / registry.MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_a_version_rewritten_with_matching_hashes_is_refused_before_anything_is_unpickled(model_dir, tmp_path):
+    root, version = model_dir
+    version_dir = root / "versions" / version
+    marker = tmp_path / "pickle-ran"
+    planted = pickle.dumps(_Plant(str(marker)))
+    (version_dir / "estimator.joblib").write_bytes(planted)
+    _rewrite_manifest(version_dir, lambda m: m["files"].update({"estimator.joblib": hashlib.sha256(planted).hexdigest()}))
+    with pytest.raises(registry.ModelError, match="is not the one CURRENT vouches for"):
+        registry.load(str(root))
+    with pytest.raises(registry.ModelError, match="is not the one CURRENT vouches for"):
+        registry.load(str(root), version)  # by name: CURRENT names it, so its digest holds too
+    assert not marker.exists()
+
+
+def test_an_edited_manifest_is_refused(model_dir):
+    root, version = model_dir
+    _rewrite_manifest(root / "versions" / version, lambda m: m.update({"metrics": {"roc_auc": 0.99}}))
+    with pytest.raises(registry.ModelError, match="refusing a tampered model"):
+        registry.load(str(root))
+
+
+def test_a_worker_loads_the_manifest_its_launcher_verified(model_dir):
+    root, version = model_dir
+    launched = registry.load(str(root))
+    older = publish_stand_in_model(root, scale=50.0)
+    assert registry.load(str(root)).version == older  # CURRENT moved on
+    assert registry.load(str(root), version, launched.manifest_sha256).version == version
+    _rewrite_manifest(root / "versions" / version, lambda m: m.update({"threshold": 0}))
+    with pytest.raises(registry.ModelError, match="refusing a tampered model"):
+        registry.load(str(root), version, launched.manifest_sha256)
+
+
+@pytest.mark.parametrize("content", ["../../elsewhere", "/tmp/planted", "versions/x", "..", "",
+                                     b"\xff\xfe not utf-8", "a b"])
+def test_current_may_only_name_a_version_in_the_directory(model_dir, content):
+    root, _ = model_dir
+    (root / registry.CURRENT).write_bytes(content if isinstance(content, bytes) else content.encode() + b"\n")
+    with pytest.raises(registry.ModelError) as raised:
+        registry.load(str(root))
+    assert "\n" not in str(raised.value)
+
+
+def test_a_current_that_is_a_directory_is_one_line(model_dir):
+    root, _ = model_dir
+    os.remove(root / registry.CURRENT)
+    os.mkdir(root / registry.CURRENT)
+    with pytest.raises(registry.ModelError, match="CURRENT cannot be read"):
+        registry.load(str(root))
+
+
+def test_a_current_written_before_digests_still_loads(model_dir, caplog):
+    root, version = model_dir
+    (root / registry.CURRENT).write_text(version + "\n")
+    assert registry.load(str(root)).version == version
+    assert "records no manifest digest" in caplog.text
+
+
+def test_of_two_trainings_the_one_started_later_is_current_whichever_ends_last(tmp_path):
+    root = tmp_path / "model"
+    earlier, later = registry.new_version(), registry.new_version()
+    later = later if later > earlier else earlier + "z"
+    staged = {}
+    for version in (earlier, later):
+        staged[version] = registry.staging_dir(str(root), version)
+        (staged[version] / "model.onnx").write_bytes(version.encode())
+    assert registry.publish(str(root), staged[later], {"version": later}).current
+    assert not registry.publish(str(root), staged[earlier], {"version": earlier}).current
+    assert registry.current(str(root))[0] == later
+    assert registry.load(str(root), earlier).version == earlier  # published all the same
+
+
+KILL_AT = textwrap.dedent("""
+    import os, pathlib, signal, sys
+    from tests.conftest import publish_stand_in_model
+    step = sys.argv[2]
+    owner, name, target = {"manifest": (pathlib.Path, "write_bytes", "manifest.json"),
+                           "rename": (pathlib.Path, "rename", ""), "pointer": (pathlib.Path, "write_text", ".CURRENT"),
+                           "replace": (os, "replace", ".CURRENT")}[step]
+    original = getattr(owner, name)
+    def killing(path, *args, **kwargs):
+        if pathlib.Path(path).name.startswith(target):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(path, *args, **kwargs)
+    setattr(owner, name, killing)
+    publish_stand_in_model(sys.argv[1], scale=7.0)
+""")
+
+
+@pytest.mark.parametrize("step", ["manifest", "rename", "pointer", "replace"])
+def test_sigkill_at_any_step_of_publishing_leaves_the_previous_version_current(model_dir, step):
+    root, version = model_dir
+    killed = subprocess.run([sys.executable, "-c", KILL_AT, str(root), step], cwd=ROOT, timeout=120)
+    assert killed.returncode == -signal.SIGKILL
+    assert registry.load(str(root)).version == version
+    assert registry.load(str(root), publish_stand_in_model(root, scale=9.0)).version.endswith("-s9")
+    assert registry.load(str(root)).version.endswith("-s9")  # and the next training publishes as usual
