@@ -49,6 +49,9 @@ def kafka_config(flags: KafkaOptions) -> dict[str, str]:
         if not sep or not key.strip():
             raise UserError(f"--kafka_config #{number} is not KEY=VALUE")
         config[key.strip()] = value
+    error = kafka.config_error(config)
+    if error:
+        raise UserError(f"--kafka_config: {error}")
     return config
 
 

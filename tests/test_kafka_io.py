@@ -27,6 +27,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from pipelines.kafka_broker import KafkaBroker, free_port
+from tests.conftest import publish_stand_in_model
 from tests.kafka_helpers import committed, wait_for
 from transforms.kafka import KafkaMessage, ReadFromKafka, WriteToKafka, mask_config
 
@@ -306,10 +307,10 @@ def test_secrets_never_reach_reprs_errors_or_logs(kafka_broker, caplog, capfd):
     for transform in (read, write):
         shown = repr(transform) + str(DisplayData.create_from(transform).items)
         assert secret not in shown and "'sasl.password': '***'" in shown
-    masked = mask_config({"ssl.key.password": 1, "sasl.jaas.config": 2, "x.secret": 3,
-                          "sasl.oauthbearer.token.endpoint.url": 4, "sasl.username": "u"})
-    assert masked == {"ssl.key.password": "***", "sasl.jaas.config": "***", "x.secret": "***",
-                      "sasl.oauthbearer.token.endpoint.url": "***", "sasl.username": "u"}
+    masked = mask_config({"ssl.key.password": 1, "sasl.oauthbearer.config": f"clientSecret={secret}",
+                          "sasl.username": "u", "security.protocol": "SASL_SSL"})
+    assert masked == {"ssl.key.password": "***", "sasl.oauthbearer.config": "***", "sasl.username": "***",
+                      "security.protocol": "SASL_SSL"}
 
     caplog.set_level(logging.DEBUG)
     for build in (lambda p: p | read,
@@ -322,6 +323,23 @@ def test_secrets_never_reach_reprs_errors_or_logs(kafka_broker, caplog, capfd):
         assert secret not in text
     out, err = capfd.readouterr()
     assert secret not in caplog.text + out + err
+
+
+@pytest.mark.parametrize("given", [["--kafka_config", "sasl.password", "{secret}"],
+                                   ["--kafka_config", "sasl.oauthbearer.config=clientSecret={secret}",
+                                    "--kafka_config", "bogus.key={secret}"]])
+def test_a_secret_on_the_command_line_is_never_echoed(tmp_path, given):
+    """A value without its key (a space instead of =), and a config librdkafka refuses: one line, no secret."""
+    secret = "S3cret-" + uuid.uuid4().hex
+    publish_stand_in_model(tmp_path / "model")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.score", "--spec", "fraud", "--mode", "stream", "--bootstrap_servers",
+         "127.0.0.1:1", "--input_topic", "a", "--output_topic", "b", "--dead_letter_topic", "c",
+         "--model_dir", str(tmp_path / "model"), *[arg.format(secret=secret) for arg in given]],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in result.stderr
+    assert secret not in result.stdout + result.stderr
 
 
 if __name__ == "__main__":  # the subprocess of test_live_read_resumes_after_committed_offsets

@@ -113,3 +113,30 @@ alert_threshold: 0.7
     totals = score.run(["--spec", str(spec), "--input", files, "--model_dir", str(tmp_path / "model"),
                         "--output", str(tmp_path / "scored"), "--dead_letter", str(tmp_path / "dead")])
     assert totals["rtml/scored"] == totals["rtml/valid"] and totals["rtml/received"] == 4 * 4320
+
+
+BOMB = "name: x\n" + "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else '1'] * 9)}]\n" for i in range(9))
+
+
+@pytest.mark.parametrize("text, message", [
+    (BOMB, r"not valid YAML \(aliases \(\*name\) are not allowed in a spec\)"),
+    ("extends: ../../../../etc/passwd\n", "extends must name a built-in spec or a .yaml file in the same folder"),
+    ("extends: /etc/hosts.yaml\n", "extends must name a built-in spec or a .yaml file in the same folder"),
+    ("extends: [fraud]\n", "extends must name a built-in spec or a .yaml file in the same folder"),
+    ("extends: payments\n", "extends payments: no such built-in spec"),
+    ("extends: fraud\nalert_threshold: .nan\n", "alert_threshold must be a finite number"),
+    ("extends: fraud\nmonitoring: {psi_threshold: .inf}\n", r"monitoring.psi_threshold: must be a number > 0"),
+    ("extends: fraud\n" + "# padding\n" * 30_000, "larger than 256 KiB"),
+])
+def test_specs_are_data_loaded_safely(tmp_path, text, message):
+    (tmp_path / "spec.yaml").write_text(text)
+    with pytest.raises(SpecError, match=message) as raised:
+        load_spec(str(tmp_path / "spec.yaml"))
+    assert "\n" not in str(raised.value)
+
+
+def test_a_spec_extends_a_sibling_file(tmp_path):
+    (tmp_path / "base.yaml").write_text(pathlib.Path(load_spec("fraud").source).read_text())
+    (tmp_path / "spec.yaml").write_text("extends: base.yaml\nalert_threshold: 0.9\n")
+    spec = load_spec(str(tmp_path / "spec.yaml"))
+    assert spec.alert_threshold == 0.9 and spec.fingerprint == load_spec("fraud").fingerprint

@@ -78,31 +78,33 @@ class KafkaDeliveryError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 # Secrets
 
-_SECRET_MARKERS = ("password", "secret", "sasl.jaas", "ssl.key", "token")
+# Secrets are masked by value, not by key name: any setting may carry one (an OAuth client secret
+# inside sasl.oauthbearer.config, a password in a JAAS line). Only the values of these settings,
+# which never hold one and say how a client connects, are shown.
+_PLAIN_KEYS = frozenset({
+    "security.protocol", "sasl.mechanism", "sasl.mechanisms", "acks", "compression.type", "compression.codec",
+    "linger.ms", "batch.size", "batch.num.messages", "enable.idempotence", "auto.offset.reset", "client.id",
+    "isolation.level", "message.max.bytes", "fetch.max.bytes", "max.poll.interval.ms", "session.timeout.ms",
+    "request.timeout.ms", "socket.timeout.ms", "queue.buffering.max.ms", "enable.auto.commit",
+    "ssl.endpoint.identification.algorithm", "api.version.request", "debug", "bootstrap.servers", "group.id"})
 _MASK = "***"
-
-
-def _is_secret(key: str) -> bool:
-    return any(marker in key.lower() for marker in _SECRET_MARKERS)
+_MIN_SCRUBBED = 4  # shorter values would mask ordinary words of log lines; they are no secret either
 
 
 def mask_config(config: dict | None) -> dict:
-    """A copy of a librdkafka config with the values of secret settings replaced by ``***``
-    (also where such a value is repeated under another key)."""
-    config = config or {}
-    secrets = {str(v) for k, v in config.items() if _is_secret(k)}
-    return {k: (_MASK if _is_secret(k) or str(v) in secrets else v) for k, v in config.items()}
+    """A copy of a librdkafka config for display: every value masked (``***``) but those of ``_PLAIN_KEYS``."""
+    return {k: (v if k in _PLAIN_KEYS else _MASK) for k, v in (config or {}).items()}
 
 
 class Secrets:
-    """Removes the values of a config's secret settings from text.
+    """Removes the values of a config's settings (all but ``_PLAIN_KEYS``') from text.
 
     Also serves as confluent-kafka's ``logger``, so librdkafka's own log lines (which can
     quote config values) pass through the same scrubbing into this module's logger.
     """
 
     def __init__(self, config: dict):
-        values = {str(v) for k, v in config.items() if _is_secret(k) and str(v)}
+        values = {str(v) for k, v in config.items() if k not in _PLAIN_KEYS and len(str(v)) >= _MIN_SCRUBBED}
         self._values = sorted(values, key=len, reverse=True)  # longest first: no partial leaks
 
     def scrub(self, text: object) -> str:
@@ -116,6 +118,20 @@ class Secrets:
 
     def __repr__(self) -> str:
         return "Secrets(***)"
+
+
+def config_error(config: dict) -> str | None:
+    """Why librdkafka refuses ``config`` (an unknown key, a bad value), without its values; None if it takes it."""
+    try:
+        Consumer({**config, "group.id": "rtml-config-check"}, logger=_QUIET).close()
+    except KafkaException as error:
+        return Secrets(config).scrub(error.args[0].str())
+    return None
+
+
+_QUIET = logging.getLogger(f"{__name__}.config_check")  # the check's client may log about connecting; unheard
+_QUIET.propagate = False
+_QUIET.addHandler(logging.NullHandler())
 
 
 def client(cls, config: dict, secrets: Secrets):

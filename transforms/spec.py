@@ -4,7 +4,8 @@ A spec is named by a built-in name (``fraud``, ``sensor``: ``transforms/specs/*.
 path to a YAML file of the same form; a new use case is a new file, with no code.
 
     name: fraud
-    extends: other_spec            # optional: start from that spec; top-level keys here replace its keys
+    extends: other_spec            # optional: a built-in spec, or a .yaml file in this file's folder, to start
+                                   # from; top-level keys here replace its keys
     entity_key: card_id            # a required string field
     event_time: event_time         # a timestamp field (RFC 3339 with a zone)
     label: is_fraud                # optional; a binary field, never a model input
@@ -26,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import pathlib
 import re
 from typing import Any
@@ -41,6 +43,19 @@ ENTITY_FEATURE_KINDS = {  # kind: the type of source it reads (None: none)
     "count": None, "seconds_since_previous": None, "sum": "number", "mean": "number", "ratio_to_mean": "number",
     "difference_from_mean": "number", "is_new": "string"}
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_SPEC_BYTES = 256 << 10
+_EXTENDS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")  # a name, never a path
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """YAML's safe loader without aliases: a spec has no use for them, and nested aliases expand
+    without bound when the document is walked (a few hundred bytes can exhaust memory)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a spec",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
 
 
 class SpecError(UserError):
@@ -51,7 +66,8 @@ class SpecError(UserError):
 class Field:
     """One event field and the rules a value must meet.
 
-    Numbers are JSON numbers (not strings, not booleans) and always finite; ``binary`` is 0 or 1.
+    Numbers are JSON numbers (not strings, not booleans), finite and within float32's range (|x| <= 3.4e38,
+    as features are float32); ``binary`` is 0 or 1.
     """
 
     name: str
@@ -109,7 +125,8 @@ class Monitoring:
 
         def number(key: str, holds, rule: str):
             found = item[key]
-            if isinstance(found, bool) or not isinstance(found, (int, float)) or not holds(found):
+            if (isinstance(found, bool) or not isinstance(found, (int, float)) or not math.isfinite(found)
+                    or not holds(found)):
                 raise SpecError(f"{where}.{key}: must be {rule}")
             return found
 
@@ -195,16 +212,23 @@ def _document(name_or_path: str, flag: str, seen: tuple[str, ...] = ()) -> tuple
     if not path.is_file():
         builtin = ", ".join(sorted(p.stem for p in SPECS_DIR.glob("*.yaml")))
         raise SpecError(f"{flag} {name_or_path}: no such built-in spec ({builtin}) or YAML file")
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise SpecError(f"spec {path}: larger than {MAX_SPEC_BYTES >> 10} KiB; a spec is a short file")
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        document = yaml.load(path.read_text(encoding="utf-8"), Loader=_SpecLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise SpecError(f"spec {path}: not valid YAML ({_first_line(error)})") from None
     if isinstance(document, dict) and "extends" in document:
         if str(path.resolve()) in seen:
             raise SpecError(f"spec {path}: extends itself (through {', '.join(seen)})")
-        base_name = str(document.pop("extends"))
+        base_name = document.pop("extends")
+        if not isinstance(base_name, str) or not _EXTENDS.match(base_name):
+            raise SpecError(f"spec {path}: extends must name a built-in spec or a .yaml file in the same folder")
         if base_name.endswith((".yaml", ".yml")):
             base_name = str(path.parent / base_name)
+        elif not (SPECS_DIR / f"{base_name}.yaml").exists():
+            raise SpecError(f"spec {path}: extends {base_name}: no such built-in spec "
+                            f"({', '.join(sorted(p.stem for p in SPECS_DIR.glob('*.yaml')))})")
         base, _ = _document(base_name, f"spec {path}: extends", seen + (str(path.resolve()),))
         document = {**base, **document}  # the extending file's top-level keys replace the base's
     return document, path
@@ -247,8 +271,8 @@ def _build(document: Any, source: str) -> Spec:
         raise SpecError(f"{where}: model.estimator must be a scikit-learn class "
                         f"such as sklearn.ensemble.IsolationForest, not {model['estimator']!r}")
     threshold = doc.get("alert_threshold", 0.5)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise SpecError(f"{where}: alert_threshold must be a number")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise SpecError(f"{where}: alert_threshold must be a finite number")
 
     return Spec(
         name=str(doc["name"]), description=str(doc.get("description", "")),
