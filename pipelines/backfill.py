@@ -570,9 +570,6 @@ def run(argv=None) -> dict[str, dict]:
     end_us = parse_moment("end", flags.end, flags.partition)
     if end_us <= start_us:
         raise UserError(f"--end {flags.end} must be after --start {flags.start}")
-    if end_us - start_us > MAX_DAYS_UNASKED * UNIT_US["day"] and not flags.yes:
-        raise UserError(f"--start {flags.start} .. --end {flags.end} spans {(end_us - start_us) // UNIT_US['day']:,} "
-                        f"days, more than {MAX_DAYS_UNASKED}; add --yes if that is meant")
     if flags.max_parallel < 1:
         raise UserError("--max_parallel must be at least 1")
     if archive.output_format != "jsonl":
@@ -594,6 +591,9 @@ def run(argv=None) -> dict[str, dict]:
         fingerprint = hashlib.sha256(json.dumps(["kafka", *kafka_read[:2], kafka_read[3]]).encode()).hexdigest()
     else:
         fingerprint, n_files = input_fingerprint(archive.input)
+    if end_us - start_us > MAX_DAYS_UNASKED * UNIT_US["day"] and not flags.yes:
+        raise UserError(f"--start {flags.start} .. --end {flags.end} spans {(end_us - start_us) // UNIT_US['day']:,} "
+                        f"days, more than {MAX_DAYS_UNASKED}; add --yes if that is meant")
     runners.apply_runner_presets(options)
 
     started = time.monotonic()

@@ -20,7 +20,10 @@ from pathlib import Path
 
 import apache_beam as beam
 import pytest
+from apache_beam.io.restriction_trackers import OffsetRange
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.sdf_utils import ThreadsafeRestrictionTracker
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.display import DisplayData
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -29,6 +32,7 @@ from confluent_kafka.admin import AdminClient
 from pipelines.kafka_broker import KafkaBroker, free_port
 from tests.conftest import publish_stand_in_model
 from tests.kafka_helpers import committed, wait_for
+from transforms import kafka
 from transforms.kafka import KafkaMessage, ReadFromKafka, WriteToKafka, mask_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,6 +171,50 @@ def test_write_to_kafka_fails_the_bundle_when_kafka_does_not_acknowledge():
              | WriteToKafka(nobody, "lost", producer_config={"message.timeout.ms": 1500}))
 
 
+class _ReadSlices:
+    """The live read of one partition, slice by slice as a runner drives it, its watermark carried along."""
+
+    def __init__(self, bootstrap: str, topic: str, max_delay_ms: int, **limits):
+        read = ReadFromKafka(bootstrap, topic, offset_reset="earliest", max_delay_ms=max_delay_ms)
+        self._fn = kafka._ReadPartitionFn(read._config(), commit=False, max_delay_ms=max_delay_ms)
+        for name, value in limits.items():  # e.g. slices of one message, as under a backlog
+            setattr(self._fn, name, value)
+        self._fn.setup()
+        self._fn.start_bundle()
+        self._part, self._next = kafka._PartitionRead(topic, 0, 0, kafka.UNBOUNDED, None, None, False), 0
+        self._watermark = ManualWatermarkEstimator(None)
+
+    def slice(self) -> tuple[int, int]:
+        """Read one slice: (messages read, the watermark in ms after it)."""
+        tracker = ThreadsafeRestrictionTracker(kafka._PartitionTracker(OffsetRange(self._next, kafka.UNBOUNDED)))
+        read = [value.value for value in self._fn.process(self._part, finalizer=None, tracker=tracker,
+                                                            watermark=self._watermark)]
+        if read:
+            self._next = read[-1].offset + 1
+        return len(read), self._watermark.current_watermark().micros // 1000
+
+
+def test_the_watermark_follows_message_times_holds_behind_a_backlog_and_advances_when_caught_up(kafka_broker):
+    topic, delay_ms = _name("watermark"), 1_000
+    kafka_broker.create_topic(topic, 1)
+    hour_ago = int(time.time() * 1000) - 3_600_000
+    offsets_s = [0, 5, 2, 9, 7, 3]  # out of order, as producers deliver
+    produce(kafka_broker.bootstrap, topic, [(None, b"m%d" % s, 0, hour_ago + s * 1000) for s in offsets_s])
+
+    behind = _ReadSlices(kafka_broker.bootstrap, topic, delay_ms, BATCH=1, MAX_PROCESS_S=0.0)
+    marks = [behind.slice() for _ in offsets_s]
+    assert [n for n, _ in marks] == [1] * len(offsets_s)  # one message a slice: always behind the end
+    newest = [max(offsets_s[:i + 1]) for i in range(len(offsets_s))]
+    assert [mark for _, mark in marks] == [hour_ago + s * 1000 - delay_ms for s in newest]  # never backwards
+
+    caught_up = _ReadSlices(kafka_broker.bootstrap, topic, delay_ms)
+    while caught_up.slice()[0]:
+        pass
+    before = time.time() * 1000
+    read, mark = caught_up.slice()  # nothing new: the partition's end, so the wall clock
+    assert read == 0 and before - delay_ms <= mark <= time.time() * 1000 - delay_ms
+
+
 def test_group_offsets_are_committed_and_the_next_run_resumes_after_them(kafka_broker):
     topic, group = _name("group"), _name("group")
     kafka_broker.create_topic(topic, 2)
@@ -253,6 +301,7 @@ def test_live_read_resumes_after_committed_offsets_on_restart(kafka_broker):
     assert sorted(got) == sorted((m.key, m.value) for m in first + second)
 
 
+@pytest.mark.slow
 def test_read_survives_a_broker_outage():
     """The reader waits out a broker that goes away and comes back, without a restart.
 
@@ -298,10 +347,10 @@ def test_read_survives_a_broker_outage():
 
 def test_secrets_never_reach_reprs_errors_or_logs(kafka_broker, caplog, capfd):
     secret = "S3cret-" + uuid.uuid4().hex
-    # librdkafka quotes an unsupported SASL mechanism in its error: put the secret there too,
-    # so the error text really holds it until the IO scrubs it.
-    config = {"security.protocol": "SASL_PLAINTEXT", "sasl.username": "user",
-              "sasl.password": secret, "sasl.mechanism": secret}
+    # librdkafka quotes an unsupported assignment strategy in its error: put the secret there too,
+    # so the error text really holds it until the IO scrubs it (any setting may hold a secret).
+    config = {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN", "sasl.username": "user",
+              "sasl.password": secret, "partition.assignment.strategy": secret}
     read = ReadFromKafka(kafka_broker.bootstrap, "any", consumer_config=config)
     write = WriteToKafka(kafka_broker.bootstrap, "any", producer_config=config)
     for transform in (read, write):
@@ -319,7 +368,7 @@ def test_secrets_never_reach_reprs_errors_or_logs(kafka_broker, caplog, capfd):
             with beam.Pipeline("DirectRunner") as p:
                 build(p)
         text = "".join(traceback.format_exception(failure.value))
-        assert "Unsupported SASL mechanism: ***" in text
+        assert "Unsupported partition.assignment.strategy: ***" in text
         assert secret not in text
     out, err = capfd.readouterr()
     assert secret not in caplog.text + out + err

@@ -7,7 +7,6 @@ on Prism, against Apache Kafka, and publishes versions while it runs.
 """
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import pathlib
@@ -20,8 +19,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 
 from models import registry
 from models.inference import VersionWatch
-from pipelines import generate, score, train
-from tests.conftest import read_json_lines
+from pipelines import score
+from tests.conftest import publish_stand_in_model, read_json_lines
 from tests.kafka_helpers import Outputs, make_topics, produce, stream_scorer, unique_name
 from transforms.errors import UserError
 from transforms.events import EventParser
@@ -33,14 +32,13 @@ POLL_S = 2
 
 
 @pytest.fixture(scope="module")
-def versions(fraud_model, tmp_path_factory) -> dict:
-    """A model directory holding ``old`` (the session's fraud model) and ``new`` (current; trained here)."""
+def versions(tmp_path_factory) -> dict:
+    """A model directory holding ``old`` and ``new`` (current): stand-in fraud models that score every event
+    differently, so each record shows which one scored it."""
     root = tmp_path_factory.mktemp("reload")
-    shutil.copytree(fraud_model[0], root / "model")
-    generate.generate("fraud", 2, root / "data", datetime.date(2026, 3, 1), 500, 0.0, 8, compress=False)
-    new = train.run(["--spec", "fraud", "--input", str(root / "data" / "*" / "*.jsonl"),
-                     "--model_dir", str(root / "model")])
-    return {"dir": root / "model", "old": fraud_model[1].version, "new": new.version}
+    old = publish_stand_in_model(root / "model", scale=100.0)
+    new = publish_stand_in_model(root / "model", scale=50.0)
+    return {"dir": root / "model", "old": old, "new": new}
 
 
 @pytest.fixture(scope="module")
