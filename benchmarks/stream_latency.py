@@ -4,6 +4,7 @@ rate it sustains.
     .venv/bin/python benchmarks/stream_latency.py                      # 2,000 events/s for 30 s
     .venv/bin/python benchmarks/stream_latency.py --search             # then 60 s trials: 2,000, 2,500 ... /s
     .venv/bin/python benchmarks/stream_latency.py --spec fraud_entity --runner PrismRunner --rate 1000
+    .venv/bin/python benchmarks/stream_latency.py --runner FlinkRunner --kafka_io beam --rate 1000
 
 Starts a local Apache Kafka broker (or uses --bootstrap_servers), trains a small model of --spec
 into benchmarks/data/stream-model-<spec> if there is none there, starts the stream scorer as a
@@ -177,6 +178,8 @@ def main(argv=None) -> int:
     parser.add_argument("--search_step", type=float, default=500)
     parser.add_argument("--spec", default="fraud", choices=("fraud", "fraud_entity"))
     parser.add_argument("--runner", default="DirectRunner", help="the scorer's --runner (default DirectRunner)")
+    parser.add_argument("--kafka_io", choices=("python", "beam"), default="python",
+                        help="the scorer's --kafka_io (beam: Beam's Java KafkaIO, FlinkRunner only)")
     parser.add_argument("--model_dir", help="default: benchmarks/data/stream-model-<spec>")
     parser.add_argument("--bootstrap_servers", help="an existing cluster (default: a local Apache Kafka broker)")
     parser.add_argument("--profile", metavar="PATH", help="run the scorer under cProfile, stats to PATH")
@@ -190,7 +193,7 @@ def main(argv=None) -> int:
     finally:
         if broker is not None:
             broker.close()
-    print(f"\n{args.spec} on {args.runner}\n{table(rows)}\n(p50/p99/max: output message timestamp - input timestamp; "
+    print(f"\n{args.spec} on {args.runner}, --kafka_io {args.kafka_io}\n{table(rows)}\n(p50/p99/max: output message timestamp - input timestamp; "
           f"p50c/p99c: checker's consume time - input timestamp; backlog: produced - scored, per second, "
           f"mean over the 2nd and 4th quarter)")
     return 0
@@ -213,7 +216,8 @@ def _benchmark(args, model_dir: pathlib.Path, bootstrap: str) -> list[dict]:
         [sys.executable, *(["-m", "cProfile", "-o", args.profile] if args.profile else []), "-m", "pipelines.score", "--mode", "stream", "--spec", args.spec,
          "--runner", args.runner, "--model_dir", str(model_dir),
          "--bootstrap_servers", bootstrap, "--input_topic", topics[0], "--output_topic", topics[1],
-         "--dead_letter_topic", topics[2], "--group_id", f"bench-{run_id}", "--offset_reset", "earliest"],
+         "--dead_letter_topic", topics[2], "--group_id", f"bench-{run_id}", "--offset_reset", "earliest",
+         "--kafka_io", args.kafka_io],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     reader = OutputReader(bootstrap, topics[1])
     reader.start()

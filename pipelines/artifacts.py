@@ -9,6 +9,9 @@
   tests, the demo and the benchmarks (``pipelines.kafka_broker``).
 - **Beam's Flink job server** (``org.apache.beam:beam-runners-flink-1.19``) from Maven Central. The
   FlinkRunner preset runs it with an embedded Flink (``--flink_master [local]``).
+- **Beam's Java Kafka IO** (``beam-sdks-java-io-kafka`` with ``beam-sdks-java-expansion-service``, at the
+  Flink runner's Beam version) for ``--kafka_io beam``: its expansion service, and on the Flink job
+  server's class path, where Flink runs the Java transforms in its own JVM (an EMBEDDED environment).
 
 Maven artifacts go to ``<venv>/share/rtml/<name>/lib`` with a launcher jar beside them: a jar holding
 only a manifest whose ``Class-Path`` names the libraries, so ``java -jar`` starts the service as
@@ -32,10 +35,17 @@ import zipfile
 from pathlib import Path
 
 BEAM_VERSION = importlib.metadata.version("apache-beam")
-KAFKA = ("org.apache.kafka", "kafka_2.13", "4.4.0", "kafka.Kafka")
+KAFKA = ((("org.apache.kafka", "kafka_2.13", "4.4.0"),), "kafka.Kafka")
 FLINK_VERSION = "1.19"
-FLINK_JOB_SERVER = ("org.apache.beam", f"beam-runners-flink-{FLINK_VERSION}", "2.62.0",
+FLINK_BEAM_VERSION = "2.62.0"
+FLINK_JOB_SERVER = ((("org.apache.beam", f"beam-runners-flink-{FLINK_VERSION}", FLINK_BEAM_VERSION),),
                     "org.apache.beam.runners.flink.FlinkJobServerDriver")
+# The Java SDK of the Flink job server runs these, so they are at its version. jamm: the embedded
+# Java SDK harness needs it; io-kafka's Confluent dependencies (Schema Registry) are not on Maven Central.
+KAFKA_IO = ((("org.apache.beam", "beam-sdks-java-expansion-service", FLINK_BEAM_VERSION),
+             ("org.apache.beam", "beam-sdks-java-io-kafka", FLINK_BEAM_VERSION),
+             ("com.github.jbellis", "jamm", "0.4.0")),
+            "org.apache.beam.sdk.expansion.service.ExpansionService")
 HOME = Path(sys.prefix) / "share" / "rtml"
 
 
@@ -53,6 +63,10 @@ def kafka_jar() -> Path:
 
 def flink_job_server_jar() -> Path:
     return _launcher("flink")
+
+
+def kafka_io_expansion_jar() -> Path:
+    return _launcher("kafka_io")
 
 
 def _launcher(name: str) -> Path:
@@ -96,47 +110,60 @@ def fetch_prism() -> str:
     return f"prism: built v{BEAM_VERSION} ({target})"
 
 
-def fetch_maven(name: str, coordinates: tuple[str, str, str, str]) -> str:
-    group, artifact, version, main_class = coordinates
+def fetch_maven(name: str, coordinates: tuple, also_on_class_path: tuple[str, ...] = ()) -> str:
+    """Fetch Maven artifacts and their dependencies into ``<name>/lib`` and write the launcher jar, whose class
+    path also lists the libraries of ``also_on_class_path`` (other names) that are there."""
+    dependencies, main_class = coordinates
     launcher = _launcher(name)
-    if launcher.exists():
-        return f"{name}: present ({launcher})"
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        return f"{name}: NOT INSTALLED: no mvn on PATH; {_without(name)}"
+    what = ", ".join(":".join(coordinate) for coordinate in dependencies)
     folder = launcher.parent
-    shutil.rmtree(folder, ignore_errors=True)
-    with tempfile.TemporaryDirectory() as work:
-        (Path(work) / "pom.xml").write_text(_POM.format(group=group, artifact=artifact, version=version))
-        done = subprocess.run([mvn, "-q", "-B", "dependency:copy-dependencies", "-DincludeScope=runtime",
-                               f"-DoutputDirectory={folder / 'lib'}"], cwd=work, capture_output=True, text=True)
-    if done.returncode != 0:
+    if launcher.exists():
+        status = f"{name}: present ({launcher})"
+    else:
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            return f"{name}: NOT INSTALLED: no mvn on PATH; {_without(name)}"
         shutil.rmtree(folder, ignore_errors=True)
-        return (f"{name}: NOT INSTALLED: mvn could not fetch {group}:{artifact}:{version}: "
-                f"{_last_error(done.stdout + done.stderr)}; {_without(name)}")
-    _write_launcher(launcher, main_class, sorted((folder / "lib").iterdir()))
-    return f"{name}: fetched {group}:{artifact}:{version} ({launcher})"
+        with tempfile.TemporaryDirectory() as work:
+            (Path(work) / "pom.xml").write_text(_POM.format(dependencies="".join(
+                _DEPENDENCY.format(group=g, artifact=a, version=v) for g, a, v in dependencies)))
+            done = subprocess.run([mvn, "-q", "-B", "dependency:copy-dependencies", "-DincludeScope=runtime",
+                                   f"-DoutputDirectory={folder / 'lib'}"], cwd=work, capture_output=True, text=True)
+        if done.returncode != 0:
+            shutil.rmtree(folder, ignore_errors=True)
+            return (f"{name}: NOT INSTALLED: mvn could not fetch {what}: "
+                    f"{_last_error(done.stdout + done.stderr)}; {_without(name)}")
+        status = f"{name}: fetched {what} ({launcher})"
+    extra = [jar for other in also_on_class_path if (HOME / other / "lib").is_dir()
+             for jar in sorted((HOME / other / "lib").iterdir())]
+    _write_launcher(launcher, main_class, sorted((folder / "lib").iterdir()) + extra)
+    return status
 
 
 def _without(name: str) -> str:
     return {"kafka": "the local Kafka broker (tests, demo, benchmarks) is unavailable; pipelines still reach any "
                      "--bootstrap_servers",
             "flink": "FlinkRunner needs --flink_job_server_jar or --job_endpoint (the DirectRunner and PrismRunner "
-                     "work)"}[name]
+                     "work)",
+            "kafka_io": "--kafka_io beam is unavailable (the project's own Kafka IO, the default, works)"}[name]
 
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
   <groupId>beam-rtml</groupId><artifactId>runtime</artifactId><version>1</version><packaging>pom</packaging>
-  <dependencies>
-    <dependency><groupId>{group}</groupId><artifactId>{artifact}</artifactId><version>{version}</version></dependency>
+  <dependencies>{dependencies}
   </dependencies>
 </project>
 """
+_DEPENDENCY = """
+    <dependency><groupId>{group}</groupId><artifactId>{artifact}</artifactId><version>{version}</version>
+      <exclusions><exclusion><groupId>io.confluent</groupId><artifactId>*</artifactId></exclusion></exclusions>
+    </dependency>"""
 
 
 def _write_launcher(path: Path, main_class: str, jars: list[Path]) -> None:
-    """A jar of one manifest: ``Main-Class`` and a ``Class-Path`` of ``jars``, relative to it."""
+    """A jar of one manifest: ``Main-Class`` and a ``Class-Path`` of ``jars``, relative to it (the first of
+    two jars holding a class wins)."""
     def header(name: str, value: str) -> bytes:
         # Manifest lines hold at most 72 bytes; a continuation line starts with a space.
         data, lines = f"{name}: {value}".encode(), []
@@ -146,7 +173,7 @@ def _write_launcher(path: Path, main_class: str, jars: list[Path]) -> None:
             data = data[width:]
         return b"\r\n".join(lines) + b"\r\n"
 
-    class_path = " ".join(str(jar.relative_to(path.parent)) for jar in jars)
+    class_path = " ".join(os.path.relpath(jar, path.parent) for jar in jars)
     manifest = (header("Manifest-Version", "1.0") + header("Main-Class", main_class)
                 + header("Class-Path", class_path) + b"\r\n")
     with zipfile.ZipFile(path, "w") as launcher:
@@ -165,7 +192,8 @@ def _last_error(text: str) -> str:
 
 def main() -> int:
     HOME.mkdir(parents=True, exist_ok=True)
-    lines = [fetch_prism(), fetch_maven("kafka", KAFKA), fetch_maven("flink", FLINK_JOB_SERVER)]
+    lines = [fetch_prism(), fetch_maven("kafka", KAFKA), fetch_maven("kafka_io", KAFKA_IO),
+             fetch_maven("flink", FLINK_JOB_SERVER, also_on_class_path=("kafka_io",))]
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         lines.append("java: NOT FOUND: the local Kafka broker and FlinkRunner need a JDK 17")
     for line in lines:

@@ -47,7 +47,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils.timestamp import Timestamp
 
 from models.inference import ScoreEvents
-from pipelines import cli, graph, runners
+from pipelines import cli, graph, runners, serving
 from pipelines.options import ArchiveOptions, BackfillOptions, KafkaOptions, ModelOptions, SpecOptions
 from transforms import kafka
 from transforms.errors import UserError
@@ -566,6 +566,7 @@ def run(argv=None) -> dict[str, dict]:
     options = cli.parse(argv, VIEWS, __doc__, REQUIRED)
     flags, archive = options.view_as(BackfillOptions), options.view_as(ArchiveOptions)
     cli.require(options, *REQUIRED[f"--source {flags.source}"])
+    serving.check_kafka_io(options, supported=False)
     start_us = parse_moment("start", flags.start, flags.partition)
     end_us = parse_moment("end", flags.end, flags.partition)
     if end_us <= start_us:

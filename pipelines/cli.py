@@ -13,6 +13,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (
     DirectOptions, PipelineOptions, SetupOptions, StandardOptions, _BeamArgumentParser)
 
+from pipelines.runners import RunnerPresetOptions
 from transforms.errors import IncompleteInput, UserError
 from transforms.events import METRICS_NAMESPACE
 from transforms.fileio import UNREADABLE_NAMESPACE
@@ -34,7 +35,7 @@ def parse(argv: Sequence[str] | None, views: Sequence[type[PipelineOptions]], de
         print(_help(views, description, required or {}))
         raise SystemExit(0)
     parser = _OneLineParser(allow_abbrev=False)
-    for cls in (*_beam_views(), *views):
+    for cls in (*_beam_views(), RunnerPresetOptions, *views):
         cls._add_argparse_args(parser)
     known = [option for action in parser._actions for option in action.option_strings]
     for arg in argv:
@@ -111,7 +112,7 @@ def _help(views: Sequence[type[PipelineOptions]], description: str, required: di
         if cases:
             when = "" if len(cases) == len(required) else " with " + " or ".join(cases)
             action.help = f"[required{when}] " + (action.help or "")
-    for view in (StandardOptions, DirectOptions, SetupOptions):
+    for view in (StandardOptions, DirectOptions, SetupOptions, RunnerPresetOptions):
         view._add_argparse_args(parser.add_argument_group(f"beam: {view.__name__}"))
     return parser.format_help()
 

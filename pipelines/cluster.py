@@ -468,6 +468,7 @@ def _run_stream(options, test_pipeline) -> dict[str, int]:
     if not cli.given(options, "bootstrap_servers"):  # Beam's flag defaults to localhost:9092
         raise UserError("missing --bootstrap_servers; see --help")
     flags = options.view_as(KafkaOptions)
+    serving.check_kafka_io(options, supported=False)
     clustering = clustering_for(options)
     config = graph.kafka_config(flags)
     note = runners.choose_stream_runner(options, "online k-means")

@@ -19,7 +19,8 @@ from models import registry
 from models.inference import ScoreEvents
 from pipelines import cli
 from pipelines.options import ArchiveOptions, KafkaOptions, ModelOptions, SpecOptions
-from transforms import kafka
+from pipelines import artifacts
+from transforms import kafka, kafka_beam
 from transforms.entity import AddEntityFeatures
 from transforms.errors import UserError
 from transforms.events import POSITION, ParseEvents, Raw
@@ -42,14 +43,15 @@ def spec_and_model(options) -> tuple[Spec, registry.ModelVersion]:
 
 
 def kafka_config(flags: KafkaOptions) -> dict[str, str]:
-    """--kafka_config KEY=VALUE items as a librdkafka config (errors never quote a value)."""
+    """--kafka_config KEY=VALUE items as a librdkafka config, checked by librdkafka (with --kafka_io beam, as Java
+    client properties, unchecked); errors never quote a value."""
     config = {}
     for number, item in enumerate(flags.kafka_config or [], start=1):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--kafka_config #{number} is not KEY=VALUE")
         config[key.strip()] = value
-    error = kafka.config_error(config)
+    error = kafka.config_error(config) if flags.kafka_io == "python" else None
     if error:
         raise UserError(f"--kafka_config: {error}")
     return config
@@ -105,9 +107,27 @@ def stream_batch_size(options) -> int:
     return max(1, min(options.view_as(ArchiveOptions).batch_size, STREAM_MAX_BATCH))
 
 
-def live_read(flags: KafkaOptions, config: dict, group_id: str, commit_when_written: bool) -> kafka.ReadFromKafka:
+def kafka_expansion_service(flags: KafkaOptions):
+    """With --kafka_io beam, the expansion service of Beam's Java Kafka IO, whose transforms Flink's job server
+    runs in its own JVM (an EMBEDDED environment); else None. The read is KafkaIO's UnboundedSource
+    (``use_deprecated_read``), which Flink runs natively: its splittable-DoFn read gave no record in 60 s on
+    the embedded Flink here."""
+    from apache_beam.transforms.external import JavaJarExpansionService
+
+    if flags.kafka_io != "beam":
+        return None
+    jar = artifacts.require(artifacts.kafka_io_expansion_jar(), "Beam's Java Kafka IO")
+    return JavaJarExpansionService(str(jar), extra_args=["{{PORT}}", "--defaultEnvironmentType=EMBEDDED",
+                                                         "--experiments=use_deprecated_read"])
+
+
+def live_read(flags: KafkaOptions, config: dict, group_id: str, commit_when_written: bool, expansion_service=None):
     """--input_topic read live for ``group_id``. ``commit_when_written``: the read commits nothing itself
-    (``CommitWhenWritten`` does, fed by the sinks); else it commits what its finished bundles read."""
+    (``CommitWhenWritten`` does, fed by the sinks); else it commits what its finished bundles read.
+    With ``expansion_service`` (``kafka_expansion_service``), Beam's Java KafkaIO reads instead."""
+    if expansion_service is not None:
+        return kafka_beam.ReadWithBeamKafkaIO(flags.bootstrap_servers, flags.input_topic, group_id, flags.offset_reset,
+                                              config, expansion_service)
     return kafka.ReadFromKafka(flags.bootstrap_servers, flags.input_topic, group_id, flags.offset_reset, config,
                                max_delay_ms=round(flags.max_delay_s * 1000), commit_on_finalize=not commit_when_written)
 
@@ -116,12 +136,12 @@ class ReadKafkaEvents(beam.PTransform):
     """A topic as ``list[Raw]`` blocks of up to ``batch_size``: the pipeline in, the blocks out.
 
     ``read`` is the configured ``transforms.kafka.ReadFromKafka`` (live for a group, or a bounded
-    time range). ``with_positions``: every Raw carries its position, for a ``CommitWhenWritten`` fed
+    time range), or ``transforms.kafka_beam.ReadWithBeamKafkaIO``. ``with_positions``: every Raw carries its position, for a ``CommitWhenWritten`` fed
     by the sinks (the read then commits nothing itself). ``with_timestamps``: its source carries the
     message's timestamp.
     """
 
-    def __init__(self, read: kafka.ReadFromKafka, batch_size: int, with_positions: bool = False,
+    def __init__(self, read: beam.PTransform, batch_size: int, with_positions: bool = False,
                  with_timestamps: bool = False):
         super().__init__()
         self._read, self._batch_size = read, batch_size
@@ -218,12 +238,17 @@ def _without(record: dict, name: str) -> dict:
 
 class WriteToTopic(beam.PTransform):
     """Records in, each made a Kafka (key, value[, position]) by ``to_messages`` (one record to a list of
-    messages, or with ``one_each``, to one message), written to ``topic``."""
+    messages, or with ``one_each``, to one message), written to ``topic``. With ``expansion_service``
+    (``kafka_expansion_service``), Beam's Java KafkaIO writes them, and a missing key is written empty."""
 
     def __init__(self, bootstrap_servers: str, topic: str, config: dict, to_messages, *args,
-                 one_each: bool = False, report_written: bool = False):
+                 one_each: bool = False, report_written: bool = False, expansion_service=None):
         super().__init__()
-        self._write = kafka.WriteToKafka(bootstrap_servers, topic, config, report_written=report_written)
+        if expansion_service is not None:
+            self._write = (beam.Map(lambda message: message[:2])
+                           | kafka_beam.WriteWithBeamKafkaIO(bootstrap_servers, topic, config, expansion_service))
+        else:
+            self._write = kafka.WriteToKafka(bootstrap_servers, topic, config, report_written=report_written)
         self._to_messages, self._args, self._one_each = to_messages, args, one_each
 
     def expand(self, records):

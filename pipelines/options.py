@@ -108,7 +108,12 @@ class KafkaOptions(PipelineOptions):
         parser.add_argument("--kafka_config", action="append", metavar="KEY=VALUE",
                             help="A librdkafka setting for every client (consumer and producers), e.g. "
                                  "security.protocol=SASL_SSL, sasl.mechanism=PLAIN, sasl.username=..., "
-                                 "sasl.password=...; repeat the flag for more. Secret values are never logged.")
+                                 "sasl.password=...; repeat the flag for more (with --kafka_io beam: Java client "
+                                 "properties). Values are masked in output.")
+        parser.add_argument("--kafka_io", choices=("python", "beam"), default="python",
+                            help="python (default): the project's Kafka IO (confluent-kafka). beam: Beam's own "
+                                 "cross-language KafkaIO (Java), as Flink and Dataflow users run it; rtml score "
+                                 "--mode stream on the FlinkRunner only, with no allowed delay (see README).")
 
 
 class DemoOptions(PipelineOptions):

@@ -102,19 +102,20 @@ def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options, mo
     flags, model_flags = options.view_as(KafkaOptions), options.view_as(ModelOptions)
     config, max_batch = graph.kafka_config(flags), graph.stream_batch_size(options)
     group = flags.group_id or f"rtml-score-{spec.name}"
-    when_written = not runners.is_direct(options)
+    java_io = graph.kafka_expansion_service(flags)  # --kafka_io beam: it commits what Flink checkpointed
+    when_written = not runners.is_direct(options) and java_io is None
     events, scored, dead_letters = (
         pipeline
-        | "ReadEvents" >> graph.ReadKafkaEvents(graph.live_read(flags, config, group, when_written), max_batch,
-                                                with_positions=when_written)
+        | "ReadEvents" >> graph.ReadKafkaEvents(graph.live_read(flags, config, group, when_written, java_io),
+                                                max_batch, with_positions=when_written)
         | "ScoreRaw" >> graph.ScoreRaw(spec, model, model_flags.model_dir, model_flags.engine, streaming=True,
                                        batch_size=max_batch, model_reload_s=model_reload_s))
     written = [scored | "WriteScored" >> graph.WriteToTopic(flags.bootstrap_servers, flags.output_topic, config,
                                                             graph.scored_messages, spec.entity_key,
-                                                            report_written=when_written),
+                                                            report_written=when_written, expansion_service=java_io),
                dead_letters | "WriteDeadLetters" >> graph.WriteToTopic(
                    flags.bootstrap_servers, flags.dead_letter_topic, config, graph.dead_letter_message,
-                   one_each=True, report_written=when_written)]
+                   one_each=True, report_written=when_written, expansion_service=java_io)]
     if when_written:
         (written
          | "WrittenPositions" >> beam.Flatten()
@@ -125,7 +126,7 @@ def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options, mo
         ((monitored[WINDOWS], monitored[ALERTS])
          | "MonitoringRecords" >> beam.Flatten()
          | "WriteMonitoring" >> graph.WriteToTopic(flags.bootstrap_servers, flags.monitoring_topic, config,
-                                                   graph.monitoring_message, one_each=True))
+                                                   graph.monitoring_message, one_each=True, expansion_service=java_io))
 
 
 def run_stream(options, test_pipeline=None, stop_when=None, on_stop=None,
@@ -138,6 +139,7 @@ def run_stream(options, test_pipeline=None, stop_when=None, on_stop=None,
         raise UserError("--mode stream reads Kafka: give --bootstrap_servers and the topics (a self-contained "
                         "demo with its own local broker: rtml demo stream --spec fraud)")
     cli.require(options, *REQUIRED["--mode stream"])
+    serving.check_kafka_io(options)
     spec, model = graph.spec_and_model(options)
     config = graph.kafka_config(flags)  # a malformed item fails here, before anything starts
     model_reload_s = model_reload_seconds(options)

@@ -60,12 +60,30 @@ def check_fused_with_source(pipeline, options) -> None:
                         f"DataflowRunner")
 
 
+def check_kafka_io(options, supported: bool = True) -> None:
+    """--kafka_io beam where it cannot run is a one-line error: in a command that does not offer it
+    (``supported``), on a runner other than Flink, or with an allowed delay (Beam's KafkaIO allows none)."""
+    flags = options.view_as(KafkaOptions)
+    if flags.kafka_io != "beam":
+        return
+    if not supported:
+        raise UserError("--kafka_io beam: only rtml score --mode stream reads and writes with Beam's Java KafkaIO")
+    if runners.runner_name(options) != "FlinkRunner":
+        raise UserError("--kafka_io beam runs Beam's Java KafkaIO inside Flink's job server: give --runner FlinkRunner "
+                        "(another runner would need a Java SDK container, which this set-up cannot run)")
+    if cli.given(options, "max_delay_s"):
+        raise UserError("--kafka_io beam: Beam's KafkaIO allows no delay (its watermark is the newest message "
+                        "timestamp read); drop --max_delay_s, or read with --kafka_io python")
+
+
 def check_topics(flags: KafkaOptions, config: dict) -> None:
     """A missing input topic is a one-line error before anything starts; missing output topics a warning
     (a cluster may create them on first write). An unreachable cluster is waited for by the pipeline."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
+    if flags.kafka_io == "beam":  # the config holds Java client properties, which librdkafka may refuse
+        config = {}
     secrets = kafka.Secrets(config)
     try:
         admin = AdminClient({**config, "bootstrap.servers": flags.bootstrap_servers}, logger=secrets)

@@ -24,6 +24,8 @@ def test_missing_tools_are_one_line_each_saying_what_still_works(bare_machine, c
         "prism: NOT INSTALLED: no go on PATH; PrismRunner is unavailable (the DirectRunner and FlinkRunner work)",
         "kafka: NOT INSTALLED: no mvn on PATH; the local Kafka broker (tests, demo, benchmarks) is unavailable; "
         "pipelines still reach any --bootstrap_servers",
+        "kafka_io: NOT INSTALLED: no mvn on PATH; --kafka_io beam is unavailable (the project's own Kafka IO, the "
+        "default, works)",
         "flink: NOT INSTALLED: no mvn on PATH; FlinkRunner needs --flink_job_server_jar or --job_endpoint (the "
         "DirectRunner and PrismRunner work)",
         "java: NOT FOUND: the local Kafka broker and FlinkRunner need a JDK 17"]

@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from pipelines import generate, score
+from tests.conftest import publish_stand_in_model
 from tests.kafka_helpers import (Outputs, card_key, committed, event_id, json_lines, make_topics, produce, read_topic,
                                  stop_once_committed, stream_scorer, unique_name)
 from transforms.errors import UserError
@@ -195,6 +196,48 @@ def test_events_out_of_order_within_max_delay_get_their_bounded_entity_features(
     differ = sorted((r["event_time"], r["card_id"], r["event_id"]) for _, r in outputs.scored
                     if abs(r["score"] - expected[r["event_id"]]) > 1e-6)
     assert not differ, (len(differ), [(t[11:23], c, e[-3:]) for t, c, e in differ])
+
+
+def test_beams_own_kafka_io_on_flink_scores_like_a_bounded_run(kafka_broker, day, tmp_path):
+    """--kafka_io beam: Beam's Java KafkaIO reads and writes, run inside Flink's job server. Every valid event is
+    scored once with its bounded score, every broken line and the null message dead-lettered for the same
+    reason, and the offsets are committed by Flink's checkpoints. (A stand-in model: the IO is under test.)"""
+    bootstrap, model_dir = kafka_broker.bootstrap, str(tmp_path / "model")
+    publish_stand_in_model(model_dir)
+    score.run(["--spec", "fraud", "--mode", "batch", "--input", str(day["path"]), "--model_dir", model_dir,
+               "--output", str(tmp_path / "scored"), "--dead_letter", str(tmp_path / "dead_letter")])
+    expected = {r["event_id"]: r["score"] for r in json_lines(tmp_path / "scored")}
+    expected_errors = Counter(d["error"] for d in json_lines(tmp_path / "dead_letter"))
+    topics, group = make_topics(kafka_broker, "java-io"), unique_name("java-io")
+    lines = day["lines"]
+    ends = produce(bootstrap, topics[0], [*lines, None], [*map(card_key, lines), TOMBSTONE_KEY],
+                   stamp_event_time=True)
+    outputs = Outputs(bootstrap, topics[1], topics[2])
+    try:
+        with stream_scorer(model_dir, bootstrap, topics, group, "--runner", "FlinkRunner", "--kafka_io", "beam",
+                           "--checkpointing_interval", "2000") as scorer:
+            outputs.wait(lambda o: len(o.scored) >= len(expected) and len(o.dead) >= sum(expected_errors.values()) + 1,
+                         240, "every event scored or dead-lettered through Beam's KafkaIO", scorer)
+            stop_once_committed(scorer, bootstrap, group, topics[0], ends)
+    finally:
+        outputs.close()
+    ids = Counter(record["event_id"] for _, record in outputs.scored)
+    assert set(ids) == set(expected) and max(ids.values()) == 1
+    for key, record in outputs.scored:
+        assert record["score"] == expected[record["event_id"]] and key == record["card_id"].encode()
+    errors = Counter(letter["error"] for _, letter in outputs.dead)
+    assert errors == expected_errors + Counter({"no value (a null Kafka message value)": 1}), errors
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--runner", "PrismRunner"], "--kafka_io beam runs Beam's Java KafkaIO inside Flink's job server"),
+    (["--runner", "FlinkRunner", "--max_delay_s", "2"], "--kafka_io beam: Beam's KafkaIO allows no delay"),
+])
+def test_beams_kafka_io_where_it_cannot_run_is_one_line(flags, message):
+    with pytest.raises(UserError, match=message):
+        score.run(["--spec", "fraud", "--mode", "stream", "--bootstrap_servers", "127.0.0.1:1", "--input_topic", "a",
+                   "--output_topic", "b", "--dead_letter_topic", "c", "--model_dir", "/nonexistent",
+                   "--kafka_io", "beam", *flags])
 
 
 def _rfc3339(ms: float) -> str:
