@@ -216,14 +216,6 @@ def test_training_mistakes_get_one_line(tmp_path):
     assert not (tmp_path / "m" / "CURRENT").exists()
 
 
-def test_help_explains_every_flag():
-    result = _cli("pipelines.score", "--help")
-    assert result.returncode == 0
-    for flag in ("--spec", "--mode", "--input", "--model_dir", "--output", "--dead_letter", "--engine",
-                 "--output_format", "--runner", "--direct_num_workers"):
-        assert flag in result.stdout
-
-
 def test_a_model_for_another_spec_is_refused(fraud_model, tmp_path):
     other = tmp_path / "fraud_v2.yaml"
     other.write_text(pathlib.Path(load_spec("fraud").source).read_text().replace("top_k: 30", "top_k: 31"))

@@ -4,6 +4,8 @@ import pathlib
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipelines import score, train
 from pipelines.generate import generate
@@ -140,3 +142,28 @@ def test_a_spec_extends_a_sibling_file(tmp_path):
     (tmp_path / "spec.yaml").write_text("extends: base.yaml\nalert_threshold: 0.9\n")
     spec = load_spec(str(tmp_path / "spec.yaml"))
     assert spec.alert_threshold == 0.9 and spec.fingerprint == load_spec("fraud").fingerprint
+
+
+_KEYS = ["name", "entity_key", "event_time", "label", "fields", "features", "model", "estimator", "params", "type",
+         "kind", "source", "window", "monitoring", "windows", "alert_threshold", "extends", "entity_features",
+         "num_buckets", "top_k", "enum", "pattern", "minimum", "required", "card_id", "amount", "psi_threshold"]
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**30, 10**30) | st.floats() | st.sampled_from(_KEYS + ["fraud", "24h",
+                                                                                                      "number", "zscore"])
+    | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(_KEYS) | st.text(max_size=6),
+                                                                       children, max_size=5),
+    max_leaves=25)
+
+
+@given(st.one_of(st.binary(max_size=400), _VALUES.map(lambda v: yaml.safe_dump(v).encode()),
+                 st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=8).map(
+                     lambda d: yaml.safe_dump({**yaml.safe_load(pathlib.Path(load_spec("fraud").source).read_text()),
+                                               **d}).encode())))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_spec_file_loads_or_is_one_line(tmp_path, data):
+    (tmp_path / "spec.yaml").write_bytes(data)
+    try:
+        load_spec(str(tmp_path / "spec.yaml"))
+    except SpecError as error:
+        assert str(error) and "\n" not in str(error)

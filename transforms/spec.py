@@ -254,6 +254,10 @@ def _build(document: Any, source: str) -> Spec:
     if len({f.name for f in features}) != len(features):
         raise SpecError(f"{where}: features: two features have the same name")
     model = _mapping(doc["model"], f"{where}: model", required={"estimator"}, optional={"params"})
+    params = _mapping(model["params"], f"{where}: model.params") if model.get("params") is not None else {}
+    for key in ("name", "entity_key", "event_time", "label"):
+        if key in doc and not (isinstance(doc[key], str) or (key == "label" and doc[key] is None)):
+            raise SpecError(f"{where}: {key} must be a name (text)")
 
     entity = by_name.get(doc["entity_key"])
     if entity is None or entity.type != "string" or not entity.required:
@@ -278,7 +282,7 @@ def _build(document: Any, source: str) -> Spec:
         name=str(doc["name"]), description=str(doc.get("description", "")),
         entity_key=entity.name, event_time=event_time.name, label=label,
         fields=fields, features=features,
-        estimator=str(model["estimator"]), estimator_params=dict(model.get("params") or {}),
+        estimator=str(model["estimator"]), estimator_params=params,
         alert_threshold=float(threshold), source=source, entity_features=entity_features,
         monitoring=Monitoring.parse(doc["monitoring"], f"{where}: monitoring") if "monitoring" in doc
         else Monitoring(),
@@ -288,14 +292,23 @@ def _build(document: Any, source: str) -> Spec:
 def _field(name: str, rules: Any, where: str) -> Field:
     names = {f.name for f in dataclasses.fields(Field)} - {"name"}
     rules = _mapping(rules, where, required={"type"}, optional=names - {"type"})
-    if rules["type"] not in FIELD_TYPES:
+    if not isinstance(rules["type"], str) or rules["type"] not in FIELD_TYPES:
         raise SpecError(f"{where}: type must be one of {', '.join(FIELD_TYPES)}")
+    for key in ("required", "non_empty"):
+        if key in rules and not isinstance(rules[key], bool):
+            raise SpecError(f"{where}.{key}: must be true or false")
+    for key in ("minimum", "exclusive_minimum", "maximum"):
+        if key in rules and (isinstance(rules[key], bool) or not isinstance(rules[key], (int, float))
+                             or not math.isfinite(rules[key])):
+            raise SpecError(f"{where}.{key}: must be a finite number")
     if "enum" in rules:
         rules["enum"] = tuple(str(v) for v in _sequence(rules["enum"], f"{where}.enum"))
     if "pattern" in rules:
+        if not isinstance(rules["pattern"], str):
+            raise SpecError(f"{where}.pattern: must be a regular expression (text)")
         try:
             re.compile(rules["pattern"])
-        except re.error as error:
+        except (re.error, RecursionError, OverflowError) as error:
             raise SpecError(f"{where}.pattern: not a regular expression ({error})") from None
     try:
         return Field(name=str(name), **rules)
@@ -327,13 +340,13 @@ def _feature(item: Any, where: str, fields: dict[str, Field]) -> Feature:
 def _entity_feature(item: Any, where: str, fields: dict[str, Field]) -> EntityFeature:
     item = _mapping(item, where, required={"name", "kind", "window"}, optional={"source"})
     kind = item["kind"]
-    if kind not in ENTITY_FEATURE_KINDS:
+    if not isinstance(kind, str) or kind not in ENTITY_FEATURE_KINDS:
         raise SpecError(f"{where}: kind must be one of {', '.join(ENTITY_FEATURE_KINDS)}")
     wanted, source = ENTITY_FEATURE_KINDS[kind], item.get("source")
     if wanted is None and source is not None:
         raise SpecError(f"{where}: a {kind} entity feature takes no source")
     if wanted is not None:
-        field = fields.get(source)
+        field = fields.get(source) if isinstance(source, str) else None
         if field is None or not field.required or field.type != wanted:
             raise SpecError(f"{where}: a {kind} entity feature needs a source that is a required {wanted} field")
     return EntityFeature(name=str(item["name"]), kind=kind, window_s=_duration_s(item["window"], f"{where}.window"),
