@@ -6,6 +6,7 @@ A streaming command builds its graph, calls ``check_local_streaming`` and ``chec
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -117,16 +118,21 @@ def force_exit(code: int, before: Sequence[Callable[[], object]] = ()) -> None:
     os._exit(code)
 
 
-def _missing_topic(error: BaseException) -> str | None:
-    """The one-line reason if ``error`` (as the runner wrapped it) says a Kafka topic does not exist."""
+def _kafka_failure(error: BaseException) -> str | None:
+    """The one-line reason if ``error`` (as the runner wrapped it) says a Kafka topic does not exist, or that
+    the broker refused records (a record over the topic's max.message.bytes, say)."""
     text = str(error)
-    marker = "Kafka topic "
     if "KafkaTopicNotFoundError" in text or isinstance(error, kafka.KafkaTopicNotFoundError):
-        start = text.find(marker)
+        start = text.find("Kafka topic ")
         end = text.find("does not exist", start)
         if start >= 0 and end > start:
             return text[start:end + len("does not exist")] + "; create it, or check --input_topic"
         return "a Kafka topic does not exist; create it, or check --input_topic"
+    if "KafkaDeliveryError" in text or isinstance(error, kafka.KafkaDeliveryError):
+        match = re.search(r"(\d+ record\(s\) not delivered to '[^']*': [^\n\[]*)", text)
+        what = match.group(1).strip() if match else "the broker refused records"
+        return (f"{what}; the stream stopped, and the offsets of what was not written are not committed: they are "
+                f"read again when it restarts")
     return None
 
 
@@ -209,9 +215,9 @@ def serve(pipeline, title: str, stop_when=None, on_stop=None,
             signal.signal(sig, handler)
     if "error" in state and not (state.get("cancelled") and "CANCELLED" in str(state["error"])):
         error = state["error"]
-        missing = _missing_topic(error)
-        if missing:
-            raise UserError(missing) from None
+        failure = _kafka_failure(error)
+        if failure:
+            raise UserError(failure) from None
         raise error
     totals = cli.counters(state["result"])
     received = totals.get(f"{METRICS_NAMESPACE}/received", 0)

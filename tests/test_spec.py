@@ -67,7 +67,7 @@ def test_unknown_spec_name_and_bad_yaml(tmp_path):
 @pytest.fixture(scope="module")
 def sensor_archive(tmp_path_factory):
     root = tmp_path_factory.mktemp("sensor")
-    generate("sensor", 4, root, datetime.date(2026, 3, 1), 4320, 0.01, 7, compress=True)
+    generate("sensor", 3, root, datetime.date(2026, 3, 1), 1440, 0.01, 7, compress=True)
     return root
 
 
@@ -79,7 +79,7 @@ def test_sensor_anomaly_model_end_to_end(sensor_archive, tmp_path):
                         "--model_dir", str(tmp_path / "model"), "--output", str(tmp_path / "scored"),
                         "--dead_letter", str(tmp_path / "dead")])
     records = read_json_lines(tmp_path / "scored")
-    assert len(records) == totals["rtml/valid"] > 4 * 4000
+    assert len(records) == totals["rtml/valid"] > 3 * 1400
     assert {"machine_id", "score", "alert", "failure"} <= set(records[0])
     normal = [r["score"] for r in records if r["failure"] == 0]
     failing = [r["score"] for r in records if r["failure"] == 1]
@@ -114,7 +114,7 @@ alert_threshold: 0.7
     assert len(model.manifest["features"]) == 4 + 1 + 41 + 2
     totals = score.run(["--spec", str(spec), "--input", files, "--model_dir", str(tmp_path / "model"),
                         "--output", str(tmp_path / "scored"), "--dead_letter", str(tmp_path / "dead")])
-    assert totals["rtml/scored"] == totals["rtml/valid"] and totals["rtml/received"] == 4 * 4320
+    assert totals["rtml/scored"] == totals["rtml/valid"] and totals["rtml/received"] == 3 * 1440
 
 
 BOMB = "name: x\n" + "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else '1'] * 9)}]\n" for i in range(9))

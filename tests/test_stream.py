@@ -175,6 +175,26 @@ def test_scorer_waits_out_a_broker_outage_without_a_restart(stream_model, archiv
             outputs.close()
 
 
+def test_records_the_broker_refuses_stop_the_stream_in_one_line_with_their_offsets_uncommitted(
+        kafka_broker, stream_model, archive):
+    """The output topic takes messages of at most 100 bytes; a scored record is longer. (Beam logs the failed
+    bundle with its traceback first; the command's last line says what happened.)"""
+    valid = [line for line in archive["lines"] if event_id(line) in archive["scores"]][:50]
+    topics = (unique_name("refused-in"), unique_name("refused-scored"), unique_name("refused-dead"))
+    kafka_broker.create_topic(topics[0], 1)
+    kafka_broker.create_topic(topics[1], 1, config={"max.message.bytes": "100"})
+    kafka_broker.create_topic(topics[2], 1)
+    produce(kafka_broker.bootstrap, topics[0], valid, stamp_event_time=True)
+    group = unique_name("refused")
+    with stream_scorer(stream_model, kafka_broker.bootstrap, topics, group) as scorer:
+        code = scorer.proc.wait(120)
+        log = scorer.log()
+    assert code == 2, log
+    assert log.strip().splitlines()[-1].startswith(f"error: {len(valid)} record(s) not delivered to '{topics[1]}': "
+                                                   f"Broker: Message size too large; the stream stopped"), log
+    assert committed(kafka_broker.bootstrap, group, topics[0], 1)[0] < 0  # nothing committed: all is read again
+
+
 def test_a_graph_the_direct_runner_cannot_stream_is_refused_not_left_hanging():
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
