@@ -63,8 +63,9 @@ class VersionWatch:
     counter ``rtml.model/refused``, once until CURRENT changes again.
     """
 
-    def __init__(self, model_dir: str, spec: Spec, interval_s: float):
+    def __init__(self, model_dir: str, spec: Spec, interval_s: float, signing_key_env: str | None = None):
         self._model_dir, self._spec, self._interval_s = model_dir, spec, interval_s
+        self._signing_key_env = signing_key_env  # a new version is signed with its key too
         self._next_check: float | None = None
         self._refused: str | None = None  # the version refused last, not verified again
         self._refused_reason: str | None = None
@@ -82,7 +83,7 @@ class VersionWatch:
         if current in (serving, self._refused):
             return None
         try:
-            model = registry.load_for_spec(self._model_dir, self._spec, current, digest)
+            model = registry.load_for_spec(self._model_dir, self._spec, current, digest, self._signing_key_env)
         except registry.ModelError as error:
             return self._refuse(current, error, serving)
         self._refused = self._refused_reason = None
@@ -109,7 +110,7 @@ class _ScoreHandler(ModelHandler[EventBatch, PredictionResult, LoadedVersion]):
         self._model_dir, self._spec = model_dir, spec
         # what the launcher verified: a worker loads exactly that manifest, even if CURRENT has moved on
         self._version, self._manifest_sha256 = model.version, model.manifest_sha256
-        self._watch = VersionWatch(model_dir, spec, reload_every_s) if reload_every_s else None
+        self._watch = VersionWatch(model_dir, spec, reload_every_s, model.signing_key_env) if reload_every_s else None
         self._switched_to: LoadedVersion | None = None
 
     def load_model(self) -> LoadedVersion:

@@ -4,6 +4,7 @@
       CURRENT                      the current version's name and its manifest's sha256
       versions/<version>/
         manifest.json              what, from what, how good, and the sha256 of every other file
+        manifest.hmac              with --model_signing_key_env: HMAC-SHA256 of manifest.json under that key
         model.onnx                 features + estimator, raw columns in, score out
         estimator.joblib           the fitted scikit-learn estimator (``--engine sklearn``)
         transform/                 tensorflow-transform's artifact
@@ -21,6 +22,11 @@ it is used. ``--engine sklearn`` unpickles ``estimator.joblib`` (pickle runs cod
 after that check; the ONNX engine runs no code from the directory. A version loaded by name rather
 than through CURRENT is checked against its own manifest only, unless the caller passes the
 manifest digest it expects (the workers of a run get the one the launcher verified).
+
+CURRENT guards against edits to a version, not against whoever can write CURRENT too. With a
+signing key (``--model_signing_key_env NAME``: the key is the environment variable NAME's value,
+never a flag's), training signs the manifest, and loading refuses a version whose manifest.hmac is
+missing or does not match: only a holder of the key can make a version that loads.
 Publishing needs a local (or mounted) directory; loading reads through Beam's filesystems, so
 workers can load a model directory copied to any of them (``gs://...``).
 """
@@ -28,12 +34,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
-import json
-import os
 import fcntl
 import functools
+import hashlib
+import hmac
+import json
 import logging
+import os
 import pathlib
 import re
 import secrets
@@ -48,6 +55,7 @@ if TYPE_CHECKING:
     from transforms.spec import Spec
 
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.hmac"
 CURRENT = "CURRENT"
 _PUBLISH_LOCK = ".publish.lock"
 _VERSION_NAME = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,127}\Z")
@@ -66,6 +74,7 @@ class ModelVersion:
     manifest: dict
     manifest_sha256: str = ""
     current: bool = False  # made current when published
+    signing_key_env: str | None = None  # the variable whose key verified it, which newer versions need too
 
     @property
     def version(self) -> str:
@@ -97,12 +106,15 @@ def staging_dir(model_dir: str, version: str) -> pathlib.Path:
     return path
 
 
-def publish(model_dir: str, staging: pathlib.Path, manifest: dict) -> ModelVersion:
-    """Hash every file in ``staging``, write the manifest, move it into ``versions/`` and make it current
-    unless a newer version already is (``ModelVersion.current`` says which)."""
+def publish(model_dir: str, staging: pathlib.Path, manifest: dict, signing_key_env: str | None = None) -> ModelVersion:
+    """Hash every file in ``staging``, write the manifest (signed with the key in ``$signing_key_env``), move it
+    into ``versions/`` and make it current unless a newer version already is (``ModelVersion.current``)."""
+    key = signing_key(signing_key_env)
     manifest = dict(manifest, files=_hashes(str(staging)))
     manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     (staging / MANIFEST).write_bytes(manifest_bytes)
+    if key is not None:
+        (staging / SIGNATURE).write_text(_signature(key, manifest_bytes) + "\n")
     digest = hashlib.sha256(manifest_bytes).hexdigest()
     root = pathlib.Path(model_dir)
     versions = root / "versions"
@@ -119,15 +131,18 @@ def publish(model_dir: str, staging: pathlib.Path, manifest: dict) -> ModelVersi
             pointer = root / f".{CURRENT}.{manifest['version']}"
             pointer.write_text(f"{manifest['version']} sha256:{digest}\n")
             os.replace(pointer, root / CURRENT)
-    return ModelVersion(str(final), manifest, digest, current=not superseded)
+    return ModelVersion(str(final), manifest, digest, current=not superseded, signing_key_env=signing_key_env)
 
 
-def load(model_dir: str, version: str | None = None, manifest_sha256: str | None = None) -> ModelVersion:
+def load(model_dir: str, version: str | None = None, manifest_sha256: str | None = None,
+         signing_key_env: str | None = None) -> ModelVersion:
     """The named version, or the current one, after checking its manifest against the digest CURRENT
-    records (or ``manifest_sha256``) and every file against the manifest.
+    records (or ``manifest_sha256``) and its signature under the key in ``$signing_key_env``, and every
+    file against the manifest.
 
-    Raises ModelError, with a one-line reason, for a missing, incomplete or tampered model.
+    Raises ModelError, with a one-line reason, for a missing, incomplete, unsigned or tampered model.
     """
+    key = signing_key(signing_key_env)
     if version is None or manifest_sha256 is None:
         try:
             named, digest = current(model_dir)
@@ -151,7 +166,16 @@ def load(model_dir: str, version: str | None = None, manifest_sha256: str | None
     if manifest_sha256 and digest != manifest_sha256:
         raise ModelError(f"model {version} in {model_dir}: {MANIFEST} is not the one {CURRENT} vouches for (sha256 "
                          f"{digest[:12]}…, not {manifest_sha256[:12]}…); refusing a tampered model")
-    expected, actual = manifest.get("files", {}), _hashes(path, skip=MANIFEST)
+    if key is not None:
+        try:
+            signed = _read(FileSystems.join(path, SIGNATURE)).decode("ascii", "replace").strip()
+        except FileNotFoundError:
+            raise ModelError(f"model {version} in {model_dir}: not signed (no {SIGNATURE}), and "
+                             f"--model_signing_key_env {signing_key_env} asks for a signed model") from None
+        if not hmac.compare_digest(signed, _signature(key, manifest_bytes)):
+            raise ModelError(f"model {version} in {model_dir}: {SIGNATURE} does not match its manifest under the key "
+                             f"in ${signing_key_env} (another key, or an edited manifest); refusing it")
+    expected, actual = manifest.get("files", {}), _hashes(path, skip=(MANIFEST, SIGNATURE))
     for name in sorted(set(expected) | set(actual)):
         if name not in actual:
             problem = "is missing"
@@ -162,7 +186,21 @@ def load(model_dir: str, version: str | None = None, manifest_sha256: str | None
         else:
             continue
         raise ModelError(f"model {version} in {model_dir}: {name} {problem}; refusing a tampered or incomplete model")
-    return ModelVersion(path, manifest, digest)
+    return ModelVersion(path, manifest, digest, signing_key_env=signing_key_env)
+
+
+def signing_key(env_name: str | None) -> bytes | None:
+    """The signing key in the environment variable ``env_name`` (None: no signing); ModelError if it is unset."""
+    if not env_name:
+        return None
+    value = os.environ.get(env_name, "")
+    if not value:
+        raise ModelError(f"--model_signing_key_env {env_name}: that environment variable is not set (or empty)")
+    return value.encode("utf-8")
+
+
+def _signature(key: bytes, manifest_bytes: bytes) -> str:
+    return hmac.new(key, manifest_bytes, hashlib.sha256).hexdigest()
 
 
 def current(model_dir: str) -> tuple[str, str | None]:
@@ -196,14 +234,14 @@ def _check_name(name: str, what: str) -> None:
         raise ModelError(f"{what} is not a version name (letters, digits, '.', '_' and '-'; no path)")
 
 
-def load_for_spec(model_dir: str, spec: Spec, version: str | None = None,
-                  manifest_sha256: str | None = None) -> ModelVersion:
+def load_for_spec(model_dir: str, spec: Spec, version: str | None = None, manifest_sha256: str | None = None,
+                  signing_key_env: str | None = None) -> ModelVersion:
     """``load``, and check that the version was trained for ``spec``'s fields and features.
 
     Raises ModelError when it was trained on a spec with other fields or features (the alert
     threshold and other settings outside the spec's fingerprint may differ).
     """
-    model = load(model_dir, version, manifest_sha256)
+    model = load(model_dir, version, manifest_sha256, signing_key_env)
     if model.manifest["spec"]["fingerprint"] != spec.fingerprint:
         raise ModelError(
             f"model {model.version} was trained on spec {model.manifest['spec']['name']} with other fields or "
@@ -218,9 +256,9 @@ def _read(path: str) -> bytes:
         return handle.read()
 
 
-def _hashes(directory: str, skip: str | None = None) -> dict[str, str]:
+def _hashes(directory: str, skip: tuple[str, ...] = ()) -> dict[str, str]:
     """sha256 of every file below ``directory``, by path relative to it."""
     prefix = directory.rstrip("/") + "/"
     paths = sorted(m.path for m in FileSystems.match([prefix + "**"])[0].metadata_list)
     return {path[len(prefix):]: hashlib.sha256(_read(path)).hexdigest()
-            for path in paths if path[len(prefix):] != skip}
+            for path in paths if path[len(prefix):] not in skip}

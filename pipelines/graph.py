@@ -39,7 +39,8 @@ def spec_and_model(options) -> tuple[Spec, registry.ModelVersion]:
     if missing:
         raise UserError(f"--engine sklearn: {missing}")
     spec = load_spec(options.view_as(SpecOptions).spec)
-    return spec, registry.load_for_spec(model_flags.model_dir, spec, model_flags.model_version)
+    return spec, registry.load_for_spec(model_flags.model_dir, spec, model_flags.model_version,
+                                        signing_key_env=model_flags.model_signing_key_env)
 
 
 def kafka_config(flags: KafkaOptions) -> dict[str, str]:

@@ -41,6 +41,10 @@ class ModelOptions(PipelineOptions):
         parser.add_argument("--model_dir", help="Directory of model versions (pipelines.train writes it; "
                                                 "its CURRENT file names the version used by default).")
         parser.add_argument("--model_version", help="Score with this version instead of the current one.")
+        parser.add_argument("--model_signing_key_env", metavar="NAME",
+                            help="Sign (training) or require signed (scoring) model versions: HMAC-SHA256 of the "
+                                 "manifest under the key in the environment variable NAME (never on the command "
+                                 "line). Scoring refuses an unsigned version or one signed with another key.")
         parser.add_argument("--engine", choices=ENGINES, default="onnx",
                             help="onnx (default): the version's model.onnx, features included, in onnxruntime. "
                                  "sklearn: tensorflow-transform's artifact, then the scikit-learn estimator.")

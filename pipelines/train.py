@@ -107,6 +107,8 @@ def run(argv=None, test_pipeline=None) -> registry.ModelVersion:
     if "://" in model_dir:
         raise UserError(f"--model_dir {model_dir}: training publishes to a local or mounted directory; train into "
                         f"one, then copy it (e.g. gcloud storage cp -r DIR {model_dir}): scoring reads it from there")
+    signing_key_env = options.view_as(ModelOptions).model_signing_key_env
+    registry.signing_key(signing_key_env)  # an unset key fails now, not after training
     spec = load_spec(options.view_as(SpecOptions).spec)
     supervised = estimators.is_supervised(spec)
     check_input(flags.input)
@@ -125,7 +127,7 @@ def run(argv=None, test_pipeline=None) -> registry.ModelVersion:
     cli.check_whole_input(totals, "no model was trained from the rest; fix or remove them and train again")
 
     manifest = _fit_and_export(spec, staging, version, totals)
-    model = registry.publish(model_dir, staging, manifest)
+    model = registry.publish(model_dir, staging, manifest, signing_key_env)
     print(_report(model, time.monotonic() - started))
     return model
 

@@ -83,7 +83,8 @@ def read_json_lines(directory: pathlib.Path) -> list[dict]:
             for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-def publish_stand_in_model(model_dir: pathlib.Path | str, scale: float = 100.0, spec_name: str = "fraud") -> str:
+def publish_stand_in_model(model_dir: pathlib.Path | str, scale: float = 100.0, spec_name: str = "fraud",
+                           signing_key_env: str | None = None) -> str:
     """Publish a stand-in model version in a second; returns its version.
 
     An ONNX graph over the spec's raw feature sources, published through the registry like a
@@ -113,5 +114,5 @@ def publish_stand_in_model(model_dir: pathlib.Path | str, scale: float = 100.0, 
     staging = registry.staging_dir(str(model_dir), version)
     (staging / "model.onnx").write_bytes(model.SerializeToString())
     registry.publish(str(model_dir), staging, {"version": version, "spec": {
-        "name": spec.name, "fingerprint": spec.fingerprint, "source": spec.source}})
+        "name": spec.name, "fingerprint": spec.fingerprint, "source": spec.source}}, signing_key_env)
     return version

@@ -119,12 +119,15 @@ def _alerts(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.getMessage().startswith("model alert")]
 
 
-@pytest.mark.parametrize("problem", ["tampered", "other spec"])
+@pytest.mark.parametrize("problem", ["tampered", "other spec", "unsigned"])
 def test_a_bad_new_version_is_refused_with_an_alert_and_the_old_one_keeps_serving(problem, versions, tmp_path,
-                                                                                  caplog):
+                                                                                  caplog, monkeypatch):
     model_dir = _copy(versions, tmp_path, current="new")
-    spec = SPEC
-    if problem == "tampered":
+    spec, signing_key_env = SPEC, None
+    if problem == "unsigned":  # the stream verified its start version with a key; the new one is not signed
+        monkeypatch.setenv("RTML_KEY", "k")
+        signing_key_env, reason = "RTML_KEY", f"model {versions['new']} in {model_dir}: not signed"
+    elif problem == "tampered":
         reason = f"model {versions['new']} in {model_dir}: model.onnx does not match its sha256"
         onnx_file = pathlib.Path(model_dir) / "versions" / versions["new"] / "model.onnx"
         data = bytearray(onnx_file.read_bytes())
@@ -135,7 +138,7 @@ def test_a_bad_new_version_is_refused_with_an_alert_and_the_old_one_keeps_servin
         other.write_text(pathlib.Path(SPEC.source).read_text().replace("top_k: 30", "top_k: 31"))
         spec, reason = load_spec(str(other)), f"model {versions['new']} was trained on spec fraud with other fields"
 
-    watch = VersionWatch(model_dir, spec, interval_s=0)
+    watch = VersionWatch(model_dir, spec, interval_s=0, signing_key_env=signing_key_env)
     with caplog.at_level(logging.ERROR, logger="models.inference"):
         assert [watch.newer(versions["old"]) for _ in range(5)] == [None] * 5
     alerts = _alerts(caplog)

@@ -139,3 +139,47 @@ def test_sigkill_at_any_step_of_publishing_leaves_the_previous_version_current(m
     assert registry.load(str(root)).version == version
     assert registry.load(str(root), publish_stand_in_model(root, scale=9.0)).version.endswith("-s9")
     assert registry.load(str(root)).version.endswith("-s9")  # and the next training publishes as usual
+
+
+def test_with_a_signing_key_only_a_holder_of_the_key_can_make_a_version_that_loads(tmp_path, monkeypatch):
+    root = tmp_path / "model"
+    monkeypatch.setenv("RTML_KEY", "right key")
+    signed = publish_stand_in_model(root, signing_key_env="RTML_KEY")
+    assert registry.load(str(root), signing_key_env="RTML_KEY").version == signed
+    monkeypatch.setenv("RTML_KEY", "another key")
+    with pytest.raises(registry.ModelError, match="manifest.hmac does not match its manifest under the key in "
+                                                  r"\$RTML_KEY"):
+        registry.load(str(root), signing_key_env="RTML_KEY")
+
+    # Whoever can write the version and CURRENT can vouch for an edited manifest, but cannot sign it.
+    version_dir = root / "versions" / signed
+    _rewrite_manifest(version_dir, lambda m: m.update({"threshold": 0}))
+    digest = hashlib.sha256((version_dir / registry.MANIFEST).read_bytes()).hexdigest()
+    (root / registry.CURRENT).write_text(f"{signed} sha256:{digest}\n")
+    assert registry.load(str(root)).version == signed  # without a key, CURRENT's word is all there is
+    monkeypatch.setenv("RTML_KEY", "right key")
+    with pytest.raises(registry.ModelError, match="does not match its manifest"):
+        registry.load(str(root), signing_key_env="RTML_KEY")
+
+    unsigned = publish_stand_in_model(root, scale=5.0)
+    with pytest.raises(registry.ModelError, match=f"model {unsigned} .*: not signed"):
+        registry.load(str(root), signing_key_env="RTML_KEY")
+    monkeypatch.delenv("RTML_KEY")
+    with pytest.raises(registry.ModelError, match="--model_signing_key_env RTML_KEY: that environment variable is "
+                                                  "not set"):
+        registry.load(str(root), signing_key_env="RTML_KEY")
+
+
+def test_scoring_with_a_signing_key_refuses_an_unsigned_version_in_one_line(model_dir, tmp_path, monkeypatch, capsys):
+    from pipelines import cli, score
+
+    root, _ = model_dir
+    monkeypatch.setenv("RTML_KEY", "k")
+    (tmp_path / "events.jsonl").write_text("")
+    monkeypatch.setattr(sys, "argv", ["score", "--spec", "fraud", "--input", str(tmp_path / "events.jsonl"),
+                                      "--model_dir", str(root), "--output", str(tmp_path / "o"), "--dead_letter",
+                                      str(tmp_path / "d"), "--model_signing_key_env", "RTML_KEY"])
+    with pytest.raises(SystemExit) as exit_status:
+        cli.main(score.run)
+    assert exit_status.value.code == 2
+    assert "not signed (no manifest.hmac)" in capsys.readouterr().err
