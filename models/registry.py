@@ -101,8 +101,12 @@ def new_version() -> str:
 
 
 def staging_dir(model_dir: str, version: str) -> pathlib.Path:
+    """Where a version is written before it is published; ModelError if ``model_dir`` cannot be written."""
     path = pathlib.Path(model_dir) / ".staging" / version
-    path.mkdir(parents=True, exist_ok=False)
+    try:
+        path.mkdir(parents=True, exist_ok=False)
+    except OSError as error:
+        raise ModelError(f"--model_dir {model_dir}: cannot write there ({error.strerror or error})") from None
     return path
 
 

@@ -211,6 +211,9 @@ def test_training_mistakes_get_one_line(tmp_path):
     (tmp_path / "broken.jsonl").write_bytes(b'garbage\n{"event_id": 1}\n\xff\n')
     with pytest.raises(UserError, match="training publishes to a local or mounted directory"):
         train.run(["--spec", "fraud", "--input", str(tmp_path / "broken.jsonl"), "--model_dir", "gs://bucket/models"])
+    with pytest.raises(UserError, match="cannot write there"):  # a path below a file
+        train.run(["--spec", "fraud", "--input", str(tmp_path / "broken.jsonl"), "--model_dir",
+                   str(tmp_path / "broken.jsonl" / "models")])
     with pytest.raises(UserError, match="no valid training events; see the dead letters"):
         train.run(["--spec", "fraud", "--input", str(tmp_path / "broken.jsonl"), "--model_dir", str(tmp_path / "m")])
     assert not (tmp_path / "m" / "CURRENT").exists()
