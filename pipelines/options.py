@@ -120,6 +120,16 @@ class KafkaOptions(PipelineOptions):
                                  "--mode stream on the FlinkRunner only, with no allowed delay (see README).")
 
 
+class ProduceOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--rate", type=float, metavar="EVENTS_PER_S",
+                            help="Send at most this many messages a second (default: as fast as the broker takes them).")
+        parser.add_argument("--speedup", type=float, metavar="N",
+                            help="Send each event when its event time comes, at N times real pace, counted from the "
+                                 "first event's time (e.g. 3600: an hour of events a second).")
+
+
 class DemoOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):

@@ -13,7 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("transforms", "models", "pipelines", "templates")  # each may import only those before it
 # pipelines' commands; the rest of pipelines is what they share (graph, serving, cli, options, runners ...)
 COMMANDS = {f"pipelines.{name}" for name in
-            ("generate", "train", "score", "backfill", "monitor", "cluster", "demo", "stream_demo", "rtml")}
+            ("generate", "train", "score", "produce", "backfill", "monitor", "cluster", "demo", "stream_demo", "rtml")}
 DEMOS = {"pipelines.demo", "pipelines.stream_demo"}  # they run other commands, as a user would
 
 

@@ -55,34 +55,39 @@ class ReadEventFiles(beam.PTransform):
 
 
 def read_blocks(readable: fileio.ReadableFile, batch_size: int) -> Iterator[list[Raw]]:
-    """A file's records in blocks. A file that cannot be read to its end (corrupt, truncated, not
-    what its name says) ends with one record standing for the rest of it: a dead letter at the
-    first line or row not read, and a count under ``rtml.unreadable_file`` (its path)."""
-    path = readable.metadata.path
-    parquet = path.endswith(".parquet")
-    unit = "row" if parquet else "line"
-    block, number = [], 0
-    try:
-        for number, payload in enumerate(_parquet_rows(readable) if parquet else _lines(readable), start=1):
-            block.append(Raw(payload, {"file": path, unit: number}))
-            if len(block) == batch_size:
-                yield block
-                block = []
-    except UNREADABLE_ERRORS as error:
-        beam.metrics.Metrics.counter(UNREADABLE_NAMESPACE, path).inc()
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        block.append(Raw(Unreadable(f"{UNREADABLE_REASON} ({detail})"), {"file": path, unit: number + 1}))
+    """A file's records (``file_records``) in blocks of ``batch_size``."""
+    block = []
+    for raw in file_records(readable.metadata.path):
+        block.append(raw)
+        if len(block) == batch_size:
+            yield block
+            block = []
     if block:
         yield block
 
 
-def _lines(readable: fileio.ReadableFile) -> Iterator[bytes]:
+def file_records(path: str) -> Iterator[Raw]:
+    """A file's records, each with its file and line (or row). A file that cannot be read to its end
+    (corrupt, truncated, not what its name says) ends with one record standing for the rest of it: a
+    dead letter at the first line or row not read, and a count under ``rtml.unreadable_file`` (its path)."""
+    parquet = path.endswith(".parquet")
+    unit, number = "row" if parquet else "line", 0
+    try:
+        for number, payload in enumerate(_parquet_rows(path) if parquet else _lines(path), start=1):
+            yield Raw(payload, {"file": path, unit: number})
+    except UNREADABLE_ERRORS as error:
+        beam.metrics.Metrics.counter(UNREADABLE_NAMESPACE, path).inc()
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        yield Raw(Unreadable(f"{UNREADABLE_REASON} ({detail})"), {"file": path, unit: number + 1})
+
+
+def _lines(path: str) -> Iterator[bytes]:
     """The lines of a file without their line ends; a last line without one counts too."""
-    if readable.metadata.path.endswith(".gz"):
-        with readable.open(compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    if path.endswith(".gz"):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             yield from _split_lines(_gunzip(handle))
     else:
-        with readable.open(compression_type=CompressionTypes.AUTO) as handle:
+        with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
             yield from _split_lines(iter(lambda: handle.read(_READ_CHUNK), b""))
 
 
@@ -116,10 +121,10 @@ def _split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield rest
 
 
-def _parquet_rows(readable: fileio.ReadableFile) -> Iterator[dict]:
+def _parquet_rows(path: str) -> Iterator[dict]:
     import pyarrow.parquet as pq
 
-    with readable.open() as handle:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         for record_batch in pq.ParquetFile(handle).iter_batches(batch_size=DEFAULT_BATCH_SIZE):
             yield from record_batch.to_pylist()
 

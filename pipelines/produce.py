@@ -1,0 +1,140 @@
+"""Load an archive into a Kafka topic, as a live source would write it: ``rtml produce``.
+
+    rtml produce --spec fraud --input 'data/fraud/*/*.jsonl' --bootstrap_servers HOST:9092 \\
+        --input_topic events [--rate 2000 | --speedup 3600] [--kafka_config KEY=VALUE ...]
+
+Every line (or Parquet row) becomes one message, files in name order, each in its own order. A
+valid event is keyed by the spec's entity key and stamped with its event time (Kafka CreateTime),
+as a live scorer's entity features and monitoring windows need; anything else goes as it is,
+without a key or a time of its own, so the scorer's dead letters can be checked. ``--input_topic``
+is the topic a scorer then reads. A progress line while it runs (on a terminal), then a summary.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import orjson
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from pipelines import cli, graph
+from pipelines.options import ArchiveOptions, KafkaOptions, ProduceOptions, SpecOptions
+from transforms import kafka
+from transforms.errors import UserError
+from transforms.events import EventParser, Unreadable
+from transforms.fileio import UNREADABLE_NAMESPACE, check_input, file_records
+from transforms.spec import Spec, load_spec
+
+VIEWS = (SpecOptions, ArchiveOptions, KafkaOptions, ProduceOptions)
+REQUIRED = {"": ("spec", "input", "bootstrap_servers", "input_topic")}
+PROGRESS_EVERY_S = 0.5
+
+
+class _Pace:
+    """When the next message may go: at most ``rate`` a second, or at ``speedup`` times its event time's pace."""
+
+    def __init__(self, rate: float | None, speedup: float | None):
+        self._rate, self._speedup = rate, speedup
+        self._started, self._sent, self._first_ms = time.monotonic(), 0, None
+
+    def wait(self, event_ms: int | None) -> None:
+        due = None
+        if self._rate:
+            due = self._started + self._sent / self._rate
+        elif self._speedup and event_ms is not None:
+            self._first_ms = event_ms if self._first_ms is None else self._first_ms
+            due = self._started + (event_ms - self._first_ms) / 1000 / self._speedup
+        if due is not None and due > time.monotonic():
+            time.sleep(due - time.monotonic())
+        self._sent += 1
+
+
+def _message(raw, parser: EventParser, spec: Spec) -> tuple[bytes | None, bytes, int | None]:
+    """(key, value, timestamp ms) of one record: a valid event's entity key and event time, else none."""
+    value = raw.payload if isinstance(raw.payload, bytes) else orjson.dumps(raw.payload, default=str)
+    parsed = parser.parse(raw.payload)
+    if isinstance(parsed, str):
+        return None, value, None
+    event, time_us = parsed
+    return str(event[spec.entity_key]).encode("utf-8"), value, time_us // 1000
+
+
+def _send(producer: Producer, topic: str, key, value: bytes, extra: dict, delivered) -> bool:
+    """Queue one message; False if it is larger than the producer's message.max.bytes."""
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, on_delivery=delivered, **extra)
+            producer.poll(0)
+            return True
+        except BufferError:  # the local queue is full: let deliveries drain it
+            producer.poll(0.1)
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                raise
+            return False
+
+
+def run(argv=None) -> dict[str, int]:
+    """Produce the archive; returns the counts: sent, events (valid), other, too large (to be a message)."""
+    options = cli.parse(argv, VIEWS, __doc__, REQUIRED)
+    cli.require(options, *REQUIRED[""])
+    flags, pace = options.view_as(KafkaOptions), options.view_as(ProduceOptions)
+    if pace.rate is not None and pace.speedup is not None:
+        raise UserError("give --rate or --speedup, not both")
+    for name in ("rate", "speedup"):
+        value = getattr(pace, name)
+        if value is not None and not 0 < value < float("inf"):
+            raise UserError(f"--{name} must be a number above 0")
+    spec = load_spec(options.view_as(SpecOptions).spec)
+    paths = check_input(options.view_as(ArchiveOptions).input)
+    config = graph.kafka_config(flags)
+    secrets = kafka.Secrets(config)
+    producer = kafka.client(Producer, {"enable.idempotence": True, "linger.ms": 5, **config,
+                                             "bootstrap.servers": flags.bootstrap_servers}, secrets)
+    failures: list = []
+
+    def delivered(error, _message):
+        if error is not None:
+            failures.append(error)
+
+    parser, schedule = EventParser(spec), _Pace(pace.rate, pace.speedup)
+    counts, unreadable = {"sent": 0, "events": 0, "other": 0, "too large": 0}, []
+    started = shown = time.monotonic()
+    progress = sys.stderr.isatty()
+    for path in paths:
+        for raw in file_records(path):
+            if isinstance(raw.payload, Unreadable):
+                unreadable.append(path)
+                continue
+            key, value, timestamp_ms = _message(raw, parser, spec)
+            schedule.wait(timestamp_ms)
+            extra = {"timestamp": timestamp_ms} if timestamp_ms is not None else {}
+            if not _send(producer, flags.input_topic, key, value, extra, delivered):
+                counts["too large"] += 1
+                continue
+            counts["sent"] += 1
+            counts["events" if key is not None else "other"] += 1
+            if progress and time.monotonic() - shown >= PROGRESS_EVERY_S:
+                shown = time.monotonic()
+                print(f"\rproduced {counts['sent']:,} ({counts['sent'] / (shown - started):,.0f}/s)", end="",
+                      file=sys.stderr, flush=True)
+    while producer.flush(1.0) > 0:
+        pass
+    seconds = time.monotonic() - started
+    if progress:
+        print(file=sys.stderr)
+    if failures:
+        raise UserError(f"{len(failures)} of {counts['sent']:,} messages not delivered to {flags.input_topic}: "
+                        f"{secrets.scrub(failures[0].str())}")
+    print(f"produced {counts['sent']:,} messages to {flags.input_topic} on {flags.bootstrap_servers} in {seconds:.1f} s "
+          f"({counts['sent'] / max(seconds, 1e-9):,.0f}/s): {counts['events']:,} events keyed by {spec.entity_key} and "
+          f"stamped with their event time, {counts['other']:,} lines that are not valid events sent as they are"
+          + (f"; {counts['too large']:,} lines larger than a Kafka message may be (message.max.bytes) not sent"
+             if counts["too large"] else ""))
+    cli.check_whole_input({f"{UNREADABLE_NAMESPACE}/{path}": 1 for path in unreadable},
+                          "the rest of the input was produced")
+    return counts
+
+
+if __name__ == "__main__":
+    cli.main(run)

@@ -1,0 +1,85 @@
+"""``rtml produce``: an archive into a topic as a live source writes it (valid events keyed by entity and
+stamped with their event time, broken lines as they are), at a given rate or pace of event time."""
+from __future__ import annotations
+
+import datetime
+import gzip
+import time
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from pipelines import produce
+from pipelines.generate import generate
+from tests.kafka_helpers import unique_name
+from transforms.errors import IncompleteInput, UserError
+from transforms.events import EventParser
+from transforms.spec import load_spec
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("produce")
+    generate("fraud", 2, root, datetime.date(2026, 3, 1), 150, 0.04, 3, compress=True)
+    files = sorted(root.glob("*/*.jsonl.gz"))
+    return {"glob": str(root / "*" / "*.jsonl.gz"), "files": files,
+            "lines": [line for path in files for line in gzip.decompress(path.read_bytes()).splitlines()]}
+
+
+def _read(bootstrap: str, topic: str, expect: int) -> list:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("check")})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    got, deadline = [], time.monotonic() + 20
+    while len(got) < expect and time.monotonic() < deadline:
+        got += [m for m in consumer.consume(500, 0.2) if m.error() is None]
+    consumer.close()
+    return got
+
+
+def _produce(kafka_broker, topic, glob, *flags) -> dict:
+    return produce.run(["--spec", "fraud", "--input", glob, "--bootstrap_servers", kafka_broker.bootstrap,
+                        "--input_topic", topic, *flags])
+
+
+def test_every_line_is_sent_in_order_valid_events_keyed_and_stamped_with_their_time(kafka_broker, archive, capsys):
+    topic = unique_name("produce")
+    kafka_broker.create_topic(topic, 1)
+    counts = _produce(kafka_broker, topic, archive["glob"])
+    parser = EventParser(load_spec("fraud"))
+    lines = [line for line in archive["lines"] if len(line) < 1_000_000]  # a larger one cannot be a message
+    parsed = [parser.parse(line) for line in lines]
+    valid = sum(not isinstance(p, str) for p in parsed)
+    assert counts == {"sent": len(lines), "events": valid, "other": len(lines) - valid,
+                      "too large": len(archive["lines"]) - len(lines)}
+    assert 0 < counts["other"] and counts["too large"] == 1
+    assert f"produced {len(lines):,} messages to {topic}" in capsys.readouterr().out
+    messages = _read(kafka_broker.bootstrap, topic, len(lines))
+    assert [m.value() for m in messages] == lines
+    for message, result in zip(messages, parsed):
+        if isinstance(result, str):
+            assert message.key() is None
+        else:
+            assert message.key() == result[0]["card_id"].encode()
+            assert message.timestamp()[1] == result[1] // 1000
+
+
+def test_rate_and_speedup_pace_the_messages(kafka_broker, archive):
+    lines = len(archive["lines"])
+    started = time.monotonic()
+    _produce(kafka_broker, unique_name("rate"), archive["glob"], "--rate", str(lines / 2))
+    assert 1.8 < time.monotonic() - started < 6  # two seconds' worth
+    span_s = 2 * 86_400  # the generated days, whose events are spread over both
+    started = time.monotonic()
+    _produce(kafka_broker, unique_name("speedup"), archive["glob"], "--speedup", str(span_s / 2))
+    assert 1.5 < time.monotonic() - started < 6
+
+
+def test_mistakes_and_unreadable_files_are_one_line(kafka_broker, archive, tmp_path):
+    with pytest.raises(UserError, match="give --rate or --speedup, not both"):
+        _produce(kafka_broker, "t", archive["glob"], "--rate", "5", "--speedup", "2")
+    with pytest.raises(UserError, match="--rate must be a number above 0"):
+        _produce(kafka_broker, "t", archive["glob"], "--rate", "0")
+    (tmp_path / "cut.jsonl.gz").write_bytes(archive["files"][0].read_bytes()[:300])
+    topic = unique_name("cut")
+    with pytest.raises(IncompleteInput, match="1 input file could not be read to the end"):
+        _produce(kafka_broker, topic, str(tmp_path / "cut.jsonl.gz"))
