@@ -8,6 +8,7 @@ Batch and stream run the same ``ParseAndEnrich`` and ``ScoreRaw``; only sources 
 """
 from __future__ import annotations
 
+import pathlib
 import time
 from typing import NamedTuple
 
@@ -46,15 +47,42 @@ def spec_and_model(options) -> tuple[Spec, registry.ModelVersion]:
 def kafka_config(flags: KafkaOptions) -> dict[str, str]:
     """--kafka_config KEY=VALUE items as a librdkafka config, checked by librdkafka (with --kafka_io beam, as Java
     client properties, unchecked); errors never quote a value."""
-    config = {}
+    config = _properties(flags.kafka_config_file) if flags.kafka_config_file else {}
     for number, item in enumerate(flags.kafka_config or [], start=1):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--kafka_config #{number} is not KEY=VALUE")
         config[key.strip()] = value
-    error = kafka.config_error(config) if flags.kafka_io == "python" else None
+    for number, item in enumerate(flags.kafka_secret or [], start=1):
+        key, _, reference = item.partition("=")
+        if not key.strip() or not reference.startswith("env:") or not reference[4:]:
+            raise UserError(f"--kafka_secret #{number} is not KEY=env:NAME")
+        config[key.strip()] = kafka.EnvSecret(reference[4:])
+    try:
+        error = kafka.config_error(config) if flags.kafka_io == "python" else None
+    except kafka.KafkaSecretError as secret_error:
+        raise UserError(f"--kafka_secret: {secret_error}") from None
     if error:
         raise UserError(f"--kafka_config: {error}")
+    return config
+
+
+def _properties(path: str) -> dict[str, str]:
+    """A properties file's KEY=VALUE lines (blank lines and # or ! comments skipped); errors never quote a value."""
+    try:
+        text = pathlib.Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"--kafka_config_file {path}: cannot be read ({getattr(error, 'strerror', None) or error})") \
+            from None
+    config = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--kafka_config_file {path}: line {number} is not KEY=VALUE")
+        config[key.strip()] = value.strip()
     return config
 
 

@@ -114,6 +114,13 @@ class KafkaOptions(PipelineOptions):
                                  "security.protocol=SASL_SSL, sasl.mechanism=PLAIN, sasl.username=..., "
                                  "sasl.password=...; repeat the flag for more (with --kafka_io beam: Java client "
                                  "properties). Values are masked in output.")
+        parser.add_argument("--kafka_config_file", metavar="PATH",
+                            help="A properties file of such settings (KEY=VALUE lines; # comments); --kafka_config "
+                                 "items override it.")
+        parser.add_argument("--kafka_secret", action="append", metavar="KEY=env:NAME",
+                            help="A setting whose value is the environment variable NAME's, read where each client "
+                                 "is made (the workers too), so the value is never on a command line or in the "
+                                 "pipeline; repeat for more.")
         parser.add_argument("--kafka_io", choices=("python", "beam"), default="python",
                             help="python (default): the project's Kafka IO (confluent-kafka). beam: Beam's own "
                                  "cross-language KafkaIO (Java), as Flink and Dataflow users run it; rtml score "

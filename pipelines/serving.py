@@ -72,6 +72,9 @@ def check_kafka_io(options, supported: bool = True) -> None:
     if runners.runner_name(options) != "FlinkRunner":
         raise UserError("--kafka_io beam runs Beam's Java KafkaIO inside Flink's job server: give --runner FlinkRunner "
                         "(another runner would need a Java SDK container, which this set-up cannot run)")
+    if flags.kafka_secret:
+        raise UserError("--kafka_io beam: Java's Kafka clients cannot read --kafka_secret's environment variables; "
+                        "give the settings with --kafka_config or --kafka_config_file")
     if cli.given(options, "max_delay_s"):
         raise UserError("--kafka_io beam: Beam's KafkaIO allows no delay (its watermark is the newest message "
                         "timestamp read); drop --max_delay_s, or read with --kafka_io python")
@@ -87,7 +90,7 @@ def check_topics(flags: KafkaOptions, config: dict) -> None:
         config = {}
     secrets = kafka.Secrets(config)
     try:
-        admin = AdminClient({**config, "bootstrap.servers": flags.bootstrap_servers}, logger=secrets)
+        admin = AdminClient({**kafka.resolved(config), "bootstrap.servers": flags.bootstrap_servers}, logger=secrets)
         found = admin.list_topics(timeout=10).topics
     except (KafkaException, ValueError, TypeError) as error:
         print(f"warning: cannot list the topics on {flags.bootstrap_servers} yet ({secrets.scrub(error)}); "

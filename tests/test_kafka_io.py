@@ -112,6 +112,21 @@ def test_bounded_read_by_offsets_is_exact(kafka_broker):
         assert_that(with_timestamps(read), equal_to([(m, m.timestamp_ms) for m in sent]))
 
 
+def test_a_setting_from_the_environment_is_read_where_the_client_is_made(kafka_broker, monkeypatch):
+    topic = _name("env-secret")
+    kafka_broker.create_topic(topic, 1)
+    sent = produce(kafka_broker.bootstrap, topic, [(None, b"v", None, None)])
+    config = {"client.id": kafka.EnvSecret("RTML_TEST_CLIENT_ID")}
+    monkeypatch.setenv("RTML_TEST_CLIENT_ID", "rtml-reader")
+    with beam.Pipeline("DirectRunner") as p:
+        read = p | ReadFromKafka(kafka_broker.bootstrap, topic, consumer_config=config, stop_offsets={0: 1})
+        assert_that(read, equal_to(sent))
+    monkeypatch.delenv("RTML_TEST_CLIENT_ID")
+    with pytest.raises(Exception, match="client.id: environment variable RTML_TEST_CLIENT_ID is not set"):
+        with beam.Pipeline("DirectRunner") as p:
+            _ = p | ReadFromKafka(kafka_broker.bootstrap, topic, consumer_config=config, stop_offsets={0: 1})
+
+
 def test_bounded_read_by_timestamps(kafka_broker):
     topic = _name("by-time")
     kafka_broker.create_topic(topic, 4)
@@ -376,16 +391,23 @@ def test_secrets_never_reach_reprs_errors_or_logs(kafka_broker, caplog, capfd):
 
 @pytest.mark.parametrize("given", [["--kafka_config", "sasl.password", "{secret}"],
                                    ["--kafka_config", "sasl.oauthbearer.config=clientSecret={secret}",
-                                    "--kafka_config", "bogus.key={secret}"]])
+                                    "--kafka_config", "bogus.key={secret}"],
+                                   ["--kafka_secret", "bogus.key=env:RTML_TEST_SECRET"],
+                                   ["--kafka_secret", "sasl.password={secret}"],
+                                   ["--kafka_config_file", "{file}"]])
 def test_a_secret_on_the_command_line_is_never_echoed(tmp_path, given):
-    """A value without its key (a space instead of =), and a config librdkafka refuses: one line, no secret."""
+    """A value without its key (a space instead of =), a config librdkafka refuses (from flags, the environment
+    or a file), a secret given as a value where a reference belongs: one line, no secret."""
     secret = "S3cret-" + uuid.uuid4().hex
     publish_stand_in_model(tmp_path / "model")
+    (tmp_path / "client.properties").write_text(f"security.protocol=PLAINTEXT\nbogus.key={secret}\n")
     result = subprocess.run(
         [sys.executable, "-m", "pipelines.score", "--spec", "fraud", "--mode", "stream", "--bootstrap_servers",
          "127.0.0.1:1", "--input_topic", "a", "--output_topic", "b", "--dead_letter_topic", "c",
-         "--model_dir", str(tmp_path / "model"), *[arg.format(secret=secret) for arg in given]],
-        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+         "--model_dir", str(tmp_path / "model"),
+         *[arg.format(secret=secret, file=tmp_path / "client.properties") for arg in given]],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "RTML_TEST_SECRET": secret})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in result.stderr
     assert secret not in result.stdout + result.stderr

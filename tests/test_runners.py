@@ -195,3 +195,37 @@ def test_score_batch_end_to_end_on_portable_runner(trained, job_service, tmp_pat
     assert _lines(tmp_path / "scored", "scored") == valid
     assert _lines(tmp_path / "dead_letter", "dead_letter") == lines - valid
     assert totals.get("rtml/received") == lines and totals.get("rtml/scored") == valid
+
+
+def test_a_kafka_secret_from_the_environment_is_nowhere_in_the_translated_job(monkeypatch, trained, tmp_path):
+    """--kafka_secret KEY=env:NAME: the job (graph, options) holds the variable's name, never its value."""
+    root, _ = trained
+    secret = "S3cret-in-env-" + os.urandom(8).hex()
+    monkeypatch.setenv("RTML_KAFKA_PASSWORD", secret)
+    (tmp_path / "client.properties").write_text("# settings\nsecurity.protocol=SASL_PLAINTEXT\n"
+                                                "sasl.mechanism=PLAIN\nsasl.username=scorer\n")
+    job = _translate(monkeypatch, score.run, [
+        "--spec", "fraud", "--mode", "stream", "--bootstrap_servers", "broker.internal:9092",
+        "--input_topic", "events", "--output_topic", "scored", "--dead_letter_topic", "dead-letters",
+        "--model_dir", str(root / "model"), "--kafka_config_file", str(tmp_path / "client.properties"),
+        "--kafka_secret", "sasl.password=env:RTML_KAFKA_PASSWORD", *DATAFLOW])
+    shipped = (job.proto_pipeline.SerializeToString() + _pickled_dofns(job.proto_pipeline)
+               + str(job.options.get_all_options()).encode())
+    assert secret.encode() not in shipped
+    assert b"RTML_KAFKA_PASSWORD" in shipped and b"scorer" in shipped  # the search sees the DoFns' contents
+
+
+def _pickled_dofns(proto_pipeline) -> bytes:
+    """Every ParDo's DoFn as pickled, decompressed (Beam compresses them, which would hide their text)."""
+    import base64
+    import bz2
+    import zlib
+
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    found = []
+    for transform in proto_pipeline.components.transforms.values():
+        if transform.spec.urn == "beam:transform:pardo:v1":
+            data = base64.b64decode(beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload).do_fn.payload)
+            found.append(bz2.decompress(data) if data.startswith(b"BZh") else zlib.decompress(data))
+    return b"".join(found)

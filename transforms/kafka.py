@@ -17,14 +17,16 @@ most about a second), so an in-process runner (the DirectRunner) finishes the pi
 bundles complete, their writes are flushed and their offsets committed. It is how a local
 streaming job stops cleanly; a distributed runner drains or cancels the job its own way.
 
-Settings whose name contains password, secret, sasl.jaas, ssl.key or token are masked in reprs,
-display data, log lines and error messages raised here.
+Every config value is masked in reprs and display data and scrubbed from log lines and error
+messages raised here, but those of settings that never hold a secret (``_PLAIN_KEYS``). A value may
+be an ``EnvSecret``: read from an environment variable where a client is made, never carried.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import logging
+import os
 import sys
 import threading
 import time
@@ -91,6 +93,30 @@ _MASK = "***"
 _MIN_SCRUBBED = 4  # shorter values would mask ordinary words of log lines; they are no secret either
 
 
+class EnvSecret(NamedTuple):
+    """A config value read from an environment variable where a client is made (on a worker too), so
+    that the value itself never enters the pipeline graph, a template or a log."""
+
+    name: str
+
+
+class KafkaSecretError(ValueError):
+    """An ``EnvSecret`` whose environment variable is not set where a client is made."""
+
+
+def resolved(config: dict) -> dict:
+    """``config`` with each ``EnvSecret`` replaced by its environment variable's value."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, EnvSecret):
+            if not os.environ.get(value.name):
+                raise KafkaSecretError(f"Kafka setting {key}: environment variable {value.name} is not set (or empty) "
+                                       f"here")
+            value = os.environ[value.name]
+        out[key] = value
+    return out
+
+
 def mask_config(config: dict | None) -> dict:
     """A copy of a librdkafka config for display: every value masked (``***``) but those of ``_PLAIN_KEYS``."""
     return {k: (v if k in _PLAIN_KEYS else _MASK) for k, v in (config or {}).items()}
@@ -104,7 +130,7 @@ class Secrets:
     """
 
     def __init__(self, config: dict):
-        values = {str(v) for k, v in config.items() if k not in _PLAIN_KEYS and len(str(v)) >= _MIN_SCRUBBED}
+        values = {str(v) for k, v in resolved(config).items() if k not in _PLAIN_KEYS and len(str(v)) >= _MIN_SCRUBBED}
         self._values = sorted(values, key=len, reverse=True)  # longest first: no partial leaks
 
     def scrub(self, text: object) -> str:
@@ -123,7 +149,7 @@ class Secrets:
 def config_error(config: dict) -> str | None:
     """Why librdkafka refuses ``config`` (an unknown key, a bad value), without its values; None if it takes it."""
     try:
-        Consumer({**config, "group.id": "rtml-config-check"}, logger=_QUIET).close()
+        Consumer({**resolved(config), "group.id": "rtml-config-check"}, logger=_QUIET).close()
     except KafkaException as error:
         return Secrets(config).scrub(error.args[0].str())
     return None
@@ -137,7 +163,7 @@ _QUIET.addHandler(logging.NullHandler())
 def client(cls, config: dict, secrets: Secrets):
     """A Consumer or Producer whose construction errors and logs carry no secret values."""
     try:
-        return cls(config, logger=secrets)
+        return cls(resolved(config), logger=secrets)
     except (KafkaException, ValueError, TypeError) as e:
         # `from None`: the original exception's text may hold the secret.
         raise ValueError(f"invalid Kafka {cls.__name__} config: {secrets.scrub(e)}") from None
