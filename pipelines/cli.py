@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import importlib.util
+import json
 import logging
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -13,9 +16,10 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (
     DirectOptions, PipelineOptions, SetupOptions, StandardOptions, _BeamArgumentParser)
 
+from pipelines.options import LogOptions
 from pipelines.runners import RunnerPresetOptions
 from transforms.errors import IncompleteInput, UserError
-from transforms.events import METRICS_NAMESPACE
+from transforms.events import METRICS_NAMESPACE, rfc3339
 from transforms.fileio import UNREADABLE_NAMESPACE
 
 _REASONS_SHOWN = 12
@@ -35,18 +39,32 @@ def parse(argv: Sequence[str] | None, views: Sequence[type[PipelineOptions]], de
         print(_help(views, description, required or {}))
         raise SystemExit(0)
     parser = _OneLineParser(allow_abbrev=False)
-    for cls in (*_beam_views(), RunnerPresetOptions, *views):
+    for cls in (*_beam_views(), RunnerPresetOptions, LogOptions, *views):
         cls._add_argparse_args(parser)
     known = [option for action in parser._actions for option in action.option_strings]
     for arg in argv:
         name = arg.split("=", 1)[0]
         if name.startswith("--") and name not in known:
             raise UserError(_unknown_flag(name, known))
-    _, left_over = parser.parse_known_args(argv)
+    parsed, left_over = parser.parse_known_args(argv)
     if left_over:  # a value without a flag; not quoted, as it may be a secret (--kafka_config KEY VALUE)
         raise UserError(f"argument #{argv.index(left_over[0]) + 1} is a value without a flag (not shown: it may be "
                         f"a secret); a flag takes one value, and --kafka_config one KEY=VALUE")
+    if parsed.log_format == "json":
+        logging.basicConfig(force=True, level=logging.getLogger().level or logging.WARNING)
+        logging.getLogger().handlers[0].setFormatter(_JsonLines())
     return PipelineOptions(argv)
+
+
+class _JsonLines(logging.Formatter):
+    """A log record as one JSON object: time (RFC 3339, UTC), level, logger, message (and exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"time": rfc3339(int(record.created * 1_000_000)), "level": record.levelname, "logger": record.name,
+                "message": record.getMessage()}
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
 
 
 class _OneLineParser(_BeamArgumentParser):
@@ -112,7 +130,7 @@ def _help(views: Sequence[type[PipelineOptions]], description: str, required: di
         if cases:
             when = "" if len(cases) == len(required) else " with " + " or ".join(cases)
             action.help = f"[required{when}] " + (action.help or "")
-    for view in (StandardOptions, DirectOptions, SetupOptions, RunnerPresetOptions):
+    for view in (StandardOptions, DirectOptions, SetupOptions, RunnerPresetOptions, LogOptions):
         view._add_argparse_args(parser.add_argument_group(f"beam: {view.__name__}"))
     return parser.format_help()
 
@@ -183,6 +201,20 @@ def check_whole_input(totals: dict[str, int], consequence: str) -> None:
         shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
         raise IncompleteInput(f"{len(paths)} input file{'s' if len(paths) > 1 else ''} could not be read to the end "
                               f"({shown}; their dead letters say from where and why); {consequence}")
+
+
+@contextlib.contextmanager
+def stderr_closed():
+    """The process's stderr (file descriptor 2, which native libraries write to) goes nowhere for a while."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 def main(run: Callable[[Sequence[str] | None], object]) -> None:

@@ -127,6 +127,16 @@ class KafkaOptions(PipelineOptions):
                                  "--mode stream on the FlinkRunner only, with no allowed delay (see README).")
 
 
+class LogOptions(PipelineOptions):
+    """Every command's."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--log_format", choices=("text", "json"), default="text",
+                            help="json: each log line is one JSON object (time, level, logger, message), for log "
+                                 "collectors; the summaries on stdout stay text (default: text).")
+
+
 class ProduceOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):

@@ -10,7 +10,10 @@ on the holdout, and published as a new version that becomes current.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import logging
+import os
 import shutil
 import sys
 import time
@@ -21,6 +24,14 @@ _MISSING = cli.missing_extra("train", "sklearn", "skl2onnx", "tensorflow_transfo
 if _MISSING:  # one line, not an ImportError's traceback, in an install without the train extra
     print(f"error: training: {_MISSING}", file=sys.stderr)
     raise SystemExit(2)
+
+# TensorFlow's C++ lines (no CUDA on this machine, oneDNN, CPU instructions) say nothing a user can act on. Those
+# of its import come before its logging is set up, whatever TF_CPP_MIN_LOG_LEVEL says, so the import runs with
+# the process's stderr closed; the variable (set it to 0 to see them) keeps out the later ones.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+logging.getLogger("absl").setLevel(logging.ERROR)  # tensorflow-transform's advice about its input format
+with cli.stderr_closed():
+    importlib.import_module("tensorflow")
 
 import apache_beam as beam
 import joblib

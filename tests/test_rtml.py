@@ -1,6 +1,7 @@
 """The ``rtml`` command, as a user types it: its subcommands, their flags, and the stream demo."""
 from __future__ import annotations
 
+import json
 import pathlib
 import re
 import subprocess
@@ -65,3 +66,18 @@ def test_the_stream_demo_scores_live_with_a_given_model_and_stops(fraud_model):
     assert all("score" not in line.split()[1] for line in scored)
     assert "stopped the producer, the printer and the broker" in result.stderr
     assert len(dead) <= len(scored)
+
+
+def test_log_format_json_makes_each_log_line_one_object(tmp_path):
+    from tests.conftest import publish_stand_in_model
+
+    version = publish_stand_in_model(tmp_path / "model")
+    (tmp_path / "model" / "CURRENT").write_text(version + "\n")  # as an older release wrote it: a warning
+    (tmp_path / "events.jsonl").write_text('{"not": "an event"}\n')
+    result = _rtml("score", "--spec", "fraud", "--input", str(tmp_path / "events.jsonl"), "--model_dir",
+                   str(tmp_path / "model"), "--output", str(tmp_path / "o"), "--dead_letter", str(tmp_path / "d"),
+                   "--log_format", "json")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stderr.splitlines()]  # every stderr line is a JSON object
+    warning = next(r for r in records if r["logger"] == "models.registry")
+    assert warning["level"] == "WARNING" and "records no manifest digest" in warning["message"]

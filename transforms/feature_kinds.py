@@ -184,7 +184,8 @@ class Vocabulary(FeatureKind):
         import tensorflow as tf
         import tensorflow_transform as tft
 
-        vocabulary = tft.vocabulary(x, top_k=feature.top_k, frequency_threshold=feature.frequency_threshold,
+        threshold = feature.frequency_threshold if feature.frequency_threshold > 1 else None  # <= 1: no threshold
+        vocabulary = tft.vocabulary(x, top_k=feature.top_k, frequency_threshold=threshold,
                                     vocab_filename=feature.name)
         return tf.one_hot(tft.apply_vocabulary(x, vocabulary, num_oov_buckets=1), self.width(feature))
 
