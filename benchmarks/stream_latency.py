@@ -181,6 +181,7 @@ def main(argv=None) -> int:
     parser.add_argument("--kafka_io", choices=("python", "beam"), default="python",
                         help="the scorer's --kafka_io (beam: Beam's Java KafkaIO, FlinkRunner only)")
     parser.add_argument("--model_dir", help="default: benchmarks/data/stream-model-<spec>")
+    parser.add_argument("--scorer_flags", default="", help="more flags for the scorer, e.g. '--direct_num_workers 3'")
     parser.add_argument("--bootstrap_servers", help="an existing cluster (default: a local Apache Kafka broker)")
     parser.add_argument("--profile", metavar="PATH", help="run the scorer under cProfile, stats to PATH")
     args = parser.parse_args(argv)
@@ -217,7 +218,7 @@ def _benchmark(args, model_dir: pathlib.Path, bootstrap: str) -> list[dict]:
          "--runner", args.runner, "--model_dir", str(model_dir),
          "--bootstrap_servers", bootstrap, "--input_topic", topics[0], "--output_topic", topics[1],
          "--dead_letter_topic", topics[2], "--group_id", f"bench-{run_id}", "--offset_reset", "earliest",
-         "--kafka_io", args.kafka_io],
+         "--kafka_io", args.kafka_io, *args.scorer_flags.split()],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     reader = OutputReader(bootstrap, topics[1])
     reader.start()
