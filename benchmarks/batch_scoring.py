@@ -151,7 +151,9 @@ def main() -> None:
     if not (model_dir / "CURRENT").exists():
         subprocess.run([sys.executable, "-m", "pipelines.train", "--spec", "fraud", "--input",
                         str(archive / "*" / "*.jsonl"), "--model_dir", str(model_dir)], cwd=ROOT, check=True)
-    version_dir = model_dir / "versions" / (model_dir / "CURRENT").read_text().strip()
+    from models import registry
+
+    version_dir = pathlib.Path(registry.load(str(model_dir)).path)
     lines = sum(json.loads((archive / "_generated.json").read_text())["days"][i]["lines"] for i in range(args.days))
     out = DATA / "out"
     commands = {

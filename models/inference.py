@@ -60,14 +60,14 @@ class VersionWatch:
     A version other than the serving one is verified first: every file against its manifest, and
     trained for ``spec`` (``registry.load_for_spec``). A bad one (tampered, incomplete, another
     spec) is refused with one log line naming it, why, and the version that keeps serving, and the
-    counter ``rtml.model/refused``, once until CURRENT changes again.
+    counter ``rtml.model/refused``, once until CURRENT changes again (another name or manifest digest).
     """
 
     def __init__(self, model_dir: str, spec: Spec, interval_s: float, signing_key_env: str | None = None):
         self._model_dir, self._spec, self._interval_s = model_dir, spec, interval_s
         self._signing_key_env = signing_key_env  # a new version is signed with its key too
         self._next_check: float | None = None
-        self._refused: str | None = None  # the version refused last, not verified again
+        self._refused: tuple[str, str | None] | None = None  # (name, digest) refused last, not verified again
         self._refused_reason: str | None = None
 
     def newer(self, serving: str) -> registry.ModelVersion | None:
@@ -80,17 +80,17 @@ class VersionWatch:
             current, digest = registry.current(self._model_dir)
         except registry.ModelError as error:
             return self._refuse(None, error, serving)
-        if current in (serving, self._refused):
+        if current == serving or (current, digest) == self._refused:
             return None
         try:
             model = registry.load_for_spec(self._model_dir, self._spec, current, digest, self._signing_key_env)
         except registry.ModelError as error:
-            return self._refuse(current, error, serving)
+            return self._refuse((current, digest), error, serving)
         self._refused = self._refused_reason = None
         _LOG.warning("model: switching from %s to %s", serving, model.version)
         return model
 
-    def _refuse(self, version: str | None, error: registry.ModelError, serving: str) -> None:
+    def _refuse(self, version: tuple[str, str | None] | None, error: registry.ModelError, serving: str) -> None:
         if str(error) != self._refused_reason:  # once, not at every check
             _REFUSED.inc()
             _LOG.error("model alert: refusing the version CURRENT names (%s); model %s keeps serving", error, serving)

@@ -73,7 +73,7 @@ class ModelVersion:
     path: str
     manifest: dict
     manifest_sha256: str = ""
-    current: bool = False  # made current when published
+    made_current: bool = False  # by the publish that returned it
     signing_key_env: str | None = None  # the variable whose key verified it, which newer versions need too
 
     @property
@@ -84,7 +84,12 @@ class ModelVersion:
         return FileSystems.join(self.path, name)
 
     def read(self, name: str) -> bytes:
-        return _read(self.file(name))
+        """A file of the version, checked against the manifest as it is read: the bytes used are the bytes
+        verified, even if the file changed since ``load`` (ModelError then)."""
+        data = _read(self.file(name))
+        if hashlib.sha256(data).hexdigest() != self.manifest["files"].get(name):
+            raise ModelError(f"model {self.version}: {name} changed since the version was verified; refusing it")
+        return data
 
     def baseline(self) -> dict:
         """The training baseline that monitoring compares with; ModelError for a version trained before
@@ -112,7 +117,7 @@ def staging_dir(model_dir: str, version: str) -> pathlib.Path:
 
 def publish(model_dir: str, staging: pathlib.Path, manifest: dict, signing_key_env: str | None = None) -> ModelVersion:
     """Hash every file in ``staging``, write the manifest (signed with the key in ``$signing_key_env``), move it
-    into ``versions/`` and make it current unless a newer version already is (``ModelVersion.current``)."""
+    into ``versions/`` and make it current unless a newer version already is (``ModelVersion.made_current``)."""
     key = signing_key(signing_key_env)
     manifest = dict(manifest, files=_hashes(str(staging)))
     manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
@@ -135,7 +140,7 @@ def publish(model_dir: str, staging: pathlib.Path, manifest: dict, signing_key_e
             pointer = root / f".{CURRENT}.{manifest['version']}"
             pointer.write_text(f"{manifest['version']} sha256:{digest}\n")
             os.replace(pointer, root / CURRENT)
-    return ModelVersion(str(final), manifest, digest, current=not superseded, signing_key_env=signing_key_env)
+    return ModelVersion(str(final), manifest, digest, made_current=not superseded, signing_key_env=signing_key_env)
 
 
 def load(model_dir: str, version: str | None = None, manifest_sha256: str | None = None,
@@ -166,20 +171,26 @@ def load(model_dir: str, version: str | None = None, manifest_sha256: str | None
         raise ModelError(f"model {version} in {model_dir}: missing, or its {MANIFEST} is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ModelError(f"model {version} in {model_dir}: {MANIFEST} is not valid JSON") from None
+    except OSError as error:
+        raise ModelError(f"model {version} in {model_dir}: {MANIFEST} cannot be read ({_reason(error)})") from None
+    if (not isinstance(manifest, dict) or manifest.get("version") != version or not isinstance(manifest.get("files"), dict)
+            or not isinstance(manifest.get("spec"), dict) or "fingerprint" not in manifest["spec"]):
+        raise ModelError(f"model {version} in {model_dir}: {MANIFEST} is not a manifest of version {version} (its "
+                         f"version, spec and files); refusing it")
     digest = hashlib.sha256(manifest_bytes).hexdigest()
     if manifest_sha256 and digest != manifest_sha256:
         raise ModelError(f"model {version} in {model_dir}: {MANIFEST} is not the one {CURRENT} vouches for (sha256 "
                          f"{digest[:12]}…, not {manifest_sha256[:12]}…); refusing a tampered model")
     if key is not None:
         try:
-            signed = _read(FileSystems.join(path, SIGNATURE)).decode("ascii", "replace").strip()
-        except FileNotFoundError:
-            raise ModelError(f"model {version} in {model_dir}: not signed (no {SIGNATURE}), and "
+            signed = _read(FileSystems.join(path, SIGNATURE)).strip()
+        except OSError:  # FileNotFoundError included
+            raise ModelError(f"model {version} in {model_dir}: not signed (no readable {SIGNATURE}), and "
                              f"--model_signing_key_env {signing_key_env} asks for a signed model") from None
-        if not hmac.compare_digest(signed, _signature(key, manifest_bytes)):
+        if not hmac.compare_digest(signed, _signature(key, manifest_bytes).encode()):
             raise ModelError(f"model {version} in {model_dir}: {SIGNATURE} does not match its manifest under the key "
                              f"in ${signing_key_env} (another key, or an edited manifest); refusing it")
-    expected, actual = manifest.get("files", {}), _hashes(path, skip=(MANIFEST, SIGNATURE))
+    expected, actual = manifest["files"], _hashes(path, skip=(MANIFEST, SIGNATURE))
     for name in sorted(set(expected) | set(actual)):
         if name not in actual:
             problem = "is missing"
@@ -216,8 +227,7 @@ def current(model_dir: str) -> tuple[str, str | None]:
         raise ModelError(f"--model_dir {model_dir}: no model here (no {CURRENT} file); "
                          f"train one with `rtml train`") from None
     except (UnicodeDecodeError, OSError) as error:
-        raise ModelError(f"--model_dir {model_dir}: {CURRENT} cannot be read "
-                         f"({str(error).splitlines()[0] or type(error).__name__})") from None
+        raise ModelError(f"--model_dir {model_dir}: {CURRENT} cannot be read ({_reason(error)})") from None
     name, _, digest = text.strip().partition(" sha256:")
     _check_name(name, f"{CURRENT} in {model_dir} names {name[:80]!r}, which")
     if not digest:
@@ -231,6 +241,12 @@ def current(model_dir: str) -> tuple[str, str | None]:
 def _warn_no_digest(model_dir: str, name: str) -> None:
     _LOG.warning("%s in %s records no manifest digest (written before rtml recorded one): version %s is checked "
                  "against its own manifest only", CURRENT, model_dir, name)
+
+
+def _reason(error: Exception) -> str:
+    """An exception's first line, or its type's name when it has no text."""
+    text = getattr(error, "strerror", None) or str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _check_name(name: str, what: str) -> None:

@@ -134,6 +134,9 @@ def fetch_maven(name: str, coordinates: tuple, also_on_class_path: tuple[str, ..
             return (f"{name}: NOT INSTALLED: mvn could not fetch {what}: "
                     f"{_last_error(done.stdout + done.stderr)}; {_without(name)}")
         status = f"{name}: fetched {what} ({launcher})"
+    if not (folder / "lib").is_dir():  # a launcher left without its libraries
+        launcher.unlink()
+        return fetch_maven(name, coordinates, also_on_class_path)
     extra = [jar for other in also_on_class_path if (HOME / other / "lib").is_dir()
              for jar in sorted((HOME / other / "lib").iterdir())]
     _write_launcher(launcher, main_class, sorted((folder / "lib").iterdir()) + extra)

@@ -584,17 +584,16 @@ def run(argv=None) -> dict[str, dict]:
         raise UserError("--output and --dead_letter must be different directories")
     if flags.source == "kafka" and cli.given(options, "input"):
         raise UserError("--input reads files; --source kafka reads --input_topic: give one")
-    spec, model = graph.spec_and_model(options)
-    kafka_read = ()
-    if flags.source == "kafka":
-        kafka_read, n_files = _kafka_replay(options, end_us), None
-        # what is replayed, not the data (retention may remove messages); the config (secrets) stays out
-        fingerprint = hashlib.sha256(json.dumps(["kafka", *kafka_read[:2], kafka_read[3]]).encode()).hexdigest()
-    else:
-        fingerprint, n_files = input_fingerprint(archive.input)
+    kafka_read = _kafka_replay(options, end_us) if flags.source == "kafka" else ()
     if end_us - start_us > MAX_DAYS_UNASKED * UNIT_US["day"] and not flags.yes:
         raise UserError(f"--start {flags.start} .. --end {flags.end} spans {(end_us - start_us) // UNIT_US['day']:,} "
                         f"days, more than {MAX_DAYS_UNASKED}; add --yes if that is meant")
+    spec, model = graph.spec_and_model(options)
+    if kafka_read:
+        # what is replayed, not the data (retention may remove messages); the config (secrets) stays out
+        fingerprint, n_files = hashlib.sha256(json.dumps(["kafka", *kafka_read[:2], kafka_read[3]]).encode()).hexdigest(), None
+    else:
+        fingerprint, n_files = input_fingerprint(archive.input)
     runners.apply_runner_presets(options)
 
     started = time.monotonic()

@@ -204,17 +204,17 @@ def check_whole_input(totals: dict[str, int], consequence: str) -> None:
 
 
 @contextlib.contextmanager
-def stderr_closed():
-    """The process's stderr (file descriptor 2, which native libraries write to) goes nowhere for a while."""
+def stderr_to(file):
+    """The process's stderr (file descriptor 2, which native libraries write to) goes to ``file`` for a while."""
     sys.stderr.flush()
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
+    saved = os.dup(2)
+    os.dup2(file.fileno(), 2)
     try:
         yield
     finally:
+        sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
-        os.close(null)
 
 
 def main(run: Callable[[Sequence[str] | None], object]) -> None:

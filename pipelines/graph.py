@@ -82,6 +82,9 @@ def _properties(path: str) -> dict[str, str]:
         key, sep, value = line.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--kafka_config_file {path}: line {number} is not KEY=VALUE")
+        if value.rstrip().endswith("\\"):
+            raise UserError(f"--kafka_config_file {path}: line {number} continues on the next line (a trailing "
+                            f"backslash), which this reader does not take: write the setting on one line")
         config[key.strip()] = value.strip()
     return config
 

@@ -17,7 +17,7 @@ import time
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from pipelines import cli, graph
+from pipelines import cli, graph, serving
 from pipelines.options import ArchiveOptions, KafkaOptions, ProduceOptions, SpecOptions
 from transforms import kafka
 from transforms.errors import UserError
@@ -78,6 +78,7 @@ def run(argv=None) -> dict[str, int]:
     """Produce the archive; returns the counts: sent, events (valid), other, too large (to be a message)."""
     options = cli.parse(argv, VIEWS, __doc__, REQUIRED)
     cli.require(options, *REQUIRED[""])
+    serving.check_kafka_io(options, supported=False)
     flags, pace = options.view_as(KafkaOptions), options.view_as(ProduceOptions)
     if pace.rate is not None and pace.speedup is not None:
         raise UserError("give --rate or --speedup, not both")

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 
 from pipelines import cli
@@ -24,14 +25,6 @@ _MISSING = cli.missing_extra("train", "sklearn", "skl2onnx", "tensorflow_transfo
 if _MISSING:  # one line, not an ImportError's traceback, in an install without the train extra
     print(f"error: training: {_MISSING}", file=sys.stderr)
     raise SystemExit(2)
-
-# TensorFlow's C++ lines (no CUDA on this machine, oneDNN, CPU instructions) say nothing a user can act on. Those
-# of its import come before its logging is set up, whatever TF_CPP_MIN_LOG_LEVEL says, so the import runs with
-# the process's stderr closed; the variable (set it to 0 to see them) keeps out the later ones.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-logging.getLogger("absl").setLevel(logging.ERROR)  # tensorflow-transform's advice about its input format
-with cli.stderr_closed():
-    importlib.import_module("tensorflow")
 
 import apache_beam as beam
 import joblib
@@ -124,23 +117,42 @@ def run(argv=None, test_pipeline=None) -> registry.ModelVersion:
     supervised = estimators.is_supervised(spec)
     check_input(flags.input)
 
+    _import_tensorflow_quietly()
     started = time.monotonic()
     version = registry.new_version()
     staging = registry.staging_dir(model_dir, version)
     dead_letter_dir = flags.dead_letter or f"{model_dir}/dead_letters/{version}"
-    pipeline = cli.create_pipeline(options, test_pipeline)
-    build(pipeline, spec, flags.input, flags.batch_size, staging, dead_letter_dir, holdout_fraction, supervised)
-    result = pipeline.run()
-    result.wait_until_finish()
-    totals = cli.counters(result)
-    print(cli.summary(f"{spec.name} training data", totals, time.monotonic() - started,
-                      {"dead letters": f"{dead_letter_dir}/dead_letter-*.jsonl"}))
-    cli.check_whole_input(totals, "no model was trained from the rest; fix or remove them and train again")
-
-    manifest = _fit_and_export(spec, staging, version, totals)
-    model = registry.publish(model_dir, staging, manifest, signing_key_env)
-    print(_report(model, time.monotonic() - started))
+    try:
+        pipeline = cli.create_pipeline(options, test_pipeline)
+        build(pipeline, spec, flags.input, flags.batch_size, staging, dead_letter_dir, holdout_fraction, supervised)
+        result = pipeline.run()
+        result.wait_until_finish()
+        totals = cli.counters(result)
+        print(cli.summary(f"{spec.name} training data", totals, time.monotonic() - started,
+                          {"dead letters": f"{dead_letter_dir}/dead_letter-*.jsonl"}))
+        cli.check_whole_input(totals, "no model was trained from the rest; fix or remove them and train again")
+        manifest = _fit_and_export(spec, staging, version, totals)
+        model = registry.publish(model_dir, staging, manifest, signing_key_env)
+    finally:  # a training that did not publish leaves nothing behind (publishing moves the staging directory)
+        shutil.rmtree(staging, ignore_errors=True)
+    print(_report(model, model_dir, time.monotonic() - started))
     return model
+
+
+def _import_tensorflow_quietly() -> None:
+    """TensorFlow's C++ lines (no CUDA on this machine, oneDNN, CPU instructions) say nothing a user can act on.
+    Those of its import come before its logging is set up, whatever TF_CPP_MIN_LOG_LEVEL says, so the import
+    writes stderr to a file, shown only if the import fails; the variable (0 shows them) keeps out later ones."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("absl").setLevel(logging.ERROR)  # tensorflow-transform's advice about its input format
+    with tempfile.TemporaryFile() as captured:
+        try:
+            with cli.stderr_to(captured):
+                importlib.import_module("tensorflow")
+        except BaseException:
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
 
 
 def _fit_and_export(spec: Spec, staging, version: str, totals: dict) -> dict:
@@ -230,10 +242,12 @@ def _utc(microseconds) -> str:
     return rfc3339(int(microseconds))
 
 
-def _report(model: registry.ModelVersion, seconds: float) -> str:
+def _report(model: registry.ModelVersion, model_dir: str, seconds: float) -> str:
     manifest = model.manifest
     training, holdout = manifest["training"], manifest["metrics"]["holdout"]
-    state = "is current" if model.current else "is published but not current (a training started later published first)"
+    state = ("is current" if model.made_current else
+             f"is published but not current: CURRENT names {registry.current(model_dir)[0]}, "
+             f"a version whose name sorts after it (a training started later, or a name given by hand)")
     lines = [f"model {model.version} ({manifest['spec']['name']}) {state}: {model.path}",
              f"  trained on {training['train']['rows']:,} events {training['train']['from']} .. "
              f"{training['train']['to']}; held out {training['holdout']['rows']:,} later events"]

@@ -67,8 +67,8 @@ def test_an_edited_manifest_is_refused(model_dir):
 def test_a_worker_loads_the_manifest_its_launcher_verified(model_dir):
     root, version = model_dir
     launched = registry.load(str(root))
-    older = publish_stand_in_model(root, scale=50.0)
-    assert registry.load(str(root)).version == older  # CURRENT moved on
+    newer = publish_stand_in_model(root, scale=50.0)
+    assert registry.load(str(root)).version == newer  # CURRENT moved on
     assert registry.load(str(root), version, launched.manifest_sha256).version == version
     _rewrite_manifest(root / "versions" / version, lambda m: m.update({"threshold": 0}))
     with pytest.raises(registry.ModelError, match="refusing a tampered model"):
@@ -108,8 +108,9 @@ def test_of_two_trainings_the_one_started_later_is_current_whichever_ends_last(t
     for version in (earlier, later):
         staged[version] = registry.staging_dir(str(root), version)
         (staged[version] / "model.onnx").write_bytes(version.encode())
-    assert registry.publish(str(root), staged[later], {"version": later}).current
-    assert not registry.publish(str(root), staged[earlier], {"version": earlier}).current
+    spec = {"name": "fraud", "fingerprint": "f", "source": "fraud"}
+    assert registry.publish(str(root), staged[later], {"version": later, "spec": spec}).made_current
+    assert not registry.publish(str(root), staged[earlier], {"version": earlier, "spec": spec}).made_current
     assert registry.current(str(root))[0] == later
     assert registry.load(str(root), earlier).version == earlier  # published all the same
 
@@ -182,4 +183,21 @@ def test_scoring_with_a_signing_key_refuses_an_unsigned_version_in_one_line(mode
     with pytest.raises(SystemExit) as exit_status:
         cli.main(score.run)
     assert exit_status.value.code == 2
-    assert "not signed (no manifest.hmac)" in capsys.readouterr().err
+    assert "not signed (no readable manifest.hmac)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("manifest, signature", [
+    ("[1, 2]", None), ('{"version": "other", "files": {}, "spec": {"fingerprint": "f"}}', None),
+    (None, "\u00e9\u00e9 not hex"), (None, "")])
+def test_a_manifest_or_signature_that_is_not_one_is_refused_in_one_line(model_dir, monkeypatch, manifest, signature):
+    root, version = model_dir
+    monkeypatch.setenv("RTML_KEY", "k")
+    signed = publish_stand_in_model(root, scale=3.0, signing_key_env="RTML_KEY")
+    version_dir = root / "versions" / signed
+    if manifest is not None:
+        (version_dir / registry.MANIFEST).write_text(manifest)
+    if signature is not None:
+        (version_dir / registry.SIGNATURE).write_text(signature)
+    with pytest.raises(registry.ModelError) as raised:
+        registry.load(str(root), signed, signing_key_env="RTML_KEY")
+    assert "\n" not in str(raised.value)

@@ -45,3 +45,4 @@ def test_a_model_that_fails_a_check_is_not_published(archive, tmp_path, monkeypa
         train.run(["--spec", "fraud", "--input", archive, "--model_dir", str(tmp_path / "model")])
     assert not (tmp_path / "model" / registry.CURRENT).exists()
     assert not (tmp_path / "model" / "versions").exists()
+    assert not list((tmp_path / "model" / ".staging").iterdir())  # nothing left of the attempt

@@ -95,3 +95,11 @@ def test_a_backfill_commits_nothing_from_a_cut_file_and_completes_once_it_is_fix
     assert {s["status"] for s in statuses.values()} == {"done"}
     scored = lambda out: {p.relative_to(out): p.read_bytes() for p in (out / "scored").glob("*/scored.jsonl")}
     assert scored(tmp_path / "out") == scored(tmp_path / "clean") and len(scored(tmp_path / "clean")) == 3
+
+
+def test_gzip_members_and_zero_padding_are_read_whole(tmp_path):
+    from transforms.fileio import file_records
+
+    path = tmp_path / "padded.jsonl.gz"
+    path.write_bytes(gzip.compress(b"a\nb\n") + gzip.compress(b"c\n") + b"\0" * 512)
+    assert [raw.payload for raw in file_records(str(path))] == [b"a", b"b", b"c"]

@@ -22,6 +22,7 @@ DEFAULT_BATCH_SIZE = 4096
 _READ_CHUNK = 8 << 20
 _GZIP_READ_CHUNK = 1 << 20  # compressed bytes per read
 _GZIP_WBITS = 31  # zlib: a gzip header and trailer
+_GUNZIP_CHUNK = 16 << 20  # decompressed bytes per step
 UNREADABLE_REASON = "file unreadable from here on"
 UNREADABLE_NAMESPACE = f"{METRICS_NAMESPACE}.unreadable_file"  # a count per path
 # What corrupt, truncated or mislabelled files raise: gzip (OSError, EOFError, zlib.error), Parquet
@@ -92,21 +93,26 @@ def _lines(path: str) -> Iterator[bytes]:
 
 
 def _gunzip(handle) -> Iterator[bytes]:
-    """The decompressed chunks of a gzip file of any number of members.
+    """The decompressed chunks of a gzip file of any number of members (then zero padding, as gzip allows).
 
     Unlike Beam's reader, which ends early at a cut, this raises EOFError there, after yielding
     every byte before the cut, so a cut file is never taken for a short one and no line that can
-    be read is lost."""
+    be read is lost. Each chunk is at most ``_GUNZIP_CHUNK``: a small file of zeros that inflates
+    to gigabytes does not fill memory."""
     decompressor, started = zlib.decompressobj(wbits=_GZIP_WBITS), False
     while chunk := handle.read(_GZIP_READ_CHUNK):
         while chunk:
+            if not started and not chunk.strip(b"\0"):  # zero padding after the last member
+                break
             started = True
-            yield decompressor.decompress(chunk)
-            chunk = b""
+            yield decompressor.decompress(chunk, _GUNZIP_CHUNK)
+            chunk = decompressor.unconsumed_tail
             if decompressor.eof:  # the next member, if any, starts in what is left
                 chunk = decompressor.unused_data
                 decompressor, started = zlib.decompressobj(wbits=_GZIP_WBITS), False
-    if started:
+    while started and (rest := decompressor.decompress(b"", _GUNZIP_CHUNK)):
+        yield rest
+    if started and not decompressor.eof:
         raise EOFError("the gzip data ends before its end-of-stream marker (a cut file?)")
 
 
