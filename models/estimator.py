@@ -1,7 +1,9 @@
 """The spec's scikit-learn estimator: fit it, score with it, and export it to ONNX with its features.
 
 A score is one float per event: for a classifier, the probability of the positive label (1);
-for an outlier detector (IsolationForest ...), ``-score_samples``, so higher is more anomalous.
+for an outlier detector (IsolationForest ...), ``-score_samples``, so higher is more anomalous; for
+a regressor, which is trained as an autoencoder (to reconstruct the model's input columns, from the
+rows whose label is 0 where the spec has a label), the mean squared reconstruction error.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import importlib
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from sklearn.base import is_classifier, is_outlier_detector
+from sklearn.base import is_classifier, is_outlier_detector, is_regressor
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from transforms.features import FEATURES_OUTPUT, ONNX_IR_VERSION, ONNX_OPSETS, SCORE_OUTPUT
@@ -35,8 +37,9 @@ def make_estimator(spec: Spec):
     if is_classifier(estimator):
         if spec.label is None:
             raise SpecError(f"spec {spec.source}: a classifier needs a label")
-    elif not is_outlier_detector(estimator):
-        raise SpecError(f"spec {spec.source}: model.estimator must be a classifier or an outlier detector")
+    elif not (is_outlier_detector(estimator) or is_regressor(estimator)):
+        raise SpecError(f"spec {spec.source}: model.estimator must be a classifier, an outlier detector or a "
+                        f"regressor (trained to reconstruct its input)")
     return estimator
 
 
@@ -48,6 +51,8 @@ def is_supervised(spec: Spec) -> bool:
 def describe_score(spec: Spec, estimator) -> str:
     if is_classifier(estimator):
         return f"probability that {spec.label} is 1"
+    if is_regressor(estimator):
+        return "reconstruction error, mean squared over the model's input columns (higher is more anomalous)"
     return "anomaly score, -score_samples (higher is more anomalous)"
 
 
@@ -55,6 +60,9 @@ def sklearn_scores(estimator, features: np.ndarray) -> np.ndarray:
     """Scores from scikit-learn itself, float64."""
     if is_classifier(estimator):
         return estimator.predict_proba(features)[:, list(estimator.classes_).index(1)]
+    if is_regressor(estimator):
+        rows = np.asarray(features, np.float64)
+        return np.mean((estimator.predict(rows) - rows) ** 2, axis=1)
     return -estimator.score_samples(features)
 
 
@@ -64,6 +72,9 @@ def fit(spec: Spec, features: np.ndarray, labels: np.ndarray | None):
         if len(np.unique(labels)) < 2:
             raise SpecError(f"training data has only one value of {spec.label}; a classifier needs both 0 and 1")
         return estimator.fit(features, labels)
+    if is_regressor(estimator):  # an autoencoder of the normal rows
+        normal = features if labels is None else features[np.asarray([label == 0 for label in labels])]
+        return estimator.fit(normal, normal)
     return estimator.fit(features)
 
 
@@ -97,7 +108,7 @@ def to_onnx(estimator, feature_graph: onnx.ModelProto) -> onnx.ModelProto:
         features.graph.output.append(helper.make_tensor_value_info("features_float64", dtype, ["rows", width]))
     merged = onnx.compose.merge_models(features, model, io_map=[(features.graph.output[0].name,
                                                                  model.graph.input[0].name)])
-    _append_score_head(merged.graph, estimator)
+    _append_score_head(merged.graph, estimator, features.graph.output[0].name)
     onnx.checker.check_model(merged, full_check=True)
     return merged
 
@@ -118,11 +129,22 @@ def _convert(estimator, width: int) -> tuple[onnx.ModelProto, int]:
                 TensorProto.FLOAT)
 
 
-def _append_score_head(graph: onnx.GraphProto, estimator) -> None:
-    """Replace the estimator's outputs with one float64 ``score``, as ``sklearn_scores`` defines it."""
+def _append_score_head(graph: onnx.GraphProto, estimator, model_input: str) -> None:
+    """Replace the estimator's outputs with one float64 ``score``, as ``sklearn_scores`` defines it
+    (``model_input``: the estimator's input columns, which a reconstruction error compares with)."""
     outputs = [o.name for o in graph.output]
     as_double = lambda name: helper.make_node("Cast", [name], [f"{name}_float64"], to=TensorProto.DOUBLE)
-    if is_classifier(estimator):
+    if is_regressor(estimator):
+        reconstruction = outputs[0]
+        graph.node.extend([  # skl2onnx gives a multi-output regressor's predictions flattened: shape them back
+            as_double(reconstruction), as_double(model_input),
+            helper.make_node("Shape", [model_input], ["input_shape"]),
+            helper.make_node("Reshape", [f"{reconstruction}_float64", "input_shape"], ["reconstructed"]),
+            helper.make_node("Sub", ["reconstructed", f"{model_input}_float64"], ["reconstruction_gap"]),
+            helper.make_node("Mul", ["reconstruction_gap", "reconstruction_gap"], ["squared_gap"]),
+            helper.make_node("ReduceMean", ["squared_gap"], [SCORE_OUTPUT], axes=[1], keepdims=0),
+        ])
+    elif is_classifier(estimator):
         probabilities = next(o for o in outputs if "prob" in o)
         graph.initializer.append(
             numpy_helper.from_array(np.array(list(estimator.classes_).index(1), np.int64), "positive_class"))

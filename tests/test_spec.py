@@ -167,3 +167,18 @@ def test_any_spec_file_loads_or_is_one_line(tmp_path, data):
         load_spec(str(tmp_path / "spec.yaml"))
     except SpecError as error:
         assert str(error) and "\n" not in str(error)
+
+
+def test_the_autoencoder_spec_trains_scores_and_ranks_failures_higher(sensor_archive, tmp_path):
+    """sensor_autoencoder: a regressor trained to reconstruct the features of normal readings; its score, the
+    reconstruction error, is computed inside model.onnx (training checks it against scikit-learn's)."""
+    files = str(sensor_archive / "*" / "*.jsonl.gz")
+    model = train.run(["--spec", "sensor_autoencoder", "--input", files, "--model_dir", str(tmp_path / "model")])
+    assert model.manifest["score"].startswith("reconstruction error")
+    assert model.manifest["checks"]["onnx_vs_sklearn_scores_max_abs_diff"] < 1e-6
+    score.run(["--spec", "sensor_autoencoder", "--input", files, "--model_dir", str(tmp_path / "model"),
+               "--output", str(tmp_path / "scored"), "--dead_letter", str(tmp_path / "dead")])
+    records = read_json_lines(tmp_path / "scored")
+    normal = [r["score"] for r in records if r["failure"] == 0]
+    failing = [r["score"] for r in records if r["failure"] == 1]
+    assert min(normal + failing) >= 0 and failing and sum(failing) / len(failing) > 2 * sum(normal) / len(normal)
