@@ -128,7 +128,7 @@ class KafkaOptions(PipelineOptions):
 
 
 class LogOptions(PipelineOptions):
-    """Every command's."""
+    """Every command that parses its flags with cli.parse takes these."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
