@@ -61,17 +61,14 @@ def _message(raw, parser: EventParser, spec: Spec) -> tuple[bytes | None, bytes,
 
 def _send(producer: Producer, topic: str, key, value: bytes, extra: dict, delivered) -> bool:
     """Queue one message; False if it is larger than the producer's message.max.bytes."""
-    while True:
-        try:
-            producer.produce(topic, value=value, key=key, on_delivery=delivered, **extra)
-            producer.poll(0)
-            return True
-        except BufferError:  # the local queue is full: let deliveries drain it
-            producer.poll(0.1)
-        except KafkaException as error:
-            if error.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
-                raise
-            return False
+    try:
+        kafka.enqueue(producer, topic, key, value, delivered, **extra)
+    except KafkaException as error:
+        if error.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+            raise
+        return False
+    producer.poll(0)
+    return True
 
 
 def run(argv=None) -> dict[str, int]:

@@ -43,7 +43,7 @@ from confluent_kafka import (TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Kafk
                              Producer, TopicPartition)
 
 __all__ = ["KafkaMessage", "ReadFromKafka", "WriteToKafka", "KafkaTopicNotFoundError",
-           "KafkaDeliveryError", "mask_config", "drain_live_reads", "reset_drain"]
+           "KafkaDeliveryError", "mask_config", "drain_live_reads", "reset_drain", "enqueue"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -655,6 +655,16 @@ class WriteToKafka(beam.PTransform):
                 "producer_config": str(mask_config(self.producer_config))}
 
 
+def enqueue(producer: Producer, topic: str, key: bytes | None, value: bytes, on_delivery, **extra) -> None:
+    """``producer.produce``, waiting for deliveries to drain the local queue while it is full."""
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, on_delivery=on_delivery, **extra)
+            return
+        except BufferError:
+            producer.poll(0.1)
+
+
 class _ProduceFn(beam.DoFn):
     FLUSH_STEP_S = 1.0
 
@@ -679,13 +689,7 @@ class _ProduceFn(beam.DoFn):
         key, value, *position = element
         if self._report_written:
             self._written.append((position[0], timestamp))
-        while True:
-            try:
-                self._producer.produce(self._topic, value=value, key=key,
-                                       on_delivery=self._on_delivery)
-                break
-            except BufferError:  # local queue full: wait for deliveries to drain it
-                self._producer.poll(0.1)
+        enqueue(self._producer, self._topic, key, value, self._on_delivery)
         self._producer.poll(0)
 
     def finish_bundle(self):
