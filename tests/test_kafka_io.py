@@ -191,7 +191,7 @@ class _ReadSlices:
 
     def __init__(self, bootstrap: str, topic: str, max_delay_ms: int, **limits):
         read = ReadFromKafka(bootstrap, topic, offset_reset="earliest", max_delay_ms=max_delay_ms)
-        self._fn = kafka._ReadPartitionFn(read._config(), commit=False, max_delay_ms=max_delay_ms)
+        self._fn = kafka._ReadLiveUncommittedPartitionFn(read._config(), commit=False, max_delay_ms=max_delay_ms)
         for name, value in limits.items():  # e.g. slices of one message, as under a backlog
             setattr(self._fn, name, value)
         self._fn.setup()
@@ -202,8 +202,7 @@ class _ReadSlices:
     def slice(self) -> tuple[int, int]:
         """Read one slice: (messages read, the watermark in ms after it)."""
         tracker = ThreadsafeRestrictionTracker(kafka._PartitionTracker(OffsetRange(self._next, kafka.UNBOUNDED)))
-        read = [value.value for value in self._fn.process(self._part, finalizer=None, tracker=tracker,
-                                                            watermark=self._watermark)]
+        read = [value.value for value in self._fn.process(self._part, tracker=tracker, watermark=self._watermark)]
         if read:
             self._next = read[-1].offset + 1
         return len(read), self._watermark.current_watermark().micros // 1000

@@ -326,8 +326,9 @@ class ReadFromKafka(beam.PTransform):
         spec = _ReadSpec(self.topic, self.group_id, self.offset_reset, self.start_offsets,
                          self.stop_offsets, self.start_timestamp_ms, self.stop_timestamp_ms,
                          self.bounded, commit_starts=self.group_id is not None and not self.commit_on_finalize)
-        read_fn = (_ReadPartitionFn if self.bounded else _ReadLivePartitionFn)(
-            config, commit=self.group_id is not None and self.commit_on_finalize, max_delay_ms=self.max_delay_ms)
+        commit = self.group_id is not None and self.commit_on_finalize
+        live = _ReadLivePartitionFn if commit else _ReadLiveUncommittedPartitionFn
+        read_fn = (_ReadPartitionFn if self.bounded else live)(config, commit=commit, max_delay_ms=self.max_delay_ms)
         return (
             pbegin
             | "Impulse" >> beam.Impulse()
@@ -517,6 +518,9 @@ class _ReadPartitionFn(beam.DoFn):
         if self._commit and not self._finalizer_registered:
             finalizer.register(functools.partial(self._commit_offsets, self._claimed))
             self._finalizer_registered = True
+        yield from self._read(part, tracker, watermark)
+
+    def _read(self, part: _PartitionRead, tracker, watermark):
         start = tracker.current_restriction().start
         if start >= tracker.current_restriction().stop:
             return
@@ -615,6 +619,18 @@ def _unbounded(process):
 class _ReadLivePartitionFn(_ReadPartitionFn):
     """The same reader, declared unbounded so runners treat its output as a stream."""
     process = _unbounded(_ReadPartitionFn.process)
+
+
+class _ReadLiveUncommittedPartitionFn(_ReadPartitionFn):
+    """A live read that commits nothing itself (``CommitWhenWritten`` does): without a bundle finalizer in its
+    signature, no bundle of it asks the runner for finalization. Prism's finalization requests now and then
+    found the SDK's bundle gone ("Bundle is not in a finalizable state"), and the stream stopped scoring."""
+
+    @beam.DoFn.unbounded_per_element()
+    def process(self, part: _PartitionRead,
+                tracker=beam.DoFn.RestrictionParam(_Restrictions()),
+                watermark=beam.DoFn.WatermarkEstimatorParam(_Watermarks())):
+        yield from self._read(part, tracker, watermark)
 
 
 # ---------------------------------------------------------------------------------------------
