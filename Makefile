@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[train,gcp,test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[train,gcp,report,test]'
 	touch $@
 
 $(VENV)/.runtimes: $(VENV)/.installed pipelines/artifacts.py
@@ -20,5 +20,11 @@ $(VENV)/.runtimes: $(VENV)/.installed pipelines/artifacts.py
 demo: $(VENV)/.runtimes
 	$(PY) -m pipelines.demo
 
-test: $(VENV)/.runtimes
+# The report's tests open it in Debian's chromium (as root, installed when missing).
+$(VENV)/.browser: $(VENV)/.installed
+	command -v chromium >/dev/null || apt-get install -y --no-install-recommends chromium \
+		|| (apt-get update && apt-get install -y --no-install-recommends chromium)
+	touch $@
+
+test: $(VENV)/.runtimes $(VENV)/.browser
 	$(PY) -m pytest

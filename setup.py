@@ -31,7 +31,9 @@ setuptools.setup(
         "train": ["tensorflow-transform==1.21.0", "scikit-learn==1.9.1", "skl2onnx==1.20.0"],
         # Dataflow: Beam's GCP IO and the flex-template launch client
         "gcp": ["apache-beam[gcp]==2.77.0", "google-cloud-dataflow-client==0.13.0"],
-        "test": ["pytest==9.2.0", "hypothesis==6.170.15"],
+        # rtml report: charts in one HTML page, ROC and precision-recall curves
+        "report": ["plotly==7.1.0", "scikit-learn==1.9.1"],
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.15"],
     },
     entry_points={"console_scripts": ["rtml = pipelines.rtml:main"]},
 )

@@ -5,14 +5,20 @@
 Generates a fraud archive (~10k events a day, 1% broken) under benchmarks/data, trains a model
 once, then times, as separate processes, each wall-clock including interpreter start and imports:
 
-- project:   ``python -m pipelines.score --mode batch`` (DirectRunner, ONNX features and model)
+- project:   ``python -m pipelines.score --mode batch`` (DirectRunner, ONNX features and model); and
+             the same with ``--direct_num_workers 2 --direct_running_mode multi_processing``
 - beam_ref:  a Beam pipeline written the way Beam's RunInference examples are: ReadFromText,
              per-element json.loads and feature vector, RunInference(SklearnModelHandlerNumpy),
              WriteToText, DirectRunner defaults
 - plain_ref: a single-process loop: parse, vector, predict in batches of 4096, write
+- least_work: a single-process loop of the least work that gives the project's scores: orjson per
+             line, a minimal check (the feature sources there, of their types), one onnxruntime call
+             per 4,096 events on the raw columns the project's model.onnx takes, orjson out
 
-The references compute the same features (from the model's manifest) and use the same fitted
-estimator; lines they cannot parse are skipped. Best of --repeat runs is reported.
+beam_ref and plain_ref compute the same features (from the model's manifest) with the same fitted
+estimator; least_work runs the project's own model.onnx, and its scores are compared with the
+project's, event by event. Lines a reference cannot take are skipped. Best of --repeat runs is
+reported.
 """
 import argparse
 import bisect
@@ -62,37 +68,81 @@ def vectorizer(manifest: dict):
     return lambda event: [value for step in steps for value in step(event)]
 
 
-def plain_reference(input_glob: str, model_version_dir: str, output: str) -> None:
+def _batches(input_glob: str, take, size: int = 4096):
+    """(event ids, rows) of up to ``size`` lines at a time, files in name order; ``take(line)`` gives a line's
+    event id and row, or raises for a line it cannot take (skipped)."""
     import glob
 
+    ids, rows = [], []
+    for path in sorted(glob.glob(input_glob)):
+        with open(path, "rb") as lines:
+            for line in lines:
+                try:
+                    event_id, row = take(line)
+                except Exception:
+                    continue
+                ids.append(event_id)
+                rows.append(row)
+                if len(rows) == size:
+                    yield ids, rows
+                    ids, rows = [], []
+    if rows:
+        yield ids, rows
+
+
+def plain_reference(input_glob: str, model_version_dir: str, output: str) -> None:
     import joblib
     import numpy as np
 
     vector = vectorizer(json.loads((pathlib.Path(model_version_dir) / "manifest.json").read_text()))
     estimator = joblib.load(pathlib.Path(model_version_dir) / "estimator.joblib")
+
+    def take(line):
+        event = json.loads(line)
+        return event["event_id"], vector(event)
+
     with open(output, "w") as out:
-        event_ids, rows = [], []
-
-        def flush():
+        for ids, rows in _batches(input_glob, take):
             scores = estimator.predict_proba(np.array(rows))[:, 1]
-            for event_id, score in zip(event_ids, scores):
-                out.write(json.dumps({"event_id": event_id, "score": float(score)}) + "\n")
-            event_ids.clear(), rows.clear()
+            out.writelines(json.dumps({"event_id": i, "score": float(s)}) + "\n" for i, s in zip(ids, scores))
 
-        for path in sorted(glob.glob(input_glob)):
-            with open(path, "rb") as lines:
-                for line in lines:
-                    try:
-                        event = json.loads(line)
-                        row, event_id = vector(event), event["event_id"]
-                    except Exception:
-                        continue
-                    rows.append(row)
-                    event_ids.append(event_id)
-                    if len(rows) == 4096:
-                        flush()
-        if rows:
-            flush()
+
+def least_work_reference(input_glob: str, model_version_dir: str, output: str) -> None:
+    import numpy as np
+    import onnxruntime
+    import orjson
+
+    from transforms.spec import load_spec
+
+    spec = load_spec(json.loads((pathlib.Path(model_version_dir) / "manifest.json").read_text())["spec"]["source"])
+    session = onnxruntime.InferenceSession(str(pathlib.Path(model_version_dir) / "model.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    types = {name: spec.field(name).type for name in spec.feature_sources}
+    dtypes = {"string": object, "timestamp": np.int64}
+    epoch, microsecond = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc), datetime.timedelta(microseconds=1)
+
+    def take(line):
+        event = orjson.loads(line)
+        row = []
+        for name, kind in types.items():
+            value = event[name]
+            if kind == "timestamp":
+                value = (datetime.datetime.fromisoformat(value) - epoch) // microsecond
+            elif kind == "string" and not isinstance(value, str):
+                raise ValueError(name)
+            elif kind != "string" and (type(value) not in (int, float) or not math.isfinite(value)):
+                raise ValueError(name)
+            row.append(value)
+        if not isinstance(event["event_id"], str):
+            raise ValueError("event_id")
+        return event["event_id"], row
+
+    with open(output, "wb") as out:
+        for ids, rows in _batches(input_glob, take):
+            columns = {name: np.array([row[i] for row in rows], dtype=dtypes.get(kind, np.float32))
+                       for i, (name, kind) in enumerate(types.items())}
+            scores = session.run(None, columns)[0].tolist()
+            out.write(b"".join(orjson.dumps({"event_id": i, "score": s}) + b"\n" for i, s in zip(ids, scores)))
 
 
 def beam_reference(input_glob: str, model_version_dir: str, output: str) -> None:
@@ -133,14 +183,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--days", type=int, default=20, help="Days of ~10k events to score (default 20: ~200k).")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--reference", choices=("plain", "beam"), help=argparse.SUPPRESS)
+    parser.add_argument("--reference", choices=tuple(REFERENCES), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
     args = parser.parse_args()
     archive = DATA / f"fraud_{args.days}d"
     if args.reference:  # a reference run, in its own process
-        run = plain_reference if args.reference == "plain" else beam_reference
-        run(str(archive / "*" / "*.jsonl"), args.model, args.output)
+        REFERENCES[args.reference](str(archive / "*" / "*.jsonl"), args.model, args.output)
         return
 
     from pipelines.generate import generate
@@ -160,10 +209,16 @@ def main() -> None:
         "project (pipelines.score)": [sys.executable, "-m", "pipelines.score", "--spec", "fraud", "--input",
                                       str(archive / "*" / "*.jsonl"), "--model_dir", str(model_dir),
                                       "--output", str(out / "project"), "--dead_letter", str(out / "project_dl")],
+        "project, 2 processes": [sys.executable, "-m", "pipelines.score", "--spec", "fraud", "--input",
+                                 str(archive / "*" / "*.jsonl"), "--model_dir", str(model_dir),
+                                 "--output", str(out / "project2"), "--dead_letter", str(out / "project2_dl"),
+                                 "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"],
         "beam_ref (per element)": [sys.executable, __file__, "--days", str(args.days), "--reference", "beam",
                                    "--model", str(version_dir), "--output", str(out / "beam_ref")],
         "plain_ref (loop, 4096)": [sys.executable, __file__, "--days", str(args.days), "--reference", "plain",
                                    "--model", str(version_dir), "--output", str(out / "plain_ref.jsonl")],
+        "least_work (loop, ONNX)": [sys.executable, __file__, "--days", str(args.days), "--reference", "least_work",
+                                    "--model", str(version_dir), "--output", str(out / "least_work.jsonl")],
     }
     best = {name: min(_timed(command) for _ in range(args.repeat)) for name, command in commands.items()}
     project = best["project (pipelines.score)"]
@@ -171,7 +226,21 @@ def main() -> None:
     print(f"{'run':<28}{'seconds':>9}{'events/s':>11}{'project speed-up':>18}")
     for name, seconds in best.items():
         print(f"{name:<28}{seconds:>9.1f}{lines / seconds:>11,.0f}{seconds / project:>17.2f}x")
+    print(_same_scores(out / "project", out / "least_work.jsonl"))
 
+
+def _same_scores(project_dir: pathlib.Path, least_work: pathlib.Path) -> str:
+    project = {r["event_id"]: r["score"] for path in sorted(project_dir.glob("*.jsonl"))
+               for r in map(json.loads, path.read_text().splitlines())}
+    reference = {r["event_id"]: r["score"] for r in map(json.loads, least_work.read_text().splitlines())}
+    both = reference.keys() & project.keys()
+    differ = sum(project[event_id] != reference[event_id] for event_id in both)
+    return (f"least_work and the project both scored {len(both):,} events, {differ:,} of them differently; "
+            f"least_work's minimal check also took {len(reference.keys() - project.keys()):,} lines the contract "
+            f"refuses, the project {len(project.keys() - reference.keys()):,} that least_work skipped")
+
+
+REFERENCES = {"plain": plain_reference, "beam": beam_reference, "least_work": least_work_reference}
 
 if __name__ == "__main__":
     main()

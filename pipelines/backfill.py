@@ -48,13 +48,13 @@ from apache_beam.utils.timestamp import Timestamp
 
 from models.inference import ScoreEvents
 from pipelines import cli, graph, runners, serving
-from pipelines.options import ArchiveOptions, BackfillOptions, KafkaOptions, ModelOptions, SpecOptions
+from pipelines.options import ArchiveOptions, BackfillOptions, EngineOptions, KafkaOptions, ModelOptions, SpecOptions
 from transforms import kafka
 from transforms.errors import UserError
 from transforms.events import EventBatch, dead_letter_time_us, event_time_us_of, is_event_time
 from transforms.fileio import UNREADABLE_REASON, ReadEventFiles, check_input
 
-VIEWS = (SpecOptions, ModelOptions, ArchiveOptions, BackfillOptions, KafkaOptions)
+VIEWS = (SpecOptions, ModelOptions, EngineOptions, ArchiveOptions, BackfillOptions, KafkaOptions)
 _EVERY_BACKFILL = ("spec", "model_dir", "output", "dead_letter", "start", "end")
 REQUIRED = {"--source files": ("input", *_EVERY_BACKFILL),
             "--source kafka": ("bootstrap_servers", "input_topic", *_EVERY_BACKFILL)}
@@ -322,7 +322,7 @@ def build_wave(pipeline, spec, model, options, target: Target, names: list[str])
     parsed = raw | "ParseAndEnrich" >> graph.ParseAndEnrich(spec, streaming=False, batch_size=archive.batch_size)
     scored = (parsed.events
               | "InWave" >> beam.FlatMap(_in_wave, unit_us, starts)
-              | "ScoreEvents" >> ScoreEvents(spec, model, model_flags.model_dir, model_flags.engine)
+              | "ScoreEvents" >> ScoreEvents(spec, model, model_flags.model_dir, options.view_as(EngineOptions).engine)
               | "KeyScored" >> beam.FlatMap(_key_records, spec.event_time, partition))
     dead = parsed.dead_letters | "KeyDeadLetters" >> beam.FlatMap(_key_dead_letter, spec.event_time, partition,
                                                                    names_set)

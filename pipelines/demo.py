@@ -1,16 +1,18 @@
-"""The main job on embedded defaults: generate archives, train, score unseen days, show where results are.
+"""The main job on embedded defaults: generate archives, train, score and monitor unseen days, report them.
 
     python -m pipelines.demo [--out demo]
 
 Generates 19 days of card transactions (1% broken lines), trains the fraud model on the first 14
-days, scores the last 5 in batch mode, and prints the model's quality on those unseen days.
+days, scores the last 5 in batch mode, monitors them in hourly windows, and writes the report
+(``rtml report``: drift, rates, scores, ROC and precision-recall) whose path it prints last, with
+the model's quality on those unseen days.
 """
 import argparse
 import datetime
 import pathlib
 import shutil
 
-from pipelines import score, train
+from pipelines import cli, monitor, report, score, train
 from pipelines.generate import generate
 
 TRAIN_DAYS, LATER_DAYS = 14, 5
@@ -28,25 +30,22 @@ def main(argv=None) -> None:
         part = "train" if index < TRAIN_DAYS else "later"
         (out / part).mkdir(parents=True, exist_ok=True)
         shutil.move(out / "archive" / pathlib.Path(day["file"]).parent, out / part)
-    print(f"1/3 generated {sum(d['lines'] for d in manifest['days']):,} lines under {out}/train and {out}/later\n")
+    print(f"generated {sum(d['lines'] for d in manifest['days']):,} lines under {out}/train and {out}/later\n")
 
-    train.run(["--spec", "fraud", "--input", f"{out}/train/*/*.jsonl", "--model_dir", f"{out}/models/fraud"])
+    models, later = f"{out}/models/fraud", f"{out}/later/*/*.jsonl"
+    train.run(["--spec", "fraud", "--input", f"{out}/train/*/*.jsonl", "--model_dir", models])
     print()
-    score.run(["--spec", "fraud", "--mode", "batch", "--input", f"{out}/later/*/*.jsonl",
-               "--model_dir", f"{out}/models/fraud", "--output", f"{out}/scored", "--dead_letter", f"{out}/dead_letter"])
-    print(f"\n{_quality(out / 'scored')}")
-
-
-def _quality(scored: pathlib.Path) -> str:
-    import orjson
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    records = [orjson.loads(line) for path in scored.glob("*.jsonl") for line in path.read_bytes().splitlines()]
-    labels, scores = [r["is_fraud"] for r in records], [r["score"] for r in records]
-    alerts = sum(r["alert"] for r in records)
-    return (f"on the {LATER_DAYS} unseen days: ROC AUC {roc_auc_score(labels, scores):.4f}, average precision "
-            f"{average_precision_score(labels, scores):.4f}, {alerts:,} alerts for {sum(labels):,} frauds")
+    score.run(["--spec", "fraud", "--mode", "batch", "--input", later, "--model_dir", models,
+               "--output", f"{out}/scored", "--dead_letter", f"{out}/dead_letter"])
+    print()
+    monitor.run(["--spec", "fraud", "--input", later, "--model_dir", models, "--output", f"{out}/monitoring",
+                 "--window_s", "3600"])
+    print()
+    sections = report.run(["--spec", "fraud", "--report", f"{out}/report.html", "--model_dir", models,
+                           "--monitoring", f"{out}/monitoring", "--scored", f"{out}/scored/*.jsonl"])
+    quality = next(section.finding for section in sections if section.title == report.QUALITY)
+    print(f"\non the {LATER_DAYS} unseen days: {quality}\nopen {(out / 'report.html').resolve()} in a browser")
 
 
 if __name__ == "__main__":
-    main()
+    cli.main(main)

@@ -19,7 +19,7 @@ from apache_beam.transforms.window import GlobalWindows
 from models import registry
 from models.inference import ScoreEvents
 from pipelines import cli
-from pipelines.options import ArchiveOptions, KafkaOptions, ModelOptions, SpecOptions
+from pipelines.options import ArchiveOptions, EngineOptions, KafkaOptions, ModelOptions, SpecOptions
 from pipelines import artifacts
 from transforms import kafka, kafka_beam
 from transforms.entity import AddEntityFeatures
@@ -36,7 +36,7 @@ def spec_and_model(options) -> tuple[Spec, registry.ModelVersion]:
     """The --spec and the --model_dir version to score with (ModelError for a model of other fields or
     features; a one-line error for --engine sklearn without the train extra)."""
     model_flags = options.view_as(ModelOptions)
-    missing = model_flags.engine == "sklearn" and cli.missing_extra("train", "sklearn", "tensorflow_transform")
+    missing = options.view_as(EngineOptions).engine == "sklearn" and cli.missing_extra("train", "sklearn", "tensorflow_transform")
     if missing:
         raise UserError(f"--engine sklearn: {missing}")
     spec = load_spec(options.view_as(SpecOptions).spec)

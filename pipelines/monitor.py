@@ -15,15 +15,14 @@ from __future__ import annotations
 import collections
 import time
 
-import orjson
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import cli, graph, runners
-from pipelines.options import ArchiveOptions, ModelOptions, MonitorOptions, SpecOptions
-from transforms.fileio import ReadEventFiles, WriteJsonLines, check_input
-from transforms.monitoring import ALERTS, MONITOR_METRICS_NAMESPACE, WINDOWS, Monitor
+from pipelines.options import ArchiveOptions, EngineOptions, ModelOptions, MonitorOptions, SpecOptions
+from transforms.fileio import ReadEventFiles, WriteJsonLines, check_input, json_records
+from transforms.monitoring import ALERTS, MONITOR_METRICS_NAMESPACE, WINDOWS, Monitor, describe_alert
 
-VIEWS = (SpecOptions, MonitorOptions, ModelOptions, ArchiveOptions)
+VIEWS = (SpecOptions, MonitorOptions, ModelOptions, EngineOptions, ArchiveOptions)
 REQUIRED = {"": ("spec", "input", "model_dir", "output")}
 ALERTS_SHOWN = 20
 
@@ -43,7 +42,7 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
     model_flags = options.view_as(ModelOptions)
     scored = (pipeline
               | "ReadEvents" >> ReadEventFiles(flags.input, flags.batch_size)
-              | "ScoreRaw" >> graph.ScoreRaw(spec, model, model_flags.model_dir, model_flags.engine,
+              | "ScoreRaw" >> graph.ScoreRaw(spec, model, model_flags.model_dir, options.view_as(EngineOptions).engine,
                                              batch_size=flags.batch_size))
     monitored = scored._asdict() | "Monitor" >> monitor
     monitored[WINDOWS] | "WriteWindows" >> WriteJsonLines(flags.output, WINDOWS)
@@ -54,19 +53,11 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
     totals = cli.counters(result)
     print(cli.summary(f"{spec.name} monitoring with model {model.version}", totals, time.monotonic() - started,
                       {"windows": f"{flags.output}/{WINDOWS}-*.jsonl", "alerts": f"{flags.output}/{ALERTS}-*.jsonl"}))
-    print(report(read_records(flags.output, WINDOWS), read_records(flags.output, ALERTS), totals,
-                 spec.monitoring.min_events))
+    outputs = {kind: json_records(FileSystems.join(flags.output, f"{kind}-*.jsonl"), "--output", may_be_empty=True)
+               for kind in (WINDOWS, ALERTS)}
+    print(report(outputs[WINDOWS], outputs[ALERTS], totals, spec.monitoring.min_events))
     cli.check_whole_input(totals, "the rest of the input was monitored")
     return totals
-
-
-def read_records(directory: str, prefix: str) -> list[dict]:
-    """The JSON Lines records of ``<directory>/<prefix>-*.jsonl`` (any Beam filesystem)."""
-    records = []
-    for metadata in FileSystems.match([FileSystems.join(directory, f"{prefix}-*.jsonl")])[0].metadata_list:
-        with FileSystems.open(metadata.path) as handle:
-            records += [orjson.loads(line) for line in handle.read().splitlines() if line]
-    return records
 
 
 def report(windows: list[dict], alerts: list[dict], totals: dict[str, int], min_events: int) -> str:
@@ -92,12 +83,8 @@ def report(windows: list[dict], alerts: list[dict], totals: dict[str, int], min_
     lines.append(f"  {len(alerts):,} alerts" + (":" if alerts else ""))
     ordered = sorted(alerts, key=lambda a: (a["window_start"], a["window_s"], a["kind"]))
     for alert in ordered[:ALERTS_SHOWN]:
-        if alert["kind"] == "drift":
-            what = "drift " + ", ".join(f"{name} {value:.3f}" for name, value in
-                                        sorted(alert["features"].items(), key=lambda item: -item[1]))
-        else:
-            what = f"alert rate {alert['alert_rate']:.4f} > {alert['max_alert_rate']:g}"
-        lines.append(f"    {alert['window_start']}  {alert['window_s']} s  {what}  ({alert['events']:,} events)")
+        lines.append(f"    {alert['window_start']}  {alert['window_s']} s  {describe_alert(alert)}  "
+                     f"({alert['events']:,} events)")
     if len(ordered) > ALERTS_SHOWN:
         lines.append(f"    ... {len(ordered) - ALERTS_SHOWN:,} more in the alerts files")
     return "\n".join(lines)

@@ -45,9 +45,21 @@ class ModelOptions(PipelineOptions):
                             help="Sign (training) or require signed (scoring) model versions: HMAC-SHA256 of the "
                                  "manifest under the key in the environment variable NAME (never on the command "
                                  "line). Scoring refuses an unsigned version or one signed with another key.")
+
+
+class EngineOptions(PipelineOptions):
+    """The commands that score: how the model version runs."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
         parser.add_argument("--engine", choices=ENGINES, default="onnx",
                             help="onnx (default): the version's model.onnx, features included, in onnxruntime. "
                                  "sklearn: tensorflow-transform's artifact, then the scikit-learn estimator.")
+
+
+class ReloadOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
         parser.add_argument("--model_poll_seconds", type=float, default=60.0,
                             help="--mode stream: read --model_dir's CURRENT this often and switch to a new version "
                                  "without a restart, between batches (default: 60; at least 2). A tampered, "
@@ -145,6 +157,18 @@ class ProduceOptions(PipelineOptions):
         parser.add_argument("--speedup", type=float, metavar="N",
                             help="Send each event when its event time comes, at N times real pace, counted from the "
                                  "first event's time (e.g. 3600: an hour of events a second).")
+
+
+class ReportOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--report", metavar="PATH", help="The HTML file to write (any Beam filesystem).")
+        parser.add_argument("--monitoring", metavar="DIR",
+                            help="pipelines.monitor's --output: its windows-*.jsonl and alerts-*.jsonl.")
+        parser.add_argument("--scored", metavar="GLOB", help="Scored records (pipelines.score's or backfill's output).")
+        parser.add_argument("--snapshots", metavar="DIR", help="pipelines.cluster's --snapshot_dir: the current "
+                                                               "snapshot's centers are drawn.")
+        parser.add_argument("--assignments", metavar="GLOB", help="pipelines.cluster's assignment records.")
 
 
 class DemoOptions(PipelineOptions):

@@ -20,6 +20,7 @@ COMMANDS = {
     "backfill": ("pipelines.backfill", "rescore days of history into partitions, resumable after failures"),
     "monitor": ("pipelines.monitor", "per-window rates, scores and drift of an archive, with alerts"),
     "cluster": ("pipelines.cluster", "online mini-batch k-means over an archive or a Kafka topic"),
+    "report": ("pipelines.report", "one HTML page of charts: drift, rates, scores, ROC and PR curves, clusters"),
     "launch": ("templates.launch", "launch a flex template on Dataflow"),
     "demo": ("pipelines.demo", "generate, train and score on this machine (demo stream: live, with a local broker)"),
     "demo stream": ("pipelines.stream_demo", "live scoring against a local Apache Kafka broker of its own"),

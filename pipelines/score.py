@@ -27,7 +27,8 @@ from apache_beam.options.pipeline_options import StandardOptions
 
 from models import registry
 from pipelines import cli, graph, runners, serving
-from pipelines.options import ArchiveOptions, KafkaOptions, ModelOptions, MonitorOptions, ScoreOptions, SpecOptions
+from pipelines.options import (ArchiveOptions, EngineOptions, KafkaOptions, ModelOptions, MonitorOptions, ReloadOptions,
+                               ScoreOptions, SpecOptions)
 from transforms import kafka
 from transforms.errors import UserError
 from transforms.fileio import ReadEventFiles, WriteJsonLines, WriteParquet, check_input
@@ -35,7 +36,8 @@ from transforms.kafka_commit import CommitWhenWritten
 from transforms.monitoring import ALERTS, WINDOWS, Monitor
 from transforms.spec import Spec
 
-VIEWS = (SpecOptions, ScoreOptions, ModelOptions, ArchiveOptions, KafkaOptions, MonitorOptions)
+VIEWS = (SpecOptions, ScoreOptions, ModelOptions, EngineOptions, ReloadOptions, ArchiveOptions, KafkaOptions,
+         MonitorOptions)
 REQUIRED = {"--mode batch": ("spec", "input", "model_dir", "output", "dead_letter"),
             "--mode stream": ("spec", "model_dir", "bootstrap_servers", "input_topic", "output_topic",
                               "dead_letter_topic")}
@@ -66,11 +68,10 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
 
     started = time.monotonic()
     pipeline = cli.create_pipeline(options, test_pipeline)
-    model_flags = options.view_as(ModelOptions)
+    model_dir, engine = options.view_as(ModelOptions).model_dir, options.view_as(EngineOptions).engine
     _, scored, dead_letters = (pipeline
                                | "ReadEvents" >> ReadEventFiles(flags.input, flags.batch_size)
-                               | "ScoreRaw" >> graph.ScoreRaw(spec, model, model_flags.model_dir, model_flags.engine,
-                                                              batch_size=flags.batch_size))
+                               | "ScoreRaw" >> graph.ScoreRaw(spec, model, model_dir, engine, batch_size=flags.batch_size))
     if flags.output_format == "parquet":
         scored | "WriteScored" >> WriteParquet(flags.output, "scored", scored_schema(spec))
     else:
@@ -99,7 +100,8 @@ def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options, mo
     offsets once it has succeeded; on a streaming runner, events may wait in keyed state behind a
     fusion break, so offsets are committed only once the records are written (``CommitWhenWritten``).
     """
-    flags, model_flags = options.view_as(KafkaOptions), options.view_as(ModelOptions)
+    flags, model_dir, engine = (options.view_as(KafkaOptions), options.view_as(ModelOptions).model_dir,
+                                options.view_as(EngineOptions).engine)
     config, max_batch = graph.kafka_config(flags), graph.stream_batch_size(options)
     group = flags.group_id or f"rtml-score-{spec.name}"
     java_io = graph.kafka_expansion_service(flags)  # --kafka_io beam: it commits what Flink checkpointed
@@ -108,8 +110,8 @@ def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options, mo
         pipeline
         | "ReadEvents" >> graph.ReadKafkaEvents(graph.live_read(flags, config, group, when_written, java_io),
                                                 max_batch, with_positions=when_written)
-        | "ScoreRaw" >> graph.ScoreRaw(spec, model, model_flags.model_dir, model_flags.engine, streaming=True,
-                                       batch_size=max_batch, model_reload_s=model_reload_s))
+        | "ScoreRaw" >> graph.ScoreRaw(spec, model, model_dir, engine, streaming=True, batch_size=max_batch,
+                                       model_reload_s=model_reload_s))
     written = [scored | "WriteScored" >> graph.WriteToTopic(flags.bootstrap_servers, flags.output_topic, config,
                                                             graph.scored_messages, spec.entity_key,
                                                             report_written=when_written, expansion_service=java_io),
@@ -169,15 +171,14 @@ def model_reload_seconds(options) -> float:
     """How often a stream reads --model_dir's CURRENT to switch versions (--model_poll_seconds); 0: never.
 
     The version is fixed with --model_version."""
-    flags = options.view_as(ModelOptions)
-    seconds = flags.model_poll_seconds
+    seconds, pinned = options.view_as(ReloadOptions).model_poll_seconds, options.view_as(ModelOptions).model_version
     if seconds < 0 or 0 < seconds < MIN_MODEL_POLL_S:
         raise UserError(f"--model_poll_seconds must be 0 (keep the version the stream starts with) or at least "
                         f"{MIN_MODEL_POLL_S:g}")
-    if seconds > 0 and cli.given(options, "model_poll_seconds") and flags.model_version:
+    if seconds > 0 and cli.given(options, "model_poll_seconds") and pinned:
         raise UserError("--model_version pins one version and --model_poll_seconds follows --model_dir's CURRENT; "
                         "give one of them")
-    return 0.0 if flags.model_version else seconds
+    return 0.0 if pinned else seconds
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ import pytest
 from pipelines.kafka_broker import KafkaBroker
 
 # Fixtures that train a model (tens of seconds each): a test that uses one is slow.
-TRAINING_FIXTURES = {"fraud_model", "fraud_scored", "fraud_entity_model", "entity_model", "stream_model", "sensor",
+TRAINING_FIXTURES = {"fraud_model", "fraud_scored", "fraud_drift_monitored", "fraud_entity_model", "entity_model", "stream_model", "sensor",
                      "sensor_archive"}
 ACCEPTANCE_MODULES = {"test_stream", "test_streaming_runners", "test_model_reload"}
 
@@ -76,6 +76,28 @@ def fraud_scored(fraud_archive, fraud_model, tmp_path_factory) -> dict:
                         "--dead_letter", str(out / "dead_letter")])
     return {"out": out, "totals": totals, "records": read_json_lines(out / "scored"),
             "dead_letters": read_json_lines(out / "dead_letter")}
+
+
+DRIFT_DAY = datetime.date(2026, 3, 22)
+
+
+@pytest.fixture(scope="session")
+def fraud_drift_monitored(fraud_model, tmp_path_factory) -> dict:
+    """4 new days whose third has every amount tripled, monitored in hourly windows with the fraud model:
+    the generator's manifest, the monitor's output directory, its counters and what it printed."""
+    import contextlib
+    import io
+
+    from pipelines import monitor
+
+    root = tmp_path_factory.mktemp("fraud_drift")
+    manifest = generate("fraud", 4, root / "archive", datetime.date(2026, 3, 20), 10_000, 0.01, 11,
+                        compress=False, drift_day=DRIFT_DAY, drift_factor=3.0)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        totals = monitor.run(["--spec", "fraud", "--input", str(root / "archive" / "*" / "*.jsonl"),
+                              "--model_dir", fraud_model[0], "--output", str(root / "out"), "--window_s", "3600"])
+    return {"manifest": manifest, "out": root / "out", "totals": totals, "printed": printed.getvalue()}
 
 
 def read_json_lines(directory: pathlib.Path) -> list[dict]:

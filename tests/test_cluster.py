@@ -32,7 +32,8 @@ from sklearn.metrics import adjusted_rand_score
 
 from models import registry
 from models.kmeans import MiniBatchKMeans
-from pipelines import cli, cluster, generate, graph, train
+from pipelines import cli, cluster, generate, graph, report, train
+from tests.browser import drawn, render
 from tests.conftest import read_json_lines
 from tests.kafka_helpers import Outputs, StreamProcess, make_topics, produce, stop_once_committed, unique_name
 from transforms.errors import UserError
@@ -236,6 +237,26 @@ def test_snapshots_every_few_mini_batches_and_at_the_end(sensor, batch_run):
     versions = [None] + [s.version for s in snapshots]
     ordered = sorted(batch_run["records"], key=lambda r: (event_time_us_of(r["event_time"]), r["event_id"]))
     assert [r["snapshot_version"] for r in ordered] == [versions[i // every] for i in range(valid)]
+
+
+def test_a_report_draws_the_current_snapshots_centers_and_the_distances_in_a_browser(sensor, batch_run, tmp_path):
+    page = tmp_path / "clusters.html"
+    sections = report.run(["--spec", "sensor", "--report", str(page), "--snapshots", batch_run["snapshots"],
+                           "--assignments", str(sensor["root"] / "batch" / "clusters" / "*.jsonl")])
+    current = registry.load(batch_run["snapshots"]).manifest
+    centers, distances = sections
+    assert centers.title == f"k-means centers, snapshot {current['version']}"
+    assert [list(row) for row in centers.figure.data[0].z] == current["centers"]
+    assert centers.figure.data[0].x == tuple(current["features"])
+    records = batch_run["records"]
+    assert distances.finding.startswith(f"{len(records):,} assignments; median distance "
+                                        f"{np.median([r['distance'] for r in records]):.3f}")
+    assert sum(sum(bars.y) for bars in distances.figure.data) == len(records)
+    assert [bars.name for bars in distances.figure.data] == [f"cluster {c}" for c in range(K)]
+
+    rendered = render(page, tmp_path / "clusters.png")
+    assert len(rendered.charts) == 2 and all(drawn(dom) for dom in rendered.charts.values())
+    assert rendered.console == []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from hypothesis import assume, given, strategies as st
 from models.inference import scored_records
 from models.registry import ModelError, ModelVersion
 from pipelines import cli, generate, monitor, score
-from tests.conftest import read_json_lines
+from tests.conftest import DRIFT_DAY, read_json_lines
 from transforms.errors import UserError
 from transforms.events import EventBatch, ParseEvents, Raw, event_time_us_of
 from transforms.features import raw_columns
@@ -325,17 +325,11 @@ def _amount(line: bytes) -> float | None:
 # ---------------------------------------------------------------------------------------------
 # Done when: a day of amounts x3 in an archive raises drift alerts on that day and no other
 
-DRIFT_DAY = datetime.date(2026, 3, 22)
-
-
-def test_an_archive_with_a_day_of_tripled_amounts_alerts_on_that_day_only(fraud_model, tmp_path, capsys):
+def test_an_archive_with_a_day_of_tripled_amounts_alerts_on_that_day_only(fraud_drift_monitored):
     # Hourly windows: at 10,000 events a day an hour holds 25 (night) to 750 (noon) events, so the busy
     # hours reach the spec's 500 events for drift figures; a minute holds 7.
-    manifest = generate.generate("fraud", 4, tmp_path / "archive", datetime.date(2026, 3, 20), 10_000, 0.01, 11,
-                                 compress=False, drift_day=DRIFT_DAY, drift_factor=3.0)
-    totals = monitor.run(["--spec", "fraud", "--input", str(tmp_path / "archive" / "*" / "*.jsonl"),
-                          "--model_dir", fraud_model[0], "--output", str(tmp_path / "out"), "--window_s", "3600"])
-    records = read_json_lines(tmp_path / "out")
+    manifest, totals = fraud_drift_monitored["manifest"], fraud_drift_monitored["totals"]
+    records = read_json_lines(fraud_drift_monitored["out"])
     windows = [r for r in records if r["kind"] == "window"]
     alerts = [r for r in records if r["kind"] != "window"]
 
@@ -354,7 +348,7 @@ def test_an_archive_with_a_day_of_tripled_amounts_alerts_on_that_day_only(fraud_
                                                          if start.startswith(DRIFT_DAY.isoformat())}
     assert {name for a in drift_alerts for name in a["features"]} == {
         f.name for f in FRAUD.features if f.source == "amount"}
-    report = capsys.readouterr().out
+    report = fraud_drift_monitored["printed"]
     assert all(f"3600 s  {day}" in report for day in days)
     assert f"  {len(alerts):,} alerts:" in report
 

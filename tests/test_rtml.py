@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 RTML = str(pathlib.Path(sys.executable).with_name("rtml"))
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -42,6 +44,15 @@ def test_a_flag_of_another_command_or_an_unknown_command_is_one_line():
                                      "(it is one of the cluster flags); see --help")
     result = _rtml("scroe")
     assert result.returncode == 2 and result.stderr.strip().startswith("error: unknown command scroe; one of:")
+
+
+@pytest.mark.parametrize("command, flag, group", [("train", "--engine", "engine"),
+                                                   ("cluster", "--model_poll_seconds", "reload"),
+                                                   ("report", "--input", "archive")])
+def test_a_scoring_flag_is_refused_by_a_command_that_does_not_score(command, flag, group):
+    result = _rtml(command, "--spec", "fraud", flag, "x")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {flag} is not a flag of this command (it is one of the {group} flags); see --help"
 
 
 def test_stream_mode_without_a_broker_points_to_the_demo(fraud_model):

@@ -30,15 +30,32 @@ UNREADABLE_NAMESPACE = f"{METRICS_NAMESPACE}.unreadable_file"  # a count per pat
 UNREADABLE_ERRORS = (OSError, EOFError, zlib.error, ValueError, NotImplementedError)
 
 
-def check_input(pattern: str) -> list[str]:
+def check_input(pattern: str, flag: str = "--input") -> list[str]:
     """The files a glob matches; UserError if none (before any pipeline starts)."""
     try:
         matched = FileSystems.match([pattern])[0].metadata_list
     except Exception as error:  # each filesystem raises its own kind
-        raise UserError(f"--input {pattern}: cannot list files ({str(error).splitlines()[0]})") from None
+        raise UserError(f"{flag} {pattern}: cannot list files ({str(error).splitlines()[0]})") from None
     if not matched:
-        raise UserError(f"--input {pattern}: no files match")
+        raise UserError(f"{flag} {pattern}: no files match")
     return sorted(m.path for m in matched)
+
+
+def json_records(pattern: str, flag: str, may_be_empty: bool = False) -> list[dict]:
+    """The records of a project output (JSON Lines, also .gz, or Parquet) that ``pattern`` matches, for a
+    command that reads it back; a one-line error for a file that cannot be read or a line that is not JSON."""
+    if may_be_empty and not FileSystems.match([pattern])[0].metadata_list:
+        return []
+    records = []
+    for path in check_input(pattern, flag):
+        for raw in file_records(path):
+            if isinstance(raw.payload, Unreadable):
+                raise UserError(f"{flag}: {path} cannot be read: {raw.payload.reason}")
+            try:
+                records.append(raw.payload if isinstance(raw.payload, dict) else orjson.loads(raw.payload))
+            except orjson.JSONDecodeError:
+                raise UserError(f"{flag}: {path} line {raw.source['line']} is not JSON") from None
+    return records
 
 
 class ReadEventFiles(beam.PTransform):

@@ -106,6 +106,14 @@ def psi(expected: Iterable[float], counts: Iterable[int]) -> float | None:
     return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
+def describe_alert(alert: dict) -> str:
+    """An alert record's finding in a few words: the drifted features by PSI, or the alert rate."""
+    if alert["kind"] == "drift":
+        return "drift " + ", ".join(f"{name} {value:.3f}" for name, value in
+                                    sorted(alert["features"].items(), key=lambda item: -item[1]))
+    return f"alert rate {alert['alert_rate']:.4f} > {alert['max_alert_rate']:g}"
+
+
 def drift_features(spec: Spec):
     """The spec's features whose kind is monitored for drift (all but ``time_of_day``'s)."""
     return [f for f in spec.features if KINDS[f.kind].monitored_for_drift]
