@@ -8,6 +8,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -83,10 +84,14 @@ def _unknown_flag(name: str, known: list[str]) -> str:
         other = argparse.ArgumentParser()
         cls._add_argparse_args(other)
         if any(name in action.option_strings for action in other._actions):
-            group = cls.__name__.replace("Options", "").lower()
-            return f"{name} is not a flag of this command (it is one of the {group} flags); see --help"
+            return f"{name} is not a flag of this command (it is one of the {_group(cls)} flags); see --help"
     close = difflib.get_close_matches(name, known, n=1)
     return f"unknown flag {name}" + (f" (did you mean {close[0]}?)" if close else "") + "; see --help"
+
+
+def _group(view: type[PipelineOptions]) -> str:
+    """An options class's flags as --help groups them: LiveMonitorOptions is "live monitor"."""
+    return re.sub(r"(?<!^)(?=[A-Z])", " ", view.__name__.removesuffix("Options")).lower()
 
 
 def missing_extra(extra: str, *modules: str) -> str | None:
@@ -124,7 +129,7 @@ def _help(views: Sequence[type[PipelineOptions]], description: str, required: di
                                      epilog="Every other Beam pipeline option is accepted too "
                                             "(Dataflow, Flink, Portable runners ...).")
     for view in views:
-        view._add_argparse_args(parser.add_argument_group(view.__name__.replace("Options", " options").lower()))
+        view._add_argparse_args(parser.add_argument_group(f"{_group(view)} options"))
     for action in parser._actions:
         cases = [case for case, names in required.items() if action.dest in names]
         if cases:

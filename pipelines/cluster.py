@@ -63,7 +63,8 @@ from apache_beam.io.filesystems import FileSystems
 from models import registry
 from models.kmeans import DEFAULTS, MiniBatchKMeans
 from pipelines import cli, graph, runners, serving
-from pipelines.options import ArchiveOptions, ClusterOptions, KafkaOptions, ModelOptions, ScoreOptions, SpecOptions
+from pipelines.options import (ArchiveOptions, ClusterOptions, KafkaOptions, ModelOptions, ScoreOptions, SpecOptions,
+                               StreamOptions)
 from transforms.errors import UserError
 from transforms.events import METRICS_NAMESPACE, POSITION, EventBatch, rfc3339
 from transforms.features import FEATURES_OUTPUT, feature_graph, raw_columns
@@ -72,7 +73,7 @@ from transforms.kafka_commit import CommitWhenWritten
 from transforms.ordering import OrderedPerKey, OrderedStep
 from transforms.spec import Spec
 
-VIEWS = (SpecOptions, ScoreOptions, ClusterOptions, ModelOptions, ArchiveOptions, KafkaOptions)
+VIEWS = (SpecOptions, ScoreOptions, ClusterOptions, ModelOptions, ArchiveOptions, KafkaOptions, StreamOptions)
 REQUIRED = {"--mode batch": ("spec", "input", "model_dir", "snapshot_dir", "output", "dead_letter"),
             "--mode stream": ("spec", "model_dir", "snapshot_dir", "bootstrap_servers", "input_topic", "output_topic",
                               "dead_letter_topic")}
@@ -438,19 +439,19 @@ def build_stream(pipeline, clustering: Clustering, options) -> None:
 
     Offsets as in ``score.build_stream``: on a streaming runner, committed once the assignments are written.
     """
-    flags, spec = options.view_as(KafkaOptions), clustering.spec
+    flags, stream, spec = options.view_as(KafkaOptions), options.view_as(StreamOptions), clustering.spec
     config, batch_size = graph.kafka_config(flags), graph.stream_batch_size(options)
-    group, when_written = flags.group_id or f"rtml-cluster-{spec.name}", not runners.is_direct(options)
+    group, when_written = stream.group_id or f"rtml-cluster-{spec.name}", not runners.is_direct(options)
     parsed = (pipeline
-              | "ReadEvents" >> graph.ReadKafkaEvents(graph.live_read(flags, config, group, when_written), batch_size,
+              | "ReadEvents" >> graph.ReadKafkaEvents(graph.live_read(flags, stream, config, group, when_written), batch_size,
                                                       with_positions=when_written)
               | "ParseAndEnrich" >> graph.ParseAndEnrich(spec, streaming=True, batch_size=batch_size))
     clustered = parsed.events | "ClusterEvents" >> ClusterEvents(clustering, streaming=True)
     written = [clustered.assignments | "WriteAssignments" >> graph.WriteToTopic(
-                   flags.bootstrap_servers, flags.output_topic, config, _assignment_message, spec.entity_key,
+                   flags.bootstrap_servers, stream.output_topic, config, _assignment_message, spec.entity_key,
                    one_each=True, report_written=when_written),
                parsed.dead_letters | "WriteDeadLetters" >> graph.WriteToTopic(
-                   flags.bootstrap_servers, flags.dead_letter_topic, config, graph.dead_letter_message,
+                   flags.bootstrap_servers, stream.dead_letter_topic, config, graph.dead_letter_message,
                    one_each=True, report_written=when_written)]
     if when_written:
         written | "WrittenPositions" >> beam.Flatten() | "CommitWhenWritten" >> CommitWhenWritten(
@@ -467,7 +468,7 @@ def _run_stream(options, test_pipeline) -> dict[str, int]:
     cli.require(options, *REQUIRED["--mode stream"])
     if not cli.given(options, "bootstrap_servers"):  # Beam's flag defaults to localhost:9092
         raise UserError("missing --bootstrap_servers; see --help")
-    flags = options.view_as(KafkaOptions)
+    flags, stream = options.view_as(KafkaOptions), options.view_as(StreamOptions)
     serving.check_kafka_io(options, supported=False)
     clustering = clustering_for(options)
     config = graph.kafka_config(flags)
@@ -477,8 +478,8 @@ def _run_stream(options, test_pipeline) -> dict[str, int]:
     pipeline = cli.create_pipeline(options, test_pipeline)
     build_stream(pipeline, clustering, options)
     serving.check_fused_with_source(pipeline, options)  # the model's keyed state: refused on the DirectRunner
-    serving.check_topics(flags, config)
-    print(f"clustering {flags.input_topic} -> {flags.output_topic} (dead letters: {flags.dead_letter_topic}) on "
+    serving.check_topics(flags, stream, config)
+    print(f"clustering {flags.input_topic} -> {stream.output_topic} (dead letters: {stream.dead_letter_topic}) on "
           f"{flags.bootstrap_servers} with k={clustering.start.model.k} and the features of {clustering.spec.name} "
           f"model {clustering.features.version}; snapshots to {options.view_as(ClusterOptions).snapshot_dir}"
           f"; SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)

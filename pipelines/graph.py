@@ -19,7 +19,7 @@ from apache_beam.transforms.window import GlobalWindows
 from models import registry
 from models.inference import ScoreEvents
 from pipelines import cli
-from pipelines.options import ArchiveOptions, EngineOptions, KafkaOptions, ModelOptions, SpecOptions
+from pipelines.options import ArchiveOptions, EngineOptions, KafkaOptions, ModelOptions, SpecOptions, StreamOptions
 from pipelines import artifacts
 from transforms import kafka, kafka_beam
 from transforms.entity import AddEntityFeatures
@@ -153,15 +153,16 @@ def kafka_expansion_service(flags: KafkaOptions):
                                                          "--experiments=use_deprecated_read"])
 
 
-def live_read(flags: KafkaOptions, config: dict, group_id: str, commit_when_written: bool, expansion_service=None):
+def live_read(flags: KafkaOptions, stream: StreamOptions, config: dict, group_id: str, commit_when_written: bool,
+              expansion_service=None):
     """--input_topic read live for ``group_id``. ``commit_when_written``: the read commits nothing itself
     (``CommitWhenWritten`` does, fed by the sinks); else it commits what its finished bundles read.
     With ``expansion_service`` (``kafka_expansion_service``), Beam's Java KafkaIO reads instead."""
     if expansion_service is not None:
-        return kafka_beam.ReadWithBeamKafkaIO(flags.bootstrap_servers, flags.input_topic, group_id, flags.offset_reset,
+        return kafka_beam.ReadWithBeamKafkaIO(flags.bootstrap_servers, flags.input_topic, group_id, stream.offset_reset,
                                               config, expansion_service)
-    return kafka.ReadFromKafka(flags.bootstrap_servers, flags.input_topic, group_id, flags.offset_reset, config,
-                               max_delay_ms=round(flags.max_delay_s * 1000), commit_on_finalize=not commit_when_written)
+    return kafka.ReadFromKafka(flags.bootstrap_servers, flags.input_topic, group_id, stream.offset_reset, config,
+                               max_delay_ms=round(stream.max_delay_s * 1000), commit_on_finalize=not commit_when_written)
 
 
 class ReadKafkaEvents(beam.PTransform):

@@ -85,7 +85,7 @@ class ScoreOptions(PipelineOptions):
 
 
 class KafkaOptions(PipelineOptions):
-    """Stream mode's Kafka flags.
+    """The Kafka cluster, the topic of events, and the client settings: every command that reads or writes Kafka.
 
     ``--bootstrap_servers`` is also Beam's own flag (``KafkaStreamsRunnerOptions``, default
     localhost:9092): when Beam parses, that definition stands (so ``cli.given`` tells whether it
@@ -101,26 +101,8 @@ class KafkaOptions(PipelineOptions):
                      "rtml demo stream.)")
         except argparse.ArgumentError:
             pass
-        parser.add_argument("--input_topic", help="Topic of events to score (JSON values, keyed by entity id).")
-        parser.add_argument("--output_topic", help="Topic for scored records: JSON values keyed by the entity id.")
-        parser.add_argument("--dead_letter_topic",
-                            help="Topic for dead letters: JSON values keyed by the original message's key.")
-        parser.add_argument("--monitoring_topic",
-                            help="Also monitor the stream per event-time window (rates, scores, alerts, drift from "
-                                 "training; see pipelines.monitor) and write window and alert records to this topic, "
-                                 "keyed by window. Runs on a streaming runner (Prism, Flink, Dataflow).")
-        parser.add_argument("--group_id",
-                            help="Consumer group whose committed offsets say where to resume; offsets are committed "
-                                 "once records are scored and written (default: rtml-score-<spec name>).")
-        parser.add_argument("--offset_reset", choices=("earliest", "latest"), default="earliest",
-                            help="Where to start in a partition the group has no committed offset for "
-                                 "(default: earliest).")
-        parser.add_argument("--max_delay_s", type=_delay, default=DEFAULT_MAX_DELAY_S, metavar="SECONDS",
-                            help="How far out of order events may arrive and still count as on time: the stream's "
-                                 "watermark is each partition's newest message timestamp less this (default: "
-                                 f"{DEFAULT_MAX_DELAY_S:g}). An entity feature or monitoring window waits this long "
-                                 "for its events; an event later than this is late (scored from a copy of its "
-                                 "entity's history; counted, not added, in closed windows).")
+        parser.add_argument("--input_topic", help="Topic of events (JSON values keyed by entity id): the one a stream "
+                                                  "reads, rtml produce writes, a Kafka backfill replays.")
         parser.add_argument("--kafka_config", action="append", metavar="KEY=VALUE",
                             help="A librdkafka setting for every client (consumer and producers), e.g. "
                                  "security.protocol=SASL_SSL, sasl.mechanism=PLAIN, sasl.username=..., "
@@ -137,6 +119,37 @@ class KafkaOptions(PipelineOptions):
                             help="python (default): the project's Kafka IO (confluent-kafka). beam: Beam's own "
                                  "cross-language KafkaIO (Java), as Flink and Dataflow users run it; rtml score "
                                  "--mode stream on the FlinkRunner only, with no allowed delay (see README).")
+
+
+class StreamOptions(PipelineOptions):
+    """A live stream's outputs, consumer group and allowed lateness (rtml score and cluster, --mode stream)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--output_topic", help="Topic for scored records: JSON values keyed by the entity id.")
+        parser.add_argument("--dead_letter_topic",
+                            help="Topic for dead letters: JSON values keyed by the original message's key.")
+        parser.add_argument("--group_id",
+                            help="Consumer group whose committed offsets say where to resume; offsets are committed "
+                                 "once records are scored and written (default: rtml-score-<spec name>).")
+        parser.add_argument("--offset_reset", choices=("earliest", "latest"), default="earliest",
+                            help="Where to start in a partition the group has no committed offset for "
+                                 "(default: earliest).")
+        parser.add_argument("--max_delay_s", type=_delay, default=DEFAULT_MAX_DELAY_S, metavar="SECONDS",
+                            help="How far out of order events may arrive and still count as on time: the stream's "
+                                 "watermark is each partition's newest message timestamp less this (default: "
+                                 f"{DEFAULT_MAX_DELAY_S:g}). An entity feature or monitoring window waits this long "
+                                 "for its events; an event later than this is late (scored from a copy of its "
+                                 "entity's history; counted, not added, in closed windows).")
+
+
+class LiveMonitorOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--monitoring_topic",
+                            help="Also monitor the stream per event-time window (rates, scores, alerts, drift from "
+                                 "training; see pipelines.monitor) and write window and alert records to this topic, "
+                                 "keyed by window. Runs on a streaming runner (Prism, Flink, Dataflow).")
 
 
 class LogOptions(PipelineOptions):

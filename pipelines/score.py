@@ -27,8 +27,8 @@ from apache_beam.options.pipeline_options import StandardOptions
 
 from models import registry
 from pipelines import cli, graph, runners, serving
-from pipelines.options import (ArchiveOptions, EngineOptions, KafkaOptions, ModelOptions, MonitorOptions, ReloadOptions,
-                               ScoreOptions, SpecOptions)
+from pipelines.options import (ArchiveOptions, EngineOptions, KafkaOptions, LiveMonitorOptions, ModelOptions,
+                               MonitorOptions, ReloadOptions, ScoreOptions, SpecOptions, StreamOptions)
 from transforms import kafka
 from transforms.errors import UserError
 from transforms.fileio import ReadEventFiles, WriteJsonLines, WriteParquet, check_input
@@ -37,7 +37,7 @@ from transforms.monitoring import ALERTS, WINDOWS, Monitor
 from transforms.spec import Spec
 
 VIEWS = (SpecOptions, ScoreOptions, ModelOptions, EngineOptions, ReloadOptions, ArchiveOptions, KafkaOptions,
-         MonitorOptions)
+         StreamOptions, MonitorOptions, LiveMonitorOptions)
 REQUIRED = {"--mode batch": ("spec", "input", "model_dir", "output", "dead_letter"),
             "--mode stream": ("spec", "model_dir", "bootstrap_servers", "input_topic", "output_topic",
                               "dead_letter_topic")}
@@ -100,34 +100,35 @@ def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options, mo
     offsets once it has succeeded; on a streaming runner, events may wait in keyed state behind a
     fusion break, so offsets are committed only once the records are written (``CommitWhenWritten``).
     """
-    flags, model_dir, engine = (options.view_as(KafkaOptions), options.view_as(ModelOptions).model_dir,
-                                options.view_as(EngineOptions).engine)
+    flags, stream = options.view_as(KafkaOptions), options.view_as(StreamOptions)
+    model_dir, engine = options.view_as(ModelOptions).model_dir, options.view_as(EngineOptions).engine
+    monitoring_topic = options.view_as(LiveMonitorOptions).monitoring_topic
     config, max_batch = graph.kafka_config(flags), graph.stream_batch_size(options)
-    group = flags.group_id or f"rtml-score-{spec.name}"
+    group = stream.group_id or f"rtml-score-{spec.name}"
     java_io = graph.kafka_expansion_service(flags)  # --kafka_io beam: it commits what Flink checkpointed
     when_written = not runners.is_direct(options) and java_io is None
     events, scored, dead_letters = (
         pipeline
-        | "ReadEvents" >> graph.ReadKafkaEvents(graph.live_read(flags, config, group, when_written, java_io),
+        | "ReadEvents" >> graph.ReadKafkaEvents(graph.live_read(flags, stream, config, group, when_written, java_io),
                                                 max_batch, with_positions=when_written)
         | "ScoreRaw" >> graph.ScoreRaw(spec, model, model_dir, engine, streaming=True, batch_size=max_batch,
                                        model_reload_s=model_reload_s))
-    written = [scored | "WriteScored" >> graph.WriteToTopic(flags.bootstrap_servers, flags.output_topic, config,
+    written = [scored | "WriteScored" >> graph.WriteToTopic(flags.bootstrap_servers, stream.output_topic, config,
                                                             graph.scored_messages, spec.entity_key,
                                                             report_written=when_written, expansion_service=java_io),
                dead_letters | "WriteDeadLetters" >> graph.WriteToTopic(
-                   flags.bootstrap_servers, flags.dead_letter_topic, config, graph.dead_letter_message,
+                   flags.bootstrap_servers, stream.dead_letter_topic, config, graph.dead_letter_message,
                    one_each=True, report_written=when_written, expansion_service=java_io)]
     if when_written:
         (written
          | "WrittenPositions" >> beam.Flatten()
          | "CommitWhenWritten" >> CommitWhenWritten(flags.bootstrap_servers, group, config))
-    if flags.monitoring_topic:
+    if monitoring_topic:
         monitored = ({"events": events, "scored": scored, "dead_letters": dead_letters}
                      | "Monitor" >> Monitor(spec, model.baseline(), model.version, options.view_as(MonitorOptions).window_s))
         ((monitored[WINDOWS], monitored[ALERTS])
          | "MonitoringRecords" >> beam.Flatten()
-         | "WriteMonitoring" >> graph.WriteToTopic(flags.bootstrap_servers, flags.monitoring_topic, config,
+         | "WriteMonitoring" >> graph.WriteToTopic(flags.bootstrap_servers, monitoring_topic, config,
                                                    graph.monitoring_message, one_each=True, expansion_service=java_io))
 
 
@@ -135,7 +136,8 @@ def run_stream(options, test_pipeline=None, stop_when=None, on_stop=None,
                before_forced_exit: Sequence[Callable[[], object]] = ()) -> dict[str, int]:
     """Score a Kafka topic live until SIGTERM / SIGINT or ``stop_when()`` (see ``serving.serve``); returns the
     counters."""
-    flags = options.view_as(KafkaOptions)
+    flags, stream = options.view_as(KafkaOptions), options.view_as(StreamOptions)
+    monitoring_topic = options.view_as(LiveMonitorOptions).monitoring_topic
     cli.require(options, "spec")
     if not cli.given(options, "bootstrap_servers"):  # Beam's flag defaults to localhost:9092
         raise UserError("--mode stream reads Kafka: give --bootstrap_servers and the topics (a self-contained "
@@ -147,21 +149,21 @@ def run_stream(options, test_pipeline=None, stop_when=None, on_stop=None,
     model_reload_s = model_reload_seconds(options)
     options.view_as(StandardOptions).streaming = True
     stateful = " and ".join(what for what, used in (("entity features", spec.entity_features),
-                                                      ("monitoring", flags.monitoring_topic)) if used)
+                                                      ("monitoring", monitoring_topic)) if used)
     note = runners.choose_stream_runner(options, stateful or None)
     if note:
         print(note, file=sys.stderr, flush=True)
     serving.check_local_streaming(options)
-    serving.check_topics(flags, config)
+    serving.check_topics(flags, stream, config)
     pipeline = cli.create_pipeline(options, test_pipeline)
     build_stream(pipeline, spec, model, options, model_reload_s)
     serving.check_fused_with_source(pipeline, options)
-    group = flags.group_id or f"rtml-score-{spec.name}"
-    print(f"scoring {flags.input_topic} -> {flags.output_topic} (dead letters: {flags.dead_letter_topic}) on "
+    group = stream.group_id or f"rtml-score-{spec.name}"
+    print(f"scoring {flags.input_topic} -> {stream.output_topic} (dead letters: {stream.dead_letter_topic}) on "
           f"{flags.bootstrap_servers} with {spec.name} model {model.version}, group {group}"
           + (f", switching to new versions in --model_dir (read every {model_reload_s:g} s)" if model_reload_s else "")
           + (f", kafka config {kafka.mask_config(config)}" if config else "")
-          + (f", monitoring to {flags.monitoring_topic}" if flags.monitoring_topic else "")
+          + (f", monitoring to {monitoring_topic}" if monitoring_topic else "")
           + "; SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)
     return serving.serve(pipeline, f"{spec.name} stream scoring with model {model.version}", stop_when, on_stop,
                          before_forced_exit)

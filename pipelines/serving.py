@@ -18,7 +18,7 @@ from apache_beam.options.pipeline_options import DirectOptions
 from apache_beam.transforms import userstate
 
 from pipelines import cli, runners
-from pipelines.options import KafkaOptions
+from pipelines.options import KafkaOptions, StreamOptions
 from transforms import kafka
 from transforms.errors import UserError
 from transforms.events import METRICS_NAMESPACE
@@ -80,7 +80,7 @@ def check_kafka_io(options, supported: bool = True) -> None:
                         "timestamp read); drop --max_delay_s, or read with --kafka_io python")
 
 
-def check_topics(flags: KafkaOptions, config: dict) -> None:
+def check_topics(flags: KafkaOptions, stream: StreamOptions, config: dict) -> None:
     """A missing input topic is a one-line error before anything starts; missing output topics a warning
     (a cluster may create them on first write). An unreachable cluster is waited for by the pipeline."""
     from confluent_kafka import KafkaException
@@ -99,7 +99,7 @@ def check_topics(flags: KafkaOptions, config: dict) -> None:
     if flags.input_topic not in found:
         raise UserError(f"Kafka topic {flags.input_topic!r} (--input_topic) does not exist on "
                         f"{flags.bootstrap_servers}")
-    for flag, topic in (("--output_topic", flags.output_topic), ("--dead_letter_topic", flags.dead_letter_topic)):
+    for flag, topic in (("--output_topic", stream.output_topic), ("--dead_letter_topic", stream.dead_letter_topic)):
         if topic not in found:
             print(f"warning: Kafka topic {topic!r} ({flag}) does not exist yet; writes fail unless the cluster "
                   f"creates topics on first use", file=sys.stderr, flush=True)

@@ -26,7 +26,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from models import registry
 from pipelines import artifacts, cli, generate, score, train
-from pipelines.options import DemoOptions, KafkaOptions, ModelOptions, MonitorOptions, SpecOptions
+from pipelines.options import (DemoOptions, KafkaOptions, LiveMonitorOptions, ModelOptions, MonitorOptions, SpecOptions,
+                               StreamOptions)
 from pipelines.kafka_broker import KafkaBroker
 from transforms.errors import UserError
 from transforms.spec import load_spec
@@ -43,7 +44,7 @@ def _say(text: str) -> None:
     print(f"[demo] {text}", file=sys.stderr, flush=True)
 
 
-VIEWS = (SpecOptions, DemoOptions, ModelOptions, KafkaOptions, MonitorOptions)
+VIEWS = (SpecOptions, DemoOptions, ModelOptions, KafkaOptions, StreamOptions, MonitorOptions, LiveMonitorOptions)
 
 
 def run(argv=None, test_pipeline=None) -> dict[str, int]:

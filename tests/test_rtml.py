@@ -48,8 +48,11 @@ def test_a_flag_of_another_command_or_an_unknown_command_is_one_line():
 
 @pytest.mark.parametrize("command, flag, group", [("train", "--engine", "engine"),
                                                    ("cluster", "--model_poll_seconds", "reload"),
+                                                   ("cluster", "--monitoring_topic", "live monitor"),
+                                                   ("produce", "--output_topic", "stream"),
+                                                   ("backfill", "--group_id", "stream"),
                                                    ("report", "--input", "archive")])
-def test_a_scoring_flag_is_refused_by_a_command_that_does_not_score(command, flag, group):
+def test_a_flag_is_refused_by_a_command_it_does_nothing_in(command, flag, group):
     result = _rtml(command, "--spec", "fraud", flag, "x")
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {flag} is not a flag of this command (it is one of the {group} flags); see --help"

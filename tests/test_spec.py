@@ -1,15 +1,19 @@
 """Specs: built-ins load, broken spec files get a precise one-line error, a new use case needs no code."""
 import datetime
+import gzip
 import pathlib
+from collections import Counter
 
+import orjson
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines import score, train
+from pipelines import produce, score, train
 from pipelines.generate import generate
 from tests.conftest import read_json_lines
+from tests.kafka_helpers import Outputs, make_topics, stream_scorer, unique_name
 from transforms.spec import SpecError, load_spec
 
 
@@ -169,16 +173,52 @@ def test_any_spec_file_loads_or_is_one_line(tmp_path, data):
         assert str(error) and "\n" not in str(error)
 
 
-def test_the_autoencoder_spec_trains_scores_and_ranks_failures_higher(sensor_archive, tmp_path):
+def test_the_autoencoder_spec_trains_scores_and_ranks_failures_higher_in_batch_and_live(sensor_archive, kafka_broker,
+                                                                                         tmp_path):
     """sensor_autoencoder: a regressor trained to reconstruct the features of normal readings; its score, the
-    reconstruction error, is computed inside model.onnx (training checks it against scikit-learn's)."""
-    files = str(sensor_archive / "*" / "*.jsonl.gz")
-    model = train.run(["--spec", "sensor_autoencoder", "--input", files, "--model_dir", str(tmp_path / "model")])
+    reconstruction error, is computed inside model.onnx (training checks it against scikit-learn's). Then a day
+    loaded into Kafka by rtml produce is scored live with the bounded scores, alerts and dead-letter reasons."""
+    files, model_dir = str(sensor_archive / "*" / "*.jsonl.gz"), str(tmp_path / "model")
+    model = train.run(["--spec", "sensor_autoencoder", "--input", files, "--model_dir", model_dir])
     assert model.manifest["score"].startswith("reconstruction error")
     assert model.manifest["checks"]["onnx_vs_sklearn_scores_max_abs_diff"] < 1e-6
-    score.run(["--spec", "sensor_autoencoder", "--input", files, "--model_dir", str(tmp_path / "model"),
+    score.run(["--spec", "sensor_autoencoder", "--input", files, "--model_dir", model_dir,
                "--output", str(tmp_path / "scored"), "--dead_letter", str(tmp_path / "dead")])
     records = read_json_lines(tmp_path / "scored")
     normal = [r["score"] for r in records if r["failure"] == 0]
     failing = [r["score"] for r in records if r["failure"] == 1]
     assert min(normal + failing) >= 0 and failing and sum(failing) / len(failing) > 2 * sum(normal) / len(normal)
+
+    day = str(sorted(sensor_archive.glob("*/*.jsonl.gz"))[0])
+    in_day = _event_ids(day)
+    bounded = {r["event_id"]: r for r in records if r["event_id"] in in_day}
+    reasons = Counter(d["error"] for d in read_json_lines(tmp_path / "dead") if d["source"]["file"].endswith(day))
+    topics = make_topics(kafka_broker, "autoencoder")
+    sent = produce.run(["--spec", "sensor_autoencoder", "--input", day, "--bootstrap_servers", kafka_broker.bootstrap,
+                        "--input_topic", topics[0]])
+    too_large = Counter({reason: n for reason, n in reasons.items() if reason == "event larger than 1 MiB"})
+    assert (sent["events"], sent["other"], sent["too large"]) == (len(bounded), sum((reasons - too_large).values()),
+                                                                  sum(too_large.values()))
+    outputs = Outputs(kafka_broker.bootstrap, topics[1], topics[2])
+    try:
+        with stream_scorer(model_dir, kafka_broker.bootstrap, topics, unique_name("autoencoder"),
+                           spec="sensor_autoencoder") as scorer:
+            outputs.wait(lambda o: len(o.scored) + len(o.dead) >= sent["sent"], 120, "the day scored live", scorer)
+            code, _ = scorer.terminate()
+            assert code == 0, scorer.log()
+    finally:
+        outputs.close()
+    live = {r["event_id"]: r for _, r in outputs.scored}
+    assert live.keys() == bounded.keys() and len(outputs.scored) == len(bounded)
+    assert all(abs(live[i]["score"] - r["score"]) <= 1e-6 and live[i]["alert"] == r["alert"] for i, r in bounded.items())
+    assert Counter(d["error"] for _, d in outputs.dead) == reasons - too_large  # too large to be a message
+
+
+def _event_ids(path: str) -> set:
+    ids = set()
+    for line in gzip.open(path).read().splitlines():
+        try:
+            ids.add(orjson.loads(line)["event_id"])
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            pass
+    return ids
