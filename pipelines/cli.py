@@ -68,6 +68,34 @@ class _JsonLines(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
+def only(view: type[PipelineOptions], *flags: str) -> type[PipelineOptions]:
+    """``view`` with only some of its flags (names without dashes), for a command that uses only those; the
+    others are refused as another command's. ``options.view_as(view)`` reads them as before."""
+
+    class Only(view):
+        @classmethod
+        def _add_argparse_args(cls, parser):
+            view._add_argparse_args(_Some(parser, flags))
+
+    Only.__name__ = view.__name__
+    return Only
+
+
+class _Some:
+    """A parser that takes only some flags."""
+
+    def __init__(self, parser, flags: Sequence[str]):
+        self._parser, self._flags = parser, flags
+
+    def add_argument(self, *names, **kwargs):
+        if any(name.lstrip("-") in self._flags for name in names):
+            return self._parser.add_argument(*names, **kwargs)
+        return None
+
+    def __getattr__(self, name):
+        return getattr(self._parser, name)
+
+
 class _OneLineParser(_BeamArgumentParser):
     def error(self, message):
         raise UserError(f"{message}; see --help")

@@ -22,7 +22,7 @@ from pipelines.options import ArchiveOptions, EngineOptions, ModelOptions, Monit
 from transforms.fileio import ReadEventFiles, WriteJsonLines, check_input, json_records
 from transforms.monitoring import ALERTS, MONITOR_METRICS_NAMESPACE, WINDOWS, Monitor, describe_alert
 
-VIEWS = (SpecOptions, MonitorOptions, ModelOptions, EngineOptions, ArchiveOptions)
+VIEWS = (SpecOptions, MonitorOptions, ModelOptions, EngineOptions, cli.only(ArchiveOptions, "input", "output", "batch_size"))
 REQUIRED = {"": ("spec", "input", "model_dir", "output")}
 ALERTS_SHOWN = 20
 

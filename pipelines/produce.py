@@ -25,7 +25,7 @@ from transforms.events import EventParser, Unreadable
 from transforms.fileio import UNREADABLE_NAMESPACE, check_input, file_records
 from transforms.spec import Spec, load_spec
 
-VIEWS = (SpecOptions, ArchiveOptions, KafkaOptions, ProduceOptions)
+VIEWS = (SpecOptions, cli.only(ArchiveOptions, "input"), KafkaOptions, ProduceOptions)
 REQUIRED = {"": ("spec", "input", "bootstrap_servers", "input_topic")}
 PROGRESS_EVERY_S = 0.5
 

@@ -45,7 +45,7 @@ from transforms.fileio import ReadEventFiles, WriteJsonLines, check_input
 from transforms.monitoring import training_baseline
 from transforms.spec import Spec, load_spec
 
-VIEWS = (SpecOptions, TrainOptions, ModelOptions, ArchiveOptions)
+VIEWS = (SpecOptions, TrainOptions, ModelOptions, cli.only(ArchiveOptions, "input", "dead_letter", "batch_size"))
 REQUIRED = {"": ("spec", "input", "model_dir")}
 TIME_COLUMN = "__event_time_us"
 FEATURE_TOLERANCE = 1e-4  # ONNX features vs tensorflow-transform's, absolute

@@ -51,6 +51,9 @@ def test_a_flag_of_another_command_or_an_unknown_command_is_one_line():
                                                    ("cluster", "--monitoring_topic", "live monitor"),
                                                    ("produce", "--output_topic", "stream"),
                                                    ("backfill", "--group_id", "stream"),
+                                                   ("produce", "--output", "archive"),
+                                                   ("train", "--output_format", "archive"),
+                                                   ("monitor", "--dead_letter", "archive"),
                                                    ("report", "--input", "archive")])
 def test_a_flag_is_refused_by_a_command_it_does_nothing_in(command, flag, group):
     result = _rtml(command, "--spec", "fraud", flag, "x")
