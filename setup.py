@@ -33,7 +33,8 @@ setuptools.setup(
         "gcp": ["apache-beam[gcp]==2.77.0", "google-cloud-dataflow-client==0.13.0"],
         # rtml report: charts in one HTML page, ROC and precision-recall curves
         "report": ["plotly==7.1.0", "scikit-learn==1.9.1"],
-        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.15"],
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.15", "jsonschema==4.26.0",
+                 "rfc3339-validator==0.1.4"],
     },
     entry_points={"console_scripts": ["rtml = pipelines.rtml:main"]},
 )

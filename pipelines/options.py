@@ -184,6 +184,13 @@ class ReportOptions(PipelineOptions):
         parser.add_argument("--assignments", metavar="GLOB", help="pipelines.cluster's assignment records.")
 
 
+class SchemaOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--format", choices=("avro", "json-schema"), default="avro",
+                            help="avro (default): an Avro record schema. json-schema: JSON Schema draft 2020-12.")
+
+
 class DemoOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):

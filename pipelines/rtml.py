@@ -16,6 +16,7 @@ COMMANDS = {
     "generate": ("pipelines.generate", "write generated event archives (fraud, sensor) with labels"),
     "train": ("pipelines.train", "analyze features, fit the model, export ONNX, publish a model version"),
     "score": ("pipelines.score", "score an archive (--mode batch) or a Kafka topic (--mode stream)"),
+    "schema": ("pipelines.schema", "a spec's event contract as an Avro or JSON Schema, to register for a topic"),
     "produce": ("pipelines.produce", "load an archive into a Kafka topic, keyed and stamped with event time"),
     "backfill": ("pipelines.backfill", "rescore days of history into partitions, resumable after failures"),
     "monitor": ("pipelines.monitor", "per-window rates, scores and drift of an archive, with alerts"),

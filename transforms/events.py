@@ -25,10 +25,11 @@ DEAD_LETTERS = "dead_letters"
 # sinks take it out before writing.
 POSITION = "_position"
 
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})\Z")
+RFC3339_PATTERN = r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
+_RFC3339 = re.compile(RFC3339_PATTERN + r"\Z")
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 _MICROSECOND = datetime.timedelta(microseconds=1)
-_FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max: features are float32
+FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max: features are float32
 
 
 class Raw(NamedTuple):
@@ -178,7 +179,7 @@ def _number_check(field: Field) -> Callable[[Any], str | None]:
     def check(value):
         # bool is an int subclass: excluded on purpose. Features are float32, so a number beyond
         # its range is no more finite than NaN; the comparison is exact for integers of any size.
-        if type(value) not in (int, float) or not abs(value) <= _FLOAT32_MAX:
+        if type(value) not in (int, float) or not abs(value) <= FLOAT32_MAX:
             return message
         return None if all(holds(value, bound) for bound, holds, _ in bounds) else message
 
