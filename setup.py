@@ -20,7 +20,7 @@ setuptools.setup(
         "apache-beam==2.77.0",
         "onnx==1.23.2",
         "onnxruntime==1.31.1",
-        "confluent-kafka==2.16.1",
+        "confluent-kafka[schemaregistry,avro,json]==2.16.1",  # Schema Registry formats: --value_format
         "orjson==3.13.0",
         "numpy==2.4.6",
         "pyarrow==25.0.1",
@@ -33,7 +33,7 @@ setuptools.setup(
         "gcp": ["apache-beam[gcp]==2.77.0", "google-cloud-dataflow-client==0.13.0"],
         # rtml report: charts in one HTML page, ROC and precision-recall curves
         "report": ["plotly==7.1.0", "scikit-learn==1.9.1"],
-        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.15", "jsonschema==4.26.0",
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.15",
                  "rfc3339-validator==0.1.4"],
     },
     entry_points={"console_scripts": ["rtml = pipelines.rtml:main"]},

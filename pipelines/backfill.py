@@ -316,7 +316,8 @@ def build_wave(pipeline, spec, model, options, target: Target, names: list[str])
         raw = pipeline | "ReadEvents" >> graph.ReadKafkaEvents(
             kafka.ReadFromKafka(bootstrap, topic, None, "earliest", dict(config),
                                 start_timestamp_ms=first_ms, stop_timestamp_ms=stop_ms), archive.batch_size,
-            with_timestamps=True)  # an untimed dead letter goes to the partition of its message's time
+            with_timestamps=True,  # an untimed dead letter goes to the partition of its message's time
+            value_format=graph.value_format(options, spec))
     else:
         raw = pipeline | "ReadEvents" >> ReadEventFiles(archive.input, archive.batch_size)
     parsed = raw | "ParseAndEnrich" >> graph.ParseAndEnrich(spec, streaming=False, batch_size=archive.batch_size)

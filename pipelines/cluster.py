@@ -444,7 +444,8 @@ def build_stream(pipeline, clustering: Clustering, options) -> None:
     group, when_written = stream.group_id or f"rtml-cluster-{spec.name}", not runners.is_direct(options)
     parsed = (pipeline
               | "ReadEvents" >> graph.ReadKafkaEvents(graph.live_read(flags, stream, config, group, when_written), batch_size,
-                                                      with_positions=when_written)
+                                                      with_positions=when_written,
+                                                      value_format=graph.value_format(options, spec))
               | "ParseAndEnrich" >> graph.ParseAndEnrich(spec, streaming=True, batch_size=batch_size))
     clustered = parsed.events | "ClusterEvents" >> ClusterEvents(clustering, streaming=True)
     written = [clustered.assignments | "WriteAssignments" >> graph.WriteToTopic(

@@ -26,6 +26,7 @@ from transforms.entity import AddEntityFeatures
 from transforms.errors import UserError
 from transforms.events import POSITION, ParseEvents, Raw
 from transforms.fileio import DEFAULT_BATCH_SIZE
+from transforms.kafka_formats import ValueFormat
 from transforms.spec import Spec, load_spec
 
 STREAM_MAX_BATCH = 256  # events per batch in a stream
@@ -93,14 +94,17 @@ def _properties(path: str) -> dict[str, str]:
 # Sources
 
 
-def kafka_raw(message: kafka.KafkaMessage, with_position: bool = False, with_timestamp: bool = False) -> Raw:
-    """A Kafka message as the graph's input. Its source: topic, partition, offset (the contract's), the key
-    (taken out again by the dead-letter sink, which writes under it) and, ``with_timestamp``, the message's
-    timestamp; ``with_position``: where it sits in its partition (see ``transforms.kafka_commit``)."""
+def kafka_raw(message: kafka.KafkaMessage, with_position: bool = False, with_timestamp: bool = False,
+              value_format: ValueFormat | None = None) -> Raw:
+    """A Kafka message as the graph's input, its value read in ``value_format`` (else as JSON). Its source: topic,
+    partition, offset (the contract's), the key (taken out again by the dead-letter sink, which writes under it)
+    and, ``with_timestamp``, the message's timestamp; ``with_position``: where it sits in its partition (see
+    ``transforms.kafka_commit``)."""
     source = {"topic": message.topic, "partition": message.partition, "offset": message.offset, "key": message.key}
     if with_timestamp:
         source["timestamp_ms"] = message.timestamp_ms
-    return Raw(message.value, source,
+    value = message.value if value_format is None else value_format.decode(message.value, message.topic)
+    return Raw(value, source,
                (message.topic, message.partition, message.covers_from, message.offset) if with_position else None)
 
 
@@ -139,6 +143,17 @@ def stream_batch_size(options) -> int:
     return max(1, min(options.view_as(ArchiveOptions).batch_size, STREAM_MAX_BATCH))
 
 
+def value_format(options, spec: Spec) -> ValueFormat | None:
+    """The events' --value_format (None for JSON); a one-line error for a confluent-* format without a registry."""
+    flags = options.view_as(KafkaOptions)
+    if flags.value_format == "json":
+        return None
+    if flags.value_format.startswith("confluent-") and not flags.schema_registry_url:
+        raise UserError(f"--value_format {flags.value_format} reads the writer's schema from a registry: give "
+                        f"--schema_registry_url")
+    return ValueFormat(flags.value_format, spec, flags.schema_registry_url)
+
+
 def kafka_expansion_service(flags: KafkaOptions):
     """With --kafka_io beam, the expansion service of Beam's Java Kafka IO, whose transforms Flink's job server
     runs in its own JVM (an EMBEDDED environment); else None. The read is KafkaIO's UnboundedSource
@@ -169,21 +184,22 @@ class ReadKafkaEvents(beam.PTransform):
     """A topic as ``list[Raw]`` blocks of up to ``batch_size``: the pipeline in, the blocks out.
 
     ``read`` is the configured ``transforms.kafka.ReadFromKafka`` (live for a group, or a bounded
-    time range), or ``transforms.kafka_beam.ReadWithBeamKafkaIO``. ``with_positions``: every Raw carries its position, for a ``CommitWhenWritten`` fed
-    by the sinks (the read then commits nothing itself). ``with_timestamps``: its source carries the
-    message's timestamp.
+    time range), or ``transforms.kafka_beam.ReadWithBeamKafkaIO``. ``with_positions``: every Raw carries its
+    position, for a ``CommitWhenWritten`` fed by the sinks (the read then commits nothing itself).
+    ``with_timestamps``: its source carries the message's timestamp. ``value_format``: the values' format
+    (``value_format(options, spec)``; None: JSON).
     """
 
     def __init__(self, read: beam.PTransform, batch_size: int, with_positions: bool = False,
-                 with_timestamps: bool = False):
+                 with_timestamps: bool = False, value_format: ValueFormat | None = None):
         super().__init__()
         self._read, self._batch_size = read, batch_size
-        self._with_positions, self._with_timestamps = with_positions, with_timestamps
+        self._with_positions, self._with_timestamps, self._value_format = with_positions, with_timestamps, value_format
 
     def expand(self, pipeline):
         return (pipeline
                 | "Read" >> self._read
-                | "ToRaw" >> beam.Map(kafka_raw, self._with_positions, self._with_timestamps)
+                | "ToRaw" >> beam.Map(kafka_raw, self._with_positions, self._with_timestamps, self._value_format)
                 | "Batch" >> beam.ParDo(BatchWithinBundle(self._batch_size)))
 
 

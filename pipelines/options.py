@@ -11,6 +11,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from models.inference import ENGINES
 from models.kmeans import DEFAULTS as KMEANS_DEFAULTS, LEARNING_RATES
 from transforms.fileio import DEFAULT_BATCH_SIZE
+from transforms.kafka_formats import FORMATS as VALUE_FORMATS
 
 
 class SpecOptions(PipelineOptions):
@@ -115,6 +116,14 @@ class KafkaOptions(PipelineOptions):
                             help="A setting whose value is the environment variable NAME's, read where each client "
                                  "is made (the workers too), so the value is never on a command line or in the "
                                  "pipeline; repeat for more.")
+        parser.add_argument("--value_format", choices=VALUE_FORMATS, default="json",
+                            help="The events' message values: json (default), avro (the spec's Avro record, "
+                                 "rtml schema --format avro, nothing around it), confluent-avro or confluent-json "
+                                 "(Schema Registry framing; the writer's schema by its id from "
+                                 "--schema_registry_url). Scored records, dead letters and monitoring records are "
+                                 "written as JSON.")
+        parser.add_argument("--schema_registry_url", metavar="URL",
+                            help="A Confluent Schema Registry (or a compatible one) for the confluent-* formats.")
         parser.add_argument("--kafka_io", choices=("python", "beam"), default="python",
                             help="python (default): the project's Kafka IO (confluent-kafka). beam: Beam's own "
                                  "cross-language KafkaIO (Java), as Flink and Dataflow users run it; rtml score "

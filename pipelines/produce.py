@@ -5,8 +5,9 @@
 
 Every line (or Parquet row) becomes one message, files in name order, each in its own order. A
 valid event is keyed by the spec's entity key and stamped with its event time (Kafka CreateTime),
-as a live scorer's entity features and monitoring windows need; anything else goes as it is,
-without a key or a time of its own, so the scorer's dead letters can be checked. ``--input_topic``
+as a live scorer's entity features and monitoring windows need, and written in --value_format (the
+confluent-* formats register the spec's schema under the topic's subject); anything else goes as
+it is, without a key or a time of its own, so the scorer's dead letters can be checked. ``--input_topic``
 is the topic a scorer then reads. A progress line while it runs (on a terminal), then a summary.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from transforms import kafka
 from transforms.errors import UserError
 from transforms.events import EventParser, Unreadable
 from transforms.fileio import UNREADABLE_NAMESPACE, check_input, file_records
+from transforms.kafka_formats import ValueFormat
 from transforms.spec import Spec, load_spec
 
 VIEWS = (SpecOptions, cli.only(ArchiveOptions, "input"), KafkaOptions, ProduceOptions)
@@ -49,13 +51,20 @@ class _Pace:
         self._sent += 1
 
 
-def _message(raw, parser: EventParser, spec: Spec) -> tuple[bytes | None, bytes, int | None]:
+def _message(raw, parser: EventParser, spec: Spec, value_format: ValueFormat | None,
+             topic: str) -> tuple[bytes | None, bytes, int | None]:
     """(key, value, timestamp ms) of one record: a valid event's entity key and event time, else none."""
     value = raw.payload if isinstance(raw.payload, bytes) else orjson.dumps(raw.payload, default=str)
     parsed = parser.parse(raw.payload)
     if isinstance(parsed, str):
         return None, value, None
     event, time_us = parsed
+    if value_format is not None:
+        try:
+            value = value_format.encode(event, topic)
+        except Exception as error:  # the registry unreachable or refusing the schema, each client its own kind
+            raise UserError(f"--value_format {value_format.name}: cannot write the event at {raw.source} "
+                            f"({' '.join(str(error).split())[:200]})") from None
     return str(event[spec.entity_key]).encode("utf-8"), value, time_us // 1000
 
 
@@ -84,6 +93,7 @@ def run(argv=None) -> dict[str, int]:
         if value is not None and not 0 < value < float("inf"):
             raise UserError(f"--{name} must be a number above 0")
     spec = load_spec(options.view_as(SpecOptions).spec)
+    value_format = graph.value_format(options, spec)
     paths = check_input(options.view_as(ArchiveOptions).input)
     config = graph.kafka_config(flags)
     secrets = kafka.Secrets(config)
@@ -104,7 +114,7 @@ def run(argv=None) -> dict[str, int]:
             if isinstance(raw.payload, Unreadable):
                 unreadable.append(path)
                 continue
-            key, value, timestamp_ms = _message(raw, parser, spec)
+            key, value, timestamp_ms = _message(raw, parser, spec, value_format, flags.input_topic)
             schedule.wait(timestamp_ms)
             extra = {"timestamp": timestamp_ms} if timestamp_ms is not None else {}
             if not _send(producer, flags.input_topic, key, value, extra, delivered):
@@ -126,7 +136,8 @@ def run(argv=None) -> dict[str, int]:
                         f"{secrets.scrub(failures[0].str())}")
     print(f"produced {counts['sent']:,} messages to {flags.input_topic} on {flags.bootstrap_servers} in {seconds:.1f} s "
           f"({counts['sent'] / max(seconds, 1e-9):,.0f}/s): {counts['events']:,} events keyed by {spec.entity_key} and "
-          f"stamped with their event time, {counts['other']:,} lines that are not valid events sent as they are"
+          f"stamped with their event time{f' (as {value_format.name})' if value_format else ''}, {counts['other']:,} "
+          f"lines that are not valid events sent as they are"
           + (f"; {counts['too large']:,} lines larger than a Kafka message may be (message.max.bytes) not sent"
              if counts["too large"] else ""))
     cli.check_whole_input({f"{UNREADABLE_NAMESPACE}/{path}": 1 for path in unreadable},

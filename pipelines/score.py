@@ -110,7 +110,8 @@ def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options, mo
     events, scored, dead_letters = (
         pipeline
         | "ReadEvents" >> graph.ReadKafkaEvents(graph.live_read(flags, stream, config, group, when_written, java_io),
-                                                max_batch, with_positions=when_written)
+                                                max_batch, with_positions=when_written,
+                                                value_format=graph.value_format(options, spec))
         | "ScoreRaw" >> graph.ScoreRaw(spec, model, model_dir, engine, streaming=True, batch_size=max_batch,
                                        model_reload_s=model_reload_s))
     written = [scored | "WriteScored" >> graph.WriteToTopic(flags.bootstrap_servers, stream.output_topic, config,

@@ -63,7 +63,8 @@ def check_fused_with_source(pipeline, options) -> None:
 
 def check_kafka_io(options, supported: bool = True) -> None:
     """--kafka_io beam where it cannot run is a one-line error: in a command that does not offer it
-    (``supported``), on a runner other than Flink, or with an allowed delay (Beam's KafkaIO allows none)."""
+    (``supported``), on a runner other than Flink, with values other than JSON, or with an allowed delay (Beam's
+    KafkaIO allows none)."""
     flags = options.view_as(KafkaOptions)
     if flags.kafka_io != "beam":
         return
@@ -75,6 +76,8 @@ def check_kafka_io(options, supported: bool = True) -> None:
     if flags.kafka_secret:
         raise UserError("--kafka_io beam: Java's Kafka clients cannot read --kafka_secret's environment variables; "
                         "give the settings with --kafka_config or --kafka_config_file")
+    if flags.value_format != "json":
+        raise UserError(f"--kafka_io beam reads JSON values; --value_format {flags.value_format} needs --kafka_io python")
     if cli.given(options, "max_delay_s"):
         raise UserError("--kafka_io beam: Beam's KafkaIO allows no delay (its watermark is the newest message "
                         "timestamp read); drop --max_delay_s, or read with --kafka_io python")

@@ -52,6 +52,14 @@ class Unreadable(NamedTuple):
     reason: str
 
 
+class Decoded(NamedTuple):
+    """A ``Raw`` payload read from a binary format (``transforms.kafka_formats``): the record, or why it could
+    not be read; and the bytes as they came, which its dead letter keeps."""
+
+    record: dict | str
+    original: bytes
+
+
 class EventBatch(NamedTuple):
     """Valid events, as given, with each event's time in microseconds since the epoch (UTC)."""
 
@@ -73,9 +81,13 @@ class EventParser:
         self._checks = [(f.name, f.required or (require_label and f.name == spec.label), _check_for(f))
                         for f in spec.fields]
 
-    def parse(self, payload: bytes | dict | Unreadable | None) -> tuple[dict, int] | str:
+    def parse(self, payload: bytes | dict | Decoded | Unreadable | None) -> tuple[dict, int] | str:
         if isinstance(payload, dict):
             return self._validate(payload)
+        if isinstance(payload, Decoded):
+            if len(payload.original) > MAX_EVENT_BYTES:
+                return "event larger than 1 MiB"
+            return payload.record if isinstance(payload.record, str) else self._validate(payload.record)
         if payload is None:
             return "no value (a null Kafka message value)"
         if isinstance(payload, Unreadable):
@@ -214,8 +226,10 @@ def rfc3339(time_us: int) -> str:
         "+00:00", "Z")
 
 
-def dead_letter(payload: bytes | dict | Unreadable | None, error: str, source: dict, spec_name: str) -> dict:
+def dead_letter(payload: bytes | dict | Decoded | Unreadable | None, error: str, source: dict, spec_name: str) -> dict:
     """The contract's dead-letter record: reason, where it came from, and the raw input (cut if long)."""
+    if isinstance(payload, Decoded):
+        payload = payload.original
     if payload is None or isinstance(payload, Unreadable):
         raw = b""
     else:

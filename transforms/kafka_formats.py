@@ -1,0 +1,146 @@
+"""Event message values in the formats Kafka users run: JSON, Avro, and Confluent Schema Registry framing.
+
+``--value_format``:
+
+- ``json`` (the default): a JSON object per message, the contract's events;
+- ``avro``: the spec's Avro record (``rtml schema --format avro``), schemaless, nothing around it;
+- ``confluent-avro``, ``confluent-json``: Confluent's wire format (a zero byte, the 4-byte schema id,
+  the body), the writer's schema fetched from ``--schema_registry_url`` by its id; a JSON body is
+  also checked against its registered JSON Schema.
+
+Reading never raises: a value that cannot be read in its format becomes a ``Decoded`` whose record
+is the reason (a wrong magic byte, a schema id the registry does not know, a body that does not
+match its schema), and its dead letter keeps the bytes as they came. A record that could be read
+then meets the same contract checks as JSON (``transforms.events.EventParser``). Framing, schema
+lookup and validation are confluent-kafka's serializers'; one registry client per URL per process
+(so ``mock://`` registries are shared within a process, as tests need). Writing (``encode``)
+registers the spec's schema under the topic's subject, as Confluent's serializers do by default.
+"""
+from __future__ import annotations
+
+import datetime
+import functools
+import io
+import json
+
+from transforms.contract import avro_schema, json_schema
+from transforms.events import Decoded, event_time_us_of
+from transforms.spec import Spec
+
+FORMATS = ("json", "avro", "confluent-json", "confluent-avro")
+_REASON_CHARS = 200
+_HEADER_BYTES = 5  # a zero byte, then the schema id (4 bytes, big-endian)
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+@functools.cache
+def registry(url: str):
+    """The process's Schema Registry client for ``url``."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    return SchemaRegistryClient.new_client({"url": url})
+
+
+class ValueFormat:
+    """Reads (``decode``) and writes (``encode``) a spec's events as message values of one format.
+
+    Picklable: serializers and registry clients are made where first used, on the worker.
+    """
+
+    def __init__(self, name: str, spec: Spec, registry_url: str | None = None):
+        if name not in FORMATS:
+            raise ValueError(f"value format {name!r}: one of {', '.join(FORMATS)}")
+        if name.startswith("confluent-") and not registry_url:
+            raise ValueError(f"value format {name} needs a schema registry URL")
+        self.name, self._spec, self._registry_url = name, spec, registry_url
+        self._made: dict = {}
+
+    def __getstate__(self):
+        return {**self.__dict__, "_made": {}}
+
+    def decode(self, value: bytes | None, topic: str) -> Decoded | bytes | None:
+        """A message value of ``topic`` for the parser: JSON as it came; any other format read into a ``Decoded``."""
+        if self.name == "json" or value is None:
+            return value
+        try:
+            record = self._read(value, topic)
+        except Exception as error:  # the serializers raise their own kinds; a reason, never a crash
+            first_sentence = " ".join(str(error).split()).split(". ")[0]
+            detail = first_sentence[:_REASON_CHARS] or type(error).__name__
+            return Decoded(f"not {self.name} ({detail})", value)
+        if not isinstance(record, dict):
+            return Decoded(f"not {self.name} (not a record)", value)
+        return Decoded(record, value)
+
+    def encode(self, event: dict, topic: str) -> bytes:
+        """A valid event as this format's message value for ``topic`` (registering the spec's schema there)."""
+        if self.name == "json":
+            return json.dumps(event, ensure_ascii=False).encode("utf-8")
+        from confluent_kafka.serialization import MessageField, SerializationContext
+
+        context = SerializationContext(topic, MessageField.VALUE)
+        if self.name == "confluent-json":
+            return self._made_once("json_out", self._json_serializer)(event, context)
+        record = {**event, self._spec.event_time: _moment(event[self._spec.event_time])}
+        if self.name == "confluent-avro":
+            return self._made_once("avro_out", self._avro_serializer)(record, context)
+        import fastavro
+
+        buffer = io.BytesIO()
+        fastavro.schemaless_writer(buffer, self._made_once("schema", self._parsed_avro_schema), record)
+        return buffer.getvalue()
+
+    def _read(self, value: bytes, topic: str):
+        if self.name.startswith("confluent-"):
+            from confluent_kafka.serialization import MessageField, SerializationContext
+
+            # Said here, in the same words for both formats; Confluent's deserializers word these differently.
+            if len(value) < _HEADER_BYTES:
+                raise ValueError(f"shorter than the {_HEADER_BYTES}-byte Schema Registry header")
+            if value[0] != 0:
+                raise ValueError(f"no Schema Registry header: the first byte is {value[0]:#04x}, not 0x00")
+
+            deserializer = self._made_once(self.name, lambda: _deserializer(self.name, registry(self._registry_url)))
+            return deserializer(value, SerializationContext(topic, MessageField.VALUE))
+        import fastavro
+
+        buffer = io.BytesIO(value)
+        record = fastavro.schemaless_reader(buffer, self._made_once("schema", self._parsed_avro_schema))
+        if buffer.tell() != len(value):
+            raise ValueError(f"{len(value) - buffer.tell()} bytes after the record")
+        return record
+
+    def _made_once(self, what: str, make):
+        if what not in self._made:
+            self._made[what] = make()
+        return self._made[what]
+
+    def _parsed_avro_schema(self):
+        import fastavro
+
+        return fastavro.parse_schema(avro_schema(self._spec))
+
+    def _avro_serializer(self):
+        from confluent_kafka.schema_registry.avro import AvroSerializer
+
+        return AvroSerializer(registry(self._registry_url), json.dumps(avro_schema(self._spec)))
+
+    def _json_serializer(self):
+        from confluent_kafka.schema_registry.json_schema import JSONSerializer
+
+        return JSONSerializer(json.dumps(json_schema(self._spec)), registry(self._registry_url))
+
+
+def _deserializer(name: str, client):
+    if name == "confluent-avro":
+        from confluent_kafka.schema_registry.avro import AvroDeserializer
+
+        return AvroDeserializer(client)
+    from confluent_kafka.schema_registry.json_schema import JSONDeserializer
+
+    return JSONDeserializer(None, schema_registry_client=client)
+
+
+def _moment(value) -> datetime.datetime:
+    """An event time as Avro's timestamp-micros takes it."""
+    return _EPOCH + datetime.timedelta(microseconds=event_time_us_of(value))
