@@ -359,6 +359,26 @@ def test_read_survives_a_broker_outage():
         assert not errors, errors[0]
 
 
+def test_a_commit_the_broker_never_answers_does_not_hold_up_the_drain(monkeypatch, caplog):
+    """With the broker gone, librdkafka's synchronous commit (and a close with it pending) waits for as long as the
+    broker is away; the read's bundle finalization and teardown give up after their bounds, saying so."""
+    monkeypatch.setattr(kafka, "COMMIT_WAIT_S", 1.0)
+    monkeypatch.setattr(kafka, "CLOSE_WAIT_S", 1.0)
+    topic, group = _name("gone"), _name("gone")
+    with KafkaBroker() as broker:
+        broker.create_topic(topic, 1)
+        read = kafka._ReadPartitionFn({"bootstrap.servers": broker.bootstrap, "group.id": group}, True, 0)
+        read.setup()
+        read._commit_offsets({(topic, 0): 3})
+        assert committed(broker.bootstrap, group, topic, 1) == {0: 3}
+        broker.stop()
+        started = time.monotonic()
+        read._commit_offsets({(topic, 0): 5})
+        read.teardown()
+        assert time.monotonic() - started < 4
+    assert "Kafka offset commit not answered within 1 s (is the broker reachable?)" in caplog.text
+
+
 def test_secrets_never_reach_reprs_errors_or_logs(kafka_broker, caplog, capfd):
     secret = "S3cret-" + uuid.uuid4().hex
     # librdkafka quotes an unsupported assignment strategy in its error: put the secret there too,

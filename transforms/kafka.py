@@ -46,6 +46,8 @@ __all__ = ["KafkaMessage", "ReadFromKafka", "WriteToKafka", "KafkaTopicNotFoundE
            "KafkaDeliveryError", "mask_config", "drain_live_reads", "reset_drain", "enqueue"]
 
 _LOG = logging.getLogger(__name__)
+COMMIT_WAIT_S = 10.0  # then a drain with the broker gone goes on (see call_within)
+CLOSE_WAIT_S = 5.0
 
 # The restriction stop of a partition read that has no stop offset.
 UNBOUNDED = sys.maxsize
@@ -591,20 +593,42 @@ class _ReadPartitionFn(beam.DoFn):
         _LOG.warning("Kafka consumer: %s", self._secrets.scrub(err.str()))
 
     def _commit_offsets(self, claimed: dict) -> None:
-        """Bundle finalization: the bundle's outputs are committed, so its offsets may be."""
+        """Bundle finalization: the bundle's outputs are committed, so its offsets may be. Not fatal if it fails or
+        the broker does not answer: an uncommitted offset only means a replay after a restart."""
         if not claimed:
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in claimed.items()]
-        try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as e:
-            # Not fatal: an uncommitted offset only means a replay after a restart.
-            _LOG.warning("Kafka offset commit failed: %s", self._secrets.scrub(e))
+        answered, error = call_within(COMMIT_WAIT_S, self._consumer.commit, offsets=offsets, asynchronous=False)
+        if not answered:
+            _LOG.warning("Kafka offset commit not answered within %g s (is the broker reachable?); it goes on in the "
+                         "background", COMMIT_WAIT_S)
+        elif error is not None:
+            _LOG.warning("Kafka offset commit failed: %s", self._secrets.scrub(error))
 
     def teardown(self):
         consumer, self._consumer = getattr(self, "_consumer", None), None
         if consumer is not None:
-            consumer.close()
+            call_within(CLOSE_WAIT_S, consumer.close)
+
+
+def call_within(seconds: float, call, *args, **kwargs) -> tuple[bool, Exception | None]:
+    """Wait at most ``seconds`` for ``call`` (it goes on in a daemon thread after that): (answered, its error).
+
+    For librdkafka calls with no timeout of their own that wait for as long as the broker is away: a
+    synchronous commit, and a consumer's close while one is pending."""
+    outcome: list = []
+
+    def run():
+        try:
+            call(*args, **kwargs)
+            outcome.append(None)
+        except Exception as error:  # noqa: BLE001 - handed to the caller
+            outcome.append(error)
+
+    thread = threading.Thread(target=run, name="kafka-call", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return (True, outcome[0]) if outcome else (False, None)
 
 
 def _unbounded(process):

@@ -29,7 +29,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from transforms.kafka import Secrets, client
+from transforms.kafka import CLOSE_WAIT_S, COMMIT_WAIT_S, Secrets, call_within, client
 
 _LOG = logging.getLogger(__name__)
 COMMIT_EVERY_S = 1.0  # how long a written offset may wait for its commit
@@ -110,12 +110,14 @@ class _CommitFn(beam.DoFn):
 
     def _commit(self, key: str, offset: int) -> bool:
         topic, partition = _topic_partition(key)
-        try:
-            self._consumer.commit(offsets=[TopicPartition(topic, partition, offset)], asynchronous=False)
+        answered, error = call_within(COMMIT_WAIT_S, self._consumer.commit,
+                                      offsets=[TopicPartition(topic, partition, offset)], asynchronous=False)
+        if answered and error is None:
             return True
-        except KafkaException as error:  # the broker is away: try again; until then a restart reads more again
-            _LOG.warning("Kafka offset commit failed: %s", self._secrets.scrub(error))
-            return False
+        # The broker is away: try again; until then a restart reads more again.
+        _LOG.warning("Kafka offset commit %s", f"failed: {self._secrets.scrub(error)}" if answered else
+                     f"not answered within {COMMIT_WAIT_S:g} s (is the broker reachable?)")
+        return False
 
     def _committed(self, key: str) -> int:
         topic, partition = _topic_partition(key)
@@ -132,7 +134,7 @@ class _CommitFn(beam.DoFn):
     def teardown(self):
         consumer, self._consumer = getattr(self, "_consumer", None), None
         if consumer is not None:
-            consumer.close()
+            call_within(CLOSE_WAIT_S, consumer.close)
 
 
 def _topic_partition(key: str) -> tuple[str, int]:
