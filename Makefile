@@ -26,5 +26,7 @@ $(VENV)/.browser: $(VENV)/.installed
 		|| (apt-get update && apt-get install -y --no-install-recommends chromium)
 	touch $@
 
+# Two workers (pytest-xdist), one per core: most live tests wait on a runner or a broker, so the other
+# core works meanwhile (tests/conftest.py groups the tests per worker).
 test: $(VENV)/.runtimes $(VENV)/.browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup

@@ -3,18 +3,22 @@ import pytest
 from pipelines.kafka_broker import KafkaBroker
 
 # Fixtures that train a model (tens of seconds each): a test that uses one is slow.
-TRAINING_FIXTURES = {"fraud_model", "fraud_scored", "fraud_drift_monitored", "fraud_entity_model", "entity_model", "stream_model", "sensor",
-                     "sensor_archive"}
+TRAINING_FIXTURES = {"fraud_model", "fraud_scored", "fraud_drift_monitored", "fraud_entity_model", "entity_model",
+                     "stream_model", "sensor", "sensor_archive"}
 ACCEPTANCE_MODULES = {"test_stream", "test_streaming_runners", "test_model_reload"}
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if item.module.__name__.rsplit(".", 1)[-1] in ACCEPTANCE_MODULES:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module in ACCEPTANCE_MODULES:
             item.add_marker(pytest.mark.acceptance)
             item.add_marker(pytest.mark.slow)
         elif TRAINING_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
+        # With pytest -n 2 --dist loadgroup (make test): a file's tests on one worker, so its module fixtures are
+        # made once; the live acceptance streams one after another on one worker, never two at once.
+        item.add_marker(pytest.mark.xdist_group("acceptance" if module in ACCEPTANCE_MODULES else module))
 
 
 @pytest.fixture(scope="session")
