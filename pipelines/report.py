@@ -73,7 +73,9 @@ def run(argv=None) -> list[Section]:
     scored = json_records(flags.scored, "--scored") if flags.scored else []
 
     sections = []
-    if monitoring:
+    if monitoring and not windows:
+        sections.append(Section("Monitoring", f"--monitoring {monitoring}: its window files hold no records"))
+    elif monitoring:
         by_size = _windows_by_size(windows)
         sections += [drift_section(spec, size, rows) for size, rows in sorted(by_size.items())]
         sections.append(rates_section(spec, min(by_size), by_size[min(by_size)], alerts))
@@ -84,8 +86,11 @@ def run(argv=None) -> list[Section]:
     if flags.snapshots or flags.assignments:
         sections += clusters_sections(flags.snapshots, json_records(flags.assignments, "--assignments")
                                       if flags.assignments else [])
-    with FileSystems.create(flags.report, mime_type="text/html") as handle:
-        handle.write(page(f"rtml report: {spec.name}", sections).encode("utf-8"))
+    try:
+        with FileSystems.create(flags.report, mime_type="text/html") as handle:
+            handle.write(page(f"rtml report: {spec.name}", sections).encode("utf-8"))
+    except OSError as error:  # Beam's filesystems raise their own kinds of it
+        raise UserError(f"--report {flags.report}: cannot write it ({str(error).splitlines()[0]})") from None
     drawn = [section.title for section in sections if section.figure is not None]
     print("\n  ".join([f"report {flags.report}: {len(drawn)} charts", *drawn]))
     return sections
@@ -186,6 +191,8 @@ def scores_section(scored: list[dict], windows: list[dict], baseline: dict | Non
     title = "Scores against the holdout's deciles"
     if baseline is None:
         return Section(title, "no --model_dir: the holdout's score deciles are in the model's manifest")
+    if not scored and not windows:
+        return Section(title, "no scores: the monitoring windows hold none")
     bins = Bins(baseline["score"])
     if scored:
         counts, where = bins.counts(np.array([r["score"] for r in scored], dtype=float)), "scored records"

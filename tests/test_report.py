@@ -71,11 +71,20 @@ def test_unlabelled_scores_in_gzip_get_no_curves_and_say_why(tmp_path):
     (["--scored", "{tmp}/none/*.jsonl"], "--scored {tmp}/none/*.jsonl: no files match"),
     (["--scored", "{tmp}/broken.jsonl"], "--scored: {tmp}/broken.jsonl line 2 is not JSON"),
     (["--monitoring", "{tmp}"], "--monitoring {tmp}/windows-*.jsonl: no files match"),
+    (["--scored", "{tmp}/scored.jsonl", "--report", "{tmp}/scored.jsonl/r.html"], "--report {tmp}/scored.jsonl/r.html: "
+                                                                                "cannot write it"),
 ])
 def test_a_wrong_input_is_one_line_naming_the_flag(tmp_path, flags, message):
     (tmp_path / "broken.jsonl").write_text('{"score": 0.5}\n{"score": \n')
+    (tmp_path / "scored.jsonl").write_text('{"event_id": "e1", "score": 0.5}\n')  # a file, where a folder goes
     with pytest.raises(UserError) as error:
         report.run(["--spec", "fraud", "--report", str(tmp_path / "r.html"),
                     *(flag.format(tmp=tmp_path) for flag in flags)])
-    assert str(error.value) == message.format(tmp=tmp_path)
+    assert str(error.value).startswith(message.format(tmp=tmp_path))
     assert not (tmp_path / "r.html").exists()
+
+
+def test_monitoring_files_without_records_say_so(tmp_path):
+    (tmp_path / "windows-00000-of-00001.jsonl").write_text("")
+    sections = report.run(["--spec", "fraud", "--report", str(tmp_path / "r.html"), "--monitoring", str(tmp_path)])
+    assert sections[0].finding == f"--monitoring {tmp_path}: its window files hold no records"

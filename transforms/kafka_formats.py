@@ -27,7 +27,8 @@ from transforms.contract import avro_schema, json_schema
 from transforms.events import Decoded, event_time_us_of
 from transforms.spec import Spec
 
-FORMATS = ("json", "avro", "confluent-json", "confluent-avro")
+FORMATS = ("json", "avro", "confluent-json", "confluent-avro")  # --value_format
+_DECODED = FORMATS[1:]  # what a ValueFormat reads and writes; JSON values go to the parser as they are
 _REASON_CHARS = 200
 _HEADER_BYTES = 5  # a zero byte, then the schema id (4 bytes, big-endian)
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
@@ -42,14 +43,14 @@ def registry(url: str):
 
 
 class ValueFormat:
-    """Reads (``decode``) and writes (``encode``) a spec's events as message values of one format.
+    """Reads (``decode``) and writes (``encode``) a spec's events as message values of one of ``_DECODED``.
 
     Picklable: serializers and registry clients are made where first used, on the worker.
     """
 
     def __init__(self, name: str, spec: Spec, registry_url: str | None = None):
-        if name not in FORMATS:
-            raise ValueError(f"value format {name!r}: one of {', '.join(FORMATS)}")
+        if name not in _DECODED:
+            raise ValueError(f"value format {name!r}: one of {', '.join(_DECODED)}")
         if name.startswith("confluent-") and not registry_url:
             raise ValueError(f"value format {name} needs a schema registry URL")
         self.name, self._spec, self._registry_url = name, spec, registry_url
@@ -58,10 +59,10 @@ class ValueFormat:
     def __getstate__(self):
         return {**self.__dict__, "_made": {}}
 
-    def decode(self, value: bytes | None, topic: str) -> Decoded | bytes | None:
-        """A message value of ``topic`` for the parser: JSON as it came; any other format read into a ``Decoded``."""
-        if self.name == "json" or value is None:
-            return value
+    def decode(self, value: bytes | None, topic: str) -> Decoded | None:
+        """A message value of ``topic`` read for the parser (None, a null value, stays None)."""
+        if value is None:
+            return None
         try:
             record = self._read(value, topic)
         except Exception as error:  # the serializers raise their own kinds; a reason, never a crash
@@ -74,8 +75,6 @@ class ValueFormat:
 
     def encode(self, event: dict, topic: str) -> bytes:
         """A valid event as this format's message value for ``topic`` (registering the spec's schema there)."""
-        if self.name == "json":
-            return json.dumps(event, ensure_ascii=False).encode("utf-8")
         from confluent_kafka.serialization import MessageField, SerializationContext
 
         context = SerializationContext(topic, MessageField.VALUE)
