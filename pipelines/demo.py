@@ -13,6 +13,7 @@ import pathlib
 import shutil
 
 from pipelines import cli, monitor, report, score, train
+from transforms.errors import UserError
 from pipelines.generate import generate
 
 TRAIN_DAYS, LATER_DAYS = 14, 5
@@ -22,6 +23,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo", help="Directory for everything the demo writes (default: demo).")
     out = pathlib.Path(parser.parse_args(argv).out)
+    missing = cli.missing_extra("report", "plotly", "sklearn")  # said before minutes of work, not after them
+    if missing:
+        raise UserError(f"the demo ends with its report: {missing}")
     shutil.rmtree(out, ignore_errors=True)
 
     manifest = generate("fraud", TRAIN_DAYS + LATER_DAYS, out / "archive", datetime.date(2026, 3, 1), 10_000, 0.01, 7,

@@ -70,7 +70,8 @@ def run(argv=None) -> list[Section]:
     windows = json_records(FileSystems.join(monitoring, f"{WINDOWS}-*.jsonl"), "--monitoring") if monitoring else []
     alerts = (json_records(FileSystems.join(monitoring, f"{ALERTS}-*.jsonl"), "--monitoring", may_be_empty=True)
               if monitoring else [])
-    scored = json_records(flags.scored, "--scored") if flags.scored else []
+    scored = _with_keys(json_records(flags.scored, "--scored"), ("event_id", "score"), "--scored", "scored records") \
+        if flags.scored else []
 
     sections = []
     if monitoring and not windows:
@@ -79,13 +80,14 @@ def run(argv=None) -> list[Section]:
         by_size = _windows_by_size(windows)
         sections += [drift_section(spec, size, rows) for size, rows in sorted(by_size.items())]
         sections.append(rates_section(spec, min(by_size), by_size[min(by_size)], alerts))
-    if scored or monitoring:
-        sections.append(scores_section(scored, windows, baseline))
+    if scored or monitoring:  # from the windows, one size's: each score is in one window of each size
+        sections.append(scores_section(scored, by_size[min(by_size)] if monitoring and windows else [], baseline))
     if scored:
         sections.append(quality_section(spec, scored))
     if flags.snapshots or flags.assignments:
-        sections += clusters_sections(flags.snapshots, json_records(flags.assignments, "--assignments")
-                                      if flags.assignments else [])
+        assignments = _with_keys(json_records(flags.assignments, "--assignments"), ("cluster", "distance"),
+                                 "--assignments", "cluster assignments") if flags.assignments else []
+        sections += clusters_sections(flags.snapshots, assignments)
     try:
         with FileSystems.create(flags.report, mime_type="text/html") as handle:
             handle.write(page(f"rtml report: {spec.name}", sections).encode("utf-8"))
@@ -99,6 +101,14 @@ def run(argv=None) -> list[Section]:
 # ---------------------------------------------------------------------------------------------
 # Inputs
 
+def _with_keys(records: list[dict], keys: tuple[str, ...], flag: str, what: str) -> list[dict]:
+    """``records``, or a one-line error if one lacks a key these records have (another output given by mistake)."""
+    for record in records:
+        if not all(key in record for key in keys):
+            raise UserError(f"{flag}: a record without {' and '.join(keys)}; are these {what}?")
+    return records
+
+
 def _windows_by_size(windows: list[dict]) -> dict[int, list[dict]]:
     """Window records by window size, in event-time order, the panes of each window added up (late panes
     count only what came late; drift is the fullest pane's)."""
@@ -107,10 +117,11 @@ def _windows_by_size(windows: list[dict]) -> dict[int, list[dict]]:
         panes[record["window_s"], record["window_start"]].append(record)
     by_size = collections.defaultdict(list)
     for (size, start), parts in sorted(panes.items()):
-        total = {key: sum(p[key] for p in parts) for key in ("events", "dead_letters", "alerts")}
-        by_size[size].append({"start": start, **total, "input_per_s": total["events"] / size,
-                              "dead_letter_rate": total["dead_letters"] / max(total["events"] + total["dead_letters"], 1),
-                              "alert_rate": total["alerts"] / max(total["events"], 1),
+        total = {key: sum(p[key] for p in parts) for key in ("events", "dead_letters", "scored", "alerts")}
+        received = total["events"] + total["dead_letters"]
+        by_size[size].append({"start": start, **total, "input_per_s": received / size,  # as rtml monitor counts
+                              "dead_letter_rate": total["dead_letters"] / max(received, 1),
+                              "alert_rate": total["alerts"] / max(total["scored"], 1),
                               "drift": max(parts, key=lambda p: p["events"])["drift"],
                               "score_counts": np.sum([p["score_counts"] for p in parts], axis=0)})
     return dict(by_size)
@@ -179,7 +190,7 @@ def rates_section(spec: Spec, size: int, windows: list[dict], alerts: list[dict]
     figure.update_yaxes(title_text="events/s", secondary_y=False, rangemode="tozero")
     figure.update_yaxes(title_text="% of the window's input", secondary_y=True, rangemode="tozero")
     events, dead = sum(w["events"] for w in windows), sum(w["dead_letters"] for w in windows)
-    kinds = collections.Counter(a["kind"] for a in alerts)
+    kinds = collections.Counter(a["kind"] for a in alerts if a["window_s"] == size)
     return Section(f"Input, dead letters and alerts, {_duration(size)} windows",
                    f"{events:,} events and {dead:,} placed dead letters in {len(windows):,} windows; monitoring "
                    f"alerts: {', '.join(f'{n:,} {k}' for k, n in sorted(kinds.items())) or 'none'}", figure)
@@ -198,8 +209,9 @@ def scores_section(scored: list[dict], windows: list[dict], baseline: dict | Non
         counts, where = bins.counts(np.array([r["score"] for r in scored], dtype=float)), "scored records"
     else:
         counts, where = np.sum([w["score_counts"] for w in windows], axis=0), "monitoring windows"
-    edges = ["0", *(f"{e:.3g}" for e in baseline["score"]["edges"]), "1"]
-    labels = [f"[{low}, {high})" for low, high in zip(edges, edges[1:])]
+    edges = [f"{e:.3g}" for e in baseline["score"]["edges"]]  # scores may be any number (a reconstruction error)
+    inner = ["[" + f"{low}, {high}" + ")" for low, high in zip(edges, edges[1:])]
+    labels = [f"< {edges[0]}", *inner, f">= {edges[-1]}"]
     figure = go.Figure([go.Bar(x=labels, y=baseline["score"]["shares"], name="holdout (training)"),
                         go.Bar(x=labels, y=(counts / max(counts.sum(), 1)).tolist(), name=where)])
     figure.update_layout(barmode="group", height=360, xaxis_title="score bin (the holdout's deciles)",
@@ -246,6 +258,9 @@ def clusters_sections(snapshot_dir: str | None, assignments: list[dict]) -> list
     sections = []
     if snapshot_dir:
         snapshot = registry.load(snapshot_dir).manifest
+        if snapshot.get("kind") != "kmeans":
+            raise UserError(f"--snapshots {snapshot_dir}: its current version is not a k-means snapshot "
+                            f"(rtml cluster's --snapshot_dir)")
         centers, names = np.array(snapshot["centers"]), snapshot["features"]
         rows = [f"cluster {i} ({n:,} learned)" for i, n in enumerate(snapshot["counts"])]
         limit = float(np.abs(centers).max()) or 1.0

@@ -26,8 +26,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from models import registry
 from pipelines import artifacts, cli, generate, score, train
-from pipelines.options import (DemoOptions, KafkaOptions, LiveMonitorOptions, ModelOptions, MonitorOptions, SpecOptions,
-                               StreamOptions)
+from pipelines.options import (DemoOptions, EngineOptions, KafkaOptions, LiveMonitorOptions, ModelOptions,
+                               MonitorOptions, ReloadOptions, SpecOptions, StreamOptions)
 from pipelines.kafka_broker import KafkaBroker
 from transforms.errors import UserError
 from transforms.spec import load_spec
@@ -44,7 +44,11 @@ def _say(text: str) -> None:
     print(f"[demo] {text}", file=sys.stderr, flush=True)
 
 
-VIEWS = (SpecOptions, DemoOptions, ModelOptions, KafkaOptions, StreamOptions, MonitorOptions, LiveMonitorOptions)
+# The demo's producer writes JSON to a broker of its own: no other value format, and --bootstrap_servers only to be
+# refused in words.
+VIEWS = (SpecOptions, DemoOptions, ModelOptions, EngineOptions, ReloadOptions,
+         cli.only(KafkaOptions, "bootstrap_servers", "kafka_config", "kafka_config_file", "kafka_secret", "kafka_io"),
+         StreamOptions, MonitorOptions, LiveMonitorOptions)
 
 
 def run(argv=None, test_pipeline=None) -> dict[str, int]:

@@ -376,7 +376,7 @@ def test_a_commit_the_broker_never_answers_does_not_hold_up_the_drain(monkeypatc
         read._commit_offsets({(topic, 0): 5})
         read.teardown()
         assert time.monotonic() - started < 4
-    assert "Kafka offset commit not answered within 1 s (is the broker reachable?)" in caplog.text
+    assert "Kafka offset commit not answered within 1 s, or an earlier one still waiting" in caplog.text
 
 
 def test_secrets_never_reach_reprs_errors_or_logs(kafka_broker, caplog, capfd):

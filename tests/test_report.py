@@ -73,10 +73,12 @@ def test_unlabelled_scores_in_gzip_get_no_curves_and_say_why(tmp_path):
     (["--monitoring", "{tmp}"], "--monitoring {tmp}/windows-*.jsonl: no files match"),
     (["--scored", "{tmp}/scored.jsonl", "--report", "{tmp}/scored.jsonl/r.html"], "--report {tmp}/scored.jsonl/r.html: "
                                                                                 "cannot write it"),
+    (["--scored", "{tmp}/dead.jsonl"], "--scored: a record without event_id and score; are these scored records?"),
 ])
 def test_a_wrong_input_is_one_line_naming_the_flag(tmp_path, flags, message):
     (tmp_path / "broken.jsonl").write_text('{"score": 0.5}\n{"score": \n')
     (tmp_path / "scored.jsonl").write_text('{"event_id": "e1", "score": 0.5}\n')  # a file, where a folder goes
+    (tmp_path / "dead.jsonl").write_text('{"error": "amount: missing", "raw": "{}"}\n')  # dead letters
     with pytest.raises(UserError) as error:
         report.run(["--spec", "fraud", "--report", str(tmp_path / "r.html"),
                     *(flag.format(tmp=tmp_path) for flag in flags)])

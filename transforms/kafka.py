@@ -46,7 +46,7 @@ __all__ = ["KafkaMessage", "ReadFromKafka", "WriteToKafka", "KafkaTopicNotFoundE
            "KafkaDeliveryError", "mask_config", "drain_live_reads", "reset_drain", "enqueue"]
 
 _LOG = logging.getLogger(__name__)
-COMMIT_WAIT_S = 10.0  # then a drain with the broker gone goes on (see call_within)
+COMMIT_WAIT_S = 10.0  # then a drain with the broker gone goes on (see BoundedCalls)
 CLOSE_WAIT_S = 5.0
 
 # The restriction stop of a partition read that has no stop offset.
@@ -507,6 +507,7 @@ class _ReadPartitionFn(beam.DoFn):
     def setup(self):
         self._secrets = Secrets(self._config)
         self._consumer = client(Consumer, self._config, self._secrets)
+        self._calls = BoundedCalls()  # commits and the close
 
     def start_bundle(self):
         self._claimed: dict[tuple[str, int], int] = {}  # next offset per partition, this bundle
@@ -598,37 +599,45 @@ class _ReadPartitionFn(beam.DoFn):
         if not claimed:
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in claimed.items()]
-        answered, error = call_within(COMMIT_WAIT_S, self._consumer.commit, offsets=offsets, asynchronous=False)
+        answered, error = self._calls.call(COMMIT_WAIT_S, self._consumer.commit, offsets=offsets, asynchronous=False)
         if not answered:
-            _LOG.warning("Kafka offset commit not answered within %g s (is the broker reachable?); it goes on in the "
-                         "background", COMMIT_WAIT_S)
+            _LOG.warning("Kafka offset commit not answered within %g s, or an earlier one still waiting (is the broker "
+                         "reachable?)", COMMIT_WAIT_S)
         elif error is not None:
             _LOG.warning("Kafka offset commit failed: %s", self._secrets.scrub(error))
 
     def teardown(self):
         consumer, self._consumer = getattr(self, "_consumer", None), None
         if consumer is not None:
-            call_within(CLOSE_WAIT_S, consumer.close)
+            self._calls.call(CLOSE_WAIT_S, consumer.close)
 
 
-def call_within(seconds: float, call, *args, **kwargs) -> tuple[bool, Exception | None]:
-    """Wait at most ``seconds`` for ``call`` (it goes on in a daemon thread after that): (answered, its error).
+class BoundedCalls:
+    """Kafka calls that may wait for as long as the broker is away (librdkafka has no timeout for a synchronous
+    commit, nor for a consumer's close while one is pending), each waited for at most a while and made one at a
+    time: while one goes on in the background, the next is not made. A commit then waits for its next try (a
+    restart reads a little more again); a close is left to the process's end."""
 
-    For librdkafka calls with no timeout of their own that wait for as long as the broker is away: a
-    synchronous commit, and a consumer's close while one is pending."""
-    outcome: list = []
+    def __init__(self):
+        self._running: threading.Thread | None = None
 
-    def run():
-        try:
-            call(*args, **kwargs)
-            outcome.append(None)
-        except Exception as error:  # noqa: BLE001 - handed to the caller
-            outcome.append(error)
+    def call(self, seconds: float, call, *args, **kwargs) -> tuple[bool, Exception | None]:
+        """(answered within ``seconds``, its error); (False, None) at once while an earlier call goes on."""
+        if self._running is not None and self._running.is_alive():
+            return False, None
+        outcome: list = []
 
-    thread = threading.Thread(target=run, name="kafka-call", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    return (True, outcome[0]) if outcome else (False, None)
+        def run():
+            try:
+                call(*args, **kwargs)
+                outcome.append(None)
+            except Exception as error:  # noqa: BLE001 - handed to the caller
+                outcome.append(error)
+
+        self._running = threading.Thread(target=run, name="kafka-call", daemon=True)
+        self._running.start()
+        self._running.join(seconds)
+        return (True, outcome[0]) if outcome else (False, None)
 
 
 def _unbounded(process):

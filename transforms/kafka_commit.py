@@ -29,7 +29,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from transforms.kafka import CLOSE_WAIT_S, COMMIT_WAIT_S, Secrets, call_within, client
+from transforms.kafka import CLOSE_WAIT_S, COMMIT_WAIT_S, BoundedCalls, Secrets, client
 
 _LOG = logging.getLogger(__name__)
 COMMIT_EVERY_S = 1.0  # how long a written offset may wait for its commit
@@ -74,6 +74,7 @@ class _CommitFn(beam.DoFn):
     def setup(self):
         self._secrets = Secrets(self._config)
         self._consumer = client(Consumer, self._config, self._secrets)
+        self._calls = BoundedCalls()  # commits and the close
 
     def process(self, element, progress=beam.DoFn.StateParam(PROGRESS), flush=beam.DoFn.TimerParam(FLUSH),
                 at_end=beam.DoFn.TimerParam(END)):
@@ -110,13 +111,14 @@ class _CommitFn(beam.DoFn):
 
     def _commit(self, key: str, offset: int) -> bool:
         topic, partition = _topic_partition(key)
-        answered, error = call_within(COMMIT_WAIT_S, self._consumer.commit,
-                                      offsets=[TopicPartition(topic, partition, offset)], asynchronous=False)
+        answered, error = self._calls.call(COMMIT_WAIT_S, self._consumer.commit,
+                                           offsets=[TopicPartition(topic, partition, offset)], asynchronous=False)
         if answered and error is None:
             return True
         # The broker is away: try again; until then a restart reads more again.
         _LOG.warning("Kafka offset commit %s", f"failed: {self._secrets.scrub(error)}" if answered else
-                     f"not answered within {COMMIT_WAIT_S:g} s (is the broker reachable?)")
+                     f"not answered within {COMMIT_WAIT_S:g} s, or an earlier one still waiting (is the broker "
+                     f"reachable?)")
         return False
 
     def _committed(self, key: str) -> int:
@@ -134,7 +136,7 @@ class _CommitFn(beam.DoFn):
     def teardown(self):
         consumer, self._consumer = getattr(self, "_consumer", None), None
         if consumer is not None:
-            call_within(CLOSE_WAIT_S, consumer.close)
+            self._calls.call(CLOSE_WAIT_S, consumer.close)
 
 
 def _topic_partition(key: str) -> tuple[str, int]:

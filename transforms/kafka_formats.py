@@ -24,7 +24,7 @@ import io
 import json
 
 from transforms.contract import avro_schema, json_schema
-from transforms.events import Decoded, event_time_us_of
+from transforms.events import Decoded, event_time_us_of, rfc3339
 from transforms.spec import Spec
 
 FORMATS = ("json", "avro", "confluent-json", "confluent-avro")  # --value_format
@@ -79,8 +79,8 @@ class ValueFormat:
 
         context = SerializationContext(topic, MessageField.VALUE)
         if self.name == "confluent-json":
-            return self._made_once("json_out", self._json_serializer)(event, context)
-        record = {**event, self._spec.event_time: _moment(event[self._spec.event_time])}
+            return self._made_once("json_out", self._json_serializer)(self._typed(event, avro=False), context)
+        record = self._typed(event, avro=True)
         if self.name == "confluent-avro":
             return self._made_once("avro_out", self._avro_serializer)(record, context)
         import fastavro
@@ -88,6 +88,20 @@ class ValueFormat:
         buffer = io.BytesIO()
         fastavro.schemaless_writer(buffer, self._made_once("schema", self._parsed_avro_schema), record)
         return buffer.getvalue()
+
+    def _typed(self, event: dict, avro: bool) -> dict:
+        """The event's values as the schema types them: times as Avro's datetimes (JSON: RFC 3339 text, as a
+        Parquet row's datetimes are not), 0 or 1 as Avro's int."""
+        record = dict(event)
+        for field in self._spec.fields:
+            value = record.get(field.name)
+            if value is None:
+                continue
+            if field.type == "timestamp" and (avro or not isinstance(value, str)):
+                record[field.name] = _moment(value) if avro else rfc3339(event_time_us_of(value))
+            elif field.type == "binary" and avro:
+                record[field.name] = int(value)
+        return record
 
     def _read(self, value: bytes, topic: str):
         if self.name.startswith("confluent-"):
