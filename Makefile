@@ -26,7 +26,8 @@ $(VENV)/.browser: $(VENV)/.installed
 		|| (apt-get update && apt-get install -y --no-install-recommends chromium)
 	touch $@
 
-# Two workers (pytest-xdist), one per core: most live tests wait on a runner or a broker, so the other
-# core works meanwhile (tests/conftest.py groups the tests per worker).
+# Two workers (pytest-xdist), one per core, each test file on one worker (tests/conftest.py groups them);
+# then the live acceptance tests (streams on each runner, timing-sensitive) alone, one after another.
 test: $(VENV)/.runtimes $(VENV)/.browser
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 2 --dist loadgroup -m "not acceptance"
+	$(PY) -m pytest -m acceptance

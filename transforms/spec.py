@@ -370,9 +370,10 @@ def _mapping(value: Any, where: str, required=frozenset(), optional=None) -> dic
     if missing:
         raise SpecError(f"{where}: missing {', '.join(missing)}")
     if optional is not None:
-        unknown = sorted(set(value) - set(required) - set(optional))
-        if unknown:
-            raise SpecError(f"{where}: unknown key {', '.join(map(str, unknown))}")
+        unknown = sorted(set(value) - set(required) - set(optional), key=str)
+        if unknown:  # a key that is not plain printable text is quoted, so the error stays one line
+            shown = (str(key) if str(key).isprintable() else repr(key) for key in unknown)
+            raise SpecError(f"{where}: unknown key {', '.join(shown)}")
     return dict(value)
 
 
