@@ -51,7 +51,7 @@ from pipelines import cli, graph, runners, serving
 from pipelines.options import ArchiveOptions, BackfillOptions, EngineOptions, KafkaOptions, ModelOptions, SpecOptions
 from transforms import kafka
 from transforms.errors import UserError
-from transforms.events import EventBatch, dead_letter_time_us, event_time_us_of, is_event_time
+from transforms.events import EventBatch, dead_letter_time_us, event_time_us_of, is_event_time, utc_datetime
 from transforms.fileio import UNREADABLE_REASON, ReadEventFiles, check_input
 
 VIEWS = (SpecOptions, ModelOptions, EngineOptions, ArchiveOptions, BackfillOptions, KafkaOptions)
@@ -67,7 +67,6 @@ LOCK = "_backfill.lock"
 TABLE_ROWS = 60  # longer ranges list skipped partitions in one line
 UNIT_US = {"day": 86_400_000_000, "hour": 3_600_000_000}
 _NAME = {"day": re.compile(r"dt=\d{4}-\d{2}-\d{2}\Z"), "hour": re.compile(r"dt=\d{4}-\d{2}-\d{2}T\d{2}\Z")}
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 _YEAR_10000_US = 253_402_300_800_000_000
 MAX_DAYS_UNASKED = 366  # a longer range is more likely a typo (2000..2030) than a plan: it needs --yes
@@ -78,7 +77,7 @@ MAX_DAYS_UNASKED = 366  # a longer range is more likely a typo (2000..2030) than
 
 
 def partition_name(start_us: int, partition: str) -> str:
-    moment = _EPOCH + datetime.timedelta(microseconds=start_us)
+    moment = utc_datetime(start_us)
     return "dt=" + moment.strftime("%Y-%m-%d" if partition == "day" else "%Y-%m-%dT%H")
 
 

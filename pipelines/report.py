@@ -139,6 +139,8 @@ def drift_section(spec: Spec, size: int, windows: list[dict]) -> Section:
         len(features), len(windows))
     starts = [w["start"] for w in windows]
     title = f"Drift from training, {_duration(size)} windows"
+    if not features:
+        return Section(title, f"the spec {spec.name} has no feature monitored for drift")
     if np.isnan(psis).all():
         return Section(title, f"no {_duration(size)} window had the {spec.monitoring.min_events:,} events drift "
                               f"needs (monitoring.min_events); no drift figures")

@@ -39,7 +39,7 @@ class Raw(NamedTuple):
     ``{"topic": ..., "partition": p, "offset": o}``.
     """
 
-    payload: bytes | dict | Unreadable | None  # None: a Kafka message without a value (a tombstone)
+    payload: bytes | dict | Decoded | Unreadable | None  # None: a Kafka message without a value (a tombstone)
     source: dict
     # A stream's: where the record sits in its log, carried to its scored record or dead letter (as
     # POSITION) so that its offset is committed only once that is written (transforms.kafka_commit).
@@ -219,11 +219,15 @@ def event_time_us_of(value: str | datetime.datetime) -> int:
     return (moment - _EPOCH) // _MICROSECOND
 
 
+def utc_datetime(time_us: int) -> datetime.datetime:
+    """An instant in microseconds since the epoch as an aware UTC datetime."""
+    return _EPOCH + datetime.timedelta(microseconds=time_us)
+
+
 def rfc3339(time_us: int) -> str:
     """An instant as RFC 3339 UTC with microseconds, always all six digits, so that such strings sort as
     their times do (Beam's ``Timestamp.to_rfc3339`` leaves out a zero fraction)."""
-    return (_EPOCH + datetime.timedelta(microseconds=time_us)).isoformat(timespec="microseconds").replace(
-        "+00:00", "Z")
+    return utc_datetime(time_us).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def dead_letter(payload: bytes | dict | Decoded | Unreadable | None, error: str, source: dict, spec_name: str) -> dict:

@@ -18,20 +18,18 @@ registers the spec's schema under the topic's subject, as Confluent's serializer
 """
 from __future__ import annotations
 
-import datetime
 import functools
 import io
 import json
 
 from transforms.contract import avro_schema, json_schema
-from transforms.events import Decoded, event_time_us_of, rfc3339
+from transforms.events import Decoded, event_time_us_of, rfc3339, utc_datetime
 from transforms.spec import Spec
 
 FORMATS = ("json", "avro", "confluent-json", "confluent-avro")  # --value_format
 _DECODED = FORMATS[1:]  # what a ValueFormat reads and writes; JSON values go to the parser as they are
 _REASON_CHARS = 200
 _HEADER_BYTES = 5  # a zero byte, then the schema id (4 bytes, big-endian)
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 
 @functools.cache
@@ -98,7 +96,8 @@ class ValueFormat:
             if value is None:
                 continue
             if field.type == "timestamp" and (avro or not isinstance(value, str)):
-                record[field.name] = _moment(value) if avro else rfc3339(event_time_us_of(value))
+                time_us = event_time_us_of(value)
+                record[field.name] = utc_datetime(time_us) if avro else rfc3339(time_us)
             elif field.type == "binary" and avro:
                 record[field.name] = int(value)
         return record
@@ -152,8 +151,3 @@ def _deserializer(name: str, client):
     from confluent_kafka.schema_registry.json_schema import JSONDeserializer
 
     return JSONDeserializer(None, schema_registry_client=client)
-
-
-def _moment(value) -> datetime.datetime:
-    """An event time as Avro's timestamp-micros takes it."""
-    return _EPOCH + datetime.timedelta(microseconds=event_time_us_of(value))
