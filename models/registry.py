@@ -10,10 +10,14 @@
         transform/                 tensorflow-transform's artifact
       .staging/                    versions being written; never read
 
-A version is published by renaming its finished staging directory into ``versions/``, then
-replacing ``CURRENT``; a crash at any point leaves the previous current version serving. Publishing
-holds a lock on the directory, and CURRENT only moves to a newer version (names sort by creation
-time): of two trainings into one directory, the one started last is current, whichever ends last.
+A version is written in a local staging directory. On a local (or mounted) model directory it
+is published by renaming that directory into ``versions/``, then replacing ``CURRENT``, under a lock
+on the directory. On Cloud Storage (``gs://``), which has no atomic rename, its files are uploaded
+into ``versions/`` with the manifest last (a version without one is never loaded), then ``CURRENT``
+is replaced only if it is still the generation read (``transforms.storage``). Either way a crash at
+any point leaves the previous current version serving, and CURRENT only moves to a newer version
+(names sort by creation time): of two trainings into one directory, the one started last is
+current, whichever ends last.
 
 The model directory is a trust boundary. ``CURRENT`` names a version only by a plain name (no
 path), and records the sha256 of that version's manifest, which holds the sha256 of every other
@@ -27,8 +31,7 @@ CURRENT guards against edits to a version, not against whoever can write CURRENT
 signing key (``--model_signing_key_env NAME``: the key is the environment variable NAME's value,
 never a flag's), training signs the manifest, and loading refuses a version whose manifest.hmac is
 missing or does not match: only a holder of the key can make a version that loads.
-Publishing needs a local (or mounted) directory; loading reads through Beam's filesystems, so
-workers can load a model directory copied to any of them (``gs://...``).
+Loading reads through Beam's filesystems, so workers can load a model directory on any of them.
 """
 from __future__ import annotations
 
@@ -44,11 +47,13 @@ import os
 import pathlib
 import re
 import secrets
+import tempfile
 from typing import TYPE_CHECKING
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from transforms import storage
 from transforms.errors import UserError
 
 if TYPE_CHECKING:
@@ -106,7 +111,14 @@ def new_version() -> str:
 
 
 def staging_dir(model_dir: str, version: str) -> pathlib.Path:
-    """Where a version is written before it is published; ModelError if ``model_dir`` cannot be written."""
+    """Where a version is written before it is published (a local directory, also for a ``gs://`` model
+    directory); ModelError if ``model_dir`` cannot be published to."""
+    try:
+        storage.check_committable("--model_dir", model_dir)
+    except UserError as error:
+        raise ModelError(str(error)) from None
+    if not storage.is_local(model_dir):
+        return pathlib.Path(tempfile.mkdtemp(prefix=f"rtml-staging-{version}-"))
     path = pathlib.Path(model_dir) / ".staging" / version
     try:
         path.mkdir(parents=True, exist_ok=False)
@@ -125,22 +137,43 @@ def publish(model_dir: str, staging: pathlib.Path, manifest: dict, signing_key_e
     if key is not None:
         (staging / SIGNATURE).write_text(_signature(key, manifest_bytes) + "\n")
     digest = hashlib.sha256(manifest_bytes).hexdigest()
+    pointer = f"{manifest['version']} sha256:{digest}\n".encode()
+    publish_to = _publish_local if storage.is_local(model_dir) else _publish_by_generation
+    final, made_current = publish_to(model_dir, staging, manifest["version"], pointer)
+    return ModelVersion(final, manifest, digest, made_current=made_current, signing_key_env=signing_key_env)
+
+
+def _publish_local(model_dir: str, staging: pathlib.Path, version: str, pointer: bytes) -> tuple[str, bool]:
     root = pathlib.Path(model_dir)
     versions = root / "versions"
     versions.mkdir(exist_ok=True)
-    final = versions / manifest["version"]
+    final = versions / version
     with open(root / _PUBLISH_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         staging.rename(final)
         try:
-            superseded = current(model_dir)[0] >= manifest["version"]
+            superseded = current(model_dir)[0] >= version
         except ModelError:
             superseded = False
         if not superseded:
-            pointer = root / f".{CURRENT}.{manifest['version']}"
-            pointer.write_text(f"{manifest['version']} sha256:{digest}\n")
-            os.replace(pointer, root / CURRENT)
-    return ModelVersion(str(final), manifest, digest, made_current=not superseded, signing_key_env=signing_key_env)
+            temporary = root / f".{CURRENT}.{version}"
+            temporary.write_bytes(pointer)
+            os.replace(temporary, root / CURRENT)
+    return str(final), not superseded
+
+
+def _publish_by_generation(model_dir: str, staging: pathlib.Path, version: str, pointer: bytes) -> tuple[str, bool]:
+    final = FileSystems.join(model_dir, "versions", version)
+    files = sorted(path for path in staging.rglob("*") if path.is_file() and path.name != MANIFEST)
+    for path in [*files, staging / MANIFEST]:  # the manifest last: it makes the version whole
+        storage.write_file(FileSystems.join(final, path.relative_to(staging).as_posix()), path.read_bytes())
+    pointer_path = FileSystems.join(model_dir, CURRENT)
+    while True:  # another publisher may replace CURRENT between the read and the write: read again
+        text, generation = storage.read_generation(pointer_path)
+        if text is not None and text.decode("utf-8", "replace").split(" ")[0].strip() >= version:
+            return final, False
+        if storage.write_if_generation(pointer_path, pointer, generation) is not None:
+            return final, True
 
 
 def load(model_dir: str, version: str | None = None, manifest_sha256: str | None = None,

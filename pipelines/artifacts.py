@@ -5,6 +5,8 @@
 - **Prism**, Beam's portable local runner, built from the Go module proxy with ``go install`` at the
   apache-beam version, into the venv's ``bin/``. The PrismRunner preset points ``--prism_location``
   at it.
+- **fake-gcs-server**, a Cloud Storage emulator, built the same way, for the tests of ``gs://`` model
+  directories and backfills.
 - **Apache Kafka** (``org.apache.kafka:kafka_2.13``) from Maven Central, for the local broker of the
   tests, the demo and the benchmarks (``pipelines.kafka_broker``).
 - **Beam's Flink job server** (``org.apache.beam:beam-runners-flink-1.19``) from Maven Central. The
@@ -35,6 +37,10 @@ import zipfile
 from pathlib import Path
 
 BEAM_VERSION = importlib.metadata.version("apache-beam")
+PRISM_MODULE = "github.com/apache/beam/sdks/v2/go/cmd/prism"
+# The tests' Cloud Storage emulator. 1.56.1 checks ifGenerationMatch on uploads, which the lock and
+# CURRENT rely on; it answers the batch calls Beam's file sinks finalize with by nothing (no parts).
+FAKE_GCS_SERVER = ("github.com/fsouza/fake-gcs-server", "1.56.1")
 KAFKA = ((("org.apache.kafka", "kafka_2.13", "4.4.0"),), "kafka.Kafka")
 FLINK_VERSION = "1.19"
 FLINK_BEAM_VERSION = "2.62.0"
@@ -55,6 +61,10 @@ class MissingArtifact(RuntimeError):
 
 def prism_binary() -> Path:
     return Path(sys.prefix) / "bin" / "prism"
+
+
+def fake_gcs_server_binary() -> Path:
+    return Path(sys.prefix) / "bin" / "fake-gcs-server"
 
 
 def kafka_jar() -> Path:
@@ -94,20 +104,21 @@ def java() -> str:
 # Fetching
 
 
-def fetch_prism() -> str:
-    target = prism_binary()
+def fetch_go(target: Path, module: str, version: str, without: str) -> str:
+    """``go install module@version`` as ``target``, unless it is there."""
+    name = target.name
     if target.exists():
-        return f"prism: present ({target})"
+        return f"{name}: present ({target})"
     go = shutil.which("go")
     if go is None:
-        return "prism: NOT INSTALLED: no go on PATH; PrismRunner is unavailable (the DirectRunner and FlinkRunner work)"
+        return f"{name}: NOT INSTALLED: no go on PATH; {without}"
     with tempfile.TemporaryDirectory() as gobin:
-        done = subprocess.run([go, "install", f"github.com/apache/beam/sdks/v2/go/cmd/prism@v{BEAM_VERSION}"],
-                              env={**os.environ, "GOBIN": gobin}, capture_output=True, text=True)
+        done = subprocess.run([go, "install", f"{module}@v{version}"], env={**os.environ, "GOBIN": gobin},
+                              capture_output=True, text=True)
         if done.returncode != 0:
-            return f"prism: NOT INSTALLED: go install failed: {_last_line(done.stderr)}; PrismRunner is unavailable"
-        shutil.move(str(Path(gobin) / "prism"), target)
-    return f"prism: built v{BEAM_VERSION} ({target})"
+            return f"{name}: NOT INSTALLED: go install failed: {_last_line(done.stderr)}; {without}"
+        shutil.move(str(Path(gobin) / module.rsplit("/", 1)[-1]), target)
+    return f"{name}: built v{version} ({target})"
 
 
 def fetch_maven(name: str, coordinates: tuple, also_on_class_path: tuple[str, ...] = ()) -> str:
@@ -195,7 +206,10 @@ def _last_error(text: str) -> str:
 
 def main() -> int:
     HOME.mkdir(parents=True, exist_ok=True)
-    lines = [fetch_prism(), fetch_maven("kafka", KAFKA), fetch_maven("kafka_io", KAFKA_IO),
+    lines = [fetch_go(prism_binary(), PRISM_MODULE, BEAM_VERSION,
+                      "PrismRunner is unavailable (the DirectRunner and FlinkRunner work)"),
+             fetch_go(fake_gcs_server_binary(), *FAKE_GCS_SERVER, "the Cloud Storage tests cannot run"),
+             fetch_maven("kafka", KAFKA), fetch_maven("kafka_io", KAFKA_IO),
              fetch_maven("flink", FLINK_JOB_SERVER, also_on_class_path=("kafka_io",))]
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         lines.append("java: NOT FOUND: the local Kafka broker and FlinkRunner need a JDK 17")

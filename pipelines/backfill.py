@@ -13,7 +13,9 @@ redoes only the partitions that are not complete. A dead letter without a usable
 JSON, no valid event time, cut for size) goes to the `_untimed` unit, written once per output
 directory by the first backfill that finds it missing. Complete partitions made with another model
 version or from other input files are reported and kept unless --redo_stale or --force.
-One backfill at a time per --output (a lock file); Beam's flags (--runner ...) pass through.
+--output and --dead_letter may be local directories or on Cloud Storage (gs://). One backfill at a
+time per --output (a lock file, or a lock object on Cloud Storage); Beam's flags (--runner ...) pass
+through.
 
 A spec with entity features (``transforms/entity.py``) computes them over all of --input before
 selecting the range, so the values equal a continuous run's when --input holds the spec's longest
@@ -29,17 +31,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import fcntl
+import glob
 import hashlib
 import json
 import os
 import re
-import shutil
-import socket
 import sys
 import threading
 import time
-import uuid
 
 import apache_beam as beam
 import orjson
@@ -47,9 +46,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils.timestamp import Timestamp
 
 from models.inference import ScoreEvents
-from pipelines import cli, graph, runners, serving
+from pipelines import cli, graph, locks, runners, serving
 from pipelines.options import ArchiveOptions, BackfillOptions, EngineOptions, KafkaOptions, ModelOptions, SpecOptions
-from transforms import kafka
+from transforms import kafka, storage
 from transforms.errors import UserError
 from transforms.events import EventBatch, dead_letter_time_us, event_time_us_of, is_event_time, utc_datetime
 from transforms.fileio import UNREADABLE_REASON, ReadEventFiles, check_input
@@ -62,7 +61,6 @@ MANIFEST = "_manifest.json"
 SCORED_FILE = "scored.jsonl"
 DEAD_LETTER_FILE = "dead_letter.jsonl"
 UNTIMED = "_untimed"
-TMP = "_tmp"
 LOCK = "_backfill.lock"
 TABLE_ROWS = 60  # longer ranges list skipped partitions in one line
 UNIT_US = {"day": 86_400_000_000, "hour": 3_600_000_000}
@@ -132,26 +130,11 @@ class Target:
 
 
 def _write_file(path: str, lines: list[bytes]) -> dict:
-    """Write JSON Lines and fsync them; the file's name, size, sha256 and line count."""
+    """Write JSON Lines whole (``storage.write_file``); the file's name, size, sha256 and line count."""
     data = b"".join(line + b"\n" for line in lines)
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    return {"file": os.path.basename(path), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-            "lines": len(lines)}
-
-
-def _rename(source: str, destination: str) -> None:
-    os.rename(source, destination)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    storage.write_file(path, data)
+    return {"file": path.rstrip("/").rsplit("/", 1)[-1], "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(), "lines": len(lines)}
 
 
 def unit_bounds(name: str, partition: str) -> tuple[str, str] | tuple[None, None]:
@@ -165,16 +148,18 @@ def unit_bounds(name: str, partition: str) -> tuple[str, str] | tuple[None, None
 
 
 def write_unit(target: Target, name: str, scored_lines: list[bytes], dead_lines: list[bytes]) -> dict:
-    """Write a unit's files into temporary directories, its manifest last, then commit them."""
-    token = uuid.uuid4().hex[:12]
-    out_tmp = os.path.join(target.output, TMP, f"{name}.{token}")
-    dead_tmp = os.path.join(target.dead_letter, TMP, f"{name}.{token}")
-    os.makedirs(out_tmp)
-    os.makedirs(dead_tmp)
-    files = {}
+    """Write a unit, all or nothing: its manifest, written last, is the commit.
+
+    A unit is complete when OUTPUT/<unit>/_manifest.json exists and every file it lists is there
+    with its size. A unit being redone is uncommitted first (its manifest removed), then each file
+    is written whole, the manifest last: a crash anywhere (SIGKILL, full disk) leaves the unit
+    incomplete, and a rerun redoes it. This holds on a local filesystem and on Cloud Storage alike.
+    """
+    manifest_path = FileSystems.join(target.output, name, MANIFEST)
+    storage.delete_file(manifest_path)
+    files = {"dead_letters": _write_file(FileSystems.join(target.dead_letter, name, DEAD_LETTER_FILE), dead_lines)}
     if name != UNTIMED:
-        files["scored"] = _write_file(os.path.join(out_tmp, SCORED_FILE), scored_lines)
-    files["dead_letters"] = _write_file(os.path.join(dead_tmp, DEAD_LETTER_FILE), dead_lines)
+        files["scored"] = _write_file(FileSystems.join(target.output, name, SCORED_FILE), scored_lines)
     start, end = unit_bounds(name, target.partition)
     manifest = {
         "partition": name, "kind": "untimed" if name == UNTIMED else target.partition, "start": start, "end": end,
@@ -186,44 +171,21 @@ def write_unit(target: Target, name: str, scored_lines: list[bytes], dead_lines:
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace(
             "+00:00", "Z"),
     }
-    _write_file(os.path.join(out_tmp, MANIFEST), [json.dumps(manifest, indent=2, sort_keys=True).encode()])
-    commit(target, name, out_tmp, dead_tmp)
+    commit(manifest_path, manifest)
     return manifest
 
 
-def commit(target: Target, name: str, out_tmp: str, dead_tmp: str) -> None:
-    """Make a written unit visible, all or nothing: the rename of its output directory is the commit.
-
-    A unit is complete when OUTPUT/<unit>/_manifest.json exists (and the files it lists are there).
-    An older copy is first moved away (uncommitting it), then the dead letters are moved in, then
-    the output directory with its manifest: a crash before that last rename leaves the unit
-    incomplete, and a rerun redoes it.
-    """
-    final_out = os.path.join(target.output, name)
-    final_dead = os.path.join(target.dead_letter, name)
-    _fsync_dir(out_tmp)
-    _fsync_dir(dead_tmp)
-    old = []
-    for final, tmp in ((final_out, out_tmp), (final_dead, dead_tmp)):
-        if os.path.lexists(final):
-            _rename(final, tmp + ".old")
-            old.append(tmp + ".old")
-    _rename(dead_tmp, final_dead)
-    _fsync_dir(target.dead_letter)
-    _rename(out_tmp, final_out)  # the commit
-    _fsync_dir(target.output)
-    for path in old:
-        shutil.rmtree(path, ignore_errors=True)
+def commit(manifest_path: str, manifest: dict) -> None:
+    storage.write_file(manifest_path, json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
 
 
 def read_complete(output: str, dead_letter: str, name: str) -> dict | None:
     """A unit's manifest if the unit is complete (manifest there, every file it lists with its size); else None."""
     try:
-        with open(os.path.join(output, name, MANIFEST), "rb") as handle:
-            manifest = json.loads(handle.read())
+        manifest = json.loads(storage.read_file(FileSystems.join(output, name, MANIFEST)) or b"null")
         for key, entry in manifest["files"].items():
             directory = output if key == "scored" else dead_letter
-            if os.path.getsize(os.path.join(directory, name, entry["file"])) != entry["bytes"]:
+            if storage.file_size(FileSystems.join(directory, name, entry["file"])) != entry["bytes"]:
                 return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -334,102 +296,6 @@ def build_wave(pipeline, spec, model, options, target: Target, names: list[str])
 
 
 # ---------------------------------------------------------------------------------------------
-# The lock: one backfill per output directory
-
-
-class Lock:
-    """OUTPUT/_backfill.lock, created with O_EXCL, holding pid and host, flock'ed while held.
-
-    A lock whose flock is free, left on this host by a process that is gone, is stale: it is taken
-    over, with a message. A lock held by a live process, or left by another host, is refused.
-    """
-
-    def __init__(self, directory: str):
-        self.path = os.path.join(directory, LOCK)
-        self._fd = None
-
-    def __enter__(self):
-        host = socket.gethostname()
-        for _attempt in range(50):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
-            except FileExistsError:
-                if self._take_over(host):
-                    return self
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # another backfill saw the new, still empty file and took it
-                os.close(fd)
-                raise UserError(f"another backfill is starting on this output (lock {self.path}); wait for it to "
-                                f"finish") from None
-            self._hold(fd, host)
-            return self
-        raise UserError(f"cannot take the lock {self.path}; try again")
-
-    def _hold(self, fd: int, host: str) -> None:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": host, "started": time.time()}).encode(), 0)
-        os.fsync(fd)
-        self._fd = fd
-
-    def _take_over(self, host: str) -> bool:
-        """True if a stale lock was taken over; False to try again; UserError if it is held."""
-        try:
-            fd = os.open(self.path, os.O_RDWR)
-        except FileNotFoundError:
-            return False
-        try:
-            holder = _read_holder(fd)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise UserError(f"another backfill is writing to this output (pid {holder.get('pid', '?')} on "
-                                f"{holder.get('host', '?')}, lock {self.path}); wait for it to finish") from None
-            try:  # the file may have been removed (or replaced) since it was opened
-                if os.fstat(fd).st_ino != os.stat(self.path).st_ino:
-                    os.close(fd)
-                    return False
-            except FileNotFoundError:
-                os.close(fd)
-                return False
-            if not holder:  # being written by its creator right now, or its creator died right after creating it
-                time.sleep(0.1)
-                holder = _read_holder(fd)
-            if holder.get("host") not in (None, host):
-                raise UserError(f"{self.path} is held by pid {holder.get('pid')} on host {holder.get('host')}; if "
-                                f"that backfill is no longer running, delete the lock file")
-            pid = holder.get("pid")  # a free flock means its holder is gone, whether or not its pid was reused
-            print(f"taking over a stale lock {self.path} of pid {pid if pid is not None else '?'} on "
-                  f"{holder.get('host', host)}, which is no longer running", file=sys.stderr, flush=True)
-            self._hold(fd, host)
-            fd = None
-            return True
-        finally:
-            if fd is not None and self._fd != fd:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-
-    def __exit__(self, *exc):
-        try:
-            os.unlink(self.path)
-        finally:
-            os.close(self._fd)
-            self._fd = None
-        return False
-
-
-def _read_holder(fd: int) -> dict:
-    try:
-        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
-    except ValueError:
-        return {}
-    return holder if isinstance(holder, dict) else {}
-
-
-# ---------------------------------------------------------------------------------------------
 # Progress
 
 
@@ -489,20 +355,29 @@ def _watch(output: str, dead_letter: str, names: list[str], statuses: dict, prog
 
 def _check_layout(output: str, partition: str) -> None:
     other = "hour" if partition == "day" else "day"
-    found = sorted(n for n in os.listdir(output) if _NAME[other].match(n))
+    found = sorted(n for n in _unit_names(output) if _NAME[other].match(n))
     if found:
         raise UserError(f"--output {output} holds {other} partitions ({found[0]} ...); use --partition {other} or "
                         f"another --output")
 
 
+def _unit_names(directory: str) -> set[str]:
+    prefix = directory.rstrip("/") + "/"
+    return {m.path[len(prefix):].split("/")[0] for m in FileSystems.match([prefix + "dt=*/*"])[0].metadata_list}
+
+
 def _clean_temporary(*directories: str) -> None:
-    """Remove what crashed runs left in the temporary directories (we hold the lock: nobody writes there)."""
+    """Remove the half-written files crashed runs left on a local filesystem (we hold the lock: nobody writes
+    there); Cloud Storage leaves none, as an object exists only once its upload ends."""
     for directory in directories:
-        tmp = os.path.join(directory, TMP)
-        if os.path.isdir(tmp) and os.listdir(tmp):
-            print(f"removing {len(os.listdir(tmp))} unfinished partition write(s) left in {tmp} by an earlier run",
+        if not storage.is_local(directory):
+            continue
+        left = glob.glob(os.path.join(glob.escape(directory), "*", ".*.tmp"))
+        if left:
+            print(f"removing {len(left)} unfinished file write(s) left in {directory} by an earlier run",
                   file=sys.stderr, flush=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        for path in left:
+            os.unlink(path)
 
 
 def plan(output: str, dead_letter: str, names: list[str], model_version: str, fingerprint: str, force: bool,
@@ -576,10 +451,9 @@ def run(argv=None) -> dict[str, dict]:
     if archive.output_format != "jsonl":
         raise UserError("backfill writes JSON Lines only; drop --output_format")
     for flag in ("output", "dead_letter"):
-        if "://" in getattr(archive, flag):
-            raise UserError(f"--{flag} {getattr(archive, flag)}: backfill commits partitions by renaming directories, "
-                            f"which needs a local or POSIX filesystem")
-    output, dead_letter = os.path.abspath(archive.output), os.path.abspath(archive.dead_letter)
+        storage.check_committable(f"--{flag}", getattr(archive, flag))
+    output, dead_letter = (os.path.abspath(path) if storage.is_local(path) else path.rstrip("/")
+                           for path in (archive.output, archive.dead_letter))
     if output == dead_letter:
         raise UserError("--output and --dead_letter must be different directories")
     if flags.source == "kafka" and cli.given(options, "input"):
@@ -597,13 +471,14 @@ def run(argv=None) -> dict[str, dict]:
     runners.apply_runner_presets(options)
 
     started = time.monotonic()
-    os.makedirs(output, exist_ok=True)
-    os.makedirs(dead_letter, exist_ok=True)
+    for directory in (output, dead_letter):
+        if storage.is_local(directory):
+            os.makedirs(directory, exist_ok=True)
     unit_us = UNIT_US[flags.partition]
     names = [partition_name(t, flags.partition) for t in range(start_us, end_us, unit_us)]
     if flags.source == "files":  # a Kafka message without an event time has its message time
         names.append(UNTIMED)
-    with Lock(output), Lock(dead_letter):
+    with locks.hold(output, LOCK), locks.hold(dead_letter, LOCK):
         _check_layout(output, flags.partition)
         _clean_temporary(output, dead_letter)
         statuses = plan(output, dead_letter, names, model.version, fingerprint, flags.force, flags.redo_stale)

@@ -65,6 +65,7 @@ from models.kmeans import DEFAULTS, MiniBatchKMeans
 from pipelines import cli, graph, runners, serving
 from pipelines.options import (ArchiveOptions, ClusterOptions, KafkaOptions, ModelOptions, ScoreOptions, SpecOptions,
                                StreamOptions)
+from transforms import storage
 from transforms.errors import UserError
 from transforms.events import METRICS_NAMESPACE, POSITION, EventBatch, rfc3339
 from transforms.features import FEATURES_OUTPUT, feature_graph, raw_columns
@@ -143,6 +144,8 @@ def clustering_for(options) -> Clustering:
     if missing:  # a new model starts with scikit-learn's k-means++
         raise UserError(f"a new k-means model (no --init_snapshot): {missing}")
     spec, features = graph.spec_and_model(options)
+    if flags.snapshot_dir:
+        storage.check_committable("--snapshot_dir", flags.snapshot_dir)
     given = {name: getattr(flags, name) for name in SETTINGS if getattr(flags, name) is not None}
     snapshot, saved = None, {}
     if flags.init_snapshot:
@@ -364,13 +367,17 @@ class _PublishSnapshot(beam.DoFn):
         self._snapshot_dir = snapshot_dir
 
     def process(self, snapshot: Snapshot):
-        root = pathlib.Path(self._snapshot_dir)
-        if (root / "versions" / snapshot.version).exists():
+        version_dir = FileSystems.join(self._snapshot_dir, "versions", snapshot.version)
+        if FileSystems.exists(FileSystems.join(version_dir, registry.MANIFEST)):
             return  # published by an earlier attempt at this bundle
-        shutil.rmtree(root / ".staging" / snapshot.version, ignore_errors=True)  # left by a failed attempt
+        if storage.is_local(self._snapshot_dir):  # left by a failed attempt
+            shutil.rmtree(pathlib.Path(self._snapshot_dir, ".staging", snapshot.version), ignore_errors=True)
         staging = registry.staging_dir(self._snapshot_dir, snapshot.version)
-        (staging / STATE_FILE).write_text(json.dumps(snapshot.state) + "\n")
-        yield registry.publish(self._snapshot_dir, staging, snapshot.manifest).version
+        try:
+            (staging / STATE_FILE).write_text(json.dumps(snapshot.state) + "\n")
+            yield registry.publish(self._snapshot_dir, staging, snapshot.manifest).version
+        finally:  # a gs:// snapshot's staging directory is a temporary one; a local one was renamed away
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def assignment_schema(spec: Spec):

@@ -37,6 +37,7 @@ from models import estimator as estimators
 from models import registry
 from pipelines import graph, runners
 from pipelines.options import ArchiveOptions, ModelOptions, SpecOptions, TrainOptions
+from transforms import storage
 from transforms.errors import UserError
 from transforms.events import EventBatch, rfc3339
 from transforms.features import AnalyzeFeatures, feature_graph, feature_names, load_feature_plan, raw_columns, \
@@ -108,11 +109,9 @@ def run(argv=None, test_pipeline=None) -> registry.ModelVersion:
     holdout_fraction = options.view_as(TrainOptions).holdout_fraction
     if not 0 < holdout_fraction < 1:
         raise UserError("--holdout_fraction must be between 0 and 1")
-    if "://" in model_dir:
-        raise UserError(f"--model_dir {model_dir}: training publishes to a local or mounted directory; train into "
-                        f"one, then copy it (e.g. gcloud storage cp -r DIR {model_dir}): scoring reads it from there")
     signing_key_env = options.view_as(ModelOptions).model_signing_key_env
     registry.signing_key(signing_key_env)  # an unset key fails now, not after training
+    storage.check_committable("--model_dir", model_dir)  # and so does a model directory that cannot be published to
     spec = load_spec(options.view_as(SpecOptions).spec)
     supervised = estimators.is_supervised(spec)
     check_input(flags.input)

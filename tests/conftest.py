@@ -32,6 +32,16 @@ def kafka_broker():
         yield broker
 
 
+@pytest.fixture(scope="session")
+def gcs():
+    """A Cloud Storage emulator for the session: yields ``gs://rtml-test``, an empty bucket, with this process's
+    (and its subprocesses') gs:// pointed at it (``tests/gcs.py``)."""
+    from tests.gcs import FakeGcs
+
+    with FakeGcs() as root:
+        yield root
+
+
 # ---------------------------------------------------------------------------------------------
 # Archives and models, made once per session: a fraud archive of 19 days, a model trained on
 # the first 14 days, and the last 5 days scored in batch mode, as a new user would do it.

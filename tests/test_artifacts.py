@@ -15,6 +15,7 @@ def bare_machine(monkeypatch, tmp_path):
     monkeypatch.delenv("JAVA_HOME", raising=False)
     monkeypatch.setattr(artifacts, "HOME", tmp_path / "share")
     monkeypatch.setattr(artifacts, "prism_binary", lambda: tmp_path / "bin" / "prism")
+    monkeypatch.setattr(artifacts, "fake_gcs_server_binary", lambda: tmp_path / "bin" / "fake-gcs-server")
 
 
 def test_missing_tools_are_one_line_each_saying_what_still_works(bare_machine, capsys):
@@ -22,6 +23,7 @@ def test_missing_tools_are_one_line_each_saying_what_still_works(bare_machine, c
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
         "prism: NOT INSTALLED: no go on PATH; PrismRunner is unavailable (the DirectRunner and FlinkRunner work)",
+        "fake-gcs-server: NOT INSTALLED: no go on PATH; the Cloud Storage tests cannot run",
         "kafka: NOT INSTALLED: no mvn on PATH; the local Kafka broker (tests, demo, benchmarks) is unavailable; "
         "pipelines still reach any --bootstrap_servers",
         "kafka_io: NOT INSTALLED: no mvn on PATH; --kafka_io beam is unavailable (the project's own Kafka IO, the "

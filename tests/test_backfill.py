@@ -20,11 +20,14 @@ import textwrap
 
 import pytest
 
-from pipelines import backfill, cli
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import backfill, cli, locks
 from pipelines.generate import generate
 from tests.conftest import publish_stand_in_model
 from transforms.errors import UserError
 from transforms.events import EventParser, dead_letter, dead_letter_time_us, event_time_us_of
+from transforms import storage
 from transforms.spec import load_spec
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -43,20 +46,31 @@ def setup(tmp_path_factory) -> dict:
             "version": version}
 
 
-def args(setup, out: pathlib.Path, *extra, input_glob=None) -> list[str]:
+def args(setup, out, *extra, input_glob=None) -> list[str]:
     return ["--spec", "fraud", "--input", input_glob or setup["input"], "--model_dir", setup["model_dir"],
-            "--output", str(out / "scored"), "--dead_letter", str(out / "dead_letter"), "--start", START,
+            "--output", f"{out}/scored", "--dead_letter", f"{out}/dead_letter", "--start", START,
             "--end", END, "--max_parallel", "2", *extra]
 
 
-def data_files(out: pathlib.Path) -> dict[str, bytes]:
-    """Every file but the manifests, by path relative to ``out``."""
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name != backfill.MANIFEST}
+@pytest.fixture(params=["local", "gs"])
+def out(request, tmp_path) -> str:
+    """Where a test's backfill writes: a local directory, or a folder of a bucket in the Cloud Storage emulator."""
+    if request.param == "local":
+        return str(tmp_path)
+    return f"{request.getfixturevalue('gcs')}/{request.node.name.split('[')[0][-40:]}-{os.urandom(4).hex()}"
 
 
-def manifests(out: pathlib.Path) -> dict[str, dict]:
-    return {p.parent.name: json.loads(p.read_text()) for p in (out / "scored").glob(f"*/{backfill.MANIFEST}")}
+def data_files(out) -> dict[str, bytes]:
+    """Every file but the manifests, by path relative to ``out`` (local or gs://)."""
+    root = f"{str(out).rstrip('/')}/"
+    return {m.path[len(root):]: storage.read_file(m.path)
+            for m in sorted(FileSystems.match([root + "**"])[0].metadata_list, key=lambda m: m.path)
+            if not m.path.endswith("/" + backfill.MANIFEST)}
+
+
+def manifests(out) -> dict[str, dict]:
+    return {m.path.split("/")[-2]: json.loads(storage.read_file(m.path))
+            for m in FileSystems.match([f"{out}/scored/*/{backfill.MANIFEST}"])[0].metadata_list}
 
 
 def file_lines(path: pathlib.Path) -> list[bytes]:
@@ -64,8 +78,8 @@ def file_lines(path: pathlib.Path) -> list[bytes]:
     return found[:-1] if found[-1] == b"" else found
 
 
-def lines(path: pathlib.Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+def lines(path) -> list[dict]:
+    return [json.loads(line) for line in storage.read_file(str(path)).decode("utf-8").splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -91,13 +105,10 @@ def clean(setup, tmp_path_factory) -> dict:
     return {"out": out, "statuses": statuses, "files": data_files(out), "expected": expected}
 
 
-def assert_like_clean(clean, out: pathlib.Path) -> None:
-    """Same files, same bytes for data files, and complete manifests for every unit."""
+def assert_like_clean(clean, out) -> None:
+    """Same files (no lock, nothing half written), same bytes for data files, complete manifests for every unit."""
     assert data_files(out) == clean["files"]
     assert sorted(manifests(out)) == sorted(UNITS)
-    for directory in ("scored", "dead_letter"):
-        assert not list((out / directory / backfill.TMP).iterdir())
-    assert not (out / "scored" / backfill.LOCK).exists()
 
 
 def test_clean_run_scores_each_event_once_and_rerun_is_byte_identical(setup, clean, tmp_path):
@@ -151,32 +162,33 @@ WRAPPER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("function, at, parallel, where", [
-    ("commit", 2, "1", "between partitions, one a wave: the first committed, the second written, not committed"),
-    ("_write_file", 2, "2", "in the middle of the first partition's write: scored file written, dead letters not"),
-    ("_rename", 4, "2", "in the middle of the second partition's commit: dead letters moved in, output not"),
-])
-def test_sigkill_then_rerun_matches_the_clean_run(setup, clean, tmp_path, capfd, function, at, parallel, where):
-    """Whatever the waves (the clean run had 2 partitions a wave), the same bytes in the end."""
-    crashed = subprocess.run([sys.executable, "-c", WRAPPER, function, str(at),
-                              *args(setup, tmp_path, "--max_parallel", parallel)],
-                             cwd=ROOT, capture_output=True, text=True, timeout=180)
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
-    assert (tmp_path / "scored" / backfill.LOCK).exists()
-    assert list((tmp_path / "scored" / backfill.TMP).iterdir())  # a partition half written
-    committed = sorted(manifests(tmp_path))
-    assert 0 < len(committed) < len(UNITS) or (function == "_write_file" and not committed)
-    if function == "_rename":  # its dead letters in place, its output not: not complete
-        assert {p.name for p in (tmp_path / "dead_letter").glob("dt=*")} - set(committed)
-    untouched = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for unit in committed
-                 for p in [*(tmp_path / "scored" / unit).iterdir(), *(tmp_path / "dead_letter" / unit).iterdir()]}
-    statuses = backfill.run(args(setup, tmp_path))
-    err = capfd.readouterr().err
-    assert "taking over a stale lock" in err and "unfinished partition write(s)" in err
+KILLS = (("commit", 2, "1"),  # between partitions, one a wave: the first committed, the second written, not committed
+         ("_write_file", 2, "2"))  # inside a partition's write: its dead letters written, its scored records not
+
+
+def test_killed_twice_then_rerun_matches_the_clean_run(setup, clean, out, capfd):
+    """SIGKILLed at two points, one run after the other, then run again: the same bytes as the clean run
+    (which wrote 2 partitions a wave), complete partitions never rewritten; locally and on Cloud Storage."""
+    for function, at, parallel in KILLS:
+        crashed = subprocess.run([sys.executable, "-c", WRAPPER, function, str(at),
+                                  *args(setup, out, "--max_parallel", parallel)],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=180)
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+        assert storage.read_file(f"{out}/scored/{backfill.LOCK}") is not None  # left behind
+        committed = sorted(manifests(out))
+        assert len(committed) < len(UNITS)
+        written = {path.split("/")[1] for path in data_files(out) if path.startswith("dead_letter/")}
+        assert written - set(committed)  # a partition half written: its dead letters there, no manifest
+    assert committed
+    untouched = {m.path: m.last_updated_in_seconds for unit in committed for directory in ("scored", "dead_letter")
+                 for m in FileSystems.match([f"{out}/{directory}/{unit}/*"])[0].metadata_list}
+    statuses = backfill.run(args(setup, out))
+    assert f"taking over a stale lock {out}/scored/{backfill.LOCK}" in capfd.readouterr().err
     assert {n for n, s in statuses.items() if s["status"] == "skipped"} == set(committed)
     assert {n for n, s in statuses.items() if s["status"] == "done"} == set(UNITS) - set(committed)
-    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in untouched} == untouched
-    assert_like_clean(clean, tmp_path)
+    assert {path: FileSystems.match([path])[0].metadata_list[0].last_updated_in_seconds
+            for path in untouched} == untouched
+    assert_like_clean(clean, out)
 
 
 def test_exception_then_rerun_matches_the_clean_run(setup, clean, tmp_path, monkeypatch, capsys):
@@ -195,39 +207,43 @@ def test_exception_then_rerun_matches_the_clean_run(setup, clean, tmp_path, monk
     assert "1 of 4 partitions are complete; the same command redoes the rest" in capsys.readouterr().err
     assert not (tmp_path / "scored" / backfill.LOCK).exists()  # released on the way out
     assert len(manifests(tmp_path)) == 1
+    unit = next(name for name in DAYS if name not in manifests(tmp_path))
+    (tmp_path / "scored" / unit).mkdir(exist_ok=True)  # as a SIGKILL inside a file's write leaves it
+    (tmp_path / "scored" / unit / ".scored.jsonl.0123456789ab.tmp").write_bytes(b'{"half": ')
     statuses = backfill.run(args(setup, tmp_path))
+    assert f"removing 1 unfinished file write(s) left in {tmp_path / 'scored'}" in capsys.readouterr().err
     assert [s["status"] for s in statuses.values()].count("skipped") == 1
     assert_like_clean(clean, tmp_path)
 
 
 def _hold_lock(output: str, ready, release) -> None:
-    with backfill.Lock(output):
+    with locks.hold(output, backfill.LOCK):
         ready.set()
         release.wait(60)
 
 
-def test_second_backfill_refuses_while_the_first_runs_and_a_stale_lock_is_taken_over(setup, clean, tmp_path,
-                                                                                        capsys):
-    output = tmp_path / "scored"
-    output.mkdir()
-    context = multiprocessing.get_context("fork")
+def test_second_backfill_refuses_while_the_first_runs_and_a_stale_lock_is_taken_over(setup, clean, out, capsys):
+    output = f"{out}/scored"
+    if storage.is_local(output):
+        os.makedirs(output)
+    context = multiprocessing.get_context("spawn")  # a fresh process: no Cloud Storage client shared with this one
     ready, release = context.Event(), context.Event()
-    holder = context.Process(target=_hold_lock, args=(str(output), ready, release))
+    holder = context.Process(target=_hold_lock, args=(output, ready, release))
     holder.start()
     try:
-        assert ready.wait(30)
+        assert ready.wait(60)
         with pytest.raises(UserError, match=f"another backfill is writing to this output \\(pid {holder.pid} on "):
-            backfill.run(args(setup, tmp_path))
-        assert not list(tmp_path.glob("dead_letter/*"))  # nothing written
+            backfill.run(args(setup, out))
+        assert not [path for path in data_files(out) if path.startswith("dead_letter/")]  # nothing written
         os.kill(holder.pid, signal.SIGKILL)
         holder.join(10)
     finally:
         if holder.is_alive():
             holder.kill()
-    assert json.loads((output / backfill.LOCK).read_text())["pid"] == holder.pid  # left behind
-    backfill.run(args(setup, tmp_path))
-    assert f"taking over a stale lock {output / backfill.LOCK} of pid {holder.pid}" in capsys.readouterr().err
-    assert_like_clean(clean, tmp_path)
+    assert json.loads(storage.read_file(f"{output}/{backfill.LOCK}"))["pid"] == holder.pid  # left behind
+    backfill.run(args(setup, out))
+    assert f"taking over a stale lock {output}/{backfill.LOCK} of pid {holder.pid}" in capsys.readouterr().err
+    assert_like_clean(clean, out)
 
 
 def test_events_are_selected_by_event_time_whatever_the_files(setup, clean, tmp_path):

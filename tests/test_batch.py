@@ -209,8 +209,8 @@ def test_training_mistakes_get_one_line(tmp_path):
     from transforms.errors import UserError
 
     (tmp_path / "broken.jsonl").write_bytes(b'garbage\n{"event_id": 1}\n\xff\n')
-    with pytest.raises(UserError, match="training publishes to a local or mounted directory"):
-        train.run(["--spec", "fraud", "--input", str(tmp_path / "broken.jsonl"), "--model_dir", "gs://bucket/models"])
+    with pytest.raises(UserError, match="s3:// is not supported"):
+        train.run(["--spec", "fraud", "--input", str(tmp_path / "broken.jsonl"), "--model_dir", "s3://bucket/models"])
     with pytest.raises(UserError, match="cannot write there"):  # a path below a file
         train.run(["--spec", "fraud", "--input", str(tmp_path / "broken.jsonl"), "--model_dir",
                    str(tmp_path / "broken.jsonl" / "models")])

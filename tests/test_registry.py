@@ -120,7 +120,7 @@ KILL_AT = textwrap.dedent("""
     from tests.conftest import publish_stand_in_model
     step = sys.argv[2]
     owner, name, target = {"manifest": (pathlib.Path, "write_bytes", "manifest.json"),
-                           "rename": (pathlib.Path, "rename", ""), "pointer": (pathlib.Path, "write_text", ".CURRENT"),
+                           "rename": (pathlib.Path, "rename", ""), "pointer": (pathlib.Path, "write_bytes", ".CURRENT"),
                            "replace": (os, "replace", ".CURRENT")}[step]
     original = getattr(owner, name)
     def killing(path, *args, **kwargs):

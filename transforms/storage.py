@@ -1,0 +1,174 @@
+"""Files that appear whole, on a local disk or on Cloud Storage, and the conditional writes that let
+writers share a directory there.
+
+A local file is written beside its place, fsync'ed and renamed into it, so a reader sees the old
+file or the new one. A Cloud Storage object appears whole when its upload ends, but there is no
+atomic rename: what a crash must not leave half done is committed by writing its manifest last,
+and what two writers may race for (a model directory's CURRENT, a backfill's lock) is written with
+generation preconditions: create only if absent (generation 0), replace only the generation read.
+Other Beam filesystems (s3://, hdfs:// ...) promise neither, so commands that commit refuse them
+(``check_committable``); every filesystem can still be read.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import uuid
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.errors import UserError
+
+GCS = "gs://"
+
+
+def is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def check_committable(flag: str, path: str) -> None:
+    """UserError, in one line, unless ``path`` is a local path or a ``gs://`` one in a bucket that can be seen."""
+    if is_local(path):
+        return
+    if not path.startswith(GCS):
+        raise UserError(f"{flag} {path}: results are committed on a local or mounted filesystem or on Cloud Storage "
+                        f"(gs://), where a commit cannot be seen half done; {path.split('://')[0]}:// is not supported")
+    bucket, _ = _split(path)
+    try:
+        found = _client().lookup_bucket(bucket)
+    except ImportError:
+        raise UserError(f"{flag} {path}: gs:// needs the gcp extra (pip install 'beam-rtml[gcp]')") from None
+    except Exception as error:  # google.api_core's errors: no credentials, forbidden, unreachable ...
+        raise UserError(f"{flag} {path}: Cloud Storage cannot be reached ({_first_line(error)})") from None
+    if found is None:
+        raise UserError(f"{flag} {path}: bucket {bucket} does not exist, or these credentials cannot see it")
+
+
+def write_file(path: str, data: bytes) -> None:
+    """Write ``path`` whole: readers see its old bytes or all of the new ones, even after a crash."""
+    if not is_local(path):
+        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            handle.write(data)
+        return
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    fsync_directory(directory)
+
+
+def read_file(path: str) -> bytes | None:
+    """The bytes of ``path``; None if there is no such file."""
+    if not FileSystems.exists(path):
+        return None
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            return handle.read()
+    except FileNotFoundError:  # removed since
+        return None
+
+
+def file_size(path: str) -> int | None:
+    """The size of ``path`` in bytes; None if there is no such file."""
+    if is_local(path):
+        try:
+            return os.path.getsize(path)
+        except FileNotFoundError:
+            return None
+    found = [m for m in FileSystems.match([path])[0].metadata_list if m.path == path]
+    return found[0].size_in_bytes if found else None
+
+
+def delete_file(path: str) -> None:
+    """Remove ``path`` if it is there (one object: Beam's own delete goes through batch calls)."""
+    if is_local(path):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        fsync_directory(os.path.dirname(path) or ".")
+        return
+    from google.api_core.exceptions import NotFound
+
+    bucket, name = _split(path)
+    try:
+        _client().bucket(bucket).delete_blob(name)
+    except NotFound:
+        pass
+
+
+def fsync_directory(path: str) -> None:
+    """Make a rename or removal in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditional writes on Cloud Storage
+
+
+def read_generation(path: str) -> tuple[bytes | None, int]:
+    """A ``gs://`` object's bytes and generation; (None, 0) if it does not exist."""
+    from google.api_core.exceptions import NotFound, PreconditionFailed
+
+    bucket, name = _split(path)
+    for _attempt in range(10):  # replaced between the two calls: read the newer one
+        blob = _client().bucket(bucket).get_blob(name)
+        if blob is None:
+            return None, 0
+        try:
+            return blob.download_as_bytes(if_generation_match=blob.generation), blob.generation
+        except (NotFound, PreconditionFailed):
+            continue
+    raise OSError(f"{path} keeps changing while it is read")
+
+
+def write_if_generation(path: str, data: bytes, generation: int) -> int | None:
+    """Write a ``gs://`` object only if its generation is ``generation`` (0: only if it does not exist).
+    Its new generation, or None when another writer came first."""
+    from google.api_core.exceptions import PreconditionFailed
+
+    bucket, name = _split(path)
+    blob = _client().bucket(bucket).blob(name)
+    try:
+        blob.upload_from_string(data, if_generation_match=generation)
+    except PreconditionFailed:
+        return None
+    return blob.generation
+
+
+def delete_if_generation(path: str, generation: int) -> None:
+    """Remove a ``gs://`` object if it is still that generation (not another writer's since)."""
+    from google.api_core.exceptions import NotFound, PreconditionFailed
+
+    bucket, name = _split(path)
+    try:
+        _client().bucket(bucket).delete_blob(name, if_generation_match=generation)
+    except (NotFound, PreconditionFailed):
+        pass
+
+
+@functools.lru_cache(maxsize=1)
+def _client():
+    """Beam's own Cloud Storage client: the credentials (and emulator) its gs:// filesystem uses."""
+    from apache_beam.io.gcp.gcsio import GcsIO
+
+    return GcsIO().client
+
+
+def _split(path: str) -> tuple[str, str]:
+    bucket, _, name = path[len(GCS):].partition("/")
+    return bucket, name
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
