@@ -9,6 +9,7 @@ Batch and stream run the same ``ParseAndEnrich`` and ``ScoreRaw``; only sources 
 from __future__ import annotations
 
 import pathlib
+import re
 import time
 from typing import NamedTuple
 
@@ -45,6 +46,9 @@ def spec_and_model(options) -> tuple[Spec, registry.ModelVersion]:
                                         signing_key_env=model_flags.model_signing_key_env)
 
 
+_SECRET_VERSION = re.compile(r"projects/[^/\s]+/secrets/[^/\s]+/versions/[^/\s]+\Z")
+
+
 def kafka_config(flags: KafkaOptions) -> dict[str, str]:
     """--kafka_config KEY=VALUE items as a librdkafka config, checked by librdkafka (with --kafka_io beam, as Java
     client properties, unchecked); errors never quote a value."""
@@ -56,9 +60,11 @@ def kafka_config(flags: KafkaOptions) -> dict[str, str]:
         config[key.strip()] = value
     for number, item in enumerate(flags.kafka_secret or [], start=1):
         key, _, reference = item.partition("=")
-        if not key.strip() or not reference.startswith("env:") or not reference[4:]:
-            raise UserError(f"--kafka_secret #{number} is not KEY=env:NAME")
-        config[key.strip()] = kafka.EnvSecret(reference[4:])
+        kind, _, name = reference.partition(":")
+        if not key.strip() or not (kind == "env" and name or kind == "secretmanager" and _SECRET_VERSION.match(name)):
+            raise UserError(f"--kafka_secret #{number} is not KEY=env:NAME or "
+                            f"KEY=secretmanager:projects/P/secrets/S/versions/V")
+        config[key.strip()] = kafka.EnvSecret(name) if kind == "env" else kafka.ManagedSecret(name)
     try:
         error = kafka.config_error(config) if flags.kafka_io == "python" else None
     except kafka.KafkaSecretError as secret_error:

@@ -112,10 +112,11 @@ class KafkaOptions(PipelineOptions):
         parser.add_argument("--kafka_config_file", metavar="PATH",
                             help="A properties file of such settings (KEY=VALUE lines; # comments); --kafka_config "
                                  "items override it.")
-        parser.add_argument("--kafka_secret", action="append", metavar="KEY=env:NAME",
-                            help="A setting whose value is the environment variable NAME's, read where each client "
-                                 "is made (the workers too), so the value is never on a command line or in the "
-                                 "pipeline; repeat for more.")
+        parser.add_argument("--kafka_secret", action="append", metavar="KEY=env:NAME|KEY=secretmanager:NAME",
+                            help="A setting whose value is the environment variable NAME's, or the Google Secret "
+                                 "Manager secret version NAME's (projects/P/secrets/S/versions/V), read where each "
+                                 "client is made (the workers too), so the value is never on a command line or in "
+                                 "the pipeline; repeat for more.")
         parser.add_argument("--value_format", choices=VALUE_FORMATS, default="json",
                             help="The events' message values: json (default), avro (the spec's Avro record, "
                                  "rtml schema --format avro, nothing around it), confluent-avro or confluent-json "

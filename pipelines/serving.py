@@ -74,7 +74,7 @@ def check_kafka_io(options, supported: bool = True) -> None:
         raise UserError("--kafka_io beam runs Beam's Java KafkaIO inside Flink's job server: give --runner FlinkRunner "
                         "(another runner would need a Java SDK container, which this set-up cannot run)")
     if flags.kafka_secret:
-        raise UserError("--kafka_io beam: Java's Kafka clients cannot read --kafka_secret's environment variables; "
+        raise UserError("--kafka_io beam: Java's Kafka clients cannot resolve --kafka_secret references; "
                         "give the settings with --kafka_config or --kafka_config_file")
     if flags.value_format != "json":
         raise UserError(f"--kafka_io beam reads JSON values; --value_format {flags.value_format} needs --kafka_io python")

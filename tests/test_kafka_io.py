@@ -127,6 +127,28 @@ def test_a_setting_from_the_environment_is_read_where_the_client_is_made(kafka_b
             _ = p | ReadFromKafka(kafka_broker.bootstrap, topic, consumer_config=config, stop_offsets={0: 1})
 
 
+def test_a_setting_from_secret_manager_is_read_where_the_client_is_made(kafka_broker):
+    """``--kafka_secret KEY=secretmanager:NAME``: the value comes from the secret version when a client is made;
+    a version that cannot be read is one line naming it, never a value."""
+    from tests.secret_manager import SecretManagerStandIn
+
+    topic = _name("managed-secret")
+    kafka_broker.create_topic(topic, 1)
+    sent = produce(kafka_broker.bootstrap, topic, [(None, b"v", None, None)])
+    name = "projects/rtml-test/secrets/client-id/versions/2"
+    with SecretManagerStandIn({name: b"rtml-reader\n"}):
+        assert kafka.resolved({"client.id": kafka.ManagedSecret(name)}) == {"client.id": "rtml-reader"}
+        with beam.Pipeline("DirectRunner") as p:
+            read = p | ReadFromKafka(kafka_broker.bootstrap, topic, consumer_config={
+                "client.id": kafka.ManagedSecret(name)}, stop_offsets={0: 1})
+            assert_that(read, equal_to(sent))
+        missing = name.replace("versions/2", "versions/3")
+        with pytest.raises(kafka.KafkaSecretError) as error:
+            kafka.resolved({"sasl.password": kafka.ManagedSecret(missing)})
+        assert str(error.value) == (f"Kafka setting sasl.password: Secret Manager {missing}: Secret Version "
+                                    f"[{missing}] not found.")
+
+
 def test_bounded_read_by_timestamps(kafka_broker):
     topic = _name("by-time")
     kafka_broker.create_topic(topic, 4)
@@ -413,6 +435,7 @@ def test_secrets_never_reach_reprs_errors_or_logs(kafka_broker, caplog, capfd):
                                     "--kafka_config", "bogus.key={secret}"],
                                    ["--kafka_secret", "bogus.key=env:RTML_TEST_SECRET"],
                                    ["--kafka_secret", "sasl.password={secret}"],
+                                   ["--kafka_secret", "sasl.password=secretmanager:{secret}"],
                                    ["--kafka_config_file", "{file}"]])
 def test_a_secret_on_the_command_line_is_never_echoed(tmp_path, given):
     """A value without its key (a space instead of =), a config librdkafka refuses (from flags, the environment

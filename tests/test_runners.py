@@ -215,6 +215,26 @@ def test_a_kafka_secret_from_the_environment_is_nowhere_in_the_translated_job(mo
     assert b"RTML_KAFKA_PASSWORD" in shipped and b"scorer" in shipped  # the search sees the DoFns' contents
 
 
+def test_a_kafka_secret_from_secret_manager_is_nowhere_in_the_translated_job(monkeypatch, trained):
+    """--kafka_secret KEY=secretmanager:NAME: the launcher checks the config with the value, the job holds the
+    reference only."""
+    from tests.secret_manager import SecretManagerStandIn
+
+    root, _ = trained
+    secret, name = "S3cret-in-sm-" + os.urandom(8).hex(), "projects/rtml-test/secrets/kafka-password/versions/latest"
+    with SecretManagerStandIn({name: secret.encode()}):
+        job = _translate(monkeypatch, score.run, [
+            "--spec", "fraud", "--mode", "stream", "--bootstrap_servers", "broker.internal:9092",
+            "--input_topic", "events", "--output_topic", "scored", "--dead_letter_topic", "dead-letters",
+            "--model_dir", str(root / "model"), "--kafka_config", "security.protocol=SASL_PLAINTEXT",
+            "--kafka_config", "sasl.mechanism=PLAIN", "--kafka_config", "sasl.username=scorer",
+            "--kafka_secret", f"sasl.password=secretmanager:{name}", *DATAFLOW])
+    shipped = (job.proto_pipeline.SerializeToString() + _pickled_dofns(job.proto_pipeline)
+               + str(job.options.get_all_options()).encode())
+    assert secret.encode() not in shipped
+    assert name.encode() in shipped
+
+
 def _pickled_dofns(proto_pipeline) -> bytes:
     """Every ParDo's DoFn as pickled, decompressed (Beam compresses them, which would hide their text)."""
     import base64

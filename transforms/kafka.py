@@ -19,7 +19,8 @@ streaming job stops cleanly; a distributed runner drains or cancels the job its 
 
 Every config value is masked in reprs and display data and scrubbed from log lines and error
 messages raised here, but those of settings that never hold a secret (``_PLAIN_KEYS``). A value may
-be an ``EnvSecret``: read from an environment variable where a client is made, never carried.
+be a reference, resolved where a client is made and never carried: an ``EnvSecret`` (an environment
+variable) or a ``ManagedSecret`` (a Google Secret Manager secret version).
 """
 from __future__ import annotations
 
@@ -102,12 +103,21 @@ class EnvSecret(NamedTuple):
     name: str
 
 
+class ManagedSecret(NamedTuple):
+    """A config value read from Google Secret Manager where a client is made (on a Dataflow worker, with
+    the worker's service account), so that the value never enters the pipeline graph, a template or a log.
+
+    ``name``: ``projects/P/secrets/S/versions/V`` (V may be ``latest``)."""
+
+    name: str
+
+
 class KafkaSecretError(ValueError):
-    """An ``EnvSecret`` whose environment variable is not set where a client is made."""
+    """A secret reference that cannot be resolved where a client is made."""
 
 
 def resolved(config: dict) -> dict:
-    """``config`` with each ``EnvSecret`` replaced by its environment variable's value."""
+    """``config`` with each ``EnvSecret`` and ``ManagedSecret`` replaced by its value."""
     out = {}
     for key, value in config.items():
         if isinstance(value, EnvSecret):
@@ -115,8 +125,33 @@ def resolved(config: dict) -> dict:
                 raise KafkaSecretError(f"Kafka setting {key}: environment variable {value.name} is not set (or empty) "
                                        f"here")
             value = os.environ[value.name]
+        elif isinstance(value, ManagedSecret):
+            value = _secret_version(key, value.name)
         out[key] = value
     return out
+
+
+@functools.lru_cache(maxsize=None)  # once per process: every client of a worker shares it
+def _secret_version(key: str, name: str) -> str:
+    try:
+        from google.cloud import secretmanager
+    except ImportError:
+        raise KafkaSecretError(f"Kafka setting {key}: Secret Manager needs the gcp extra (pip install "
+                               f"'beam-rtml[gcp]')") from None
+    try:
+        payload = _secret_manager_client(secretmanager).access_secret_version(name=name, timeout=30).payload.data
+    except Exception as error:  # google.api_core's errors: not found, permission denied, unreachable ...
+        reason = getattr(error, "message", None) or str(error).strip() or type(error).__name__
+        raise KafkaSecretError(f"Kafka setting {key}: Secret Manager {name}: {reason.splitlines()[0]}") from None
+    try:
+        return payload.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise KafkaSecretError(f"Kafka setting {key}: Secret Manager {name} holds bytes that are not UTF-8 "
+                               f"text") from None
+
+
+def _secret_manager_client(secretmanager):
+    return secretmanager.SecretManagerServiceClient()
 
 
 def mask_config(config: dict | None) -> dict:
