@@ -47,10 +47,10 @@ import os
 import pathlib
 import re
 import secrets
+import shutil
 import tempfile
 from typing import TYPE_CHECKING
 
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import storage
@@ -111,12 +111,9 @@ def new_version() -> str:
 
 
 def staging_dir(model_dir: str, version: str) -> pathlib.Path:
-    """Where a version is written before it is published (a local directory, also for a ``gs://`` model
-    directory); ModelError if ``model_dir`` cannot be published to."""
-    try:
-        storage.check_committable("--model_dir", model_dir)
-    except UserError as error:
-        raise ModelError(str(error)) from None
+    """Where a version is written before it is published: a local directory, also for a ``gs://`` model
+    directory (``storage.check_committable`` says beforehand whether ``model_dir`` can be published to);
+    ModelError if a local ``model_dir`` cannot be written."""
     if not storage.is_local(model_dir):
         return pathlib.Path(tempfile.mkdtemp(prefix=f"rtml-staging-{version}-"))
     path = pathlib.Path(model_dir) / ".staging" / version
@@ -128,8 +125,9 @@ def staging_dir(model_dir: str, version: str) -> pathlib.Path:
 
 
 def publish(model_dir: str, staging: pathlib.Path, manifest: dict, signing_key_env: str | None = None) -> ModelVersion:
-    """Hash every file in ``staging``, write the manifest (signed with the key in ``$signing_key_env``), move it
-    into ``versions/`` and make it current unless a newer version already is (``ModelVersion.made_current``)."""
+    """Hash every file in ``staging``, write the manifest (signed with the key in ``$signing_key_env``), put the
+    version into ``versions/`` (the staging directory is gone after) and make it current unless a newer version
+    already is (``ModelVersion.made_current``)."""
     key = signing_key(signing_key_env)
     manifest = dict(manifest, files=_hashes(str(staging)))
     manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
@@ -137,43 +135,47 @@ def publish(model_dir: str, staging: pathlib.Path, manifest: dict, signing_key_e
     if key is not None:
         (staging / SIGNATURE).write_text(_signature(key, manifest_bytes) + "\n")
     digest = hashlib.sha256(manifest_bytes).hexdigest()
-    pointer = f"{manifest['version']} sha256:{digest}\n".encode()
-    publish_to = _publish_local if storage.is_local(model_dir) else _publish_by_generation
-    final, made_current = publish_to(model_dir, staging, manifest["version"], pointer)
+    final = _put_version(model_dir, staging, manifest["version"])
+    made_current = advance_current(model_dir, manifest["version"], digest)
     return ModelVersion(final, manifest, digest, made_current=made_current, signing_key_env=signing_key_env)
 
 
-def _publish_local(model_dir: str, staging: pathlib.Path, version: str, pointer: bytes) -> tuple[str, bool]:
-    root = pathlib.Path(model_dir)
-    versions = root / "versions"
-    versions.mkdir(exist_ok=True)
-    final = versions / version
-    with open(root / _PUBLISH_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        staging.rename(final)
-        try:
-            superseded = current(model_dir)[0] >= version
-        except ModelError:
-            superseded = False
-        if not superseded:
-            temporary = root / f".{CURRENT}.{version}"
-            temporary.write_bytes(pointer)
-            os.replace(temporary, root / CURRENT)
-    return str(final), not superseded
-
-
-def _publish_by_generation(model_dir: str, staging: pathlib.Path, version: str, pointer: bytes) -> tuple[str, bool]:
+def _put_version(model_dir: str, staging: pathlib.Path, version: str) -> str:
+    """Move a staged version into ``versions/``: a rename locally; on Cloud Storage an upload, manifest last."""
+    if storage.is_local(model_dir):
+        versions = pathlib.Path(model_dir) / "versions"
+        versions.mkdir(exist_ok=True)
+        staging.rename(versions / version)
+        return str(versions / version)
     final = FileSystems.join(model_dir, "versions", version)
     files = sorted(path for path in staging.rglob("*") if path.is_file() and path.name != MANIFEST)
     for path in [*files, staging / MANIFEST]:  # the manifest last: it makes the version whole
         storage.write_file(FileSystems.join(final, path.relative_to(staging).as_posix()), path.read_bytes())
-    pointer_path = FileSystems.join(model_dir, CURRENT)
-    while True:  # another publisher may replace CURRENT between the read and the write: read again
-        text, generation = storage.read_generation(pointer_path)
-        if text is not None and text.decode("utf-8", "replace").split(" ")[0].strip() >= version:
-            return final, False
-        if storage.write_if_generation(pointer_path, pointer, generation) is not None:
-            return final, True
+    shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def advance_current(model_dir: str, version: str, manifest_sha256: str) -> bool:
+    """Point CURRENT at ``version`` (whose manifest has that digest) unless it names a newer one; whether it
+    names ``version`` then. Locally under a lock on the directory; on Cloud Storage by writing only the
+    generation read, and reading again when another publisher came first."""
+    path, pointer = FileSystems.join(model_dir, CURRENT), f"{version} sha256:{manifest_sha256}\n".encode()
+    if storage.is_local(model_dir):
+        with open(os.path.join(model_dir, _PUBLISH_LOCK), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            named = _current_name(storage.read_file(path), model_dir)
+            if named is not None and named >= version:
+                return named == version
+            storage.write_file(path, pointer)
+            return True
+    for _attempt in range(20):
+        text, generation = storage.read_generation(path)
+        named = _current_name(text, model_dir)
+        if named is not None and named >= version:
+            return named == version
+        if storage.write_if_generation(path, pointer, generation) is not None:
+            return True
+    raise ModelError(f"--model_dir {model_dir}: {CURRENT} keeps changing under other publishers; publish again")
 
 
 def load(model_dir: str, version: str | None = None, manifest_sha256: str | None = None,
@@ -255,19 +257,34 @@ def current(model_dir: str) -> tuple[str, str | None]:
     """The version ``model_dir``'s CURRENT names and the manifest digest it records (None: written by a
     version of rtml that recorded none). Not verified: ``load`` does that."""
     try:
-        text = _read(FileSystems.join(model_dir, CURRENT)).decode("utf-8")
+        text = _read(FileSystems.join(model_dir, CURRENT))
     except FileNotFoundError:
         raise ModelError(f"--model_dir {model_dir}: no model here (no {CURRENT} file); "
                          f"train one with `rtml train`") from None
-    except (UnicodeDecodeError, OSError) as error:
+    except OSError as error:
         raise ModelError(f"--model_dir {model_dir}: {CURRENT} cannot be read ({_reason(error)})") from None
-    name, _, digest = text.strip().partition(" sha256:")
+    return _parse_current(text, model_dir)
+
+
+def _parse_current(text: bytes, model_dir: str) -> tuple[str, str | None]:
+    try:
+        name, _, digest = text.decode("utf-8").strip().partition(" sha256:")
+    except UnicodeDecodeError as error:
+        raise ModelError(f"--model_dir {model_dir}: {CURRENT} cannot be read ({_reason(error)})") from None
     _check_name(name, f"{CURRENT} in {model_dir} names {name[:80]!r}, which")
     if not digest:
         _warn_no_digest(model_dir, name)
     elif not re.fullmatch(r"[0-9a-f]{64}", digest):
         raise ModelError(f"--model_dir {model_dir}: {CURRENT} holds a malformed manifest digest")
     return name, digest or None
+
+
+def _current_name(text: bytes | None, model_dir: str) -> str | None:
+    """The version a CURRENT's bytes name; None when there is none, or they are not a CURRENT (replaced then)."""
+    try:
+        return None if text is None else _parse_current(text, model_dir)[0]
+    except ModelError:
+        return None
 
 
 @functools.lru_cache(maxsize=None)  # once per directory and version, not at every poll
@@ -303,10 +320,10 @@ def load_for_spec(model_dir: str, spec: Spec, version: str | None = None, manife
 
 
 def _read(path: str) -> bytes:
-    if not FileSystems.exists(path):
+    data = storage.read_file(path)
+    if data is None:
         raise FileNotFoundError(path)
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        return handle.read()
+    return data
 
 
 def _hashes(directory: str, skip: tuple[str, ...] = ()) -> dict[str, str]:

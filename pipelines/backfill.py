@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -127,9 +128,10 @@ class Target:
     input_files: int | None  # None for --source kafka
     source: str = "files"
     kafka: tuple = ()  # (bootstrap_servers, topic, config items, margin in µs) for --source kafka
+    lock_token: str | None = None  # a lock object's on Cloud Storage: checked before each commit
 
 
-def _write_file(path: str, lines: list[bytes]) -> dict:
+def _write_lines(path: str, lines: list[bytes]) -> dict:
     """Write JSON Lines whole (``storage.write_file``); the file's name, size, sha256 and line count."""
     data = b"".join(line + b"\n" for line in lines)
     storage.write_file(path, data)
@@ -157,9 +159,9 @@ def write_unit(target: Target, name: str, scored_lines: list[bytes], dead_lines:
     """
     manifest_path = FileSystems.join(target.output, name, MANIFEST)
     storage.delete_file(manifest_path)
-    files = {"dead_letters": _write_file(FileSystems.join(target.dead_letter, name, DEAD_LETTER_FILE), dead_lines)}
+    files = {"dead_letters": _write_lines(FileSystems.join(target.dead_letter, name, DEAD_LETTER_FILE), dead_lines)}
     if name != UNTIMED:
-        files["scored"] = _write_file(FileSystems.join(target.output, name, SCORED_FILE), scored_lines)
+        files["scored"] = _write_lines(FileSystems.join(target.output, name, SCORED_FILE), scored_lines)
     start, end = unit_bounds(name, target.partition)
     manifest = {
         "partition": name, "kind": "untimed" if name == UNTIMED else target.partition, "start": start, "end": end,
@@ -171,11 +173,13 @@ def write_unit(target: Target, name: str, scored_lines: list[bytes], dead_lines:
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace(
             "+00:00", "Z"),
     }
-    commit(manifest_path, manifest)
+    commit(target, manifest_path, manifest)
     return manifest
 
 
-def commit(manifest_path: str, manifest: dict) -> None:
+def commit(target: Target, manifest_path: str, manifest: dict) -> None:
+    if target.lock_token:
+        locks.check_held(FileSystems.join(target.output, LOCK), target.lock_token)
     storage.write_file(manifest_path, json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
 
 
@@ -368,7 +372,8 @@ def _unit_names(directory: str) -> set[str]:
 
 def _clean_temporary(*directories: str) -> None:
     """Remove the half-written files crashed runs left on a local filesystem (we hold the lock: nobody writes
-    there); Cloud Storage leaves none, as an object exists only once its upload ends."""
+    there), and the `_tmp` directory of backfills before rtml committed by manifest alone; Cloud Storage
+    leaves none, as an object exists only once its upload ends."""
     for directory in directories:
         if not storage.is_local(directory):
             continue
@@ -378,6 +383,7 @@ def _clean_temporary(*directories: str) -> None:
                   file=sys.stderr, flush=True)
         for path in left:
             os.unlink(path)
+        shutil.rmtree(os.path.join(directory, "_tmp"), ignore_errors=True)
 
 
 def plan(output: str, dead_letter: str, names: list[str], model_version: str, fingerprint: str, force: bool,
@@ -478,13 +484,13 @@ def run(argv=None) -> dict[str, dict]:
     names = [partition_name(t, flags.partition) for t in range(start_us, end_us, unit_us)]
     if flags.source == "files":  # a Kafka message without an event time has its message time
         names.append(UNTIMED)
-    with locks.hold(output, LOCK), locks.hold(dead_letter, LOCK):
+    with locks.hold(output, LOCK) as output_lock, locks.hold(dead_letter, LOCK):
         _check_layout(output, flags.partition)
         _clean_temporary(output, dead_letter)
         statuses = plan(output, dead_letter, names, model.version, fingerprint, flags.force, flags.redo_stale)
         _report_kept(statuses)
         target = Target(output, dead_letter, spec.name, flags.partition, model.version, fingerprint, n_files,
-                        flags.source, kafka_read)
+                        flags.source, kafka_read, getattr(output_lock, "token", None))
         todo = [name for name in names if statuses[name]["todo"]]
         progress = Progress(len(names))
         try:

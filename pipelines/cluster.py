@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import pathlib
 import shutil
@@ -367,17 +368,17 @@ class _PublishSnapshot(beam.DoFn):
         self._snapshot_dir = snapshot_dir
 
     def process(self, snapshot: Snapshot):
-        version_dir = FileSystems.join(self._snapshot_dir, "versions", snapshot.version)
-        if FileSystems.exists(FileSystems.join(version_dir, registry.MANIFEST)):
-            return  # published by an earlier attempt at this bundle
+        manifest = storage.read_file(FileSystems.join(self._snapshot_dir, "versions", snapshot.version,
+                                                      registry.MANIFEST))
+        if manifest is not None:  # published by an earlier attempt at this bundle, which may have died before CURRENT
+            registry.advance_current(self._snapshot_dir, snapshot.version, hashlib.sha256(manifest).hexdigest())
+            yield snapshot.version
+            return
         if storage.is_local(self._snapshot_dir):  # left by a failed attempt
             shutil.rmtree(pathlib.Path(self._snapshot_dir, ".staging", snapshot.version), ignore_errors=True)
         staging = registry.staging_dir(self._snapshot_dir, snapshot.version)
-        try:
-            (staging / STATE_FILE).write_text(json.dumps(snapshot.state) + "\n")
-            yield registry.publish(self._snapshot_dir, staging, snapshot.manifest).version
-        finally:  # a gs:// snapshot's staging directory is a temporary one; a local one was renamed away
-            shutil.rmtree(staging, ignore_errors=True)
+        (staging / STATE_FILE).write_text(json.dumps(snapshot.state) + "\n")
+        yield registry.publish(self._snapshot_dir, staging, snapshot.manifest).version
 
 
 def assignment_schema(spec: Spec):

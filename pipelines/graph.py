@@ -46,7 +46,8 @@ def spec_and_model(options) -> tuple[Spec, registry.ModelVersion]:
                                         signing_key_env=model_flags.model_signing_key_env)
 
 
-_SECRET_VERSION = re.compile(r"projects/[^/\s]+/secrets/[^/\s]+/versions/[^/\s]+\Z")
+_SECRET_VERSION = re.compile(r"projects/[a-z0-9][-a-z0-9]{4,28}[a-z0-9]/secrets/[A-Za-z0-9_-]{1,255}/versions/"
+                             r"([1-9][0-9]*|latest)\Z")  # also what the stream template's kafka_secret takes
 
 
 def kafka_config(flags: KafkaOptions) -> dict[str, str]:
@@ -64,7 +65,7 @@ def kafka_config(flags: KafkaOptions) -> dict[str, str]:
         if not key.strip() or not (kind == "env" and name or kind == "secretmanager" and _SECRET_VERSION.match(name)):
             raise UserError(f"--kafka_secret #{number} is not KEY=env:NAME or "
                             f"KEY=secretmanager:projects/P/secrets/S/versions/V")
-        config[key.strip()] = kafka.EnvSecret(name) if kind == "env" else kafka.ManagedSecret(name)
+        config[key.strip()] = kafka.EnvSecret(name) if kind == "env" else kafka.SecretManagerSecret(name)
     try:
         error = kafka.config_error(config) if flags.kafka_io == "python" else None
     except kafka.KafkaSecretError as secret_error:

@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -117,67 +118,104 @@ def _read_holder(fd: int) -> dict:
 
 
 class ObjectLock:
-    """A Cloud Storage lock object, created only if absent, holding pid, host and when its holder last
-    renewed it (every RENEW_S, by replacing its own generation).
+    """A Cloud Storage lock object, created only if absent, holding its holder's pid, host, pid namespace,
+    a token of its own and when it was last renewed (every RENEW_S, by replacing its own generation).
 
-    A lock left on this host by a process that is gone, or not renewed for LEASE_S (its holder's
-    machine may be gone), is stale: it is taken over by replacing exactly the generation read, so
-    of two takers one wins. A holder whose renewal finds another generation has lost the lock, and
-    its main thread is interrupted.
+    Stale, and taken over by replacing exactly the generation read (so of two takers one wins): a
+    lock left by a process that is gone from this host's pid namespace, at once; any other lock
+    once its generation has stayed the same for a whole LEASE_S on this machine's clock (the
+    holder's clock only says when to start watching). A holder that cannot renew for most of a
+    lease, or finds another generation, has lost the lock: it says so and interrupts its main
+    thread; and each partition's commit first checks the token (``check_held``), so workers never
+    commit under a lock that another backfill holds.
     """
 
     RENEW_S, LEASE_S = 10.0, 60.0
 
     def __init__(self, directory: str, name: str):
         self.path = FileSystems.join(directory, name)
+        self.token = uuid.uuid4().hex
         self._generation = None
         self._stop = threading.Event()
         self._renewer = None
 
     def __enter__(self):
-        host = socket.gethostname()
         for _attempt in range(20):
             data, generation = storage.read_generation(self.path)
-            holder = _holder(data) if data is not None else {}
-            stale = data is not None and _why_stale(holder, host, self.LEASE_S)
-            if data is not None and not stale:
-                raise UserError(f"another backfill is writing to this output (pid {holder.get('pid', '?')} on "
-                                f"{holder.get('host', '?')}, lock {self.path}); wait for it to finish")
-            self._generation = storage.write_if_generation(self.path, _record(host), generation)
+            stale = ""
+            if data is not None:
+                holder = _holder(data)
+                stale = self._why_stale(holder, generation)
+                if not stale:
+                    raise UserError(f"another backfill is writing to this output (pid {holder.get('pid', '?')} on "
+                                    f"{holder.get('host', '?')}, lock {self.path}); wait for it to finish")
+            self._generation = storage.write_if_generation(self.path, self._record(), generation)
             if self._generation is None:  # another backfill wrote it first: look again
                 continue
             if stale:
                 print(f"taking over a stale lock {self.path} of pid {holder.get('pid', '?')} on "
                       f"{holder.get('host', '?')}, {stale}", file=sys.stderr, flush=True)
-            self._renewer = threading.Thread(target=self._renew, args=(host,), daemon=True, name="lock-renewal")
+            self._renewer = threading.Thread(target=self._renew, daemon=True, name="lock-renewal")
             self._renewer.start()
             return self
         raise UserError(f"cannot take the lock {self.path}; try again")
 
-    def _renew(self, host: str) -> None:
+    def _why_stale(self, holder: dict, generation: int) -> str:
+        """Why a lock's holder no longer holds it; empty if it may still."""
+        if (holder.get("host"), holder.get("pid_namespace")) == (socket.gethostname(), _pid_namespace()) \
+                and not _alive(holder.get("pid")):
+            return "which is no longer running"
+        renewed = holder.get("renewed")
+        if isinstance(renewed, (int, float)) and time.time() - renewed < self.LEASE_S:
+            return ""
+        print(f"the lock {self.path} has not been renewed for a while (pid {holder.get('pid', '?')} on "
+              f"{holder.get('host', '?')}); watching it for {self.LEASE_S:.0f} s before taking it over",
+              file=sys.stderr, flush=True)
+        watched = time.monotonic()
+        while time.monotonic() - watched < self.LEASE_S:
+            time.sleep(self.RENEW_S / 2)
+            if storage.read_generation(self.path)[1] != generation:
+                return ""
+        return f"which has not renewed it for {self.LEASE_S:.0f} s"
+
+    def _record(self) -> bytes:
+        return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "pid_namespace": _pid_namespace(),
+                           "token": self.token, "renewed": time.time()}).encode()
+
+    def _renew(self) -> None:
+        renewed = time.monotonic()
         while not self._stop.wait(self.RENEW_S):
             try:
-                generation = storage.write_if_generation(self.path, _record(host), self._generation)
-            except Exception as error:  # unreachable for now: the lease outlasts a few failed renewals
+                generation = storage.write_if_generation(self.path, self._record(), self._generation)
+            except Exception as error:  # unreachable: the lease allows a few renewals to fail
+                generation = self._generation
                 _LOG.warning("could not renew the lock %s (%s); trying again in %.0f s", self.path,
                              str(error).splitlines()[0] if str(error) else type(error).__name__, self.RENEW_S)
-                continue
+                if time.monotonic() - renewed < self.LEASE_S - 2 * self.RENEW_S:
+                    continue
+                generation = None
             if generation is None:
-                print(f"lost the lock {self.path}: another backfill took it over; stopping", file=sys.stderr,
+                print(f"lost the lock {self.path}: another backfill may take it over; stopping", file=sys.stderr,
                       flush=True)
+                self._generation = None  # nothing of ours to release
                 _thread.interrupt_main()
                 return
-            self._generation = generation
+            self._generation, renewed = generation, time.monotonic()
 
     def __exit__(self, *exc):
         self._stop.set()
         self._renewer.join()
-        storage.delete_if_generation(self.path, self._generation)
+        if self._generation is not None:
+            storage.delete_if_generation(self.path, self._generation)
         return False
 
 
-def _record(host: str) -> bytes:
-    return json.dumps({"pid": os.getpid(), "host": host, "renewed": time.time()}).encode()
+def check_held(path: str, token: str) -> None:
+    """RuntimeError unless the lock object ``path`` still holds ``token`` (run by workers before a commit)."""
+    data, _ = storage.read_generation(path)
+    if data is None or _holder(data).get("token") != token:
+        raise RuntimeError(f"the lock {path} is no longer this backfill's (another backfill took it over); "
+                           f"nothing more is committed")
 
 
 def _holder(data: bytes) -> dict:
@@ -189,14 +227,12 @@ def _holder(data: bytes) -> dict:
     return holder if isinstance(holder, dict) else {}
 
 
-def _why_stale(holder: dict, host: str, lease_s: float) -> str:
-    """Why a lock object's holder no longer holds it; empty if it may still."""
-    if holder.get("host") == host and not _alive(holder.get("pid")):
-        return "which is no longer running"
-    age = time.time() - holder.get("renewed", 0) if isinstance(holder.get("renewed"), (int, float)) else None
-    if age is None or age > lease_s:
-        return "which has not renewed it for " + (f"{age:.0f} s" if age is not None else "an unknown time")
-    return ""
+def _pid_namespace() -> str:
+    """Which pids this process sees: containers that share a host name may not share them."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 def _alive(pid) -> bool:

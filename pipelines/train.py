@@ -132,7 +132,7 @@ def run(argv=None, test_pipeline=None) -> registry.ModelVersion:
         cli.check_whole_input(totals, "no model was trained from the rest; fix or remove them and train again")
         manifest = _fit_and_export(spec, staging, version, totals)
         model = registry.publish(model_dir, staging, manifest, signing_key_env)
-    finally:  # a training that did not publish leaves nothing behind (publishing moves the staging directory)
+    finally:  # a training that did not publish leaves nothing behind (a published one has no staging left)
         shutil.rmtree(staging, ignore_errors=True)
     print(_report(model, model_dir, time.monotonic() - started))
     return model

@@ -21,11 +21,13 @@ class SecretManagerStandIn:
 
     def __init__(self, versions: dict[str, bytes]):
         self._versions = versions
+        self.accessed: list[str] = []  # the names asked for, in order
 
     def __enter__(self) -> SecretManagerStandIn:
         from google.cloud import secretmanager
 
         def access(request, context):
+            self.accessed.append(request.name)
             if request.name not in self._versions:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"Secret Version [{request.name}] not found.")
             return secretmanager.AccessSecretVersionResponse(

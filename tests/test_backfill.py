@@ -163,7 +163,7 @@ WRAPPER = textwrap.dedent("""
 
 
 KILLS = (("commit", 2, "1"),  # between partitions, one a wave: the first committed, the second written, not committed
-         ("_write_file", 2, "2"))  # inside a partition's write: its dead letters written, its scored records not
+         ("_write_lines", 2, "2"))  # inside a partition's write: its dead letters written, its scored records not
 
 
 def test_killed_twice_then_rerun_matches_the_clean_run(setup, clean, out, capfd):
@@ -191,8 +191,22 @@ def test_killed_twice_then_rerun_matches_the_clean_run(setup, clean, out, capfd)
     assert_like_clean(clean, out)
 
 
+def test_a_redo_killed_at_its_first_write_has_uncommitted_that_partition_first(setup, clean, out):
+    """--force over a complete output, SIGKILLed before its first file write: the partition being redone lost
+    its manifest first, so it is not taken for complete with files about to change; the next run redoes it."""
+    backfill.run(args(setup, out))
+    crashed = subprocess.run([sys.executable, "-c", WRAPPER, "_write_lines", "1",
+                              *args(setup, out, "--force", "--max_parallel", "1")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    assert len(manifests(out)) == len(UNITS) - 1
+    statuses = backfill.run(args(setup, out))
+    assert [s["status"] for s in statuses.values()].count("done") == 1
+    assert_like_clean(clean, out)
+
+
 def test_exception_then_rerun_matches_the_clean_run(setup, clean, tmp_path, monkeypatch, capsys):
-    original, calls = backfill._write_file, [0]
+    original, calls = backfill._write_lines, [0]
 
     def full_disk(path, data):
         calls[0] += 1
@@ -200,10 +214,10 @@ def test_exception_then_rerun_matches_the_clean_run(setup, clean, tmp_path, monk
             raise OSError(28, "No space left on device")
         return original(path, data)
 
-    monkeypatch.setattr(backfill, "_write_file", full_disk)
+    monkeypatch.setattr(backfill, "_write_lines", full_disk)
     with pytest.raises(Exception, match="No space left on device"):
         backfill.run(args(setup, tmp_path))
-    monkeypatch.setattr(backfill, "_write_file", original)
+    monkeypatch.setattr(backfill, "_write_lines", original)
     assert "1 of 4 partitions are complete; the same command redoes the rest" in capsys.readouterr().err
     assert not (tmp_path / "scored" / backfill.LOCK).exists()  # released on the way out
     assert len(manifests(tmp_path)) == 1
@@ -403,7 +417,7 @@ def test_six_days_with_the_trained_model_killed_twice_then_rerun(fraud_archive, 
                               text=True, timeout=600)
 
     assert command(tmp_path / "clean", "-m", "pipelines.backfill").returncode == 0
-    for function, at in (("commit", 3), ("_write_file", 3)):  # after a wave; then inside the next rerun's write
+    for function, at in (("commit", 3), ("_write_lines", 3)):  # after a wave; then inside the next rerun's write
         crashed = command(tmp_path / "crashed", "-c", WRAPPER, function, str(at))
         assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     rerun = command(tmp_path / "crashed", "-m", "pipelines.backfill")

@@ -128,25 +128,28 @@ def test_a_setting_from_the_environment_is_read_where_the_client_is_made(kafka_b
 
 
 def test_a_setting_from_secret_manager_is_read_where_the_client_is_made(kafka_broker):
-    """``--kafka_secret KEY=secretmanager:NAME``: the value comes from the secret version when a client is made;
-    a version that cannot be read is one line naming it, never a value."""
+    """``--kafka_secret KEY=secretmanager:NAME``: the value comes from the secret version when a client is made
+    (the pipeline's clients ask for it while it runs), is scrubbed like any secret although client.id's values
+    are shown otherwise; a version that cannot be read is one line naming it, never a value."""
     from tests.secret_manager import SecretManagerStandIn
 
     topic = _name("managed-secret")
     kafka_broker.create_topic(topic, 1)
     sent = produce(kafka_broker.bootstrap, topic, [(None, b"v", None, None)])
     name = "projects/rtml-test/secrets/client-id/versions/2"
-    with SecretManagerStandIn({name: b"rtml-reader\n"}):
-        assert kafka.resolved({"client.id": kafka.ManagedSecret(name)}) == {"client.id": "rtml-reader"}
+    config = {"client.id": kafka.SecretManagerSecret(name)}
+    with SecretManagerStandIn({name: b"rtml-reader"}) as secret_manager:
+        assert kafka.resolved(config) == {"client.id": "rtml-reader"}
+        assert kafka.Secrets(config).scrub("client rtml-reader failed") == "client *** failed"
         with beam.Pipeline("DirectRunner") as p:
-            read = p | ReadFromKafka(kafka_broker.bootstrap, topic, consumer_config={
-                "client.id": kafka.ManagedSecret(name)}, stop_offsets={0: 1})
+            read = p | ReadFromKafka(kafka_broker.bootstrap, topic, consumer_config=config, stop_offsets={0: 1})
             assert_that(read, equal_to(sent))
-        missing = name.replace("versions/2", "versions/3")
-        with pytest.raises(kafka.KafkaSecretError) as error:
-            kafka.resolved({"sasl.password": kafka.ManagedSecret(missing)})
-        assert str(error.value) == (f"Kafka setting sasl.password: Secret Manager {missing}: Secret Version "
-                                    f"[{missing}] not found.")
+        assert secret_manager.accessed == [name]  # once per process
+    with SecretManagerStandIn({}):  # the version is gone: the running pipeline's clients cannot be made
+        with pytest.raises(Exception, match=f"client.id: Secret Manager {name}: Secret Version \\[{name}\\] "
+                                            f"not found."):
+            with beam.Pipeline("DirectRunner") as p:
+                _ = p | ReadFromKafka(kafka_broker.bootstrap, topic, consumer_config=config, stop_offsets={0: 1})
 
 
 def test_bounded_read_by_timestamps(kafka_broker):

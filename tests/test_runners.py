@@ -222,7 +222,7 @@ def test_a_kafka_secret_from_secret_manager_is_nowhere_in_the_translated_job(mon
 
     root, _ = trained
     secret, name = "S3cret-in-sm-" + os.urandom(8).hex(), "projects/rtml-test/secrets/kafka-password/versions/latest"
-    with SecretManagerStandIn({name: secret.encode()}):
+    with SecretManagerStandIn({name: secret.encode()}) as secret_manager:
         job = _translate(monkeypatch, score.run, [
             "--spec", "fraud", "--mode", "stream", "--bootstrap_servers", "broker.internal:9092",
             "--input_topic", "events", "--output_topic", "scored", "--dead_letter_topic", "dead-letters",
@@ -231,6 +231,7 @@ def test_a_kafka_secret_from_secret_manager_is_nowhere_in_the_translated_job(mon
             "--kafka_secret", f"sasl.password=secretmanager:{name}", *DATAFLOW])
     shipped = (job.proto_pipeline.SerializeToString() + _pickled_dofns(job.proto_pipeline)
                + str(job.options.get_all_options()).encode())
+    assert secret_manager.accessed == [name]  # the launcher's check of the config
     assert secret.encode() not in shipped
     assert name.encode() in shipped
 

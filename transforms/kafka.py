@@ -20,7 +20,7 @@ streaming job stops cleanly; a distributed runner drains or cancels the job its 
 Every config value is masked in reprs and display data and scrubbed from log lines and error
 messages raised here, but those of settings that never hold a secret (``_PLAIN_KEYS``). A value may
 be a reference, resolved where a client is made and never carried: an ``EnvSecret`` (an environment
-variable) or a ``ManagedSecret`` (a Google Secret Manager secret version).
+variable) or a ``SecretManagerSecret`` (a Google Secret Manager secret version).
 """
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ class EnvSecret(NamedTuple):
     name: str
 
 
-class ManagedSecret(NamedTuple):
+class SecretManagerSecret(NamedTuple):
     """A config value read from Google Secret Manager where a client is made (on a Dataflow worker, with
     the worker's service account), so that the value never enters the pipeline graph, a template or a log.
 
@@ -117,7 +117,7 @@ class KafkaSecretError(ValueError):
 
 
 def resolved(config: dict) -> dict:
-    """``config`` with each ``EnvSecret`` and ``ManagedSecret`` replaced by its value."""
+    """``config`` with each ``EnvSecret`` and ``SecretManagerSecret`` replaced by its value."""
     out = {}
     for key, value in config.items():
         if isinstance(value, EnvSecret):
@@ -125,7 +125,7 @@ def resolved(config: dict) -> dict:
                 raise KafkaSecretError(f"Kafka setting {key}: environment variable {value.name} is not set (or empty) "
                                        f"here")
             value = os.environ[value.name]
-        elif isinstance(value, ManagedSecret):
+        elif isinstance(value, SecretManagerSecret):
             value = _secret_version(key, value.name)
         out[key] = value
     return out
@@ -144,7 +144,7 @@ def _secret_version(key: str, name: str) -> str:
         reason = getattr(error, "message", None) or str(error).strip() or type(error).__name__
         raise KafkaSecretError(f"Kafka setting {key}: Secret Manager {name}: {reason.splitlines()[0]}") from None
     try:
-        return payload.decode("utf-8").strip()
+        return payload.decode("utf-8")  # as stored: a newline written with it is part of it
     except UnicodeDecodeError:
         raise KafkaSecretError(f"Kafka setting {key}: Secret Manager {name} holds bytes that are not UTF-8 "
                                f"text") from None
@@ -160,14 +160,16 @@ def mask_config(config: dict | None) -> dict:
 
 
 class Secrets:
-    """Removes the values of a config's settings (all but ``_PLAIN_KEYS``') from text.
+    """Removes the values of a config's settings (all but ``_PLAIN_KEYS``', unless given by reference) from text.
 
     Also serves as confluent-kafka's ``logger``, so librdkafka's own log lines (which can
     quote config values) pass through the same scrubbing into this module's logger.
     """
 
     def __init__(self, config: dict):
-        values = {str(v) for k, v in resolved(config).items() if k not in _PLAIN_KEYS and len(str(v)) >= _MIN_SCRUBBED}
+        references = {k for k, v in config.items() if isinstance(v, (EnvSecret, SecretManagerSecret))}
+        values = {str(v) for k, v in resolved(config).items()
+                  if (k not in _PLAIN_KEYS or k in references) and len(str(v)) >= _MIN_SCRUBBED}
         self._values = sorted(values, key=len, reverse=True)  # longest first: no partial leaks
 
     def scrub(self, text: object) -> str:

@@ -11,6 +11,7 @@ Other Beam filesystems (s3://, hdfs:// ...) promise neither, so commands that co
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import uuid
@@ -21,6 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from transforms.errors import UserError
 
 GCS = "gs://"
+CALL_TIMEOUT_S = 10.0  # a conditional call, retries included: a lock's renewal must end well within its lease
 
 
 def is_local(path: str) -> bool:
@@ -28,28 +30,31 @@ def is_local(path: str) -> bool:
 
 
 def check_committable(flag: str, path: str) -> None:
-    """UserError, in one line, unless ``path`` is a local path or a ``gs://`` one in a bucket that can be seen."""
+    """UserError, in one line, unless ``path`` is a local path or a ``gs://`` one whose bucket can be listed."""
     if is_local(path):
         return
     if not path.startswith(GCS):
         raise UserError(f"{flag} {path}: results are committed on a local or mounted filesystem or on Cloud Storage "
                         f"(gs://), where a commit cannot be seen half done; {path.split('://')[0]}:// is not supported")
-    bucket, _ = _split(path)
+    bucket, name = _split(path)
     try:
-        found = _client().lookup_bucket(bucket)
+        from google.api_core.exceptions import NotFound
     except ImportError:
         raise UserError(f"{flag} {path}: gs:// needs the gcp extra (pip install 'beam-rtml[gcp]')") from None
+    try:  # objects.list: what objectViewer and up may do (buckets.get would need more)
+        next(iter(_client().bucket(bucket).list_blobs(prefix=name, max_results=1)), None)
+    except NotFound:
+        raise UserError(f"{flag} {path}: bucket {bucket} does not exist") from None
     except Exception as error:  # google.api_core's errors: no credentials, forbidden, unreachable ...
-        raise UserError(f"{flag} {path}: Cloud Storage cannot be reached ({_first_line(error)})") from None
-    if found is None:
-        raise UserError(f"{flag} {path}: bucket {bucket} does not exist, or these credentials cannot see it")
+        raise UserError(f"{flag} {path}: cannot list it on Cloud Storage ({_first_line(error)})") from None
 
 
 def write_file(path: str, data: bytes) -> None:
     """Write ``path`` whole: readers see its old bytes or all of the new ones, even after a crash."""
     if not is_local(path):
-        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            handle.write(data)
+        with _refused_as_user_error(path):
+            with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                handle.write(data)
         return
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
@@ -63,14 +68,16 @@ def write_file(path: str, data: bytes) -> None:
 
 
 def read_file(path: str) -> bytes | None:
-    """The bytes of ``path``; None if there is no such file."""
+    """The bytes of ``path``; None if there is no such file (or it was removed while it was read)."""
     if not FileSystems.exists(path):
         return None
     try:
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             return handle.read()
-    except FileNotFoundError:  # removed since
-        return None
+    except Exception as error:  # FileNotFoundError locally, google.api_core's NotFound on Cloud Storage
+        if isinstance(error, FileNotFoundError) or type(error).__name__ == "NotFound":
+            return None
+        raise
 
 
 def file_size(path: str) -> int | None:
@@ -121,27 +128,37 @@ def read_generation(path: str) -> tuple[bytes | None, int]:
 
     bucket, name = _split(path)
     for _attempt in range(10):  # replaced between the two calls: read the newer one
-        blob = _client().bucket(bucket).get_blob(name)
-        if blob is None:
-            return None, 0
-        try:
-            return blob.download_as_bytes(if_generation_match=blob.generation), blob.generation
-        except (NotFound, PreconditionFailed):
-            continue
+        with _refused_as_user_error(path):
+            blob = _client().bucket(bucket).get_blob(name, timeout=CALL_TIMEOUT_S)
+            if blob is None:
+                return None, 0
+            try:
+                return (blob.download_as_bytes(if_generation_match=blob.generation, timeout=CALL_TIMEOUT_S),
+                        blob.generation)
+            except (NotFound, PreconditionFailed):
+                continue
     raise OSError(f"{path} keeps changing while it is read")
 
 
 def write_if_generation(path: str, data: bytes, generation: int) -> int | None:
     """Write a ``gs://`` object only if its generation is ``generation`` (0: only if it does not exist).
-    Its new generation, or None when another writer came first."""
+    Its new generation, or None when another writer came first.
+
+    ``data`` must differ from what any other writer writes (a token in it will do): a write whose reply
+    was lost is retried, finds its own generation and fails its precondition, and is then recognised by
+    its bytes."""
     from google.api_core.exceptions import PreconditionFailed
+    from google.api_core.retry import Retry
 
     bucket, name = _split(path)
     blob = _client().bucket(bucket).blob(name)
     try:
-        blob.upload_from_string(data, if_generation_match=generation)
+        with _refused_as_user_error(path):
+            blob.upload_from_string(data, if_generation_match=generation, timeout=CALL_TIMEOUT_S,
+                                    retry=Retry(timeout=CALL_TIMEOUT_S))
     except PreconditionFailed:
-        return None
+        found, found_generation = read_generation(path)
+        return found_generation if found == data else None
     return blob.generation
 
 
@@ -151,9 +168,20 @@ def delete_if_generation(path: str, generation: int) -> None:
 
     bucket, name = _split(path)
     try:
-        _client().bucket(bucket).delete_blob(name, if_generation_match=generation)
+        _client().bucket(bucket).delete_blob(name, if_generation_match=generation, timeout=CALL_TIMEOUT_S)
     except (NotFound, PreconditionFailed):
         pass
+
+
+@contextlib.contextmanager
+def _refused_as_user_error(path: str):
+    """Cloud Storage's refusal of these credentials as one line (google.api_core's Forbidden, Unauthorized)."""
+    try:
+        yield
+    except Exception as error:
+        if type(error).__name__ not in ("Forbidden", "Unauthorized"):
+            raise
+        raise UserError(f"{path}: Cloud Storage refuses these credentials ({_first_line(error)})") from None
 
 
 @functools.lru_cache(maxsize=1)
