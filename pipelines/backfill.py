@@ -464,6 +464,8 @@ def run(argv=None) -> dict[str, dict]:
         raise UserError("--output and --dead_letter must be different directories")
     if flags.source == "kafka" and cli.given(options, "input"):
         raise UserError("--input reads files; --source kafka reads --input_topic: give one")
+    if flags.source == "files":
+        cli.refuse(options, (KafkaOptions,), "is for --source kafka")
     kafka_read = _kafka_replay(options, end_us) if flags.source == "kafka" else ()
     if end_us - start_us > MAX_DAYS_UNASKED * UNIT_US["day"] and not flags.yes:
         raise UserError(f"--start {flags.start} .. --end {flags.end} spans {(end_us - start_us) // UNIT_US['day']:,} "

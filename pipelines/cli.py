@@ -142,6 +142,16 @@ def given(options: PipelineOptions, name: str) -> bool:
     return any(arg.split("=", 1)[0] == f"--{name}" for arg in options._flags)
 
 
+def refuse(options: PipelineOptions, views: Sequence[type[PipelineOptions]], why: str) -> None:
+    """A one-line error for a flag of ``views`` given where it would have no effect (``why`` says where it has)."""
+    for view in views:
+        parser = argparse.ArgumentParser()
+        view._add_argparse_args(parser)
+        for action in parser._actions:
+            if action.option_strings and given(options, action.dest):
+                raise UserError(f"--{action.dest} {why}; see --help")
+
+
 def require(options: PipelineOptions, *names: str) -> None:
     values = options.get_all_options()
     missing = [f"--{n}" for n in names if values.get(n) in (None, "")]

@@ -401,6 +401,7 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
     if streaming:
         return _run_stream(options, test_pipeline)
     cli.require(options, *REQUIRED["--mode batch"])
+    cli.refuse(options, (KafkaOptions, StreamOptions), "is for --mode stream")
     flags, snapshot_dir = options.view_as(ArchiveOptions), options.view_as(ClusterOptions).snapshot_dir
     clustering = clustering_for(options)
     check_input(flags.input)

@@ -63,6 +63,7 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
         return run_stream(options, test_pipeline)
     flags = options.view_as(ArchiveOptions)
     cli.require(options, *REQUIRED["--mode batch"])
+    cli.refuse(options, (KafkaOptions, StreamOptions, LiveMonitorOptions, ReloadOptions), "is for --mode stream")
     spec, model = graph.spec_and_model(options)
     check_input(flags.input)
 

@@ -180,14 +180,16 @@ def test_a_lock_renewed_elsewhere_is_refused(model_dir, short_lease):
         renewer.join()
 
 
-def test_a_holder_whose_lock_was_taken_over_stops_and_commits_nothing_more(model_dir, short_lease, capsys):
+def test_a_holder_whose_lock_was_taken_over_stops_and_commits_nothing_more(model_dir, short_lease, capsys,
+                                                                             monkeypatch):
     directory = model_dir.rsplit("/", 1)[0]
     path = f"{directory}/_backfill.lock"
-    with pytest.raises(KeyboardInterrupt):
-        with locks.hold(directory, "_backfill.lock") as lock:
-            _lock_record(path, "elsewhere", time.time())  # another backfill took it over
-            with pytest.raises(RuntimeError, match="is no longer this backfill's"):
-                locks.check_held(path, lock.token)  # what each commit checks first
-            time.sleep(5)  # the next renewal finds another generation and interrupts this thread
+    interrupted = threading.Event()  # what the holder does to the command's main thread (not pytest's here)
+    monkeypatch.setattr(locks._thread, "interrupt_main", interrupted.set)
+    with locks.hold(directory, "_backfill.lock") as lock:
+        _lock_record(path, "elsewhere", time.time())  # another backfill took it over
+        with pytest.raises(RuntimeError, match="is no longer this backfill's"):
+            locks.check_held(path, lock.token)  # what each commit checks first
+        assert interrupted.wait(5)  # the next renewal found another generation
     assert "lost the lock" in capsys.readouterr().err
     assert json.loads(storage.read_file(path))["host"] == "elsewhere"  # the other's lock stays

@@ -61,6 +61,22 @@ def test_a_flag_is_refused_by_a_command_it_does_nothing_in(command, flag, group)
     assert result.stderr.strip() == f"error: {flag} is not a flag of this command (it is one of the {group} flags); see --help"
 
 
+@pytest.mark.parametrize("command, flag, value, where", [
+    ("score", "--value_format", "confluent-avro", "--mode stream"),
+    ("score", "--monitoring_topic", "mon", "--mode stream"),
+    ("cluster", "--bootstrap_servers", "broker:9092", "--mode stream"),
+    ("backfill", "--schema_registry_url", "http://registry:8081", "--source kafka")])
+def test_a_flag_of_the_other_mode_is_refused_not_ignored(tmp_path, command, flag, value, where):
+    (tmp_path / "events.jsonl").write_text("{}\n")
+    own = {"score": ("--mode", "batch"), "cluster": ("--mode", "batch", "--snapshot_dir", str(tmp_path / "s")),
+           "backfill": ("--start", "2026-03-01", "--end", "2026-03-02")}[command]
+    result = _rtml(command, "--spec", "fraud", *own, "--input", str(tmp_path / "events.jsonl"), "--model_dir",
+                   str(tmp_path / "m"), "--output", str(tmp_path / "o"), "--dead_letter", str(tmp_path / "d"),
+                   flag, value)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {flag} is for {where}; see --help"
+
+
 def test_stream_mode_without_a_broker_points_to_the_demo(fraud_model):
     result = _rtml("score", "--mode", "stream", "--spec", "fraud", "--model_dir", fraud_model[0])
     assert result.returncode == 2 and "Traceback" not in result.stderr
