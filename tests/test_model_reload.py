@@ -172,7 +172,10 @@ class _PublishesWhenRun(TestPipeline):
 
 def test_bounded_scoring_keeps_the_version_it_started_with(versions, events, batch_scores, tmp_path):
     model_dir = _copy(versions, tmp_path, current="old")
-    score.run(["--spec", "fraud", "--input", str(events), "--model_dir", model_dir, "--model_poll_seconds", "1",
+    with pytest.raises(UserError, match="--model_poll_seconds is for --mode stream"):
+        score.run(["--spec", "fraud", "--input", str(events), "--model_dir", model_dir, "--model_poll_seconds", "1",
+                   "--output", str(tmp_path / "scored"), "--dead_letter", str(tmp_path / "dead_letter")])
+    score.run(["--spec", "fraud", "--input", str(events), "--model_dir", model_dir,
                "--output", str(tmp_path / "scored"), "--dead_letter", str(tmp_path / "dead_letter")],
               test_pipeline=_PublishesWhenRun(model_dir, versions["new"]))
     assert registry.current(model_dir)[0] == versions["new"]
