@@ -71,12 +71,31 @@ def fraud_archive(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def fraud_model(fraud_archive, tmp_path_factory):
-    """A fraud model trained on the first 14 days: ``(model_dir, ModelVersion)``."""
+    """A fraud model trained on the first 14 days, once for the whole run: ``(model_dir, ModelVersion)``."""
+    from models import registry
     from pipelines import train
 
-    model_dir = str(tmp_path_factory.mktemp("fraud_model"))
-    model = train.run(["--spec", "fraud", "--input", fraud_archive["train"], "--model_dir", model_dir])
-    return model_dir, model
+    model_dir = _made_once("fraud_model", tmp_path_factory, lambda directory: train.run(
+        ["--spec", "fraud", "--input", fraud_archive["train"], "--model_dir", str(directory)]))
+    return str(model_dir), registry.load(str(model_dir))
+
+
+def _made_once(name: str, tmp_path_factory, make) -> pathlib.Path:
+    """A directory that ``make(directory)`` fills once per run, whichever pytest-xdist worker asks first; the others
+    wait for it (the generated archives it reads are the same in every worker: fixed seeds)."""
+    import fcntl
+    import os
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's, shared by its workers
+    directory = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / f"{name}.done").exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            make(directory)
+            (root / f"{name}.done").touch()
+    return directory
 
 
 @pytest.fixture(scope="session")
