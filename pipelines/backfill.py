@@ -158,6 +158,7 @@ def write_unit(target: Target, name: str, scored_lines: list[bytes], dead_lines:
     incomplete, and a rerun redoes it. This holds on a local filesystem and on Cloud Storage alike.
     """
     manifest_path = FileSystems.join(target.output, name, MANIFEST)
+    _check_lock(target)
     storage.delete_file(manifest_path)
     files = {"dead_letters": _write_lines(FileSystems.join(target.dead_letter, name, DEAD_LETTER_FILE), dead_lines)}
     if name != UNTIMED:
@@ -178,9 +179,13 @@ def write_unit(target: Target, name: str, scored_lines: list[bytes], dead_lines:
 
 
 def commit(target: Target, manifest_path: str, manifest: dict) -> None:
-    if target.lock_token:
-        locks.check_held(FileSystems.join(target.output, LOCK), target.lock_token)
+    _check_lock(target)
     storage.write_file(manifest_path, json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
+
+
+def _check_lock(target: Target) -> None:
+    if target.lock_token:  # a lock object on Cloud Storage: workers may run anywhere
+        locks.check_held(FileSystems.join(target.output, LOCK), target.lock_token)
 
 
 def read_complete(output: str, dead_letter: str, name: str) -> dict | None:
@@ -465,7 +470,7 @@ def run(argv=None) -> dict[str, dict]:
     if flags.source == "kafka" and cli.given(options, "input"):
         raise UserError("--input reads files; --source kafka reads --input_topic: give one")
     if flags.source == "files":
-        cli.refuse(options, (KafkaOptions,), "is for --source kafka")
+        cli.refuse(options, (KafkaOptions, cli.only(BackfillOptions, "replay_margin_s")), "is for --source kafka")
     kafka_read = _kafka_replay(options, end_us) if flags.source == "kafka" else ()
     if end_us - start_us > MAX_DAYS_UNASKED * UNIT_US["day"] and not flags.yes:
         raise UserError(f"--start {flags.start} .. --end {flags.end} spans {(end_us - start_us) // UNIT_US['day']:,} "
@@ -492,7 +497,7 @@ def run(argv=None) -> dict[str, dict]:
         statuses = plan(output, dead_letter, names, model.version, fingerprint, flags.force, flags.redo_stale)
         _report_kept(statuses)
         target = Target(output, dead_letter, spec.name, flags.partition, model.version, fingerprint, n_files,
-                        flags.source, kafka_read, getattr(output_lock, "token", None))
+                        flags.source, kafka_read, output_lock.token)
         todo = [name for name in names if statuses[name]["todo"]]
         progress = Progress(len(names))
         try:

@@ -109,9 +109,7 @@ def _unknown_flag(name: str, known: list[str]) -> str:
     for cls in PipelineOptions.__subclasses__():
         if cls.__module__.startswith("apache_beam."):
             continue
-        other = argparse.ArgumentParser()
-        cls._add_argparse_args(other)
-        if any(name in action.option_strings for action in other._actions):
+        if name in _flags(cls):
             return f"{name} is not a flag of this command (it is one of the {_group(cls)} flags); see --help"
     close = difflib.get_close_matches(name, known, n=1)
     return f"unknown flag {name}" + (f" (did you mean {close[0]}?)" if close else "") + "; see --help"
@@ -142,14 +140,23 @@ def given(options: PipelineOptions, name: str) -> bool:
     return any(arg.split("=", 1)[0] == f"--{name}" for arg in options._flags)
 
 
+FILE_FLAGS = ("input", "output", "dead_letter", "output_format")  # ArchiveOptions' flags that only files use
+
+
 def refuse(options: PipelineOptions, views: Sequence[type[PipelineOptions]], why: str) -> None:
     """A one-line error for a flag of ``views`` given where it would have no effect (``why`` says where it has)."""
     for view in views:
-        parser = argparse.ArgumentParser()
-        view._add_argparse_args(parser)
-        for action in parser._actions:
-            if action.option_strings and given(options, action.dest):
-                raise UserError(f"--{action.dest} {why}; see --help")
+        for flag in _flags(view):
+            if given(options, flag.lstrip("-")):
+                raise UserError(f"{flag} {why}; see --help")
+
+
+def _flags(view: type[PipelineOptions]) -> list[str]:
+    """The flags an options class adds (``--name``)."""
+    parser = argparse.ArgumentParser()
+    view._add_argparse_args(parser)
+    return [action.option_strings[0] for action in parser._actions if action.option_strings and
+            action.option_strings[0] != "-h"]
 
 
 def require(options: PipelineOptions, *names: str) -> None:

@@ -377,8 +377,11 @@ class _PublishSnapshot(beam.DoFn):
         if storage.is_local(self._snapshot_dir):  # left by a failed attempt
             shutil.rmtree(pathlib.Path(self._snapshot_dir, ".staging", snapshot.version), ignore_errors=True)
         staging = registry.staging_dir(self._snapshot_dir, snapshot.version)
-        (staging / STATE_FILE).write_text(json.dumps(snapshot.state) + "\n")
-        yield registry.publish(self._snapshot_dir, staging, snapshot.manifest).version
+        try:
+            (staging / STATE_FILE).write_text(json.dumps(snapshot.state) + "\n")
+            yield registry.publish(self._snapshot_dir, staging, snapshot.manifest).version
+        finally:  # gone once published; a failed attempt's temporary one (gs://) is not left on the worker
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def assignment_schema(spec: Spec):
@@ -479,6 +482,7 @@ def _run_stream(options, test_pipeline) -> dict[str, int]:
     if not cli.given(options, "bootstrap_servers"):  # Beam's flag defaults to localhost:9092
         raise UserError("missing --bootstrap_servers; see --help")
     flags, stream = options.view_as(KafkaOptions), options.view_as(StreamOptions)
+    cli.refuse(options, (cli.only(ArchiveOptions, *cli.FILE_FLAGS),), "is for --mode batch")
     serving.check_kafka_io(options, supported=False)
     clustering = clustering_for(options)
     config = graph.kafka_config(flags)

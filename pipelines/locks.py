@@ -1,7 +1,8 @@
 """One writer per output directory: a lock file on a local filesystem, a lock object on Cloud Storage.
 
-Both hold their holder's pid and host. A lock left on this host by a process that is gone is
-stale and taken over, with a message; a lock held by a live process is refused in one line.
+Both hold their holder's pid and host. A lock left on this machine by a process that is gone is
+stale and taken over, with a message; a lock held by a live process is refused in one line. A lock
+object of another machine is taken over once it has not been renewed for a lease (``ObjectLock``).
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ class FileLock:
     A lock whose flock is free, left on this host by a process that is gone, is stale: it is taken
     over, with a message. A lock held by a live process, or left by another host, is refused.
     """
+
+    token = None  # a local lock needs no check by workers: they run on this machine, under its flock
 
     def __init__(self, directory: str, name: str):
         self.path = os.path.join(directory, name)
@@ -118,16 +121,16 @@ def _read_holder(fd: int) -> dict:
 
 
 class ObjectLock:
-    """A Cloud Storage lock object, created only if absent, holding its holder's pid, host, pid namespace,
-    a token of its own and when it was last renewed (every RENEW_S, by replacing its own generation).
+    """A Cloud Storage lock object, created only if absent, holding its holder's pid, host, machine (boot
+    and pid namespace), a token of its own and when it was last renewed (every RENEW_S, by replacing its own generation).
 
     Stale, and taken over by replacing exactly the generation read (so of two takers one wins): a
-    lock left by a process that is gone from this host's pid namespace, at once; any other lock
+    lock left by a process that is gone from this machine, at once; any other lock
     once its generation has stayed the same for a whole LEASE_S on this machine's clock (the
     holder's clock only says when to start watching). A holder that cannot renew for most of a
     lease, or finds another generation, has lost the lock: it says so and interrupts its main
-    thread; and each partition's commit first checks the token (``check_held``), so workers never
-    commit under a lock that another backfill holds.
+    thread; and each partition's write checks the token first and again before its commit
+    (``check_held``), so workers never write under a lock that another backfill holds.
     """
 
     RENEW_S, LEASE_S = 10.0, 60.0
@@ -162,8 +165,7 @@ class ObjectLock:
 
     def _why_stale(self, holder: dict, generation: int) -> str:
         """Why a lock's holder no longer holds it; empty if it may still."""
-        if (holder.get("host"), holder.get("pid_namespace")) == (socket.gethostname(), _pid_namespace()) \
-                and not _alive(holder.get("pid")):
+        if holder.get("machine") and holder.get("machine") == _machine() and not _alive(holder.get("pid")):
             return "which is no longer running"
         renewed = holder.get("renewed")
         if isinstance(renewed, (int, float)) and time.time() - renewed < self.LEASE_S:
@@ -174,12 +176,13 @@ class ObjectLock:
         watched = time.monotonic()
         while time.monotonic() - watched < self.LEASE_S:
             time.sleep(self.RENEW_S / 2)
-            if storage.read_generation(self.path)[1] != generation:
-                return ""
+            now = storage.read_generation(self.path)[1]
+            if now != generation:  # renewed: held; or released: the write of the old generation fails, look again
+                return "" if now else "which released it"
         return f"which has not renewed it for {self.LEASE_S:.0f} s"
 
     def _record(self) -> bytes:
-        return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "pid_namespace": _pid_namespace(),
+        return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "machine": _machine(),
                            "token": self.token, "renewed": time.time()}).encode()
 
     def _renew(self) -> None:
@@ -187,18 +190,21 @@ class ObjectLock:
         while not self._stop.wait(self.RENEW_S):
             try:
                 generation = storage.write_if_generation(self.path, self._record(), self._generation)
-            except Exception as error:  # unreachable: the lease allows a few renewals to fail
-                generation = self._generation
+                if generation is None:  # another generation: ours, if an earlier renewal's reply was lost
+                    data, found = storage.read_generation(self.path)
+                    generation = found if data is not None and _holder(data).get("token") == self.token else None
+            except Exception as error:  # Cloud Storage unreachable: the lease allows a few renewals to fail
                 _LOG.warning("could not renew the lock %s (%s); trying again in %.0f s", self.path,
                              str(error).splitlines()[0] if str(error) else type(error).__name__, self.RENEW_S)
                 if time.monotonic() - renewed < self.LEASE_S - 2 * self.RENEW_S:
                     continue
                 generation = None
             if generation is None:
-                print(f"lost the lock {self.path}: another backfill may take it over; stopping", file=sys.stderr,
-                      flush=True)
                 self._generation = None  # nothing of ours to release
-                _thread.interrupt_main()
+                if not self._stop.is_set():
+                    print(f"lost the lock {self.path}: another backfill may take it over; stopping",
+                          file=sys.stderr, flush=True)
+                    _thread.interrupt_main()
                 return
             self._generation, renewed = generation, time.monotonic()
 
@@ -211,11 +217,11 @@ class ObjectLock:
 
 
 def check_held(path: str, token: str) -> None:
-    """RuntimeError unless the lock object ``path`` still holds ``token`` (run by workers before a commit)."""
+    """UserError unless the lock object ``path`` still holds ``token`` (run by workers around a partition's write)."""
     data, _ = storage.read_generation(path)
     if data is None or _holder(data).get("token") != token:
-        raise RuntimeError(f"the lock {path} is no longer this backfill's (another backfill took it over); "
-                           f"nothing more is committed")
+        raise UserError(f"the lock {path} is no longer this backfill's (another backfill took it over); "
+                        f"nothing more is written")
 
 
 def _holder(data: bytes) -> dict:
@@ -227,10 +233,12 @@ def _holder(data: bytes) -> dict:
     return holder if isinstance(holder, dict) else {}
 
 
-def _pid_namespace() -> str:
-    """Which pids this process sees: containers that share a host name may not share them."""
+def _machine() -> str:
+    """Which machine and pids this process sees: this boot of this kernel (machines may share a host name) and
+    its pid namespace (containers on one machine may not share pids); empty where /proc has neither."""
     try:
-        return os.readlink("/proc/self/ns/pid")
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            return f"{boot.read().strip()}/{os.readlink('/proc/self/ns/pid')}"
     except OSError:
         return ""
 

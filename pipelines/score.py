@@ -63,7 +63,8 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
         return run_stream(options, test_pipeline)
     flags = options.view_as(ArchiveOptions)
     cli.require(options, *REQUIRED["--mode batch"])
-    cli.refuse(options, (KafkaOptions, StreamOptions, LiveMonitorOptions, ReloadOptions), "is for --mode stream")
+    cli.refuse(options, (KafkaOptions, StreamOptions, MonitorOptions, LiveMonitorOptions, ReloadOptions),
+               "is for --mode stream")
     spec, model = graph.spec_and_model(options)
     check_input(flags.input)
 
@@ -145,6 +146,7 @@ def run_stream(options, test_pipeline=None, stop_when=None, on_stop=None,
         raise UserError("--mode stream reads Kafka: give --bootstrap_servers and the topics (a self-contained "
                         "demo with its own local broker: rtml demo stream --spec fraud)")
     cli.require(options, *REQUIRED["--mode stream"])
+    cli.refuse(options, (cli.only(ArchiveOptions, *cli.FILE_FLAGS),), "is for --mode batch")
     serving.check_kafka_io(options)
     spec, model = graph.spec_and_model(options)
     config = graph.kafka_config(flags)  # a malformed item fails here, before anything starts

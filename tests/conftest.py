@@ -87,7 +87,9 @@ def _made_once(name: str, tmp_path_factory, make) -> pathlib.Path:
     import os
 
     base = tmp_path_factory.getbasetemp()
-    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's, shared by its workers
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # one id for all workers of a run
+    root = base.parent if run else base  # the workers' common parent
+    name = f"{name}-{run}" if run else name
     directory = root / name
     with open(root / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

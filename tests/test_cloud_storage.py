@@ -188,7 +188,7 @@ def test_a_holder_whose_lock_was_taken_over_stops_and_commits_nothing_more(model
     monkeypatch.setattr(locks._thread, "interrupt_main", interrupted.set)
     with locks.hold(directory, "_backfill.lock") as lock:
         _lock_record(path, "elsewhere", time.time())  # another backfill took it over
-        with pytest.raises(RuntimeError, match="is no longer this backfill's"):
+        with pytest.raises(UserError, match="is no longer this backfill.s"):
             locks.check_held(path, lock.token)  # what each commit checks first
         assert interrupted.wait(5)  # the next renewal found another generation
     assert "lost the lock" in capsys.readouterr().err

@@ -39,10 +39,13 @@ def check_committable(flag: str, path: str) -> None:
     bucket, name = _split(path)
     try:
         from google.api_core.exceptions import NotFound
+
+        client = _client()
     except ImportError:
         raise UserError(f"{flag} {path}: gs:// needs the gcp extra (pip install 'beam-rtml[gcp]')") from None
     try:  # objects.list: what objectViewer and up may do (buckets.get would need more)
-        next(iter(_client().bucket(bucket).list_blobs(prefix=name, max_results=1)), None)
+        next(iter(client.bucket(bucket).list_blobs(prefix=name, max_results=1, timeout=CALL_TIMEOUT_S,
+                                                    retry=_retry())), None)
     except NotFound:
         raise UserError(f"{flag} {path}: bucket {bucket} does not exist") from None
     except Exception as error:  # google.api_core's errors: no credentials, forbidden, unreachable ...
@@ -69,11 +72,12 @@ def write_file(path: str, data: bytes) -> None:
 
 def read_file(path: str) -> bytes | None:
     """The bytes of ``path``; None if there is no such file (or it was removed while it was read)."""
-    if not FileSystems.exists(path):
-        return None
     try:
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            return handle.read()
+        with _refused_as_user_error(path):
+            if not FileSystems.exists(path):
+                return None
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                return handle.read()
     except Exception as error:  # FileNotFoundError locally, google.api_core's NotFound on Cloud Storage
         if isinstance(error, FileNotFoundError) or type(error).__name__ == "NotFound":
             return None
@@ -104,7 +108,7 @@ def delete_file(path: str) -> None:
 
     bucket, name = _split(path)
     try:
-        _client().bucket(bucket).delete_blob(name)
+        _client().bucket(bucket).delete_blob(name, timeout=CALL_TIMEOUT_S, retry=_retry())
     except NotFound:
         pass
 
@@ -129,12 +133,12 @@ def read_generation(path: str) -> tuple[bytes | None, int]:
     bucket, name = _split(path)
     for _attempt in range(10):  # replaced between the two calls: read the newer one
         with _refused_as_user_error(path):
-            blob = _client().bucket(bucket).get_blob(name, timeout=CALL_TIMEOUT_S)
+            blob = _client().bucket(bucket).get_blob(name, timeout=CALL_TIMEOUT_S, retry=_retry())
             if blob is None:
                 return None, 0
             try:
-                return (blob.download_as_bytes(if_generation_match=blob.generation, timeout=CALL_TIMEOUT_S),
-                        blob.generation)
+                return (blob.download_as_bytes(if_generation_match=blob.generation, timeout=CALL_TIMEOUT_S,
+                                               retry=_retry()), blob.generation)
             except (NotFound, PreconditionFailed):
                 continue
     raise OSError(f"{path} keeps changing while it is read")
@@ -144,18 +148,16 @@ def write_if_generation(path: str, data: bytes, generation: int) -> int | None:
     """Write a ``gs://`` object only if its generation is ``generation`` (0: only if it does not exist).
     Its new generation, or None when another writer came first.
 
-    ``data`` must differ from what any other writer writes (a token in it will do): a write whose reply
-    was lost is retried, finds its own generation and fails its precondition, and is then recognised by
-    its bytes."""
+    A write whose reply was lost is retried, finds its own generation and fails its precondition: it is
+    recognised by its bytes, so ``data`` should differ from what another writer writes (or mean the same,
+    as two publishers' CURRENT for one version does)."""
     from google.api_core.exceptions import PreconditionFailed
-    from google.api_core.retry import Retry
 
     bucket, name = _split(path)
     blob = _client().bucket(bucket).blob(name)
     try:
         with _refused_as_user_error(path):
-            blob.upload_from_string(data, if_generation_match=generation, timeout=CALL_TIMEOUT_S,
-                                    retry=Retry(timeout=CALL_TIMEOUT_S))
+            blob.upload_from_string(data, if_generation_match=generation, timeout=CALL_TIMEOUT_S, retry=_retry())
     except PreconditionFailed:
         found, found_generation = read_generation(path)
         return found_generation if found == data else None
@@ -168,9 +170,17 @@ def delete_if_generation(path: str, generation: int) -> None:
 
     bucket, name = _split(path)
     try:
-        _client().bucket(bucket).delete_blob(name, if_generation_match=generation, timeout=CALL_TIMEOUT_S)
+        _client().bucket(bucket).delete_blob(name, if_generation_match=generation, timeout=CALL_TIMEOUT_S,
+                                             retry=_retry())
     except (NotFound, PreconditionFailed):
         pass
+
+
+def _retry():
+    """Retries of one call that end within CALL_TIMEOUT_S (the library's default goes on for 120 s)."""
+    from google.api_core.retry import Retry
+
+    return Retry(timeout=CALL_TIMEOUT_S)
 
 
 @contextlib.contextmanager
