@@ -122,12 +122,13 @@ def _read_holder(fd: int) -> dict:
 
 class ObjectLock:
     """A Cloud Storage lock object, created only if absent, holding its holder's pid, host, machine (boot
-    and pid namespace), a token of its own and when it was last renewed (every RENEW_S, by replacing its own generation).
+    and pid namespace), a token of its own and when it was last renewed (every RENEW_S, by replacing
+    its own generation).
 
     Stale, and taken over by replacing exactly the generation read (so of two takers one wins): a
-    lock left by a process that is gone from this machine, at once; any other lock
-    once its generation has stayed the same for a whole LEASE_S on this machine's clock (the
-    holder's clock only says when to start watching). A holder that cannot renew for most of a
+    lock left by a process that is gone from this machine, at once; any other lock once its
+    generation has stayed the same for a whole LEASE_S on this machine's clock (the holder's clock
+    only says when to start watching). A holder that cannot renew for most of a
     lease, or finds another generation, has lost the lock: it says so and interrupts its main
     thread; and each partition's write checks the token first and again before its commit
     (``check_held``), so workers never write under a lock that another backfill holds.

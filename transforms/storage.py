@@ -67,7 +67,7 @@ def write_file(path: str, data: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
-    fsync_directory(directory)
+    _fsync_directory(directory)
 
 
 def read_file(path: str) -> bytes | None:
@@ -102,7 +102,7 @@ def delete_file(path: str) -> None:
             os.unlink(path)
         except FileNotFoundError:
             return
-        fsync_directory(os.path.dirname(path) or ".")
+        _fsync_directory(os.path.dirname(path) or ".")
         return
     from google.api_core.exceptions import NotFound
 
@@ -113,7 +113,7 @@ def delete_file(path: str) -> None:
         pass
 
 
-def fsync_directory(path: str) -> None:
+def _fsync_directory(path: str) -> None:
     """Make a rename or removal in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
