@@ -1,6 +1,7 @@
 # The two commands of the README. Both set up what they need from nothing: .venv (Python 3.11) with the
-# exact versions in constraints.txt, then the local runtimes (Prism, Apache Kafka, Beam's Flink job server;
-# python -m pipelines.artifacts), fetched once; nothing else needs to be running.
+# exact versions in constraints.txt, then the local runtimes (Prism, Apache Kafka, Beam's Flink job server and
+# Java Kafka IO, the fake-gcs-server Cloud Storage emulator; python -m pipelines.artifacts), fetched once;
+# nothing else needs to be running.
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
