@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import storage
-from transforms.errors import UserError
+from transforms.errors import UserError, first_line
 
 if TYPE_CHECKING:
     from transforms.spec import Spec
@@ -294,9 +294,8 @@ def _warn_no_digest(model_dir: str, name: str) -> None:
 
 
 def _reason(error: Exception) -> str:
-    """An exception's first line, or its type's name when it has no text."""
-    text = getattr(error, "strerror", None) or str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    """An OSError's strerror (no path repeated), else the exception's first line."""
+    return getattr(error, "strerror", None) or first_line(error)
 
 
 def _check_name(name: str, what: str) -> None:

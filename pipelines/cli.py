@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import (
 
 from pipelines.options import LogOptions
 from pipelines.runners import RunnerPresetOptions
-from transforms.errors import IncompleteInput, UserError
+from transforms.errors import IncompleteInput, UserError, first_line
 from transforms.events import METRICS_NAMESPACE, rfc3339
 from transforms.fileio import UNREADABLE_NAMESPACE
 
@@ -191,7 +191,7 @@ def create_pipeline(options: PipelineOptions, test_pipeline: beam.Pipeline | Non
     try:
         return beam.Pipeline(options=options)
     except ValueError as error:  # e.g. an unknown --runner
-        raise UserError(str(error).splitlines()[0]) from None
+        raise UserError(first_line(error)) from None
 
 
 def counters(result) -> dict[str, int]:

@@ -20,7 +20,7 @@ import uuid
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import storage
-from transforms.errors import UserError
+from transforms.errors import UserError, first_line
 
 _LOG = logging.getLogger(__name__)
 
@@ -195,8 +195,8 @@ class ObjectLock:
                     data, found = storage.read_generation(self.path)
                     generation = found if data is not None and _holder(data).get("token") == self.token else None
             except Exception as error:  # Cloud Storage unreachable: the lease allows a few renewals to fail
-                _LOG.warning("could not renew the lock %s (%s); trying again in %.0f s", self.path,
-                             str(error).splitlines()[0] if str(error) else type(error).__name__, self.RENEW_S)
+                _LOG.warning("could not renew the lock %s (%s); trying again in %.0f s", self.path, first_line(error),
+                             self.RENEW_S)
                 if time.monotonic() - renewed < self.LEASE_S - 2 * self.RENEW_S:
                     continue
                 generation = None

@@ -33,7 +33,7 @@ from apache_beam.io.filesystems import FileSystems
 from models import registry
 from pipelines import cli
 from pipelines.options import ModelOptions, ReportOptions, SpecOptions
-from transforms.errors import UserError
+from transforms.errors import UserError, first_line
 from transforms.fileio import json_records
 from transforms.monitoring import ALERTS, WINDOWS, Bins, describe_alert, psi
 from transforms.spec import Spec, load_spec
@@ -92,7 +92,7 @@ def run(argv=None) -> list[Section]:
         with FileSystems.create(flags.report, mime_type="text/html") as handle:
             handle.write(page(f"rtml report: {spec.name}", sections).encode("utf-8"))
     except OSError as error:  # Beam's filesystems raise their own kinds of it
-        raise UserError(f"--report {flags.report}: cannot write it ({str(error).splitlines()[0]})") from None
+        raise UserError(f"--report {flags.report}: cannot write it ({first_line(error)})") from None
     drawn = [section.title for section in sections if section.figure is not None]
     print("\n  ".join([f"report {flags.report}: {len(drawn)} charts", *drawn]))
     return sections

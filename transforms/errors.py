@@ -1,4 +1,5 @@
-"""The one exception type that means "the user's input is wrong", not "the code is wrong"."""
+"""The one exception type that means "the user's input is wrong", not "the code is wrong", and how an
+exception is quoted in a one-line message."""
 
 
 class UserError(Exception):
@@ -15,3 +16,10 @@ class IncompleteInput(UserError):
     """Input files that could not be read to their end; the run did what it could with the rest."""
 
     exit_status = 3
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's text up to its first line break, so a message quoting it stays one line; its type's
+    name when it has no text."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

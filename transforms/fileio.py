@@ -15,7 +15,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.errors import UserError
+from transforms.errors import UserError, first_line
 from transforms.events import METRICS_NAMESPACE, Raw, Unreadable
 
 DEFAULT_BATCH_SIZE = 4096
@@ -35,7 +35,7 @@ def check_input(pattern: str, flag: str = "--input") -> list[str]:
     try:
         matched = FileSystems.match([pattern])[0].metadata_list
     except Exception as error:  # each filesystem raises its own kind
-        raise UserError(f"{flag} {pattern}: cannot list files ({str(error).splitlines()[0]})") from None
+        raise UserError(f"{flag} {pattern}: cannot list files ({first_line(error)})") from None
     if not matched:
         raise UserError(f"{flag} {pattern}: no files match")
     return sorted(m.path for m in matched)
@@ -95,8 +95,7 @@ def file_records(path: str) -> Iterator[Raw]:
             yield Raw(payload, {"file": path, unit: number})
     except UNREADABLE_ERRORS as error:
         beam.metrics.Metrics.counter(UNREADABLE_NAMESPACE, path).inc()
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        yield Raw(Unreadable(f"{UNREADABLE_REASON} ({detail})"), {"file": path, unit: number + 1})
+        yield Raw(Unreadable(f"{UNREADABLE_REASON} ({first_line(error)})"), {"file": path, unit: number + 1})
 
 
 def _lines(path: str) -> Iterator[bytes]:

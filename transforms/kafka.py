@@ -43,6 +43,8 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from confluent_kafka import (TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException,
                              Producer, TopicPartition)
 
+from transforms.errors import first_line
+
 __all__ = ["KafkaMessage", "ReadFromKafka", "WriteToKafka", "KafkaTopicNotFoundError",
            "KafkaDeliveryError", "mask_config", "drain_live_reads", "reset_drain", "enqueue"]
 
@@ -141,8 +143,9 @@ def _secret_version(key: str, name: str) -> str:
     try:
         payload = _secret_manager_client(secretmanager).access_secret_version(name=name, timeout=30).payload.data
     except Exception as error:  # google.api_core's errors: not found, permission denied, unreachable ...
-        reason = getattr(error, "message", None) or str(error).strip() or type(error).__name__
-        raise KafkaSecretError(f"Kafka setting {key}: Secret Manager {name}: {reason.splitlines()[0]}") from None
+        message = getattr(error, "message", None)  # a Google API error's, without its status code
+        reason = message.splitlines()[0] if message else first_line(error)
+        raise KafkaSecretError(f"Kafka setting {key}: Secret Manager {name}: {reason}") from None
     try:
         return payload.decode("utf-8")  # as stored: a newline written with it is part of it
     except UnicodeDecodeError:

@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from transforms.errors import UserError
+from transforms.errors import UserError, first_line
 from transforms.feature_kinds import KINDS
 
 SPECS_DIR = pathlib.Path(__file__).parent / "specs"
@@ -217,7 +217,7 @@ def _document(name_or_path: str, flag: str, seen: tuple[str, ...] = ()) -> tuple
     try:
         document = yaml.load(path.read_text(encoding="utf-8"), Loader=_SpecLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise SpecError(f"spec {path}: not valid YAML ({_first_line(error)})") from None
+        raise SpecError(f"spec {path}: not valid YAML ({first_line(error)})") from None
     if isinstance(document, dict) and "extends" in document:
         if str(path.resolve()) in seen:
             raise SpecError(f"spec {path}: extends itself (through {', '.join(seen)})")
@@ -381,7 +381,3 @@ def _sequence(value: Any, where: str) -> list:
     if not isinstance(value, list) or not value:
         raise SpecError(f"{where}: must be a non-empty list")
     return value
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0]

@@ -19,7 +19,7 @@ import uuid
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.errors import UserError
+from transforms.errors import UserError, first_line
 
 GCS = "gs://"
 CALL_TIMEOUT_S = 10.0  # a conditional call, retries included: a lock's renewal must end well within its lease
@@ -49,7 +49,7 @@ def check_committable(flag: str, path: str) -> None:
     except NotFound:
         raise UserError(f"{flag} {path}: bucket {bucket} does not exist") from None
     except Exception as error:  # google.api_core's errors: no credentials, forbidden, unreachable ...
-        raise UserError(f"{flag} {path}: cannot list it on Cloud Storage ({_first_line(error)})") from None
+        raise UserError(f"{flag} {path}: cannot list it on Cloud Storage ({first_line(error)})") from None
 
 
 def write_file(path: str, data: bytes) -> None:
@@ -191,7 +191,7 @@ def _refused_as_user_error(path: str):
     except Exception as error:
         if type(error).__name__ not in ("Forbidden", "Unauthorized"):
             raise
-        raise UserError(f"{path}: Cloud Storage refuses these credentials ({_first_line(error)})") from None
+        raise UserError(f"{path}: Cloud Storage refuses these credentials ({first_line(error)})") from None
 
 
 @functools.lru_cache(maxsize=1)
@@ -205,8 +205,3 @@ def _client():
 def _split(path: str) -> tuple[str, str]:
     bucket, _, name = path[len(GCS):].partition("/")
     return bucket, name
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
