@@ -7,13 +7,19 @@ rate it sustains.
     .venv/bin/python benchmarks/stream_latency.py --runner FlinkRunner --kafka_io beam --rate 1000
 
 Starts a local Apache Kafka broker (or uses --bootstrap_servers), trains a small model of --spec
-into benchmarks/data/stream-model-<spec> if there is none there, starts the stream scorer as a
-subprocess (--runner, default the DirectRunner), then produces generated fraud events into a
-3-partition topic at a steady rate, each event's time and its message's timestamp (Kafka
+into benchmarks/data/stream-model-<spec> if there is none there, puts 200 events in a 3-partition
+topic, starts the stream scorer as a subprocess (--runner, default the DirectRunner) and times its
+start-up (from the command to the first of them scored, and to all of them). Then it produces
+generated fraud events at a steady rate, each event's time and its message's timestamp (Kafka
 CreateTime) set to the moment it is produced, as a live source does. A consumer reads the output
 topic; latency per event is the output message's timestamp (the time the scorer produced it)
 minus the input message's timestamp, and also the time the checker consumed it minus the input
 timestamp. Backlog = events produced - events scored, sampled every second.
+
+Then the same again, on fresh topics, with the least-work live loop in place of the scorer (unless
+--no_reference): one process, one confluent-kafka consumer, what one poll returns (up to 500
+messages) checked and scored by the project's model.onnx in one call (``batch_scoring.least_work_scorer``),
+produced with no linger. Both rows come from one run.
 
 A rate is *sustained* when every event is scored within 10 s of the end of production and the
 backlog does not grow: its mean over the last quarter of the trial is at most 1.5x its mean over
@@ -41,6 +47,7 @@ import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 
+from benchmarks.batch_scoring import least_work_scorer  # noqa: E402
 from pipelines import generate  # noqa: E402
 from pipelines.kafka_broker import KafkaBroker, create_topic  # noqa: E402
 
@@ -99,6 +106,16 @@ class OutputReader(threading.Thread):
         self.join(10)
 
 
+def produce_now(bootstrap: str, topic: str, events: list[dict], count: int, label: str) -> None:
+    """``count`` events stamped now, written before this returns."""
+    producer = Producer({"bootstrap.servers": bootstrap}, logger=_QUIET)
+    for i in range(count):
+        ts = _now_ms()
+        event = dict(events[i % len(events)], event_id=f"{label}-{i:07d}", event_time=_rfc3339(ts))
+        producer.produce(topic, value=orjson.dumps(event), key=event["card_id"].encode(), timestamp=ts)
+    producer.flush(30)
+
+
 def run_trial(bootstrap: str, topic: str, reader: OutputReader, events: list[dict], rate: float, seconds: float,
               label: str) -> dict:
     """Produce ``rate`` events/s for ``seconds``; wait for them to be scored; the trial's figures."""
@@ -153,12 +170,12 @@ def _pct(values: np.ndarray, q: float) -> float:
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'trial':<10}{'target/s':>9}{'sent/s':>9}{'secs':>6}{'events':>8}{'scored':>8}{'p50 ms':>8}"
+    head = (f"{'scorer':<11}{'start s':>8}  {'trial':<10}{'target/s':>9}{'sent/s':>9}{'secs':>6}{'events':>8}{'scored':>8}{'p50 ms':>8}"
             f"{'p99 ms':>8}{'max ms':>8}{'p50c ms':>9}{'p99c ms':>9}{'backlog q2':>11}{'q4':>9}{'max':>9}"
             f"{'drain s':>8}  sustained")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['label']:<10}{r['rate']:>9,.0f}{r['achieved_rate']:>9,.0f}{r['seconds']:>6.0f}"
+        lines.append(f"{r['scorer']:<11}{r.get('start_s', float('nan')):>8.1f}  {r['label']:<10}{r['rate']:>9,.0f}{r['achieved_rate']:>9,.0f}{r['seconds']:>6.0f}"
                      f"{r['events']:>8,}{r['scored']:>8,}{r['p50']:>8.0f}{r['p99']:>8.0f}{r['max']:>8.0f}"
                      f"{r['c50']:>9.0f}{r['c99']:>9.0f}{r['backlog_early']:>11,.0f}{r['backlog_late']:>9,.0f}"
                      f"{r['backlog_max']:>9,}{r['drain_s']:>8.1f}  {'yes' if r['sustained'] else 'NO'}")
@@ -184,23 +201,65 @@ def main(argv=None) -> int:
     parser.add_argument("--scorer_flags", default="", help="more flags for the scorer, e.g. '--direct_num_workers 3'")
     parser.add_argument("--bootstrap_servers", help="an existing cluster (default: a local Apache Kafka broker)")
     parser.add_argument("--profile", metavar="PATH", help="run the scorer under cProfile, stats to PATH")
+    parser.add_argument("--no_reference", action="store_true", help="skip the least-work live loop")
+    parser.add_argument("--serve_least_work", nargs=4, metavar=("BOOTSTRAP", "IN", "OUT", "MODEL_VERSION_DIR"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve_least_work:  # the reference, in its own process
+        serve_least_work(*args.serve_least_work)
+        return 0
 
     model_dir = pathlib.Path(args.model_dir or DATA / f"stream-model-{args.spec}")
     ensure_model(model_dir, args.spec)
     broker = None if args.bootstrap_servers else KafkaBroker().start()
+    bootstrap = args.bootstrap_servers or broker.bootstrap
+    scorer = [sys.executable, *(["-m", "cProfile", "-o", args.profile] if args.profile else []), "-m", "pipelines.score",
+              "--mode", "stream", "--spec", args.spec, "--runner", args.runner, "--model_dir", str(model_dir),
+              "--offset_reset", "earliest", "--kafka_io", args.kafka_io, *args.scorer_flags.split()]
     try:
-        rows = _benchmark(args, model_dir, args.bootstrap_servers or broker.bootstrap)
+        rows = _measure(args, "project", bootstrap, lambda topics, group: [
+            *scorer, "--bootstrap_servers", bootstrap, "--input_topic", topics[0], "--output_topic", topics[1],
+            "--dead_letter_topic", topics[2], "--group_id", group])
+        if not args.no_reference:
+            version_dir = model_dir / "versions" / (model_dir / "CURRENT").read_text().split()[0]
+            rows += _measure(args, "least_work", bootstrap, lambda topics, group: [
+                sys.executable, __file__, "--serve_least_work", bootstrap, topics[0], topics[1], str(version_dir)],
+                search=False)
     finally:
         if broker is not None:
             broker.close()
-    print(f"\n{args.spec} on {args.runner}, --kafka_io {args.kafka_io}\n{table(rows)}\n(p50/p99/max: output message timestamp - input timestamp; "
+    print(f"\n{args.spec} on {args.runner}, --kafka_io {args.kafka_io}\n{table(rows)}\n(start s: from the command to "
+          f"the first of {WAITING} waiting events scored; p50/p99/max: output message timestamp - input timestamp; "
           f"p50c/p99c: checker's consume time - input timestamp; backlog: produced - scored, per second, "
           f"mean over the 2nd and 4th quarter)")
     return 0
 
 
-def _benchmark(args, model_dir: pathlib.Path, bootstrap: str) -> list[dict]:
+def serve_least_work(bootstrap: str, input_topic: str, output_topic: str, model_version_dir: str) -> None:
+    """The least-work live loop, until SIGTERM."""
+    score = least_work_scorer(model_version_dir)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-least-work-{uuid.uuid4().hex[:6]}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10},
+                        logger=_QUIET)
+    consumer.subscribe([input_topic])
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0}, logger=_QUIET)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    while not stop.is_set():
+        ids, scores = score([m.value() for m in consumer.consume(500, 0.01) if m.error() is None])
+        for event_id, event_score in zip(ids, scores):
+            producer.produce(output_topic, orjson.dumps({"event_id": event_id, "score": event_score}))
+        producer.poll(0)
+    producer.flush(10)
+    consumer.close()
+
+
+WAITING = 200  # events in the topic before the scorer starts
+
+
+def _measure(args, scorer_name: str, bootstrap: str, command, search: bool = True) -> list[dict]:
+    """Start-up, the latency trial and (--search) the sustained-rate trials of one scorer: ``command(topics,
+    group)`` on fresh topics."""
     run_id = uuid.uuid4().hex[:6]
     topics = (f"bench-in-{run_id}", f"bench-scored-{run_id}", f"bench-dead-{run_id}")
     create_topic(bootstrap, topics[0], 3)
@@ -212,35 +271,36 @@ def _benchmark(args, model_dir: pathlib.Path, bootstrap: str) -> list[dict]:
         events = [orjson.loads(line) for line in
                   (pathlib.Path(tmp) / "data" / "dt=2026-04-01" / "events.jsonl").read_bytes().splitlines()]
 
-    log = tempfile.NamedTemporaryFile(prefix="stream-scorer-", suffix=".log", delete=False)
-    scorer = subprocess.Popen(
-        [sys.executable, *(["-m", "cProfile", "-o", args.profile] if args.profile else []), "-m", "pipelines.score", "--mode", "stream", "--spec", args.spec,
-         "--runner", args.runner, "--model_dir", str(model_dir),
-         "--bootstrap_servers", bootstrap, "--input_topic", topics[0], "--output_topic", topics[1],
-         "--dead_letter_topic", topics[2], "--group_id", f"bench-{run_id}", "--offset_reset", "earliest",
-         "--kafka_io", args.kafka_io, *args.scorer_flags.split()],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     reader = OutputReader(bootstrap, topics[1])
     reader.start()
+    produce_now(bootstrap, topics[0], events, WAITING, "waiting")
+    log = tempfile.NamedTemporaryFile(prefix=f"stream-{scorer_name}-", suffix=".log", delete=False)
+    started = time.monotonic()
+    scorer = subprocess.Popen(command(topics, f"bench-{run_id}"), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
     rows = []
     try:
-        started = time.monotonic()
-        warm = run_trial(bootstrap, topics[0], reader, events, 20, 1, "warmup")
-        while warm["scored"] < warm["events"]:
+        first_s = None
+        while reader.counts.get("waiting", 0) < WAITING:
+            if first_s is None and reader.counts.get("waiting", 0):
+                first_s = time.monotonic() - started
             if scorer.poll() is not None or time.monotonic() - started > 120:
-                raise RuntimeError(f"the scorer did not start; see {log.name}")
-            warm = run_trial(bootstrap, topics[0], reader, events, 20, 1, f"warmup{int(time.monotonic())}")
-        print(f"scorer ready after {time.monotonic() - started:.1f} s (from start to the first scored event; "
-              f"log: {log.name}); "
-              f"producing {args.rate:,.0f} events/s for {args.seconds:g} s", flush=True)
-        rows.append(run_trial(bootstrap, topics[0], reader, events, args.rate, args.seconds, "latency"))
+                raise RuntimeError(f"{scorer_name} did not start; see {log.name}")
+            time.sleep(0.01)
+        first_s = first_s or time.monotonic() - started
+        print(f"{scorer_name}: the first of {WAITING} waiting events scored {first_s:.1f} s after the command, all of "
+              f"them after {time.monotonic() - started:.1f} s (log: {log.name}); producing {args.rate:,.0f} events/s "
+              f"for {args.seconds:g} s", flush=True)
+        rows.append(run_trial(bootstrap, topics[0], reader, events, args.rate, args.seconds, "latency")
+                    | {"scorer": scorer_name, "start_s": first_s})
         print(table(rows), flush=True)
-        if args.search:
+        if args.search and search:
             rates = ([float(r) for r in args.search_rates.split(",") if r] if args.search_rates
                      else [args.rate + args.search_step * k for k in range(0, 6)])
             for number, rate in enumerate(rates):
                 print(f"search: {rate:,.0f} events/s for {args.search_seconds:g} s ...", flush=True)
-                row = run_trial(bootstrap, topics[0], reader, events, rate, args.search_seconds, f"search{number}")
+                row = run_trial(bootstrap, topics[0], reader, events, rate, args.search_seconds,
+                                f"search{number}") | {"scorer": scorer_name}
                 rows.append(row)
                 print(table(rows), flush=True)
                 if not row["sustained"] and not args.search_rates:
@@ -260,7 +320,7 @@ def _benchmark(args, model_dir: pathlib.Path, bootstrap: str) -> list[dict]:
             except subprocess.TimeoutExpired:
                 os.killpg(scorer.pid, signal.SIGKILL)
                 code = scorer.wait()
-            print(f"scorer stopped on SIGTERM in {time.monotonic() - stop_started:.1f} s, exit status {code}")
+            print(f"{scorer_name} stopped on SIGTERM in {time.monotonic() - stop_started:.1f} s, exit status {code}")
         reader.stop()
     return rows
 

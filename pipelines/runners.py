@@ -10,7 +10,8 @@ the user gave always win; a preset only fills a flag that was left at Beam's def
   ``python -m pipelines.artifacts`` fetched (``--flink_job_server_jar``), ``--parallelism`` this
   machine's cores (4 for a cluster), ``--environment_type LOOPBACK`` for a master on this machine (``DOCKER``
   otherwise, with ``--sdk_container_image`` as its image when given), and for streaming
-  ``--checkpointing_interval 60000`` (ms; the flag is defined here, Flink's job server reads it).
+  ``--checkpointing_interval 60000`` and ``--max_bundle_time_mills 50`` (ms; both flags are defined
+  here, Flink's job server reads them).
   Give ``--flink_master HOST:8081`` for a cluster (Flink 1.19, which the fetched job server speaks).
 * PrismRunner: ``--prism_location`` (Beam's flag) defaults to the Prism that
   ``python -m pipelines.artifacts`` built into this venv, else ``$BEAM_PRISM_LOCATION`` or a
@@ -33,6 +34,10 @@ DATAFLOW_STREAMING_MAX_WORKERS = 20
 FLINK_MASTER = "[local]"
 FLINK_CLUSTER_PARALLELISM = 4
 FLINK_CHECKPOINTING_INTERVAL_MS = 60_000
+# Flink closes a streaming bundle after 1,000 ms by default, and an event waits for its bundle in each stage.
+# Shorter bundles cost a keyed step more state round trips; 50 ms measured best for both kinds of graph here
+# (docs/design.md, "Flink's bundles").
+FLINK_STREAMING_MAX_BUNDLE_TIME_MS = 50
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[local]", "[auto]"}
 
 
@@ -42,6 +47,10 @@ class RunnerPresetOptions(PipelineOptions):
         parser.add_argument("--checkpointing_interval", type=int, default=None, metavar="MS",
                             help="FlinkRunner: milliseconds between Flink checkpoints (default for streaming: "
                                  f"{FLINK_CHECKPOINTING_INTERVAL_MS}; none for batch).")
+        # Beam's Java option maxBundleTimeMills, spelt as Flink's job server knows it.
+        parser.add_argument("--max_bundle_time_mills", type=int, default=None, metavar="MS",
+                            help="FlinkRunner: longest a bundle stays open, in milliseconds (default for streaming: "
+                                 f"{FLINK_STREAMING_MAX_BUNDLE_TIME_MS}; Flink's own default: 1000).")
 
 
 def runner_name(options: PipelineOptions) -> str:
@@ -97,6 +106,7 @@ def apply_runner_presets(options: PipelineOptions, streaming: bool | None = None
                 preset(PortableOptions, "environment_config", image)
         if streaming:
             preset(RunnerPresetOptions, "checkpointing_interval", FLINK_CHECKPOINTING_INTERVAL_MS)
+            preset(RunnerPresetOptions, "max_bundle_time_mills", FLINK_STREAMING_MAX_BUNDLE_TIME_MS)
     elif runner == "PrismRunner":
         location = prism_location()
         if location:

@@ -133,7 +133,8 @@ def test_presets_fill_only_what_the_user_left_unset():
     assert runners.apply_runner_presets(PipelineOptions(["--runner", "DataflowRunner"])) == {}  # batch
     assert runners.apply_runner_presets(PipelineOptions(["--runner=FlinkRunner", "--streaming"])) == {
         "flink_master": "[local]", "flink_job_server_jar": str(artifacts.flink_job_server_jar()),
-        "parallelism": os.cpu_count(), "environment_type": "LOOPBACK", "checkpointing_interval": 60000}
+        "parallelism": os.cpu_count(), "environment_type": "LOOPBACK", "checkpointing_interval": 60000,
+        "max_bundle_time_mills": 50}
     assert runners.apply_runner_presets(PipelineOptions(
         ["--runner=FlinkRunner", "--flink_master=flink.internal:8081", "--parallelism=8",
          "--sdk_container_image=europe-docker.pkg.dev/p/rtml/score_stream:v1"])) == {
