@@ -170,13 +170,13 @@ def _pct(values: np.ndarray, q: float) -> float:
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'scorer':<11}{'start s':>8}  {'trial':<10}{'target/s':>9}{'sent/s':>9}{'secs':>6}{'events':>8}{'scored':>8}{'p50 ms':>8}"
+    head = (f"{'scorer':<11}{'start s':>8}  {'trial':<10}{'target/s':>9}{'sent/s':>9}{'secs':>6}{'events':>10}{'scored':>10}{'p50 ms':>8}"
             f"{'p99 ms':>8}{'max ms':>8}{'p50c ms':>9}{'p99c ms':>9}{'backlog q2':>11}{'q4':>9}{'max':>9}"
             f"{'drain s':>8}  sustained")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['scorer']:<11}{r.get('start_s', float('nan')):>8.1f}  {r['label']:<10}{r['rate']:>9,.0f}{r['achieved_rate']:>9,.0f}{r['seconds']:>6.0f}"
-                     f"{r['events']:>8,}{r['scored']:>8,}{r['p50']:>8.0f}{r['p99']:>8.0f}{r['max']:>8.0f}"
+                     f"{r['events']:>10,}{r['scored']:>10,}{r['p50']:>8.0f}{r['p99']:>8.0f}{r['max']:>8.0f}"
                      f"{r['c50']:>9.0f}{r['c99']:>9.0f}{r['backlog_early']:>11,.0f}{r['backlog_late']:>9,.0f}"
                      f"{r['backlog_max']:>9,}{r['drain_s']:>8.1f}  {'yes' if r['sustained'] else 'NO'}")
     return "\n".join(lines)
