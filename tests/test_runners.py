@@ -125,7 +125,8 @@ def test_entity_feature_stream_translates_for_dataflow(monkeypatch, trained):
     assert set(pardo.timer_family_specs) == {"ts-release", "ts-expire", "ts-end"}
 
 
-def test_presets_fill_only_what_the_user_left_unset():
+def test_presets_fill_only_what_the_user_left_unset(monkeypatch):
+    monkeypatch.delenv("JDK_JAVA_OPTIONS", raising=False)
     options = PipelineOptions(["--runner", "DataflowRunner", "--max_num_workers", "5"])
     assert runners.apply_runner_presets(options, streaming=True) == {
         "enable_streaming_engine": True, "autoscaling_algorithm": "THROUGHPUT_BASED"}
@@ -135,6 +136,10 @@ def test_presets_fill_only_what_the_user_left_unset():
         "flink_master": "[local]", "flink_job_server_jar": str(artifacts.flink_job_server_jar()),
         "parallelism": os.cpu_count(), "environment_type": "LOOPBACK", "checkpointing_interval": 60000,
         "max_bundle_time_mills": 50}
+    assert os.environ["JDK_JAVA_OPTIONS"] == runners.EMBEDDED_FLINK_JVM_OPTIONS  # the embedded Flink's JVM
+    monkeypatch.setenv("JDK_JAVA_OPTIONS", "-Xmx2g")
+    runners.apply_runner_presets(PipelineOptions(["--runner=FlinkRunner"]))
+    assert os.environ["JDK_JAVA_OPTIONS"] == "-Xmx2g"  # the user's own stand
     assert runners.apply_runner_presets(PipelineOptions(
         ["--runner=FlinkRunner", "--flink_master=flink.internal:8081", "--parallelism=8",
          "--sdk_container_image=europe-docker.pkg.dev/p/rtml/score_stream:v1"])) == {
