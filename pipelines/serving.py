@@ -25,7 +25,9 @@ from transforms.events import METRICS_NAMESPACE
 
 STOP_TIMEOUT_S = 25.0  # a stop that takes longer ends the process (exit status 1)
 DRAIN_TIMEOUT_S = 20.0  # after this long draining, a runner's job is cancelled
-FLINK_DRAIN_S = 5.0
+# Flink's streaming bundles close after 50 ms (the runner preset) and CommitWhenWritten commits at least every second,
+# so this covers what is in flight and its last commit.
+FLINK_DRAIN_S = 2.0
 
 
 def check_local_streaming(options) -> None:

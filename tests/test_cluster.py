@@ -431,7 +431,7 @@ def test_bad_settings_get_one_line(sensor, tmp_path, change, message):
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("runner", ["PrismRunner", "FlinkRunner"])
+@pytest.mark.parametrize("runner", ["PrismRunner", pytest.param("FlinkRunner", marks=pytest.mark.extended)])
 def test_stream_mode_runs_live_with_the_batch_runs_assignments(runner, sensor, batch_run, kafka_broker, tmp_path):
     """Both days produced to a topic, stamped with event time; the live k-means assigns every valid event once,
     exactly as the bounded run did, and stops on SIGTERM. One partition: with three, Prism once let events of

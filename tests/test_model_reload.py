@@ -82,7 +82,7 @@ def _publish(model_dir: str, version: str) -> None:
     os.replace(staged, pathlib.Path(model_dir) / registry.CURRENT)
 
 
-@pytest.mark.parametrize("runner", ["DirectRunner", "PrismRunner", "FlinkRunner"])
+@pytest.mark.parametrize("runner", ["DirectRunner", "PrismRunner", pytest.param("FlinkRunner", marks=pytest.mark.extended)])
 def test_a_running_scorer_switches_versions_mid_stream_scoring_each_event_once(runner, versions, events, batch_scores,
                                                                                 kafka_broker, tmp_path):
     old, new = versions["old"], versions["new"]

@@ -1,6 +1,7 @@
 """``python -m pipelines.score --mode stream`` against a real Apache Kafka broker, in subprocesses, no mocks.
 
-A small fraud model is trained once for the module. Each test produces a labelled archive with
+A stand-in fraud model (``publish_stand_in_model``: what is under test is the stream, not what a model learned)
+is published once for the module. Each test produces a labelled archive with
 broken lines (keyed by card_id) to a 3-partition topic, runs the stream scorer as a user would,
 and reads what it wrote to the output and dead-letter topics.
 """
@@ -16,6 +17,7 @@ import pytest
 
 from pipelines import generate
 from pipelines.kafka_broker import KafkaBroker
+from tests.conftest import publish_stand_in_model
 from tests.kafka_helpers import (Outputs, card_key, committed, event_id, json_lines, make_topics, produce,
                                  stream_scorer, unique_name)
 
@@ -24,14 +26,10 @@ TOMBSTONE_KEY = b"card-tombstone"
 
 @pytest.fixture(scope="module")
 def stream_model(tmp_path_factory) -> str:
-    """A fraud model trained on 3 small days of generated events; its model_dir."""
-    from pipelines import train
-
-    root = tmp_path_factory.mktemp("stream_model")
-    generate.generate("fraud", 3, root / "data", datetime.date(2026, 3, 1), 1500, 0.0, 7, compress=False)
-    train.run(["--spec", "fraud", "--input", str(root / "data" / "*" / "*.jsonl"), "--model_dir", str(root / "model"),
-               "--dead_letter", str(root / "train_dead_letters")])
-    return str(root / "model")
+    """A stand-in fraud model's model_dir."""
+    model_dir = tmp_path_factory.mktemp("stream_model") / "model"
+    publish_stand_in_model(model_dir)
+    return str(model_dir)
 
 
 @pytest.fixture(scope="module")

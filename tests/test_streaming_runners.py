@@ -127,8 +127,10 @@ def test_sigkill_while_events_wait_in_keyed_state_then_restart_loses_no_valid_ev
     bootstrap, group = kafka_broker.bootstrap, unique_name("kill")
     topics = make_topics(kafka_broker, "kill")
     ends = produce(bootstrap, topics[0], lines)
+    # Each partition ends with a broken line: its dead letter, written at once, shows that a run has read that far.
+    ends |= produce(bootstrap, topics[0], [b"{the end"] * 3, [None] * 3, partitions=[0, 1, 2])
     valid = {event_id(line) for line in lines if _is_valid(line)}
-    broken = len(lines) - len(valid)
+    broken = len(lines) + 3 - len(valid)
     outputs = Outputs(bootstrap, topics[1], topics[2])
     flags = ("--runner", "PrismRunner", "--model_poll_seconds", "0")
     try:
@@ -140,7 +142,8 @@ def test_sigkill_while_events_wait_in_keyed_state_then_restart_loses_no_valid_ev
         left = committed(bootstrap, group, topics[0], 3)
         assert all(left[p] < end for p, end in ends.items()), (left, ends)  # their offsets were not committed
         with stream_scorer(entity_model, bootstrap, topics, group, *flags, spec="fraud_entity") as scorer:
-            outputs.wait(lambda o: len(o.dead) >= 2 * broken, 120, "the restart to read the log again", scorer)
+            outputs.wait(lambda o: len(o.dead) >= 2 * broken, 120, "the restart to read the log again to its end",
+                         scorer)
             code, took = scorer.terminate()  # the drain releases the waiting events
             assert code == 0 and took < 30, scorer.log()
         outputs.read(1.0)
