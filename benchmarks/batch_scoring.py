@@ -68,26 +68,28 @@ def vectorizer(manifest: dict):
     return lambda event: [value for step in steps for value in step(event)]
 
 
-def _batches(input_glob: str, take, size: int = 4096):
-    """(event ids, rows) of up to ``size`` lines at a time, files in name order; ``take(line)`` gives a line's
-    event id and row, or raises for a line it cannot take (skipped)."""
+def _line_blocks(input_glob: str, size: int = 4096):
+    """Blocks of up to ``size`` lines (bytes), files in name order."""
     import glob
+    import itertools
 
-    ids, rows = [], []
     for path in sorted(glob.glob(input_glob)):
         with open(path, "rb") as lines:
-            for line in lines:
-                try:
-                    event_id, row = take(line)
-                except Exception:
-                    continue
-                ids.append(event_id)
-                rows.append(row)
-                if len(rows) == size:
-                    yield ids, rows
-                    ids, rows = [], []
-    if rows:
-        yield ids, rows
+            while block := list(itertools.islice(lines, size)):
+                yield block
+
+
+def _taken(lines, take) -> tuple[list, list]:
+    """(event ids, rows) of the lines ``take(line)`` can take; it raises for a line it cannot (skipped)."""
+    ids, rows = [], []
+    for line in lines:
+        try:
+            event_id, row = take(line)
+        except Exception:
+            continue
+        ids.append(event_id)
+        rows.append(row)
+    return ids, rows
 
 
 def plain_reference(input_glob: str, model_version_dir: str, output: str) -> None:
@@ -102,7 +104,10 @@ def plain_reference(input_glob: str, model_version_dir: str, output: str) -> Non
         return event["event_id"], vector(event)
 
     with open(output, "w") as out:
-        for ids, rows in _batches(input_glob, take):
+        for block in _line_blocks(input_glob):
+            ids, rows = _taken(block, take)
+            if not rows:
+                continue
             scores = estimator.predict_proba(np.array(rows))[:, 1]
             out.writelines(json.dumps({"event_id": i, "score": float(s)}) + "\n" for i, s in zip(ids, scores))
 
@@ -142,14 +147,7 @@ def least_work_scorer(model_version_dir: str):
         return event["event_id"], row
 
     def score(lines) -> tuple[list, list]:
-        ids, rows = [], []
-        for line in lines:
-            try:
-                event_id, row = take(line)
-            except Exception:
-                continue
-            ids.append(event_id)
-            rows.append(row)
+        ids, rows = _taken(lines, take)
         if not rows:
             return [], []
         columns = {name: np.array([row[i] for row in rows], dtype=dtypes.get(kind, np.float32))
@@ -160,18 +158,13 @@ def least_work_scorer(model_version_dir: str):
 
 
 def least_work_reference(input_glob: str, model_version_dir: str, output: str) -> None:
-    import glob
-    import itertools
-
     import orjson
 
     score = least_work_scorer(model_version_dir)
     with open(output, "wb") as out:
-        for path in sorted(glob.glob(input_glob)):
-            with open(path, "rb") as lines:
-                while block := list(itertools.islice(lines, 4096)):
-                    ids, scores = score(block)
-                    out.write(b"".join(orjson.dumps({"event_id": i, "score": s}) + b"\n" for i, s in zip(ids, scores)))
+        for block in _line_blocks(input_glob):
+            ids, scores = score(block)
+            out.write(b"".join(orjson.dumps({"event_id": i, "score": s}) + b"\n" for i, s in zip(ids, scores)))
 
 
 def beam_reference(input_glob: str, model_version_dir: str, output: str) -> None:
