@@ -52,6 +52,7 @@ from pipelines import generate  # noqa: E402
 from pipelines.kafka_broker import KafkaBroker, create_topic  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "data"
+WAITING = 200  # events in the topic before the scorer starts: its start-up is timed to the first of them scored
 _QUIET = logging.getLogger("benchmarks.stream_latency.librdkafka")
 _QUIET.setLevel(logging.CRITICAL)
 
@@ -252,9 +253,6 @@ def serve_least_work(bootstrap: str, input_topic: str, output_topic: str, model_
         producer.poll(0)
     producer.flush(10)
     consumer.close()
-
-
-WAITING = 200  # events in the topic before the scorer starts
 
 
 def _measure(args, scorer_name: str, bootstrap: str, command, search: bool = True) -> list[dict]:
