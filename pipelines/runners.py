@@ -17,7 +17,8 @@ the user gave always win; a preset only fills a flag that was left at Beam's def
   ``-XX:TieredStopAtLevel=1 -XX:+UseSerialGC`` (through that variable, which ``java`` reads).
 * PrismRunner: ``--prism_location`` (Beam's flag) defaults to the Prism that
   ``python -m pipelines.artifacts`` built into this venv, else ``$BEAM_PRISM_LOCATION`` or a
-  ``prism`` on PATH, so nothing is downloaded; ``--environment_type LOOPBACK``.
+  ``prism`` on PATH, so nothing is downloaded; ``--environment_type LOOPBACK``; and for streaming
+  ``--experiments prism_disable_sdf_split`` (added to any others given; see ``PRISM_NO_SPLITS``).
 """
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ import shutil
 import urllib.parse
 
 from apache_beam.options.pipeline_options import (
-    DirectOptions, FlinkRunnerOptions, GoogleCloudOptions, PipelineOptions, PortableOptions, PrismRunnerOptions, StandardOptions,
-    WorkerOptions)
+    DebugOptions, DirectOptions, FlinkRunnerOptions, GoogleCloudOptions, PipelineOptions, PortableOptions,
+    PrismRunnerOptions, StandardOptions, WorkerOptions)
 
 from pipelines import artifacts
 from transforms.errors import UserError
@@ -43,6 +44,11 @@ FLINK_STREAMING_MAX_BUNDLE_TIME_MS = 50
 # The embedded Flink's JVM: without the optimizing compiler and with one GC thread, a local job started
 # 2.6 s sooner and streamed no slower on two cores (docs/design.md, "Flink's bundles").
 EMBEDDED_FLINK_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+# Prism splits a bundle that shows no progress for a while, and a split bundle of timers has its split-off timers
+# fired again without their watermark holds (apache/beam#35771): a keyed step then output events twice, and
+# windows and the final commit ran ahead of records still in flight (measured on a loaded machine). Streams
+# checkpoint their reads by themselves, so they need no runner-made splits.
+PRISM_NO_SPLITS = "prism_disable_sdf_split"
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[local]", "[auto]"}
 
 
@@ -119,6 +125,9 @@ def apply_runner_presets(options: PipelineOptions, streaming: bool | None = None
         if location:
             preset(PrismRunnerOptions, "prism_location", location)
         preset(PortableOptions, "environment_type", "LOOPBACK")
+        if streaming and PRISM_NO_SPLITS not in (options.view_as(DebugOptions).experiments or []):
+            options.view_as(DebugOptions).add_experiment(PRISM_NO_SPLITS)
+            applied["experiments"] = PRISM_NO_SPLITS
     return applied
 
 

@@ -214,23 +214,26 @@ def test_write_to_kafka_fails_the_bundle_when_kafka_does_not_acknowledge():
 class _ReadSlices:
     """The live read of one partition, slice by slice as a runner drives it, its watermark carried along."""
 
-    def __init__(self, bootstrap: str, topic: str, max_delay_ms: int, **limits):
+    def __init__(self, bootstrap: str, topic: str, max_delay_ms: int, partition: int = 0, partitions: int = 1,
+                 read_id: str | None = None, **limits):
         read = ReadFromKafka(bootstrap, topic, offset_reset="earliest", max_delay_ms=max_delay_ms)
-        self._fn = kafka._ReadLiveUncommittedPartitionFn(read._config(), commit=False, max_delay_ms=max_delay_ms)
+        self._fn = kafka._ReadLiveUncommittedPartitionFn(read._config(), commit=False, max_delay_ms=max_delay_ms,
+                                                         read_id=read_id)
         for name, value in limits.items():  # e.g. slices of one message, as under a backlog
             setattr(self._fn, name, value)
         self._fn.setup()
         self._fn.start_bundle()
-        self._part, self._next = kafka._PartitionRead(topic, 0, 0, kafka.UNBOUNDED, None, None, False), 0
-        self._watermark = ManualWatermarkEstimator(None)
+        self._part = kafka._PartitionRead(topic, partition, 0, kafka.UNBOUNDED, None, None, False, partitions)
+        self._next, self._watermark = 0, ManualWatermarkEstimator(None)
 
-    def slice(self) -> tuple[int, int]:
-        """Read one slice: (messages read, the watermark in ms after it)."""
+    def slice(self) -> tuple[int, int | None]:
+        """Read one slice: (messages read, the watermark in ms after it; None while it has none)."""
         tracker = ThreadsafeRestrictionTracker(kafka._PartitionTracker(OffsetRange(self._next, kafka.UNBOUNDED)))
         read = [value.value for value in self._fn.process(self._part, tracker=tracker, watermark=self._watermark)]
         if read:
             self._next = read[-1].offset + 1
-        return len(read), self._watermark.current_watermark().micros // 1000
+        mark = self._watermark.current_watermark()
+        return len(read), None if mark is None else mark.micros // 1000
 
 
 def test_the_watermark_follows_message_times_holds_behind_a_backlog_and_advances_when_caught_up(kafka_broker):
@@ -252,6 +255,28 @@ def test_the_watermark_follows_message_times_holds_behind_a_backlog_and_advances
     before = time.time() * 1000
     read, mark = caught_up.slice()  # nothing new: the partition's end, so the wall clock
     assert read == 0 and before - delay_ms <= mark <= time.time() * 1000 - delay_ms
+
+
+def test_with_one_watermark_a_partition_read_ahead_reports_the_slowest_partitions_watermark(kafka_broker):
+    """Prism takes a read's watermark from whichever partition's bundle finished last: with one_watermark (on
+    Prism), a partition read ahead of the others reports theirs, so their records are not made late."""
+    topic, delay_ms = _name("one-watermark"), 1_000
+    kafka_broker.create_topic(topic, 2)
+    two_hours_ago = int(time.time() * 1000) - 7_200_000
+    ahead, behind = two_hours_ago + 3_600_000, two_hours_ago
+    produce(kafka_broker.bootstrap, topic, [(None, b"ahead %d" % s, 0, ahead + s * 1000) for s in range(3)]
+            + [(None, b"behind %d" % s, 1, behind + s * 1000) for s in range(3)])
+    read_id = _name("read")
+    first = _ReadSlices(kafka_broker.bootstrap, topic, delay_ms, 0, 2, read_id, BATCH=1, MAX_PROCESS_S=0.0)
+    second = _ReadSlices(kafka_broker.bootstrap, topic, delay_ms, 1, 2, read_id, BATCH=1, MAX_PROCESS_S=0.0)
+    assert first.slice() == (1, None)  # the other partition has reported nothing yet
+    assert first.slice() == (1, None)
+    assert second.slice() == (1, behind - delay_ms)
+    assert first.slice() == (1, behind - delay_ms)  # not ahead + 2 s - delay, the partition's own
+    assert second.slice() == (1, behind + 1000 - delay_ms)
+
+    alone = _ReadSlices(kafka_broker.bootstrap, topic, delay_ms, 0, 2, BATCH=1, MAX_PROCESS_S=0.0)
+    assert alone.slice() == (1, ahead - delay_ms)  # without: each partition its own
 
 
 def test_group_offsets_are_committed_and_the_next_run_resumes_after_them(kafka_broker):

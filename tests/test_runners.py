@@ -19,7 +19,7 @@ import sys
 import time
 
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions
 
 from pipelines import artifacts, cli, generate, runners, score, serving, train
 from tests.conftest import publish_stand_in_model
@@ -153,6 +153,10 @@ def test_presets_fill_only_what_the_user_left_unset(monkeypatch):
         == {"environment_type": "LOOPBACK"}
     assert runners.apply_runner_presets(PipelineOptions(["--runner=PrismRunner"])) == {
         "prism_location": str(artifacts.prism_binary()), "environment_type": "LOOPBACK"}
+    # a stream on Prism: no runner-made splits, besides the user's own experiments
+    options = PipelineOptions(["--runner=PrismRunner", "--experiments=use_runner_v2"])
+    assert runners.apply_runner_presets(options, streaming=True)["experiments"] == runners.PRISM_NO_SPLITS
+    assert options.view_as(DebugOptions).experiments == ["use_runner_v2", runners.PRISM_NO_SPLITS]
     assert runners.apply_runner_presets(PipelineOptions([])) == {}
 
 

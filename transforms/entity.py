@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 
 import apache_beam as beam
+from apache_beam.transforms.window import TimestampedValue
 
 from transforms.events import EventBatch
 from transforms.ordering import OrderedPerKey, OrderedStep, WithPassenger
@@ -114,7 +115,11 @@ def _by_entity(batch: EventBatch, spec: Spec):
         yield event[key], (time_us, str(event["event_id"]), (event, position))
 
 
-def _to_event_batch(enriched: list) -> EventBatch:
+def _to_event_batch(enriched: list) -> TimestampedValue:
+    """A batch, timestamped at its earliest event. (BatchElements stamps it at the end of the global window, which
+    would not hold back the watermark of what comes after: windows downstream would close before it, and a
+    stream's last commit would come before its records were written.)"""
     positions = [position for _, position in enriched]
-    return EventBatch([event for (_, event), _ in enriched], [time_us for (time_us, _), _ in enriched],
-                      positions if positions[0] is not None else None)
+    times_us = [time_us for (time_us, _), _ in enriched]
+    return TimestampedValue(EventBatch([event for (_, event), _ in enriched], times_us,
+                                       positions if positions[0] is not None else None), min(times_us) / 1e6)

@@ -31,6 +31,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from typing import NamedTuple, Optional
 
 import apache_beam as beam
@@ -273,6 +274,7 @@ class _PartitionRead(NamedTuple):
     start_ts_ms: Optional[int]
     stop_ts_ms: Optional[int]
     bounded: bool
+    partitions: int  # how many partitions the read has
 
 
 class ReadFromKafka(beam.PTransform):
@@ -303,7 +305,11 @@ class ReadFromKafka(beam.PTransform):
     reported end-of-partition), now minus ``max_delay_ms``, so idle partitions do not hold
     windows back. While the broker is unreachable no such report comes and the watermark holds.
     So a record is late when stamped more than ``max_delay_ms`` before the newest record seen,
-    or, on a caught-up partition, before the wall clock.
+    or, on a caught-up partition, before the wall clock. ``one_watermark``: every partition reports the
+    lowest of the partitions' watermarks seen in this process (none until each has reported one), for a
+    runner that reads every partition in one process and takes a splittable DoFn's watermark from whichever
+    restriction's bundle finished last rather than the slowest: Prism does (its ``estimatedOutput``), so a
+    partition read ahead (a backlog) made the others' records late.
 
     Delivery, at-least-once: for ``group_id``, unless ``commit_on_finalize`` is False (then
     ``transforms.kafka_commit.CommitWhenWritten`` commits, once the records' outputs are written),
@@ -325,7 +331,7 @@ class ReadFromKafka(beam.PTransform):
                  start_offsets: dict[int, int] | None = None,
                  stop_offsets: dict[int, int] | None = None,
                  start_timestamp_ms: int | None = None, stop_timestamp_ms: int | None = None,
-                 max_delay_ms: int = 1000, commit_on_finalize: bool = True):
+                 max_delay_ms: int = 1000, commit_on_finalize: bool = True, one_watermark: bool = False):
         super().__init__()
         if offset_reset not in ("earliest", "latest"):
             raise ValueError(f"offset_reset must be 'earliest' or 'latest', not {offset_reset!r}")
@@ -344,6 +350,7 @@ class ReadFromKafka(beam.PTransform):
         self.stop_timestamp_ms = stop_timestamp_ms
         self.max_delay_ms = max_delay_ms
         self.commit_on_finalize = commit_on_finalize
+        self.one_watermark = one_watermark
 
     @property
     def bounded(self) -> bool:
@@ -370,7 +377,8 @@ class ReadFromKafka(beam.PTransform):
                          self.bounded, commit_starts=self.group_id is not None and not self.commit_on_finalize)
         commit = self.group_id is not None and self.commit_on_finalize
         live = _ReadLivePartitionFn if commit else _ReadLiveUncommittedPartitionFn
-        read_fn = (_ReadPartitionFn if self.bounded else live)(config, commit=commit, max_delay_ms=self.max_delay_ms)
+        read_fn = (_ReadPartitionFn if self.bounded else live)(config, commit=commit, max_delay_ms=self.max_delay_ms,
+                                                               read_id=uuid.uuid4().hex if self.one_watermark else None)
         return (
             pbegin
             | "Impulse" >> beam.Impulse()
@@ -429,7 +437,7 @@ class _PlanPartitionsFn(beam.DoFn):
         for p in partitions:
             stop = spec.stop_offsets[p] if spec.stop_offsets is not None else UNBOUNDED
             yield _PartitionRead(spec.topic, p, min(starts[p], stop), stop,
-                                 spec.start_timestamp_ms, spec.stop_timestamp_ms, spec.bounded)
+                                 spec.start_timestamp_ms, spec.stop_timestamp_ms, spec.bounded, len(partitions))
 
 
 def _partitions(consumer: Consumer, topic: str) -> list[int]:
@@ -511,7 +519,21 @@ class _Watermarks(WatermarkEstimatorProvider):
         return ManualWatermarkEstimator(estimator_state)
 
 
-def _advance(estimator: ManualWatermarkEstimator, ms: int) -> None:
+_SEEN_LOCK = threading.Lock()
+_SEEN_WATERMARKS: dict[str, dict[int, int]] = {}  # read_id -> partition -> its watermark (ms), this process
+
+
+def _lowest_partition(read_id: str, part: _PartitionRead, ms: int) -> int | None:
+    """The lowest watermark among the read's partitions, with ``part``'s now ``ms``; None until each has one."""
+    with _SEEN_LOCK:
+        seen = _SEEN_WATERMARKS.setdefault(read_id, {})
+        seen[part.partition] = max(ms, seen.get(part.partition, ms))
+        return min(seen.values()) if len(seen) == part.partitions else None
+
+
+def _advance(estimator: ManualWatermarkEstimator, ms: int | None) -> None:
+    if ms is None:
+        return
     candidate = Timestamp(micros=ms * 1000)
     current = estimator.current_watermark()
     if current is None or candidate > current:
@@ -542,10 +564,11 @@ class _ReadPartitionFn(beam.DoFn):
     # at 200 events/s; at 20 ms, 1.3 s.
     RESUME_AFTER = Duration(micros=20_000)
 
-    def __init__(self, config: dict, commit: bool, max_delay_ms: int):
+    def __init__(self, config: dict, commit: bool, max_delay_ms: int, read_id: str | None = None):
         self._config = config
         self._commit = commit
         self._max_delay_ms = max_delay_ms
+        self._read_id = read_id  # set: one watermark for all the read's partitions (ReadFromKafka's one_watermark)
 
     def setup(self):
         self._secrets = Secrets(self._config)
@@ -612,7 +635,7 @@ class _ReadPartitionFn(beam.DoFn):
                 start = offset + 1
                 self._claimed[(part.topic, part.partition)] = start
                 if part.start_ts_ms is None or ts >= part.start_ts_ms:
-                    _advance(watermark, ts - self._max_delay_ms)
+                    _advance(watermark, self._watermark_ms(part, ts - self._max_delay_ms))
                     yield beam.window.TimestampedValue(
                         KafkaMessage(part.topic, part.partition, offset, msg.key(), msg.value(),
                                      ts, uncovered),
@@ -629,8 +652,11 @@ class _ReadPartitionFn(beam.DoFn):
             if part.stop_ts_ms is not None and now_ms >= part.stop_ts_ms + self._max_delay_ms:
                 _finish(tracker)
                 return
-            _advance(watermark, now_ms - self._max_delay_ms)
+            _advance(watermark, self._watermark_ms(part, now_ms - self._max_delay_ms))
         tracker.defer_remainder(self.RESUME_AFTER)
+
+    def _watermark_ms(self, part: _PartitionRead, ms: int) -> int | None:
+        return ms if self._read_id is None else _lowest_partition(self._read_id, part, ms)
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
