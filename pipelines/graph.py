@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import apache_beam as beam
 import orjson
-from apache_beam.transforms.window import GlobalWindows
+from apache_beam.transforms.window import GlobalWindows, TimestampedValue
 
 from models import registry
 from models.inference import ScoreEvents
@@ -132,12 +132,12 @@ class BatchWithinBundle(beam.DoFn):
 
     def process(self, raw: Raw, timestamp=beam.DoFn.TimestampParam):
         if not self._batch:
-            self._since = time.monotonic()
+            self._since, self._timestamp = time.monotonic(), timestamp
         self._batch.append(raw)
-        self._timestamp = timestamp
+        self._timestamp = min(self._timestamp, timestamp)  # a batch holds the watermark back at its earliest record
         if len(self._batch) >= self._max_size or time.monotonic() - self._since >= self._max_wait_s:
             batch, self._batch = self._batch, []
-            yield batch
+            yield TimestampedValue(batch, self._timestamp)
 
     def finish_bundle(self):
         if self._batch:

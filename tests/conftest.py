@@ -16,9 +16,20 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
         elif TRAINING_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
-        # With pytest -n 2 --dist loadgroup (make test): a file's tests on one worker, so its module fixtures are
-        # made once; the live acceptance streams one after another on one worker, never two at once.
-        item.add_marker(pytest.mark.xdist_group("acceptance" if module in ACCEPTANCE_MODULES else module))
+        item.add_marker(pytest.mark.xdist_group(_group(item, module)))
+
+
+def _group(item, module: str) -> str:
+    """The pytest-xdist group (pytest -n 2 --dist loadgroup, as make test runs): a file's tests on one worker, so
+    its module fixtures are made once. The live acceptance streams run one after another in two groups, those on
+    Flink and the others: at most two streams at once, each mostly waiting (they used 0.7 of the 2 cores run
+    one at a time)."""
+    if module not in ACCEPTANCE_MODULES:
+        return module
+    params = getattr(item, "callspec", None)
+    on_flink = item.get_closest_marker("flink") is not None or (params is not None
+                                                                and params.params.get("runner") == "FlinkRunner")
+    return "acceptance-flink" if on_flink else "acceptance"
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +109,19 @@ def _made_once(name: str, tmp_path_factory, make) -> pathlib.Path:
             make(directory)
             (root / f"{name}.done").touch()
     return directory
+
+
+@pytest.fixture(scope="session")
+def entity_model(tmp_path_factory) -> str:
+    """A fraud_entity model trained on 3 small generated days, once for the whole run; its model_dir."""
+    from pipelines import train
+
+    def make(directory):
+        generate("fraud", 3, directory / "data", datetime.date(2026, 3, 1), 1500, 0.0, 7, compress=False)
+        train.run(["--spec", "fraud_entity", "--input", str(directory / "data" / "*" / "*.jsonl"),
+                   "--model_dir", str(directory / "model")])
+
+    return str(_made_once("entity_model", tmp_path_factory, make) / "model")
 
 
 @pytest.fixture(scope="session")

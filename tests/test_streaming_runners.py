@@ -27,18 +27,6 @@ RUNNERS = ["PrismRunner", "FlinkRunner"]
 TOMBSTONE_KEY = b"card-tombstone"
 
 
-@pytest.fixture(scope="module")
-def entity_model(tmp_path_factory) -> str:
-    """A fraud_entity model trained on 3 small generated days; its model_dir."""
-    from pipelines import train
-
-    root = tmp_path_factory.mktemp("entity_model")
-    generate.generate("fraud", 3, root / "data", datetime.date(2026, 3, 1), 1500, 0.0, 7, compress=False)
-    train.run(["--spec", "fraud_entity", "--input", str(root / "data" / "*" / "*.jsonl"),
-               "--model_dir", str(root / "model")])
-    return str(root / "model")
-
-
 def _score_batch(model_dir: str, path, out, *runner_flags: str) -> dict:
     score.run(["--spec", "fraud_entity", "--mode", "batch", "--input", str(path), "--model_dir", model_dir,
                "--output", str(out / "scored"), "--dead_letter", str(out / "dead_letter"), *runner_flags])
@@ -160,6 +148,7 @@ def _is_valid(line: bytes) -> bool:
     return not isinstance(EventParser(load_spec("fraud_entity")).parse(line), str)
 
 
+@pytest.mark.flink
 def test_events_out_of_order_within_max_delay_get_their_bounded_entity_features(kafka_broker, entity_model, day,
                                                                                 tmp_path):
     """Live traffic out of order: 60 events of five cards, 100 ms apart in event time, sent in blocks of two
@@ -201,6 +190,7 @@ def test_events_out_of_order_within_max_delay_get_their_bounded_entity_features(
     assert not differ, (len(differ), [(t[11:23], c, e[-3:]) for t, c, e in differ])
 
 
+@pytest.mark.flink
 def test_beams_own_kafka_io_on_flink_scores_like_a_bounded_run(kafka_broker, day, tmp_path):
     """--kafka_io beam: Beam's Java KafkaIO reads and writes, run inside Flink's job server. Every valid event is
     scored once with its bounded score, every broken line and the null message dead-lettered for the same
