@@ -135,6 +135,10 @@ def is_direct(options: PipelineOptions) -> bool:
     return runner_name(options) in ("DirectRunner", "SwitchingDirectRunner")
 
 
+def is_prism(options: PipelineOptions) -> bool:
+    return runner_name(options) == "PrismRunner"
+
+
 def prism_location() -> str | None:
     """The Prism binary this venv's set-up built, else $BEAM_PRISM_LOCATION or a ``prism`` on PATH."""
     built = artifacts.prism_binary()

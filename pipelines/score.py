@@ -109,8 +109,7 @@ def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options, mo
     group = stream.group_id or f"rtml-score-{spec.name}"
     java_io = graph.kafka_expansion_service(flags)  # --kafka_io beam: it commits what Flink checkpointed
     when_written = not runners.is_direct(options) and java_io is None
-    read = graph.live_read(flags, stream, config, group, when_written, java_io,
-                           on_prism=runners.runner_name(options) == "PrismRunner")
+    read = graph.live_read(flags, stream, config, group, when_written, java_io, on_prism=runners.is_prism(options))
     events, scored, dead_letters = (
         pipeline
         | "ReadEvents" >> graph.ReadKafkaEvents(read, max_batch, with_positions=when_written,
