@@ -2,9 +2,9 @@
 
     python -m pipelines.artifacts          # fetch what this venv lacks; one line for each
 
-- **Prism**, Beam's portable local runner, built from the Go module proxy with ``go install`` at the
-  apache-beam version, into the venv's ``bin/``. The PrismRunner preset points ``--prism_location``
-  at it.
+- **Prism**, Beam's portable local runner, built from its source on the Go module proxy at the
+  apache-beam version, with one fix (``PRISM_FIX``), into the venv's ``bin/``. The PrismRunner preset
+  points ``--prism_location`` at it.
 - **fake-gcs-server**, a Cloud Storage emulator, built the same way, for the tests of ``gs://`` model
   directories and backfills.
 - **Apache Kafka** (``org.apache.kafka:kafka_2.13``) from Maven Central, for the local broker of the
@@ -28,6 +28,7 @@ SDK (tests/test_flink.py checks records against the DirectRunner's).
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import shutil
 import subprocess
@@ -37,7 +38,16 @@ import zipfile
 from pathlib import Path
 
 BEAM_VERSION = importlib.metadata.version("apache-beam")
-PRISM_MODULE = "github.com/apache/beam/sdks/v2/go/cmd/prism"
+PRISM_SOURCE = ("github.com/apache/beam/sdks/v2", "go/cmd/prism")  # (module, the command's folder in it)
+# Prism 2.77 waits for a bundle's response in a loop that keeps selecting on the bundle's closed "outputs are
+# in" channel, so from a bundle's last output to its response (the SDK still gathers the bundle's metrics and
+# answers) a core spins. Streams run dozens of bundles a second: live fraud_entity at 1,000 events/s, Prism took
+# 0.60 of a core before the fix and 0.32 after (docs/design.md, "Prism's spinning bundle loop").
+# (file in the module, its text, the text fixed); where the text has changed, Prism is built as it is, and the
+# set-up says so.
+PRISM_FIX = ("go/pkg/beam/runners/prism/internal/stage.go",
+             "\t\tcase <-dataReady:\n\t\t\tdataFinished = true\n",
+             "\t\tcase <-dataReady:\n\t\t\tdataFinished = true\n\t\t\tdataReady = nil // a closed channel is always ready\n")
 # The tests' Cloud Storage emulator. 1.56.1 checks ifGenerationMatch on uploads, which the lock and
 # CURRENT rely on; it answers the batch calls Beam's file sinks finalize with by nothing (no parts).
 FAKE_GCS_SERVER = ("github.com/fsouza/fake-gcs-server", "1.56.1")
@@ -119,6 +129,44 @@ def fetch_go(target: Path, module: str, version: str, without: str) -> str:
             return f"{name}: NOT INSTALLED: go install failed: {_last_line(done.stderr)}; {without}"
         shutil.move(str(Path(gobin) / module.rsplit("/", 1)[-1]), target)
     return f"{name}: built v{version} ({target})"
+
+
+def fetch_prism(target: Path, version: str, without: str) -> str:
+    """Prism built from a copy of its module's source with ``PRISM_FIX`` applied, as ``target``, unless it is
+    there."""
+    name = target.name
+    if target.exists():
+        return f"{name}: present ({target})"
+    go = shutil.which("go")
+    if go is None:
+        return f"{name}: NOT INSTALLED: no go on PATH; {without}"
+    module, command = PRISM_SOURCE
+    done = subprocess.run([go, "mod", "download", "-json", f"{module}@v{version}"], capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"{name}: NOT INSTALLED: go mod download failed: {_last_line(done.stdout + done.stderr)}; {without}"
+    with tempfile.TemporaryDirectory() as work:
+        source = Path(work) / "source"
+        # (copyfile: the module cache's files are read-only)
+        shutil.copytree(json.loads(done.stdout)["Dir"], source, copy_function=shutil.copyfile)
+        fixed = apply_fix(source, *PRISM_FIX)
+        done = subprocess.run([go, "build", "-o", str(target), f"./{command}"], cwd=source,
+                              capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"{name}: NOT INSTALLED: go build failed: {_last_line(done.stderr)}; {without}"
+    if not fixed:
+        return (f"{name}: built v{version} WITHOUT the fix of its spinning bundle loop ({PRISM_FIX[0]} has "
+                f"changed; see pipelines/artifacts.py) ({target})")
+    return f"{name}: built v{version} with the fix of its spinning bundle loop ({target})"
+
+
+def apply_fix(root: Path, file: str, text: str, fixed: str) -> bool:
+    """Replaces ``text`` with ``fixed`` in ``root/file``, if it is there exactly once; whether it did."""
+    path = root / file
+    content = path.read_text()
+    if content.count(text) != 1:
+        return False
+    path.write_text(content.replace(text, fixed))
+    return True
 
 
 def fetch_maven(name: str, coordinates: tuple, also_on_class_path: tuple[str, ...] = ()) -> str:
@@ -206,8 +254,8 @@ def _last_error(text: str) -> str:
 
 def main() -> int:
     HOME.mkdir(parents=True, exist_ok=True)
-    lines = [fetch_go(prism_binary(), PRISM_MODULE, BEAM_VERSION,
-                      "PrismRunner is unavailable (the DirectRunner and FlinkRunner work)"),
+    lines = [fetch_prism(prism_binary(), BEAM_VERSION,
+                         "PrismRunner is unavailable (the DirectRunner and FlinkRunner work)"),
              fetch_go(fake_gcs_server_binary(), *FAKE_GCS_SERVER, "the Cloud Storage tests cannot run"),
              fetch_maven("kafka", KAFKA), fetch_maven("kafka_io", KAFKA_IO),
              fetch_maven("flink", FLINK_JOB_SERVER, also_on_class_path=("kafka_io",))]

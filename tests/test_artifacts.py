@@ -2,6 +2,10 @@
 Java is told, and what a pipeline says when a runtime was never fetched."""
 from __future__ import annotations
 
+import json
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from pipelines import artifacts
@@ -38,3 +42,21 @@ def test_a_runtime_never_fetched_is_named_with_the_command_that_fetches_it(bare_
                                                         r"run: python.* -m pipelines\.artifacts$"):
         with KafkaBroker():
             pass
+
+
+@pytest.mark.skipif(artifacts.shutil.which("go") is None, reason="no go on PATH")
+def test_the_prism_fix_applies_to_the_pinned_prisms_source_and_a_changed_source_is_left_as_it_is(tmp_path):
+    module, _ = artifacts.PRISM_SOURCE
+    done = subprocess.run(["go", "mod", "download", "-json", f"{module}@v{artifacts.BEAM_VERSION}"],
+                          capture_output=True, text=True, check=True)
+    file, text, fixed = artifacts.PRISM_FIX
+    pinned = (Path(json.loads(done.stdout)["Dir"]) / file).read_text()
+    (tmp_path / file).parent.mkdir(parents=True)
+    (tmp_path / file).write_text(pinned)
+    assert artifacts.apply_fix(tmp_path, *artifacts.PRISM_FIX)
+    assert (tmp_path / file).read_text() == pinned.replace(text, fixed) != pinned
+
+    changed = pinned.replace(text, text.replace("\t", "    "))
+    (tmp_path / file).write_text(changed)
+    assert not artifacts.apply_fix(tmp_path, *artifacts.PRISM_FIX)
+    assert (tmp_path / file).read_text() == changed
