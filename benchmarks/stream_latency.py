@@ -21,6 +21,9 @@ Then the same again, on fresh topics, with the least-work live loop in place of 
 messages) checked and scored by the project's model.onnx in one call (``batch_scoring.least_work_scorer``),
 produced with no linger. Both rows come from one run.
 
+Last it prints what a Python thread round trip costs here (``thread_round_trip_us``): machines differ
+in it, and a keyed stream's rates with it.
+
 A rate is *sustained* when every event is scored within 10 s of the end of production and the
 backlog does not grow: its mean over the last quarter of the trial is at most 1.5x its mean over
 the second quarter plus half a second of events.
@@ -32,6 +35,7 @@ import datetime
 import logging
 import os
 import pathlib
+import queue
 import signal
 import subprocess
 import sys
@@ -183,6 +187,29 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def thread_round_trip_us(round_trips: int = 20_000) -> float:
+    """Microseconds for one Python thread to hand a value to another and get it back (two queues): what a
+    machine charges for the thread switches that Beam's SDK worker makes for every state request and bundle.
+    Virtual machines differ in it far more than in arithmetic, and a keyed stream's rates with it, so the
+    benchmark prints it beside its rows."""
+    there, back = queue.Queue(), queue.Queue()
+
+    def echo():
+        for value in iter(there.get, None):
+            back.put(value)
+
+    thread = threading.Thread(target=echo, daemon=True)
+    thread.start()
+    started = time.perf_counter()
+    for value in range(round_trips):
+        there.put(value)
+        back.get()
+    elapsed = time.perf_counter() - started
+    there.put(None)
+    thread.join()
+    return elapsed / round_trips * 1e6
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=2000, help="events/s of the latency run (default 2000)")
@@ -232,7 +259,8 @@ def main(argv=None) -> int:
     print(f"\n{args.spec} on {args.runner}, --kafka_io {args.kafka_io}\n{table(rows)}\n(start s: from the command to "
           f"the first of {WAITING} waiting events scored; p50/p99/max: output message timestamp - input timestamp; "
           f"p50c/p99c: checker's consume time - input timestamp; backlog: produced - scored, per second, "
-          f"mean over the 2nd and 4th quarter)")
+          f"mean over the 2nd and 4th quarter)\nthis machine: a Python thread round trip takes "
+          f"{thread_round_trip_us():.0f} us")
     return 0
 
 

@@ -147,11 +147,18 @@ class StreamProcess:
         self._log.seek(0)
         return self._log.read().decode(errors="replace")[-5000:]
 
+    def wait(self, timeout: float) -> int:
+        """The exit status; a failure showing the log if the command has not exited within ``timeout``."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the scorer had not exited after {timeout:g} s:\n{self.log()}") from None
+
     def terminate(self, timeout: float = 30.0) -> tuple[int, float]:
         """SIGTERM; (exit status, seconds it took)."""
         started = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout)
+        code = self.wait(timeout)
         return code, time.monotonic() - started
 
     def kill(self) -> None:

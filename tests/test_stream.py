@@ -189,7 +189,7 @@ def test_records_the_broker_refuses_stop_the_stream_in_one_line_with_their_offse
     produce(kafka_broker.bootstrap, topics[0], valid, stamp_event_time=True)
     group = unique_name("refused")
     with stream_scorer(stream_model, kafka_broker.bootstrap, topics, group) as scorer:
-        code = scorer.proc.wait(120)
+        code = scorer.wait(120)
         log = scorer.log()
     assert code == 2, log
     assert log.strip().splitlines()[-1].startswith(f"error: {len(valid)} record(s) not delivered to '{topics[1]}': "
