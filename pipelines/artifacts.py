@@ -116,12 +116,9 @@ def java() -> str:
 
 def fetch_go(target: Path, module: str, version: str, without: str) -> str:
     """``go install module@version`` as ``target``, unless it is there."""
-    name = target.name
-    if target.exists():
-        return f"{name}: present ({target})"
-    go = shutil.which("go")
-    if go is None:
-        return f"{name}: NOT INSTALLED: no go on PATH; {without}"
+    name, go = target.name, shutil.which("go")
+    if (instead := _no_go_build(target, go, without)) is not None:
+        return instead
     with tempfile.TemporaryDirectory() as gobin:
         done = subprocess.run([go, "install", f"{module}@v{version}"], env={**os.environ, "GOBIN": gobin},
                               capture_output=True, text=True)
@@ -134,12 +131,9 @@ def fetch_go(target: Path, module: str, version: str, without: str) -> str:
 def fetch_prism(target: Path, version: str, without: str) -> str:
     """Prism built from a copy of its module's source with ``PRISM_FIX`` applied, as ``target``, unless it is
     there."""
-    name = target.name
-    if target.exists():
-        return f"{name}: present ({target})"
-    go = shutil.which("go")
-    if go is None:
-        return f"{name}: NOT INSTALLED: no go on PATH; {without}"
+    name, go = target.name, shutil.which("go")
+    if (instead := _no_go_build(target, go, without)) is not None:
+        return instead
     module, command = PRISM_SOURCE
     done = subprocess.run([go, "mod", "download", "-json", f"{module}@v{version}"], capture_output=True, text=True)
     if done.returncode != 0:
@@ -157,6 +151,15 @@ def fetch_prism(target: Path, version: str, without: str) -> str:
         return (f"{name}: built v{version} WITHOUT the fix of its spinning bundle loop ({PRISM_FIX[0]} has "
                 f"changed; see pipelines/artifacts.py) ({target})")
     return f"{name}: built v{version} with the fix of its spinning bundle loop ({target})"
+
+
+def _no_go_build(target: Path, go: str | None, without: str) -> str | None:
+    """The line to print instead of building ``target`` with ``go``: it is there, or there is no go."""
+    if target.exists():
+        return f"{target.name}: present ({target})"
+    if go is None:
+        return f"{target.name}: NOT INSTALLED: no go on PATH; {without}"
+    return None
 
 
 def apply_fix(root: Path, file: str, text: str, fixed: str) -> bool:
