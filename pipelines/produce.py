@@ -46,8 +46,8 @@ class _Pace:
         elif self._speedup and event_ms is not None:
             self._first_ms = event_ms if self._first_ms is None else self._first_ms
             due = self._started + (event_ms - self._first_ms) / 1000 / self._speedup
-        if due is not None and due > time.monotonic():
-            time.sleep(due - time.monotonic())
+        if due is not None and (ahead_s := due - time.monotonic()) > 0:
+            time.sleep(ahead_s)
         self._sent += 1
 
 

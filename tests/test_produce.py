@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import gzip
+import itertools
 import time
 
 import pytest
@@ -72,6 +73,19 @@ def test_rate_and_speedup_pace_the_messages(kafka_broker, archive):
     started = time.monotonic()
     _produce(kafka_broker, unique_name("speedup"), archive["glob"], "--speedup", str(span_s))
     assert 0.8 < time.monotonic() - started < 4
+
+
+def test_the_pace_holds_when_the_clock_moves_between_its_reads(monkeypatch):
+    """A busy machine can let a message's due time pass between the pace's look at the clock and its sleep;
+    the producer then sends at once (it once failed with "sleep length must be non-negative")."""
+    clock = itertools.count(0.0, 0.4)  # each read of the clock is 0.4 s after the one before
+    slept = []
+    monkeypatch.setattr(produce.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(produce.time, "sleep", slept.append)
+    pace = produce._Pace(rate=1.0, speedup=None)  # one a second from 0.0
+    for _ in range(4):
+        pace.wait(None)
+    assert slept and all(seconds > 0 for seconds in slept), slept
 
 
 def test_mistakes_and_unreadable_files_are_one_line(kafka_broker, archive, tmp_path):
