@@ -484,20 +484,21 @@ def _run_stream(options, test_pipeline) -> dict[str, int]:
     flags, stream = options.view_as(KafkaOptions), options.view_as(StreamOptions)
     cli.refuse(options, (cli.only(ArchiveOptions, *cli.FILE_FLAGS),), "is for --mode batch")
     serving.check_kafka_io(options, supported=False)
-    clustering = clustering_for(options)
-    config = graph.kafka_config(flags)
-    note = runners.choose_stream_runner(options, "online k-means")
-    if note:
-        print(note, file=sys.stderr, flush=True)
-    pipeline = cli.create_pipeline(options, test_pipeline)
-    build_stream(pipeline, clustering, options)
-    serving.check_fused_with_source(pipeline, options)  # the model's keyed state: refused on the DirectRunner
-    serving.check_topics(flags, stream, config)
-    print(f"clustering {flags.input_topic} -> {stream.output_topic} (dead letters: {stream.dead_letter_topic}) on "
-          f"{flags.bootstrap_servers} with k={clustering.start.model.k} and the features of {clustering.spec.name} "
-          f"model {clustering.features.version}; snapshots to {options.view_as(ClusterOptions).snapshot_dir}"
-          f"; SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)
-    return serving.serve(pipeline, f"{clustering.spec.name} stream clustering")
+    with serving.StopSignals() as signals:  # from here on, a signal stops the stream cleanly
+        clustering = clustering_for(options)
+        config = graph.kafka_config(flags)
+        note = runners.choose_stream_runner(options, "online k-means")
+        if note:
+            print(note, file=sys.stderr, flush=True)
+        pipeline = cli.create_pipeline(options, test_pipeline)
+        build_stream(pipeline, clustering, options)
+        serving.check_fused_with_source(pipeline, options)  # the model's keyed state: refused on the DirectRunner
+        serving.check_topics(flags, stream, config)
+        print(f"clustering {flags.input_topic} -> {stream.output_topic} (dead letters: {stream.dead_letter_topic}) on "
+              f"{flags.bootstrap_servers} with k={clustering.start.model.k} and the features of {clustering.spec.name} "
+              f"model {clustering.features.version}; snapshots to {options.view_as(ClusterOptions).snapshot_dir}"
+              f"; SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)
+        return serving.serve(pipeline, f"{clustering.spec.name} stream clustering", signals)
 
 
 if __name__ == "__main__":

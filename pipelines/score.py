@@ -148,29 +148,31 @@ def run_stream(options, test_pipeline=None, stop_when=None, on_stop=None,
     cli.require(options, *REQUIRED["--mode stream"])
     cli.refuse(options, (cli.only(ArchiveOptions, *cli.FILE_FLAGS),), "is for --mode batch")
     serving.check_kafka_io(options)
-    spec, model = graph.spec_and_model(options)
-    config = graph.kafka_config(flags)  # a malformed item fails here, before anything starts
-    model_reload_s = model_reload_seconds(options)
-    options.view_as(StandardOptions).streaming = True
-    stateful = " and ".join(what for what, used in (("entity features", spec.entity_features),
-                                                      ("monitoring", monitoring_topic)) if used)
-    note = runners.choose_stream_runner(options, stateful or None)
-    if note:
-        print(note, file=sys.stderr, flush=True)
-    serving.check_local_streaming(options)
-    serving.check_topics(flags, stream, config)
-    pipeline = cli.create_pipeline(options, test_pipeline)
-    build_stream(pipeline, spec, model, options, model_reload_s)
-    serving.check_fused_with_source(pipeline, options)
-    group = stream.group_id or f"rtml-score-{spec.name}"
-    print(f"scoring {flags.input_topic} -> {stream.output_topic} (dead letters: {stream.dead_letter_topic}) on "
-          f"{flags.bootstrap_servers} with {spec.name} model {model.version}, group {group}"
-          + (f", switching to new versions in --model_dir (read every {model_reload_s:g} s)" if model_reload_s else "")
-          + (f", kafka config {kafka.mask_config(config)}" if config else "")
-          + (f", monitoring to {monitoring_topic}" if monitoring_topic else "")
-          + "; SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)
-    return serving.serve(pipeline, f"{spec.name} stream scoring with model {model.version}", stop_when, on_stop,
-                         before_forced_exit)
+    with serving.StopSignals(before_forced_exit) as signals:  # from here on, a signal stops the stream cleanly
+        spec, model = graph.spec_and_model(options)
+        config = graph.kafka_config(flags)  # a malformed item fails here, before anything starts
+        model_reload_s = model_reload_seconds(options)
+        options.view_as(StandardOptions).streaming = True
+        stateful = " and ".join(what for what, used in (("entity features", spec.entity_features),
+                                                          ("monitoring", monitoring_topic)) if used)
+        note = runners.choose_stream_runner(options, stateful or None)
+        if note:
+            print(note, file=sys.stderr, flush=True)
+        serving.check_local_streaming(options)
+        serving.check_topics(flags, stream, config)
+        pipeline = cli.create_pipeline(options, test_pipeline)
+        build_stream(pipeline, spec, model, options, model_reload_s)
+        serving.check_fused_with_source(pipeline, options)
+        group = stream.group_id or f"rtml-score-{spec.name}"
+        print(f"scoring {flags.input_topic} -> {stream.output_topic} (dead letters: {stream.dead_letter_topic}) on "
+              f"{flags.bootstrap_servers} with {spec.name} model {model.version}, group {group}"
+              + (f", switching to new versions in --model_dir (read every {model_reload_s:g} s)"
+                 if model_reload_s else "")
+              + (f", kafka config {kafka.mask_config(config)}" if config else "")
+              + (f", monitoring to {monitoring_topic}" if monitoring_topic else "")
+              + "; SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)
+        return serving.serve(pipeline, f"{spec.name} stream scoring with model {model.version}", signals, stop_when,
+                             on_stop)
 
 
 def model_reload_seconds(options) -> float:

@@ -5,6 +5,7 @@ A streaming command builds its graph, calls ``check_local_streaming`` and ``chec
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -14,7 +15,10 @@ import time
 from typing import Callable, Sequence
 
 import apache_beam as beam
+import grpc
 from apache_beam.options.pipeline_options import DirectOptions
+from apache_beam.portability.api import beam_job_api_pb2
+from apache_beam.runners.portability import portable_runner
 from apache_beam.transforms import userstate
 
 from pipelines import cli, runners
@@ -23,6 +27,7 @@ from transforms import kafka
 from transforms.errors import UserError
 from transforms.events import METRICS_NAMESPACE
 
+_LOG = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 25.0  # a stop that takes longer ends the process (exit status 1)
 DRAIN_TIMEOUT_S = 20.0  # after this long draining, a runner's job is cancelled
 # Flink's streaming bundles close after 50 ms (the runner preset) and CommitWhenWritten commits at least every second,
@@ -110,7 +115,46 @@ def check_topics(flags: KafkaOptions, stream: StreamOptions, config: dict) -> No
                   f"creates topics on first use", file=sys.stderr, flush=True)
 
 
-_SIGNALS = ("SIGTERM", "SIGINT")
+class StopSignals:
+    """SIGTERM and SIGINT as a request to stop the stream: the first asks ``serve`` to drain it, a second leaves at
+    once (exit status 1). A streaming command enters it before its slow start-up (the model's load, the graph's
+    build), so that a signal at any moment stops it cleanly rather than killing it with the default action; on exit
+    the previous handlers are back. ``why``: the first signal's name, or the reason ``ask`` was given."""
+
+    def __init__(self, before_forced_exit: Sequence[Callable[[], object]] = ()):
+        self.requested = threading.Event()
+        self.why: str | None = None
+        self.before_forced_exit = before_forced_exit
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        self.install()
+        return self
+
+    def install(self) -> None:
+        """Handle the signals from now on (again, after a runner's start-up installed its own: Beam's job server
+        does)."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous = signal.signal(sig, self._on_signal)
+                self._previous.setdefault(sig, previous)
+
+    def __exit__(self, *_exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def ask(self, why: str) -> None:
+        if self.why is None:
+            self.why = why
+        self.requested.set()
+
+    def _on_signal(self, signum, _frame):
+        name = signal.Signals(signum).name
+        if self.requested.is_set() and self.why in ("SIGTERM", "SIGINT"):  # a second Ctrl-C: leave now
+            print(f"{name} again: exiting without waiting (records since the last commit will be read again)",
+                  file=sys.stderr, flush=True)
+            force_exit(1, self.before_forced_exit)
+        self.ask(name)
 
 
 def force_exit(code: int, before: Sequence[Callable[[], object]] = ()) -> None:
@@ -144,8 +188,37 @@ def _kafka_failure(error: BaseException) -> str | None:
     return None
 
 
-def serve(pipeline, title: str, stop_when=None, on_stop=None,
-          before_forced_exit: Sequence[Callable[[], object]] = ()) -> dict[str, int]:
+def _outlive_job_service_deadline(result) -> None:
+    """Keep waiting on a portable runner's job past ``--job_server_timeout``.
+
+    Beam's portable runner opens the job's state and message streams with that timeout (300 s by default) as their
+    deadline, wherever the job service takes the preparation id as the job id, as Prism does
+    (``JobServiceHandle.run`` in apache_beam/runners/portability/portable_runner.py), and ``wait_until_finish``
+    then reports the deadline as the job's failure and stops the job service (apache/beam#35867): every stream on
+    Prism ended after five minutes. A stream runs for days, so a stream whose deadline passes is opened again,
+    without one."""
+    if not isinstance(result, portable_runner.PipelineResult):
+        return
+    service, job_id = result._job_service, result._job_id
+    result._state_stream = _reopened(result._state_stream, lambda: service.GetStateStream(
+        beam_job_api_pb2.GetJobStateRequest(job_id=job_id)))
+    result._message_stream = _reopened(result._message_stream, lambda: service.GetMessageStream(
+        beam_job_api_pb2.JobMessagesRequest(job_id=job_id)))
+
+
+def _reopened(stream, reopen):
+    """``stream``'s items, then, if its deadline passes, those of ``reopen()`` (a new stream from the job's
+    present state on)."""
+    try:
+        yield from stream
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise
+        _LOG.info("a job-service stream reached its deadline (--job_server_timeout); opened again")
+        yield from reopen()
+
+
+def serve(pipeline, title: str, signals: StopSignals, stop_when=None, on_stop=None) -> dict[str, int]:
     """Run a streaming pipeline until SIGTERM / SIGINT (or ``stop_when()`` returns a reason), then stop it cleanly.
 
     The pipeline runs in a thread, because on the DirectRunner ``pipeline.run()`` only returns when
@@ -157,8 +230,11 @@ def serve(pipeline, title: str, stop_when=None, on_stop=None,
     ``FLINK_DRAIN_S`` to write what is in flight. A cancel loses nothing: on a streaming runner offsets
     are committed only once records are written, so a restart reads the rest again. Prints a one-line
     summary to stderr and returns the counters. A stop that cannot finish leaves the process at once,
-    after ``before_forced_exit``.
+    after ``signals.before_forced_exit``. A stop asked for before the pipeline started starts nothing.
     """
+    if signals.requested.is_set():
+        print(f"{title}: stopped on {signals.why} before it started; nothing was read", file=sys.stderr, flush=True)
+        return {}
     kafka.reset_drain()
     state: dict = {}
     drain_s = FLINK_DRAIN_S if runners.runner_name(pipeline.options) == "FlinkRunner" else DRAIN_TIMEOUT_S
@@ -167,6 +243,8 @@ def serve(pipeline, title: str, stop_when=None, on_stop=None,
     # portable runner's (Prism, Flink) returns at once and must be called here: it installs signal handlers.
     if not runners.is_direct(pipeline.options):
         state["result"] = pipeline.run()
+        _outlive_job_service_deadline(state["result"])
+    signals.install()
 
     def target():
         try:
@@ -176,51 +254,31 @@ def serve(pipeline, title: str, stop_when=None, on_stop=None,
         except BaseException as error:  # reported by the main thread
             state["error"] = error
 
-    stop = threading.Event()
-    reason = {"why": None}
-
-    def on_signal(signum, _frame):
-        if stop.is_set() and reason["why"] in _SIGNALS:  # a second Ctrl-C: leave now
-            print(f"{signal.Signals(signum).name} again: exiting without waiting (records since the last commit "
-                  f"will be read again)", file=sys.stderr, flush=True)
-            force_exit(1, before_forced_exit)
-        if reason["why"] is None:
-            reason["why"] = signal.Signals(signum).name
-        stop.set()
-
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     started = time.monotonic()
     runner = threading.Thread(target=target, name="pipeline", daemon=True)
     runner.start()
-    try:
-        while runner.is_alive() and not stop.wait(0.2):
-            why = stop_when() if stop_when is not None else None
-            if why:
-                reason["why"] = why
-                break
-        stopping = time.monotonic()
+    while runner.is_alive() and not signals.requested.wait(0.2):
+        why = stop_when() if stop_when is not None else None
+        if why:
+            signals.ask(why)
+    stopping = time.monotonic()
+    if runner.is_alive():
+        print(f"stopping on {signals.why}: finishing records in flight ...", file=sys.stderr, flush=True)
+        kafka.drain_live_reads()
+        runner.join(drain_s)
+        if runner.is_alive() and state.get("result") is not None:
+            state["cancelled"] = True
+            try:
+                state["result"].cancel()
+            except Exception:  # noqa: BLE001 - not every runner can cancel
+                pass
+            runner.join(STOP_TIMEOUT_S - drain_s)
         if runner.is_alive():
-            print(f"stopping on {reason['why']}: finishing records in flight ...", file=sys.stderr, flush=True)
-            kafka.drain_live_reads()
-            runner.join(drain_s)
-            if runner.is_alive() and state.get("result") is not None:
-                state["cancelled"] = True
-                try:
-                    state["result"].cancel()
-                except Exception:  # noqa: BLE001 - not every runner can cancel
-                    pass
-                runner.join(STOP_TIMEOUT_S - drain_s)
-            if runner.is_alive():
-                print(f"error: the pipeline did not stop within {STOP_TIMEOUT_S:g} s of {reason['why']}; exiting "
-                      f"without it (records since the last commit will be read again)", file=sys.stderr, flush=True)
-                force_exit(1, before_forced_exit)
-        if on_stop is not None:
-            on_stop()
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+            print(f"error: the pipeline did not stop within {STOP_TIMEOUT_S:g} s of {signals.why}; exiting "
+                  f"without it (records since the last commit will be read again)", file=sys.stderr, flush=True)
+            force_exit(1, signals.before_forced_exit)
+    if on_stop is not None:
+        on_stop()
     if "error" in state and not (state.get("cancelled") and "CANCELLED" in str(state["error"])):
         error = state["error"]
         failure = _kafka_failure(error)
@@ -229,12 +287,22 @@ def serve(pipeline, title: str, stop_when=None, on_stop=None,
         raise error
     totals = cli.counters(state["result"])
     received = totals.get(f"{METRICS_NAMESPACE}/received", 0)
-    out = (f"{totals[f'{METRICS_NAMESPACE}/assigned']:,} assigned" if f"{METRICS_NAMESPACE}/assigned" in totals
-           else f"{totals.get(f'{METRICS_NAMESPACE}/scored', 0):,} scored")
+    verb = "assigned" if f"{METRICS_NAMESPACE}/assigned" in totals else "scored"
+    out = totals.get(f"{METRICS_NAMESPACE}/{verb}", 0)
     dead = sum(count for key, count in totals.items() if key.startswith(f"{METRICS_NAMESPACE}.dead_letter/"))
-    how = f"stopped on {reason['why']} in {time.monotonic() - stopping:.1f} s" if reason["why"] else "finished"
-    done = ("cancelled after draining; what was not yet written is read again on restart" if state.get("cancelled")
-            else "all written, offsets committed")
-    print(f"{title}: {how} after {time.monotonic() - started:.0f} s; {received:,} received, {out}, "
-          f"{dead:,} dead-lettered; {done}", file=sys.stderr, flush=True)
+    how = f"stopped on {signals.why} in {time.monotonic() - stopping:.1f} s" if signals.why else "finished"
+    unwritten = received - out - dead  # (below 0 where a retried bundle wrote some twice)
+    cancelled = "cancelled after draining; " if state.get("cancelled") else ""
+    if cancelled and not totals:  # Flink's job server reports no metrics for a cancelled job
+        counts = "no counts (the runner reports none for a cancelled job)"
+    else:
+        counts = f"{received:,} received, {out:,} {verb}, {dead:,} dead-lettered"
+    if unwritten > 0:
+        done = (f"{cancelled}{unwritten:,} read but not written: their offsets are not committed, so a restart reads "
+                f"them again")
+    elif cancelled:
+        done = f"{cancelled}what was not yet written is read again on restart"
+    else:
+        done = "all written, offsets committed"
+    print(f"{title}: {how} after {time.monotonic() - started:.0f} s; {counts}; {done}", file=sys.stderr, flush=True)
     return totals

@@ -143,9 +143,11 @@ class StreamProcess:
     def check_alive(self) -> None:
         assert self.proc.poll() is None, f"the scorer exited with {self.proc.returncode}:\n{self.log()}"
 
-    def log(self) -> str:
+    def log(self, tail: int | None = 5000) -> str:
+        """What the command printed: its last ``tail`` characters (None: all)."""
         self._log.seek(0)
-        return self._log.read().decode(errors="replace")[-5000:]
+        text = self._log.read().decode(errors="replace")
+        return text[-tail:] if tail else text
 
     def wait(self, timeout: float) -> int:
         """The exit status; a failure showing the log if the command has not exited within ``timeout``."""

@@ -141,6 +141,64 @@ def test_sigkill_while_events_wait_in_keyed_state_then_restart_loses_no_valid_ev
     assert committed(bootstrap, group, topics[0], 3) == ends
 
 
+JOB_SERVER_TIMEOUT_S = 10  # Beam's default is 300 s: the deadline it gives the job service's streams (see the test)
+SPARSE_SLACK_S = 5.0  # how long after --max_delay_s (1 s) a lone event may take to be scored
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_lone_event_on_a_quiet_partition_is_scored_within_max_delay_and_the_stream_outlives_the_job_service_timeout(
+        runner, kafka_broker, entity_model, day, tmp_path):
+    """A night at a card issuer: single events on a quiet 3-partition topic, one partition at a time, stamped now
+    (with microseconds, as a producer's clock gives them) or hours ago (a replayed backlog). Each is scored within
+    --max_delay_s + 5 s of being produced, with its bounded score, whatever the other partitions hold.
+
+    Beam's portable runner gives the job service's state and message streams --job_server_timeout as their deadline;
+    with it at 10 s, a stream on Prism ended with status 1 after 10 s (after 300 s by default). Here it must still be
+    scoring long after that, and stop cleanly on SIGTERM."""
+    valid = [orjson.loads(line) for line in day["lines"] if _is_valid(line)]
+    now = datetime.datetime.now(datetime.timezone.utc)
+    hours_ago = now - datetime.timedelta(hours=3, microseconds=4321)
+    plan = [(0, None), (1, None), (2, None), (1, None), (2, hours_ago), (0, hours_ago)]  # (partition, event time)
+    topics, bootstrap = make_topics(kafka_broker, f"sparse-{runner.lower()}"), kafka_broker.bootstrap
+    outputs, sent, took = Outputs(bootstrap, topics[1], topics[2]), [], {}
+    try:
+        with stream_scorer(entity_model, bootstrap, topics, unique_name("sparse"), "--runner", runner,
+                           "--job_server_timeout", str(JOB_SERVER_TIMEOUT_S), "--model_poll_seconds", "0",
+                           spec="fraud_entity") as scorer:
+            started = time.monotonic()
+            for number, (partition, at) in enumerate(plan):
+                event = valid[number] | {"card_id": f"card-sparse-{number}",
+                                         "event_time": (at or datetime.datetime.now(datetime.timezone.utc)).isoformat()}
+                sent.append(orjson.dumps(event))
+                produce(bootstrap, topics[0], sent[-1:], partitions=[partition], stamp_event_time=True)
+                produced = time.monotonic()
+                first = number == 0  # the first waits for the runner to start
+                outputs.wait(lambda o: len(o.scored) > number, 180 if first else 1 + SPARSE_SLACK_S + 5,
+                             f"event {number} (partition {partition}) to be scored", scorer)
+                took[number] = time.monotonic() - produced
+                if first:  # past the job service's deadline before the lone events come
+                    time.sleep(max(0.0, started + JOB_SERVER_TIMEOUT_S + 2 - time.monotonic()))
+                time.sleep(2)  # a quiet topic between events
+            assert time.monotonic() - started > JOB_SERVER_TIMEOUT_S + 10
+            scorer.check_alive()
+            code, _ = scorer.terminate()
+            assert code == 0, scorer.log()
+            printed = scorer.log(tail=None)
+            summary = (f"{len(plan)} received, {len(plan)} scored, 0 dead-lettered; all written" if runner == "PrismRunner"
+                       else "no counts (the runner reports none for a cancelled job)")  # Flink's stop cancels the job
+            assert summary in printed, printed[-5000:]
+    finally:
+        outputs.close()
+    late = {number: seconds for number, seconds in took.items() if number and seconds > 1 + SPARSE_SLACK_S}
+    assert not late, (late, took)
+    path = tmp_path / "sparse.jsonl"
+    path.write_bytes(b"\n".join(sent) + b"\n")
+    expected = {r["event_id"]: r["score"] for r in _score_batch(entity_model, path, tmp_path / "batch")["records"]}
+    assert len(expected) == len(plan) and len(outputs.scored) == len(plan)
+    for _, record in outputs.scored:
+        assert abs(record["score"] - expected[record["event_id"]]) <= 1e-6, record
+
+
 def _is_valid(line: bytes) -> bool:
     from transforms.events import EventParser
     from transforms.spec import load_spec

@@ -177,7 +177,8 @@ class _OrderedStateFn(beam.DoFn):
         key, (time_us, tiebreak, value) = element
         self._released_to.pop(key, None)
         kept.add((time_us, tiebreak, value))
-        release.set(Timestamp(micros=time_us), dynamic_timer_tag=str(time_us))
+        release_us = _timer_us(time_us)
+        release.set(Timestamp(micros=release_us), dynamic_timer_tag=str(release_us))
         if self._finishes:
             end.set(GlobalWindow().max_timestamp())
 
@@ -230,7 +231,15 @@ class _OrderedStateFn(beam.DoFn):
                 yield TimestampedValue(output, time_us / 1e6)
         _keep(kept, _Stepped(current, last), waiting[len(ready):])
         if self._step.ttl_us is not None:
-            expire.set(Timestamp(micros=last[0] + self._step.ttl_us + 1))
+            expire.set(Timestamp(micros=_timer_us(last[0] + self._step.ttl_us + 1)))
+
+
+def _timer_us(time_us: int) -> int:
+    """An event-time timer's time for ``time_us``: rounded up to the millisecond. Timers cross the Fn API in Beam's
+    timestamp coder, which keeps milliseconds (it floors: ``TimestampCoderImpl``), so on Prism and Flink a timer set at
+    12.000345 s fires at 12.000 s, and a release then steps nothing of an element at 12.000345 s: without later traffic
+    on its key it waited for ever. Rounded up, the watermark has passed the element when its release fires."""
+    return -(-time_us // 1000) * 1000
 
 
 def _split(entries) -> tuple[_Stepped | None, list]:

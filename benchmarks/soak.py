@@ -1,0 +1,251 @@
+"""A live scorer run as a service: minutes of steady traffic with a broker restart, a new model version and a
+SIGKILL of the scorer in the middle, watched from outside.
+
+    .venv/bin/python benchmarks/soak.py --runner PrismRunner --spec fraud_entity --minutes 30 --rate 200
+    make soak SOAK_MINUTES=30        # fraud_entity with monitoring and hot reload on Prism and on Flink, fraud on
+                                     # the DirectRunner, one after another
+
+Starts its own Apache Kafka broker, trains a small model of --spec into a fresh model directory, and starts the
+scorer (``python -m pipelines.score --mode stream``, with ``--monitoring_topic`` and ``--model_poll_seconds``) as
+a user would. A producer sends generated events at --rate, each stamped with the moment it is sent (event time and
+Kafka CreateTime), one in a hundred a broken line. During the run, at fixed fractions of it:
+- 30%: the broker is stopped for 10 s and started again (its data kept);
+- 50%: ``python -m pipelines.train`` publishes a new model version into the scorer's model directory;
+- 70%: the scorer is killed with SIGKILL and started again with the same group.
+At the end the producer stops, the run waits for the last events, and the scorer is stopped with SIGTERM.
+
+Reported: each scorer process's exit status (SIGKILL's aside: 0 expected), events lost (valid events produced and
+never scored; duplicates after the SIGKILL are counted, not lost), p50/p99 latency (output message timestamp -
+input timestamp) per 5-minute stretch of production, and every minute the RSS, open file descriptors and threads of
+the scorer's process group (the command, and Prism's or Flink's JVM where it runs them).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import orjson  # noqa: E402
+from confluent_kafka import Producer  # noqa: E402
+
+from benchmarks.stream_latency import DATA, OutputReader, _QUIET, _now_ms, _rfc3339, ensure_model  # noqa: E402
+from pipelines import generate  # noqa: E402
+from pipelines.kafka_broker import KafkaBroker  # noqa: E402
+
+STRETCH_S = 300  # latency is reported per stretch of this many seconds of production
+BROKEN_EVERY = 100  # one broken line in this many messages
+OUTAGE_S = 10.0
+
+
+def process_group_usage(pgid: int) -> dict:
+    """RSS (MB), open file descriptors and threads, summed over the live processes of a process group."""
+    rss_kb = fds = threads = 0
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[2]) != pgid:  # the fields after the command: state, ppid, pgrp
+                continue
+            for line in (entry / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss_kb += int(line.split()[1])
+                elif line.startswith("Threads:"):
+                    threads += int(line.split()[1])
+            fds += len(os.listdir(entry / "fd"))
+        except (OSError, ValueError, IndexError):  # it ended meanwhile
+            continue
+    return {"rss_mb": rss_kb / 1024, "fds": fds, "threads": threads}
+
+
+class Scorer:
+    """The stream scorer as a subprocess in its own process group; every exit status it had."""
+
+    def __init__(self, command: list[str], log_dir: pathlib.Path):
+        self._command, self._log_dir, self.exits, self.proc = command, log_dir, [], None
+
+    def start(self) -> None:
+        log = open(self._log_dir / f"scorer-{len(self.exits)}.log", "wb")
+        self.proc = subprocess.Popen(self._command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.exits.append(("SIGKILL", self.proc.wait(30)))
+
+    def terminate(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(40)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            code = f"{self.proc.wait()} (did not stop within 40 s of SIGTERM)"
+        self.exits.append(("SIGTERM", code))
+
+    def check(self) -> None:
+        """An exit nobody asked for is recorded, and the scorer started again (as a service manager would)."""
+        if self.proc.poll() is not None:
+            self.exits.append(("by itself", self.proc.returncode))
+            self.start()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runner", default="PrismRunner")
+    parser.add_argument("--spec", default="fraud_entity", choices=("fraud", "fraud_entity"))
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--rate", type=float, default=200.0, help="events/s (default 200)")
+    parser.add_argument("--no_monitoring", action="store_true", help="no --monitoring_topic")
+    parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs, model) afterwards")
+    args = parser.parse_args(argv)
+
+    run = pathlib.Path(tempfile.mkdtemp(prefix="rtml-soak-"))
+    model_dir, trained = run / "model", DATA / f"stream-model-{args.spec}"
+    ensure_model(trained, args.spec)
+    shutil.copytree(trained, model_dir)
+    events = _events(run)
+    broker = KafkaBroker().start()
+    topics = [f"soak-{name}-{uuid.uuid4().hex[:6]}" for name in ("in", "scored", "dead", "monitoring")]
+    for topic, partitions in zip(topics, (3, 1, 1, 1)):
+        broker.create_topic(topic, partitions)
+    scorer = Scorer([sys.executable, "-m", "pipelines.score", "--mode", "stream", "--spec", args.spec,
+                     "--runner", args.runner, "--model_dir", str(model_dir), "--bootstrap_servers", broker.bootstrap,
+                     "--input_topic", topics[0], "--output_topic", topics[1], "--dead_letter_topic", topics[2],
+                     "--group_id", f"soak-{uuid.uuid4().hex[:6]}", "--offset_reset", "earliest",
+                     "--model_poll_seconds", "10",
+                     *([] if args.no_monitoring else ["--monitoring_topic", topics[3]])], run)
+    reader = OutputReader(broker.bootstrap, topics[1])
+    produced: dict[str, int] = {}
+    samples: list[dict] = []
+    seconds = args.minutes * 60
+    print(f"soak: {args.spec} on {args.runner}, {args.rate:g} events/s for {args.minutes:g} min (folder {run})",
+          flush=True)
+    try:
+        scorer.start()
+        reader.start()
+        _wait_for_start(broker.bootstrap, topics[0], reader, scorer)
+        started = time.monotonic()
+        # (when, what, how, in the background): the SIGKILL in this thread, so that ``scorer.check`` never sees it
+        actions = [(0.3, "broker restart", lambda: (broker.stop(), time.sleep(OUTAGE_S), broker.start()), True),
+                   (0.5, "new model version", lambda: _train_new_version(model_dir, args.spec, run), True),
+                   (0.7, "SIGKILL and restart of the scorer", lambda: (scorer.kill(), scorer.start()), False)]
+        producer = threading.Thread(target=_produce, args=(broker.bootstrap, topics[0], events, args.rate, seconds,
+                                                           produced), daemon=True)
+        producer.start()
+        next_sample = started
+        while producer.is_alive():
+            now = time.monotonic()
+            if actions and now - started >= actions[0][0] * seconds:
+                _, what, act, in_background = actions.pop(0)
+                print(f"  {now - started:6.0f} s: {what}", flush=True)
+                if in_background:
+                    threading.Thread(target=act, daemon=True).start()
+                else:
+                    act()
+            if now >= next_sample:
+                samples.append({"minute": round((now - started) / 60, 1), **process_group_usage(scorer.proc.pid)})
+                print(f"  {now - started:6.0f} s: {samples[-1]}, scored {len(reader.seen):,} of "
+                      f"{len(produced):,}", flush=True)
+                next_sample += 60
+            scorer.check()
+            time.sleep(0.5)
+        valid = {event_id for event_id in produced if not event_id.startswith("broken")}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not valid <= reader.seen.keys():
+            time.sleep(0.5)
+        scorer.terminate()
+    finally:
+        reader.stop()
+        if scorer.proc is not None and scorer.proc.poll() is None:
+            os.killpg(scorer.proc.pid, signal.SIGKILL)
+        broker.close()
+    print(report(args, produced, reader, samples, scorer.exits))
+    if not args.keep:
+        shutil.rmtree(run, ignore_errors=True)
+    return 0
+
+
+def _events(run: pathlib.Path) -> list[dict]:
+    generate.generate("fraud", 1, run / "data", datetime.date(2026, 4, 1), 20_000, 0.0, 3, compress=False)
+    return [orjson.loads(line) for line in (run / "data" / "dt=2026-04-01" / "events.jsonl").read_bytes().splitlines()]
+
+
+def _wait_for_start(bootstrap: str, topic: str, reader: OutputReader, scorer: Scorer) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap}, logger=_QUIET)
+    ts = _now_ms()
+    producer.produce(topic, orjson.dumps({"event_id": "start-0", "event_time": _rfc3339(ts), "card_id": "card-start",
+                                          "merchant_id": "m", "merchant_category": "grocery", "amount": 1.0,
+                                          "currency": "EUR", "country": "DE", "channel": "pos"}), timestamp=ts)
+    producer.flush(30)
+    deadline = time.monotonic() + 180
+    while "start-0" not in reader.seen:
+        if time.monotonic() > deadline or scorer.proc.poll() is not None:
+            raise RuntimeError(f"the scorer did not start: {scorer.exits or 'no event scored within 180 s'}")
+        time.sleep(0.2)
+
+
+def _produce(bootstrap: str, topic: str, events: list[dict], rate: float, seconds: float,
+             produced: dict[str, int]) -> None:
+    """``rate`` events/s for ``seconds``, each stamped now; through a broker outage librdkafka queues them."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "message.timeout.ms": 600_000,
+                         "queue.buffering.max.messages": 2_000_000}, logger=_QUIET)
+    started, sent = time.monotonic(), 0
+    while time.monotonic() - started < seconds:
+        due = int((time.monotonic() - started) * rate) + 1
+        while sent < due:
+            ts = _now_ms()
+            if sent % BROKEN_EVERY == BROKEN_EVERY - 1:
+                event_id, value = f"broken-{sent:08d}", b'{"event_id": "broken", "amount": '
+            else:
+                event = dict(events[sent % len(events)], event_id=f"soak-{sent:08d}", event_time=_rfc3339(ts))
+                event_id, value = event["event_id"], orjson.dumps(event)
+            producer.produce(topic, value=value, key=str(sent % 5000).encode(), timestamp=ts)
+            produced[event_id] = ts
+            sent += 1
+        producer.poll(0)
+        time.sleep(0.005)
+    producer.flush(120)
+
+
+def _train_new_version(model_dir: pathlib.Path, spec: str, run: pathlib.Path) -> None:
+    subprocess.run([sys.executable, "-m", "pipelines.train", "--spec", spec, "--input",
+                    str(run / "data" / "*" / "*.jsonl"), "--model_dir", str(model_dir),
+                    "--dead_letter", str(run / "train-dead")], cwd=ROOT, check=True, capture_output=True)
+
+
+def report(args, produced: dict[str, int], reader: OutputReader, samples: list[dict], exits: list) -> str:
+    valid = {event_id: ts for event_id, ts in produced.items() if not event_id.startswith("broken")}
+    lost = [event_id for event_id in valid if event_id not in reader.seen]
+    start = min(valid.values(), default=0)
+    stretches: dict[int, list[float]] = {}
+    for event_id, ts in valid.items():
+        if event_id in reader.seen:
+            stretches.setdefault(int((ts - start) / 1000 // STRETCH_S), []).append(reader.seen[event_id][0] - ts)
+    lines = [f"\n{args.spec} on {args.runner}, {args.rate:g} events/s for {args.minutes:g} min, "
+             f"{datetime.date.today()}",
+             f"exits: {', '.join(f'{how}: {code}' for how, code in exits)}",
+             f"valid events produced {len(valid):,}, scored {len(valid) - len(lost):,}, lost {len(lost):,}"
+             + (f" (first: {sorted(lost)[:3]})" if lost else ""),
+             "latency per 5-minute stretch of production (ms): "
+             + "; ".join(f"{k * STRETCH_S // 60}-{(k + 1) * STRETCH_S // 60} min p50 {np.percentile(v, 50):,.0f} "
+                         f"p99 {np.percentile(v, 99):,.0f}" for k, v in sorted(stretches.items())),
+             "minute  RSS MB  fds  threads"]
+    lines += [f"{s['minute']:>6}  {s['rss_mb']:>6.0f}  {s['fds']:>3}  {s['threads']:>7}" for s in samples]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
