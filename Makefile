@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-extended
+.PHONY: demo test test-extended soak
 
 $(VENV)/.installed: setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,3 +37,13 @@ test: $(VENV)/.runtimes $(VENV)/.browser
 
 test-extended: $(VENV)/.runtimes
 	$(PY) -m pytest -m extended
+
+# A stream as a service (benchmarks/soak.py): fraud_entity with monitoring and hot reload on Prism and on Flink,
+# fraud on the DirectRunner, SOAK_MINUTES each at SOAK_RATE events/s, with a broker restart, a new model version
+# and a SIGKILL of the scorer during each run. Not part of make test.
+SOAK_MINUTES ?= 30
+SOAK_RATE ?= 200
+soak: $(VENV)/.runtimes
+	$(PY) benchmarks/soak.py --runner PrismRunner --spec fraud_entity --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE)
+	$(PY) benchmarks/soak.py --runner FlinkRunner --spec fraud_entity --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE)
+	$(PY) benchmarks/soak.py --runner DirectRunner --spec fraud --no_monitoring --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE)

@@ -130,6 +130,7 @@ def main(argv=None) -> int:
     reader = OutputReader(broker.bootstrap, topics[1])
     produced: dict[str, int] = {}
     samples: list[dict] = []
+    happened: list[str] = []
     seconds = args.minutes * 60
     print(f"soak: {args.spec} on {args.runner}, {args.rate:g} events/s for {args.minutes:g} min (folder {run})",
           flush=True)
@@ -151,6 +152,7 @@ def main(argv=None) -> int:
             if actions and now - started >= actions[0][0] * seconds:
                 _, what, act, in_background = actions.pop(0)
                 print(f"  {now - started:6.0f} s: {what}", flush=True)
+                happened.append(f"{what} at {(now - started) / 60:.1f} min")
                 if in_background:
                     threading.Thread(target=act, daemon=True).start()
                 else:
@@ -172,7 +174,7 @@ def main(argv=None) -> int:
         if scorer.proc is not None and scorer.proc.poll() is None:
             os.killpg(scorer.proc.pid, signal.SIGKILL)
         broker.close()
-    print(report(args, produced, reader, samples, scorer.exits))
+    print(report(args, produced, reader, samples, scorer.exits, happened))
     if not args.keep:
         shutil.rmtree(run, ignore_errors=True)
     return 0
@@ -226,7 +228,8 @@ def _train_new_version(model_dir: pathlib.Path, spec: str, run: pathlib.Path) ->
                     "--dead_letter", str(run / "train-dead")], cwd=ROOT, check=True, capture_output=True)
 
 
-def report(args, produced: dict[str, int], reader: OutputReader, samples: list[dict], exits: list) -> str:
+def report(args, produced: dict[str, int], reader: OutputReader, samples: list[dict], exits: list,
+           happened: list[str]) -> str:
     valid = {event_id: ts for event_id, ts in produced.items() if not event_id.startswith("broken")}
     lost = [event_id for event_id in valid if event_id not in reader.seen]
     start = min(valid.values(), default=0)
@@ -236,6 +239,7 @@ def report(args, produced: dict[str, int], reader: OutputReader, samples: list[d
             stretches.setdefault(int((ts - start) / 1000 // STRETCH_S), []).append(reader.seen[event_id][0] - ts)
     lines = [f"\n{args.spec} on {args.runner}, {args.rate:g} events/s for {args.minutes:g} min, "
              f"{datetime.date.today()}",
+             f"during the run: {'; '.join(happened)}",
              f"exits: {', '.join(f'{how}: {code}' for how, code in exits)}",
              f"valid events produced {len(valid):,}, scored {len(valid) - len(lost):,}, lost {len(lost):,}"
              + (f" (first: {sorted(lost)[:3]})" if lost else ""),
@@ -244,6 +248,11 @@ def report(args, produced: dict[str, int], reader: OutputReader, samples: list[d
                          f"p99 {np.percentile(v, 99):,.0f}" for k, v in sorted(stretches.items())),
              "minute  RSS MB  fds  threads"]
     lines += [f"{s['minute']:>6}  {s['rss_mb']:>6.0f}  {s['fds']:>3}  {s['threads']:>7}" for s in samples]
+    warm = [s for s in samples if s["minute"] >= 5]
+    if warm:
+        lines.append(f"after 5 min: RSS {min(s['rss_mb'] for s in warm):.0f}-{max(s['rss_mb'] for s in warm):.0f} MB, "
+                     f"fds {min(s['fds'] for s in warm)}-{max(s['fds'] for s in warm)}, "
+                     f"threads {min(s['threads'] for s in warm)}-{max(s['threads'] for s in warm)}")
     return "\n".join(lines)
 
 

@@ -8,10 +8,12 @@ and reads what it wrote to the output and dead-letter topics.
 from __future__ import annotations
 
 import datetime
+import signal
 import threading
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -225,3 +227,25 @@ def test_stream_mode_flags_are_checked_before_anything_starts(stream_model):
                    "127.0.0.1:1", "--input_topic", "a", "--output_topic", "b", "--dead_letter_topic", "c",
                    "--kafka_config", f"sasl.password{secret}"])
     assert secret not in str(raised.value) and "--kafka_config #1" in str(raised.value)
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether the process has a handler of its own for SIGTERM (its SigCgt mask, /proc/PID/status)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+def test_sigterm_during_start_up_exits_cleanly_before_anything_is_read(stream_model):
+    """SIGTERM as soon as the command handles it (before the model's load; here the start-up then waits up to 10 s
+    for an unreachable broker's topic list): exit status 0 and one line, not death by the signal's default action."""
+    scorer = stream_scorer(stream_model, "127.0.0.1:1", ("in", "out", "dead"), unique_name("early"))
+    with scorer:
+        deadline = time.monotonic() + 60
+        while not _catches_sigterm(scorer.proc.pid):
+            assert time.monotonic() < deadline and scorer.proc.poll() is None, scorer.log()
+            time.sleep(0.01)
+        code, _ = scorer.terminate()
+        assert code == 0, scorer.log()
+        assert "stopped on SIGTERM before it started; nothing was read" in scorer.log(), scorer.log()
+        assert "Traceback" not in scorer.log()
