@@ -4,6 +4,7 @@ SIGKILL of the scorer in the middle, watched from outside.
     .venv/bin/python benchmarks/soak.py --runner PrismRunner --spec fraud_entity --minutes 30 --rate 200
     make soak SOAK_MINUTES=30        # fraud_entity with monitoring and hot reload on Prism and on Flink, fraud on
                                      # the DirectRunner, one after another
+    .venv/bin/python benchmarks/soak.py --runner PrismRunner --spec fraud_entity --overload --rate 400
 
 Starts its own Apache Kafka broker, trains a small model of --spec into a fresh model directory, and starts the
 scorer (``python -m pipelines.score --mode stream``, with ``--monitoring_topic`` and ``--model_poll_seconds``) as
@@ -13,6 +14,9 @@ Kafka CreateTime), one in a hundred a broken line. During the run, at fixed frac
 - 50%: ``python -m pipelines.train`` publishes a new model version into the scorer's model directory;
 - 70%: the scorer is killed with SIGKILL and started again with the same group.
 At the end the producer stops, the run waits for the last events, and the scorer is stopped with SIGTERM.
+
+``--overload``: no disruptions; instead twice --rate for 2 minutes (give a rate the runner holds), then half of it
+for 4 minutes, sampled every 10 s: the lag (produced - scored) should grow, then drain, with memory bounded.
 
 Reported: each scorer process's exit status (SIGKILL's aside: 0 expected), events lost (valid events produced and
 never scored; duplicates after the SIGKILL are counted, not lost), p50/p99 latency (output message timestamp -
@@ -48,11 +52,13 @@ from pipelines.kafka_broker import KafkaBroker  # noqa: E402
 STRETCH_S = 300  # latency is reported per stretch of this many seconds of production
 BROKEN_EVERY = 100  # one broken line in this many messages
 OUTAGE_S = 10.0
+OVERLOAD = ((2.0, 120), (0.5, 240))  # (times --rate, seconds)
 
 
 def process_group_usage(pgid: int) -> dict:
-    """RSS (MB), open file descriptors and threads, summed over the live processes of a process group."""
-    rss_kb = fds = threads = 0
+    """RSS (MB, in all and per program: the command's Python, Prism, Flink's JVM), open file descriptors and threads,
+    summed over the live processes of a process group."""
+    rss_kb, fds, threads = {}, 0, 0
     for entry in pathlib.Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -60,15 +66,17 @@ def process_group_usage(pgid: int) -> dict:
             stat = (entry / "stat").read_text()
             if int(stat.rsplit(")", 1)[1].split()[2]) != pgid:  # the fields after the command: state, ppid, pgrp
                 continue
+            program = (entry / "comm").read_text().strip()
             for line in (entry / "status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    rss_kb += int(line.split()[1])
+                    rss_kb[program] = rss_kb.get(program, 0) + int(line.split()[1])
                 elif line.startswith("Threads:"):
                     threads += int(line.split()[1])
             fds += len(os.listdir(entry / "fd"))
         except (OSError, ValueError, IndexError):  # it ended meanwhile
             continue
-    return {"rss_mb": rss_kb / 1024, "fds": fds, "threads": threads}
+    return {"rss_mb": sum(rss_kb.values()) / 1024, "fds": fds, "threads": threads,
+            "rss_by": " ".join(f"{program} {kb / 1024:.0f}" for program, kb in sorted(rss_kb.items()))}
 
 
 class Scorer:
@@ -109,6 +117,8 @@ def main(argv=None) -> int:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--rate", type=float, default=200.0, help="events/s (default 200)")
     parser.add_argument("--no_monitoring", action="store_true", help="no --monitoring_topic")
+    parser.add_argument("--overload", action="store_true", help="2x --rate for 2 min, then 0.5x for 4 min; no "
+                                                                     "disruptions")
     parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs, model) afterwards")
     args = parser.parse_args(argv)
 
@@ -131,20 +141,20 @@ def main(argv=None) -> int:
     produced: dict[str, int] = {}
     samples: list[dict] = []
     happened: list[str] = []
-    seconds = args.minutes * 60
-    print(f"soak: {args.spec} on {args.runner}, {args.rate:g} events/s for {args.minutes:g} min (folder {run})",
+    phases = [(args.rate * times, seconds) for times, seconds in OVERLOAD] if args.overload else [
+        (args.rate, args.minutes * 60)]
+    seconds, sample_s = sum(seconds for _, seconds in phases), 10 if args.overload else 60
+    print(f"soak: {args.spec} on {args.runner}, " + ", then ".join(f"{rate:g} events/s for {s / 60:g} min"
+                                                                   for rate, s in phases) + f" (folder {run})",
           flush=True)
     try:
         scorer.start()
         reader.start()
         _wait_for_start(broker.bootstrap, topics[0], reader, scorer)
         started = time.monotonic()
-        # (when, what, how, in the background): the SIGKILL in this thread, so that ``scorer.check`` never sees it
-        actions = [(0.3, "broker restart", lambda: (broker.stop(), time.sleep(OUTAGE_S), broker.start()), True),
-                   (0.5, "new model version", lambda: _train_new_version(model_dir, args.spec, run), True),
-                   (0.7, "SIGKILL and restart of the scorer", lambda: (scorer.kill(), scorer.start()), False)]
-        producer = threading.Thread(target=_produce, args=(broker.bootstrap, topics[0], events, args.rate, seconds,
-                                                           produced), daemon=True)
+        actions = [] if args.overload else _disruptions(broker, scorer, model_dir, args.spec, run)
+        producer = threading.Thread(target=_produce, args=(broker.bootstrap, topics[0], events, phases, produced),
+                                    daemon=True)
         producer.start()
         next_sample = started
         while producer.is_alive():
@@ -158,10 +168,12 @@ def main(argv=None) -> int:
                 else:
                     act()
             if now >= next_sample:
-                samples.append({"minute": round((now - started) / 60, 1), **process_group_usage(scorer.proc.pid)})
-                print(f"  {now - started:6.0f} s: {samples[-1]}, scored {len(reader.seen):,} of "
-                      f"{len(produced):,}", flush=True)
-                next_sample += 60
+                lag = sum(1 for event_id in list(produced) if event_id not in reader.seen
+                          and not event_id.startswith("broken"))
+                samples.append({"minute": round((now - started) / 60, 1), "lag": lag,
+                                **process_group_usage(scorer.proc.pid)})
+                print(f"  {now - started:6.0f} s: {samples[-1]}", flush=True)
+                next_sample += sample_s
             scorer.check()
             time.sleep(0.5)
         valid = {event_id for event_id in produced if not event_id.startswith("broken")}
@@ -178,6 +190,14 @@ def main(argv=None) -> int:
     if not args.keep:
         shutil.rmtree(run, ignore_errors=True)
     return 0
+
+
+def _disruptions(broker: KafkaBroker, scorer: Scorer, model_dir: pathlib.Path, spec: str, run: pathlib.Path) -> list:
+    """(fraction of the run, what, how, whether in the background). The SIGKILL is not: ``Scorer.check``, in the
+    same thread, must not see the killed scorer before its restart."""
+    return [(0.3, "broker restart", lambda: (broker.stop(), time.sleep(OUTAGE_S), broker.start()), True),
+            (0.5, "new model version", lambda: _train_new_version(model_dir, spec, run), True),
+            (0.7, "SIGKILL and restart of the scorer", lambda: (scorer.kill(), scorer.start()), False)]
 
 
 def _events(run: pathlib.Path) -> list[dict]:
@@ -199,27 +219,37 @@ def _wait_for_start(bootstrap: str, topic: str, reader: OutputReader, scorer: Sc
         time.sleep(0.2)
 
 
-def _produce(bootstrap: str, topic: str, events: list[dict], rate: float, seconds: float,
+def _produce(bootstrap: str, topic: str, events: list[dict], phases: list[tuple[float, float]],
              produced: dict[str, int]) -> None:
-    """``rate`` events/s for ``seconds``, each stamped now; through a broker outage librdkafka queues them."""
+    """Each phase's rate (events/s) for its seconds, each event stamped now; through a broker outage librdkafka
+    queues them."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "message.timeout.ms": 600_000,
                          "queue.buffering.max.messages": 2_000_000}, logger=_QUIET)
-    started, sent = time.monotonic(), 0
-    while time.monotonic() - started < seconds:
-        due = int((time.monotonic() - started) * rate) + 1
-        while sent < due:
-            ts = _now_ms()
-            if sent % BROKEN_EVERY == BROKEN_EVERY - 1:
-                event_id, value = f"broken-{sent:08d}", b'{"event_id": "broken", "amount": '
-            else:
-                event = dict(events[sent % len(events)], event_id=f"soak-{sent:08d}", event_time=_rfc3339(ts))
-                event_id, value = event["event_id"], orjson.dumps(event)
-            producer.produce(topic, value=value, key=str(sent % 5000).encode(), timestamp=ts)
-            produced[event_id] = ts
-            sent += 1
-        producer.poll(0)
-        time.sleep(0.005)
+    sent, due_before = 0, 0
+    for rate, seconds in phases:
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            sent = _send_due(producer, topic, events, due_before + int((time.monotonic() - started) * rate) + 1,
+                             sent, produced)
+            producer.poll(0)
+            time.sleep(0.005)
+        due_before = sent
     producer.flush(120)
+
+
+def _send_due(producer: Producer, topic: str, events: list[dict], due: int, sent: int, produced: dict[str, int]) -> int:
+    """Sends events number ``sent`` to ``due`` - 1; returns how many are sent."""
+    while sent < due:
+        ts = _now_ms()
+        if sent % BROKEN_EVERY == BROKEN_EVERY - 1:
+            event_id, value = f"broken-{sent:08d}", b'{"event_id": "broken", "amount": '
+        else:
+            event = dict(events[sent % len(events)], event_id=f"soak-{sent:08d}", event_time=_rfc3339(ts))
+            event_id, value = event["event_id"], orjson.dumps(event)
+        producer.produce(topic, value=value, key=str(sent % 5000).encode(), timestamp=ts)
+        produced[event_id] = ts
+        sent += 1
+    return sent
 
 
 def _train_new_version(model_dir: pathlib.Path, spec: str, run: pathlib.Path) -> None:
@@ -237,18 +267,19 @@ def report(args, produced: dict[str, int], reader: OutputReader, samples: list[d
     for event_id, ts in valid.items():
         if event_id in reader.seen:
             stretches.setdefault(int((ts - start) / 1000 // STRETCH_S), []).append(reader.seen[event_id][0] - ts)
-    lines = [f"\n{args.spec} on {args.runner}, {args.rate:g} events/s for {args.minutes:g} min, "
-             f"{datetime.date.today()}",
-             f"during the run: {'; '.join(happened)}",
+    lines = [f"\n{args.spec} on {args.runner}, {'overload from ' * args.overload}{args.rate:g} events/s"
+             f"{'' if args.overload else f' for {args.minutes:g} min'}, {datetime.date.today()}",
+             f"during the run: {'; '.join(happened) or 'nothing'}; peak RSS {max(s['rss_mb'] for s in samples):.0f} MB",
              f"exits: {', '.join(f'{how}: {code}' for how, code in exits)}",
              f"valid events produced {len(valid):,}, scored {len(valid) - len(lost):,}, lost {len(lost):,}"
              + (f" (first: {sorted(lost)[:3]})" if lost else ""),
              "latency per 5-minute stretch of production (ms): "
              + "; ".join(f"{k * STRETCH_S // 60}-{(k + 1) * STRETCH_S // 60} min p50 {np.percentile(v, 50):,.0f} "
                          f"p99 {np.percentile(v, 99):,.0f}" for k, v in sorted(stretches.items())),
-             "minute  RSS MB  fds  threads"]
-    lines += [f"{s['minute']:>6}  {s['rss_mb']:>6.0f}  {s['fds']:>3}  {s['threads']:>7}" for s in samples]
-    warm = [s for s in samples if s["minute"] >= 5]
+             "minute  RSS MB  fds  threads      lag  RSS MB by program"]
+    lines += [f"{s['minute']:>6}  {s['rss_mb']:>6.0f}  {s['fds']:>3}  {s['threads']:>7}  {s['lag']:>7,}  {s['rss_by']}"
+              for s in samples]
+    warm = [s for s in samples if s["minute"] >= 5 and s["threads"] > 1]  # (not a sample taken during the SIGKILL)
     if warm:
         lines.append(f"after 5 min: RSS {min(s['rss_mb'] for s in warm):.0f}-{max(s['rss_mb'] for s in warm):.0f} MB, "
                      f"fds {min(s['fds'] for s in warm)}-{max(s['fds'] for s in warm)}, "

@@ -446,6 +446,11 @@ def _last_snapshot(snapshot_dir: str, run: str) -> str:
             f"{manifest['events']:,} events, {manifest['learned']:,} learned, counts {manifest['counts']}")
 
 
+def group_id(stream: StreamOptions, spec) -> str:
+    """The stream's consumer group: --group_id, by default rtml-cluster-<spec>."""
+    return stream.group_id or f"rtml-cluster-{spec.name}"
+
+
 def build_stream(pipeline, clustering: Clustering, options) -> None:
     """Kafka in, ``ClusterEvents`` live, assignments and dead letters to Kafka, snapshots to --snapshot_dir.
 
@@ -453,7 +458,7 @@ def build_stream(pipeline, clustering: Clustering, options) -> None:
     """
     flags, stream, spec = options.view_as(KafkaOptions), options.view_as(StreamOptions), clustering.spec
     config, batch_size = graph.kafka_config(flags), graph.stream_batch_size(options)
-    group, when_written = stream.group_id or f"rtml-cluster-{spec.name}", not runners.is_direct(options)
+    group, when_written = group_id(stream, spec), not runners.is_direct(options)
     read = graph.live_read(flags, stream, config, group, when_written, on_prism=runners.is_prism(options))
     parsed = (pipeline
               | "ReadEvents" >> graph.ReadKafkaEvents(read, batch_size, with_positions=when_written,
@@ -498,7 +503,8 @@ def _run_stream(options, test_pipeline) -> dict[str, int]:
               f"{flags.bootstrap_servers} with k={clustering.start.model.k} and the features of {clustering.spec.name} "
               f"model {clustering.features.version}; snapshots to {options.view_as(ClusterOptions).snapshot_dir}"
               f"; SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)
-        return serving.serve(pipeline, f"{clustering.spec.name} stream clustering", signals)
+        return serving.serve(pipeline, f"{clustering.spec.name} stream clustering", signals,
+                             serving.uncommitted_check(flags, config, group_id(stream, clustering.spec)))
 
 
 if __name__ == "__main__":

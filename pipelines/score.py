@@ -94,6 +94,11 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
 # Stream mode
 
 
+def group_id(stream: StreamOptions, spec: Spec) -> str:
+    """The stream's consumer group: --group_id, by default rtml-score-<spec>."""
+    return stream.group_id or f"rtml-score-{spec.name}"
+
+
 def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options, model_reload_s: float = 0.0) -> None:
     """Kafka in, the shared ``graph.ScoreRaw``, Kafka out; with --monitoring_topic, monitoring too.
 
@@ -106,7 +111,7 @@ def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options, mo
     model_dir, engine = options.view_as(ModelOptions).model_dir, options.view_as(EngineOptions).engine
     monitoring_topic = options.view_as(LiveMonitorOptions).monitoring_topic
     config, max_batch = graph.kafka_config(flags), graph.stream_batch_size(options)
-    group = stream.group_id or f"rtml-score-{spec.name}"
+    group = group_id(stream, spec)
     java_io = graph.kafka_expansion_service(flags)  # --kafka_io beam: it commits what Flink checkpointed
     when_written = not runners.is_direct(options) and java_io is None
     read = graph.live_read(flags, stream, config, group, when_written, java_io, on_prism=runners.is_prism(options))
@@ -163,7 +168,7 @@ def run_stream(options, test_pipeline=None, stop_when=None, on_stop=None,
         pipeline = cli.create_pipeline(options, test_pipeline)
         build_stream(pipeline, spec, model, options, model_reload_s)
         serving.check_fused_with_source(pipeline, options)
-        group = stream.group_id or f"rtml-score-{spec.name}"
+        group = group_id(stream, spec)
         print(f"scoring {flags.input_topic} -> {stream.output_topic} (dead letters: {stream.dead_letter_topic}) on "
               f"{flags.bootstrap_servers} with {spec.name} model {model.version}, group {group}"
               + (f", switching to new versions in --model_dir (read every {model_reload_s:g} s)"
@@ -171,8 +176,8 @@ def run_stream(options, test_pipeline=None, stop_when=None, on_stop=None,
               + (f", kafka config {kafka.mask_config(config)}" if config else "")
               + (f", monitoring to {monitoring_topic}" if monitoring_topic else "")
               + "; SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)
-        return serving.serve(pipeline, f"{spec.name} stream scoring with model {model.version}", signals, stop_when,
-                             on_stop)
+        return serving.serve(pipeline, f"{spec.name} stream scoring with model {model.version}", signals,
+                             serving.uncommitted_check(flags, config, group), stop_when, on_stop)
 
 
 def model_reload_seconds(options) -> float:

@@ -5,6 +5,7 @@ A streaming command builds its graph, calls ``check_local_streaming`` and ``chec
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -90,14 +91,25 @@ def check_kafka_io(options, supported: bool = True) -> None:
                         "timestamp read); drop --max_delay_s, or read with --kafka_io python")
 
 
+def _librdkafka_config(flags: KafkaOptions, config: dict) -> dict:
+    """The config for this process's own Kafka clients: none of it with --kafka_io beam, whose config holds Java
+    client properties, which librdkafka may refuse."""
+    return {} if flags.kafka_io == "beam" else config
+
+
+def uncommitted_check(flags: KafkaOptions, config: dict, group: str) -> Callable[[], dict | None]:
+    """What ``serve`` asks at the stop: the input topic's messages that ``group`` has not committed."""
+    return functools.partial(kafka.uncommitted, flags.bootstrap_servers, _librdkafka_config(flags, config),
+                             flags.input_topic, group)
+
+
 def check_topics(flags: KafkaOptions, stream: StreamOptions, config: dict) -> None:
     """A missing input topic is a one-line error before anything starts; missing output topics a warning
     (a cluster may create them on first write). An unreachable cluster is waited for by the pipeline."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    if flags.kafka_io == "beam":  # the config holds Java client properties, which librdkafka may refuse
-        config = {}
+    config = _librdkafka_config(flags, config)
     secrets = kafka.Secrets(config)
     try:
         admin = AdminClient({**kafka.resolved(config), "bootstrap.servers": flags.bootstrap_servers}, logger=secrets)
@@ -218,7 +230,8 @@ def _reopened(stream, reopen):
         yield from reopen()
 
 
-def serve(pipeline, title: str, signals: StopSignals, stop_when=None, on_stop=None) -> dict[str, int]:
+def serve(pipeline, title: str, signals: StopSignals, uncommitted: Callable[[], dict | None], stop_when=None,
+          on_stop=None) -> dict[str, int]:
     """Run a streaming pipeline until SIGTERM / SIGINT (or ``stop_when()`` returns a reason), then stop it cleanly.
 
     The pipeline runs in a thread, because on the DirectRunner ``pipeline.run()`` only returns when
@@ -229,7 +242,8 @@ def serve(pipeline, title: str, signals: StopSignals, stop_when=None, on_stop=No
     jobs never end by themselves (their sources stay open for checkpoints), so on Flink the drain gets
     ``FLINK_DRAIN_S`` to write what is in flight. A cancel loses nothing: on a streaming runner offsets
     are committed only once records are written, so a restart reads the rest again. Prints a one-line
-    summary to stderr and returns the counters. A stop that cannot finish leaves the process at once,
+    summary to stderr, with what ``uncommitted()`` (``kafka.uncommitted`` for the stream's topic and group) says is
+    left to read again, and returns the counters. A stop that cannot finish leaves the process at once,
     after ``signals.before_forced_exit``. A stop asked for before the pipeline started starts nothing.
     """
     if signals.requested.is_set():
@@ -291,18 +305,21 @@ def serve(pipeline, title: str, signals: StopSignals, stop_when=None, on_stop=No
     out = totals.get(f"{METRICS_NAMESPACE}/{verb}", 0)
     dead = sum(count for key, count in totals.items() if key.startswith(f"{METRICS_NAMESPACE}.dead_letter/"))
     how = f"stopped on {signals.why} in {time.monotonic() - stopping:.1f} s" if signals.why else "finished"
-    unwritten = received - out - dead  # (below 0 where a retried bundle wrote some twice)
     cancelled = "cancelled after draining; " if state.get("cancelled") else ""
     if cancelled and not totals:  # Flink's job server reports no metrics for a cancelled job
         counts = "no counts (the runner reports none for a cancelled job)"
     else:
         counts = f"{received:,} received, {out:,} {verb}, {dead:,} dead-lettered"
-    if unwritten > 0:
-        done = (f"{cancelled}{unwritten:,} read but not written: their offsets are not committed, so a restart reads "
-                f"them again")
-    elif cancelled:
-        done = f"{cancelled}what was not yet written is read again on restart"
+    left = uncommitted()
+    if left is None:
+        done = f"{cancelled}the committed offsets could not be read (is the cluster reachable?)"
+    elif left:
+        ranges = ", ".join(f"partition {p} offset {start:,}" if end == start + 1 else
+                           f"partition {p} offsets {start:,}-{end - 1:,}" for p, (start, end) in sorted(left.items()))
+        count = sum(end - start for start, end in left.values())
+        done = (f"{cancelled}{count:,} message{'s' * (count != 1)} not committed ({ranges}): not yet written or not "
+                f"yet read, read again on restart")
     else:
-        done = "all written, offsets committed"
+        done = f"{cancelled}all written, offsets committed"
     print(f"{title}: {how} after {time.monotonic() - started:.0f} s; {counts}; {done}", file=sys.stderr, flush=True)
     return totals

@@ -154,7 +154,7 @@ def test_a_lone_event_on_a_quiet_partition_is_scored_within_max_delay_and_the_st
 
     Beam's portable runner gives the job service's state and message streams --job_server_timeout as their deadline;
     with it at 10 s, a stream on Prism ended with status 1 after 10 s (after 300 s by default). Here it must still be
-    scoring long after that, and stop cleanly on SIGTERM."""
+    scoring long after that, and stop cleanly on SIGTERM, its last line saying what was left unwritten."""
     valid = [orjson.loads(line) for line in day["lines"] if _is_valid(line)]
     now = datetime.datetime.now(datetime.timezone.utc)
     hours_ago = now - datetime.timedelta(hours=3, microseconds=4321)
@@ -181,12 +181,23 @@ def test_a_lone_event_on_a_quiet_partition_is_scored_within_max_delay_and_the_st
                 time.sleep(2)  # a quiet topic between events
             assert time.monotonic() - started > JOB_SERVER_TIMEOUT_S + 10
             scorer.check_alive()
+            # One more, stamped an hour ahead: it waits in keyed state for the watermark. Prism's drain releases and
+            # scores it; Flink's stop cancels the job, and the summary names its offset, which is not committed.
+            future = valid[len(plan)] | {"card_id": "card-sparse-future", "event_time": (
+                datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)).isoformat()}
+            produce(bootstrap, topics[0], [orjson.dumps(future)], partitions=[1], stamp_event_time=True)
+            time.sleep(3)  # read, and waiting
             code, _ = scorer.terminate()
             assert code == 0, scorer.log()
             printed = scorer.log(tail=None)
-            summary = (f"{len(plan)} received, {len(plan)} scored, 0 dead-lettered; all written" if runner == "PrismRunner"
-                       else "no counts (the runner reports none for a cancelled job)")  # Flink's stop cancels the job
+            n = len(plan) + 1
+            summary = (f"{n} received, {n} scored, 0 dead-lettered; all written, offsets committed"
+                       if runner == "PrismRunner" else "no counts (the runner reports none for a cancelled job); "
+                       "cancelled after draining; 1 message not committed (partition 1 offset 2)")
             assert summary in printed, printed[-5000:]
+        if runner == "PrismRunner":
+            sent.append(orjson.dumps(future))
+            outputs.wait(lambda o: len(o.scored) > len(plan), 10, "the drained event")
     finally:
         outputs.close()
     late = {number: seconds for number, seconds in took.items() if number and seconds > 1 + SPARSE_SLACK_S}
@@ -194,7 +205,7 @@ def test_a_lone_event_on_a_quiet_partition_is_scored_within_max_delay_and_the_st
     path = tmp_path / "sparse.jsonl"
     path.write_bytes(b"\n".join(sent) + b"\n")
     expected = {r["event_id"]: r["score"] for r in _score_batch(entity_model, path, tmp_path / "batch")["records"]}
-    assert len(expected) == len(plan) and len(outputs.scored) == len(plan)
+    assert len(expected) == len(sent) and len(outputs.scored) == len(sent)
     for _, record in outputs.scored:
         assert abs(record["score"] - expected[record["event_id"]]) <= 1e-6, record
 

@@ -47,7 +47,7 @@ from confluent_kafka import (TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Kafk
 from transforms.errors import first_line
 
 __all__ = ["KafkaMessage", "ReadFromKafka", "WriteToKafka", "KafkaTopicNotFoundError",
-           "KafkaDeliveryError", "mask_config", "drain_live_reads", "reset_drain", "enqueue"]
+           "KafkaDeliveryError", "mask_config", "drain_live_reads", "reset_drain", "enqueue", "uncommitted"]
 
 _LOG = logging.getLogger(__name__)
 COMMIT_WAIT_S = 10.0  # then a drain with the broker gone goes on (see BoundedCalls)
@@ -440,8 +440,8 @@ class _PlanPartitionsFn(beam.DoFn):
                                  spec.start_timestamp_ms, spec.stop_timestamp_ms, spec.bounded, len(partitions))
 
 
-def _partitions(consumer: Consumer, topic: str) -> list[int]:
-    meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+def _partitions(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> list[int]:
+    meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
     if meta is not None and meta.error is not None:
         if meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
             raise KafkaTopicNotFoundError(f"Kafka topic {topic!r} does not exist")
@@ -483,6 +483,31 @@ def _commit_missing(consumer: Consumer, topic: str, starts: dict[int, int]) -> N
     missing = [TopicPartition(topic, tp.partition, starts[tp.partition]) for tp in committed if tp.offset < 0]
     if missing:
         consumer.commit(offsets=missing, asynchronous=False)
+
+
+def uncommitted(bootstrap_servers: str, config: dict, topic: str, group_id: str,
+                timeout_s: float = 5.0) -> dict[int, tuple[int, int]] | None:
+    """{partition: (the group's committed offset, the log's end)} where the group has committed less than the end:
+    messages not yet written, or not yet read, which a restart with the group reads. Partitions without a committed
+    offset are left out. None if the cluster does not answer within ``timeout_s`` (each call)."""
+    secrets = Secrets(config)
+    try:
+        consumer = client(Consumer, {**config, "bootstrap.servers": bootstrap_servers, "group.id": group_id,
+                                     "enable.auto.commit": False}, secrets)
+    except ValueError:
+        return None
+    try:
+        tps = [TopicPartition(topic, p) for p in _partitions(consumer, topic, timeout_s)]
+        left = {}
+        for tp in consumer.committed(tps, timeout=timeout_s):
+            end = consumer.get_watermark_offsets(tp, timeout=timeout_s)[1]
+            if 0 <= tp.offset < end:
+                left[tp.partition] = (tp.offset, end)
+        return left
+    except (KafkaException, KafkaTopicNotFoundError):
+        return None
+    finally:
+        consumer.close()
 
 
 class _PartitionTracker(OffsetRestrictionTracker):
