@@ -214,8 +214,11 @@ def _wait_for_start(bootstrap: str, topic: str, reader: OutputReader, scorer: Sc
     producer.flush(30)
     deadline = time.monotonic() + 180
     while "start-0" not in reader.seen:
-        if time.monotonic() > deadline or scorer.proc.poll() is not None:
-            raise RuntimeError(f"the scorer did not start: {scorer.exits or 'no event scored within 180 s'}")
+        if scorer.proc.poll() is not None:
+            raise RuntimeError(f"the scorer exited with {scorer.proc.returncode} before it scored an event (its log is "
+                               f"in the run's folder; --keep keeps it)")
+        if time.monotonic() > deadline:
+            raise RuntimeError("the scorer scored no event within 180 s")
         time.sleep(0.2)
 
 

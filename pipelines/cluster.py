@@ -504,7 +504,8 @@ def _run_stream(options, test_pipeline) -> dict[str, int]:
               f"model {clustering.features.version}; snapshots to {options.view_as(ClusterOptions).snapshot_dir}"
               f"; SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)
         return serving.serve(pipeline, f"{clustering.spec.name} stream clustering", signals,
-                             serving.uncommitted_check(flags, config, group_id(stream, clustering.spec)))
+                             serving.group_positions(flags, config, group_id(stream, clustering.spec)),
+                             stream.progress_s)
 
 
 if __name__ == "__main__":

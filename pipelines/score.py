@@ -177,7 +177,8 @@ def run_stream(options, test_pipeline=None, stop_when=None, on_stop=None,
               + (f", monitoring to {monitoring_topic}" if monitoring_topic else "")
               + "; SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)
         return serving.serve(pipeline, f"{spec.name} stream scoring with model {model.version}", signals,
-                             serving.uncommitted_check(flags, config, group), stop_when, on_stop)
+                             serving.group_positions(flags, config, group), stream.progress_s, stop_when,
+                             on_stop)
 
 
 def model_reload_seconds(options) -> float:

@@ -97,9 +97,10 @@ def _librdkafka_config(flags: KafkaOptions, config: dict) -> dict:
     return {} if flags.kafka_io == "beam" else config
 
 
-def uncommitted_check(flags: KafkaOptions, config: dict, group: str) -> Callable[[], dict | None]:
-    """What ``serve`` asks at the stop: the input topic's messages that ``group`` has not committed."""
-    return functools.partial(kafka.uncommitted, flags.bootstrap_servers, _librdkafka_config(flags, config),
+def group_positions(flags: KafkaOptions, config: dict, group: str) -> Callable[[], dict | None]:
+    """What ``serve`` asks as the stream runs and at its stop: ``group``'s committed offsets and the ends of the input
+    topic's partitions (``kafka.group_positions``)."""
+    return functools.partial(kafka.group_positions, flags.bootstrap_servers, _librdkafka_config(flags, config),
                              flags.input_topic, group)
 
 
@@ -182,6 +183,57 @@ def force_exit(code: int, before: Sequence[Callable[[], object]] = ()) -> None:
     os._exit(code)
 
 
+def _summary(totals: dict[str, int], positions: dict | None, cancelled: bool) -> str:
+    """What a stopped stream did (its counters) and left (``group_positions``: what the group has not committed)."""
+    received = totals.get(f"{METRICS_NAMESPACE}/received", 0)
+    verb = "assigned" if f"{METRICS_NAMESPACE}/assigned" in totals else "scored"
+    dead = sum(count for key, count in totals.items() if key.startswith(f"{METRICS_NAMESPACE}.dead_letter/"))
+    if cancelled and not totals:  # Flink's job server reports no metrics for a cancelled job
+        counts = "no counts (the runner reports none for a cancelled job)"
+    else:
+        out = totals.get(f"{METRICS_NAMESPACE}/{verb}", 0)
+        counts = f"{received:,} received, {out:,} {verb}, {dead:,} dead-lettered"
+    how = "cancelled after draining; " if cancelled else ""
+    if positions is None:
+        return f"{counts}; {how}the committed offsets could not be read (is the cluster reachable?)"
+    lag = _lag(positions)
+    if not lag:
+        return f"{counts}; {how}all written, offsets committed"
+    ranges = ", ".join(f"partition {p} offset {start:,}" if end == start + 1 else
+                       f"partition {p} offsets {start:,}-{end - 1:,}"
+                       for p, (start, end) in sorted(positions.items()) if start < end)
+    return (f"{counts}; {how}{lag:,} message{'s' * (lag != 1)} not committed ({ranges}): not yet written or not yet "
+            f"read, read again on restart")
+
+
+def _lag(positions: dict[int, tuple[int, int]]) -> int:
+    return sum(end - committed for committed, end in positions.values())
+
+
+class _Progress:
+    """The progress line of a running stream: every ``every_s`` seconds, the rate at which the group commits and its
+    lag, from Kafka (so the same on every runner; a portable runner's counters are read once, at the stop)."""
+
+    def __init__(self, title: str, positions: Callable[[], dict | None], every_s: float):
+        self._title, self._positions, self._every_s = title, positions, every_s
+        self._due, self._last = time.monotonic() + every_s, None  # (time, committed offsets in all)
+
+    def maybe_print(self) -> None:
+        if not self._every_s or time.monotonic() < self._due:
+            return
+        self._due += self._every_s
+        now, found = time.monotonic(), self._positions()
+        if found is None:
+            line = "the committed offsets could not be read (is the cluster reachable?)"
+        else:
+            committed = sum(offset for offset, _ in found.values())
+            rate = (f"{(committed - self._last[1]) / (now - self._last[0]):,.0f} events/s written, "
+                    if self._last else "")
+            line = f"{rate}lag {_lag(found):,} messages not yet committed"
+            self._last = (now, committed)
+        print(f"{self._title}: {line}", file=sys.stderr, flush=True)
+
+
 def _kafka_failure(error: BaseException) -> str | None:
     """The one-line reason if ``error`` (as the runner wrapped it) says a Kafka topic does not exist, or that
     the broker refused records (a record over the topic's max.message.bytes, say)."""
@@ -230,8 +282,8 @@ def _reopened(stream, reopen):
         yield from reopen()
 
 
-def serve(pipeline, title: str, signals: StopSignals, uncommitted: Callable[[], dict | None], stop_when=None,
-          on_stop=None) -> dict[str, int]:
+def serve(pipeline, title: str, signals: StopSignals, positions: Callable[[], dict | None], progress_s: float = 0.0,
+          stop_when=None, on_stop=None) -> dict[str, int]:
     """Run a streaming pipeline until SIGTERM / SIGINT (or ``stop_when()`` returns a reason), then stop it cleanly.
 
     The pipeline runs in a thread, because on the DirectRunner ``pipeline.run()`` only returns when
@@ -242,8 +294,9 @@ def serve(pipeline, title: str, signals: StopSignals, uncommitted: Callable[[], 
     jobs never end by themselves (their sources stay open for checkpoints), so on Flink the drain gets
     ``FLINK_DRAIN_S`` to write what is in flight. A cancel loses nothing: on a streaming runner offsets
     are committed only once records are written, so a restart reads the rest again. Prints a one-line
-    summary to stderr, with what ``uncommitted()`` (``kafka.uncommitted`` for the stream's topic and group) says is
-    left to read again, and returns the counters. A stop that cannot finish leaves the process at once,
+    summary to stderr, with what ``positions()`` (``group_positions``) says is left to read again, and returns the
+    counters. Every ``progress_s`` seconds (0: never) while it runs, one line: what the group has committed since the
+    last line, per second, and its lag. A stop that cannot finish leaves the process at once,
     after ``signals.before_forced_exit``. A stop asked for before the pipeline started starts nothing.
     """
     if signals.requested.is_set():
@@ -271,10 +324,12 @@ def serve(pipeline, title: str, signals: StopSignals, uncommitted: Callable[[], 
     started = time.monotonic()
     runner = threading.Thread(target=target, name="pipeline", daemon=True)
     runner.start()
+    progress = _Progress(title, positions, progress_s)
     while runner.is_alive() and not signals.requested.wait(0.2):
         why = stop_when() if stop_when is not None else None
         if why:
             signals.ask(why)
+        progress.maybe_print()
     stopping = time.monotonic()
     if runner.is_alive():
         print(f"stopping on {signals.why}: finishing records in flight ...", file=sys.stderr, flush=True)
@@ -300,26 +355,7 @@ def serve(pipeline, title: str, signals: StopSignals, uncommitted: Callable[[], 
             raise UserError(failure) from None
         raise error
     totals = cli.counters(state["result"])
-    received = totals.get(f"{METRICS_NAMESPACE}/received", 0)
-    verb = "assigned" if f"{METRICS_NAMESPACE}/assigned" in totals else "scored"
-    out = totals.get(f"{METRICS_NAMESPACE}/{verb}", 0)
-    dead = sum(count for key, count in totals.items() if key.startswith(f"{METRICS_NAMESPACE}.dead_letter/"))
     how = f"stopped on {signals.why} in {time.monotonic() - stopping:.1f} s" if signals.why else "finished"
-    cancelled = "cancelled after draining; " if state.get("cancelled") else ""
-    if cancelled and not totals:  # Flink's job server reports no metrics for a cancelled job
-        counts = "no counts (the runner reports none for a cancelled job)"
-    else:
-        counts = f"{received:,} received, {out:,} {verb}, {dead:,} dead-lettered"
-    left = uncommitted()
-    if left is None:
-        done = f"{cancelled}the committed offsets could not be read (is the cluster reachable?)"
-    elif left:
-        ranges = ", ".join(f"partition {p} offset {start:,}" if end == start + 1 else
-                           f"partition {p} offsets {start:,}-{end - 1:,}" for p, (start, end) in sorted(left.items()))
-        count = sum(end - start for start, end in left.values())
-        done = (f"{cancelled}{count:,} message{'s' * (count != 1)} not committed ({ranges}): not yet written or not "
-                f"yet read, read again on restart")
-    else:
-        done = f"{cancelled}all written, offsets committed"
-    print(f"{title}: {how} after {time.monotonic() - started:.0f} s; {counts}; {done}", file=sys.stderr, flush=True)
+    print(f"{title}: {how} after {time.monotonic() - started:.0f} s; "
+          f"{_summary(totals, positions(), bool(state.get('cancelled')))}", file=sys.stderr, flush=True)
     return totals

@@ -339,16 +339,16 @@ class _LivePipeline:
         return True
 
 
-def test_uncommitted_names_what_a_group_would_read_again(kafka_broker):
+def test_group_positions_say_what_a_group_would_read_again(kafka_broker):
     topic, group = _name("left"), _name("left")
     kafka_broker.create_topic(topic, 3)
     produce(kafka_broker.bootstrap, topic, [(None, b"%d" % i, i % 2, None) for i in range(10)])  # 5 in 0, 5 in 1
     consumer = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": group}, logger=_QUIET)
     consumer.commit(offsets=[TopicPartition(topic, 0, 5), TopicPartition(topic, 1, 2)], asynchronous=False)
     consumer.close()
-    # partition 0 is all committed, partition 2 has no offset committed: neither is named
-    assert kafka.uncommitted(kafka_broker.bootstrap, {}, topic, group) == {1: (2, 5)}
-    assert kafka.uncommitted(f"127.0.0.1:{free_port()}", {}, topic, group, timeout_s=1) is None
+    # (committed, end); partition 2 has no committed offset
+    assert kafka.group_positions(kafka_broker.bootstrap, {}, topic, group) == {0: (5, 5), 1: (2, 5)}
+    assert kafka.group_positions(f"127.0.0.1:{free_port()}", {}, topic, group, timeout_s=1) is None
 
 
 def test_live_read_resumes_after_committed_offsets_on_restart(kafka_broker):

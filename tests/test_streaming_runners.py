@@ -10,6 +10,7 @@ Bounded scoring on each runner must give the DirectRunner's records, record for 
 from __future__ import annotations
 
 import datetime
+import re
 import time
 from collections import Counter
 
@@ -154,7 +155,8 @@ def test_a_lone_event_on_a_quiet_partition_is_scored_within_max_delay_and_the_st
 
     Beam's portable runner gives the job service's state and message streams --job_server_timeout as their deadline;
     with it at 10 s, a stream on Prism ended with status 1 after 10 s (after 300 s by default). Here it must still be
-    scoring long after that, and stop cleanly on SIGTERM, its last line saying what was left unwritten."""
+    scoring long after that, and stop cleanly on SIGTERM, its last line saying what was left unwritten; on the way, a
+    progress line every 5 s gives the rate and the lag."""
     valid = [orjson.loads(line) for line in day["lines"] if _is_valid(line)]
     now = datetime.datetime.now(datetime.timezone.utc)
     hours_ago = now - datetime.timedelta(hours=3, microseconds=4321)
@@ -164,7 +166,7 @@ def test_a_lone_event_on_a_quiet_partition_is_scored_within_max_delay_and_the_st
     try:
         with stream_scorer(entity_model, bootstrap, topics, unique_name("sparse"), "--runner", runner,
                            "--job_server_timeout", str(JOB_SERVER_TIMEOUT_S), "--model_poll_seconds", "0",
-                           spec="fraud_entity") as scorer:
+                           "--progress_s", "5", spec="fraud_entity") as scorer:
             started = time.monotonic()
             for number, (partition, at) in enumerate(plan):
                 event = valid[number] | {"card_id": f"card-sparse-{number}",
@@ -195,6 +197,7 @@ def test_a_lone_event_on_a_quiet_partition_is_scored_within_max_delay_and_the_st
                        if runner == "PrismRunner" else "no counts (the runner reports none for a cancelled job); "
                        "cancelled after draining; 1 message not committed (partition 1 offset 2)")
             assert summary in printed, printed[-5000:]
+            assert re.search(r"events/s written, lag \d+ messages not yet committed", printed), printed[-5000:]
         if runner == "PrismRunner":
             sent.append(orjson.dumps(future))
             outputs.wait(lambda o: len(o.scored) > len(plan), 10, "the drained event")

@@ -47,7 +47,7 @@ from confluent_kafka import (TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Kafk
 from transforms.errors import first_line
 
 __all__ = ["KafkaMessage", "ReadFromKafka", "WriteToKafka", "KafkaTopicNotFoundError",
-           "KafkaDeliveryError", "mask_config", "drain_live_reads", "reset_drain", "enqueue", "uncommitted"]
+           "KafkaDeliveryError", "mask_config", "drain_live_reads", "reset_drain", "enqueue", "group_positions"]
 
 _LOG = logging.getLogger(__name__)
 COMMIT_WAIT_S = 10.0  # then a drain with the broker gone goes on (see BoundedCalls)
@@ -485,11 +485,11 @@ def _commit_missing(consumer: Consumer, topic: str, starts: dict[int, int]) -> N
         consumer.commit(offsets=missing, asynchronous=False)
 
 
-def uncommitted(bootstrap_servers: str, config: dict, topic: str, group_id: str,
-                timeout_s: float = 5.0) -> dict[int, tuple[int, int]] | None:
-    """{partition: (the group's committed offset, the log's end)} where the group has committed less than the end:
-    messages not yet written, or not yet read, which a restart with the group reads. Partitions without a committed
-    offset are left out. None if the cluster does not answer within ``timeout_s`` (each call)."""
+def group_positions(bootstrap_servers: str, config: dict, topic: str, group_id: str,
+                    timeout_s: float = 5.0) -> dict[int, tuple[int, int]] | None:
+    """{partition: (the group's committed offset, the log's end)}: between the two are the messages not yet written,
+    or not yet read, which a restart with the group reads (the group's lag). Partitions without a committed offset
+    are left out. None if the cluster does not answer within ``timeout_s`` (each call)."""
     secrets = Secrets(config)
     try:
         consumer = client(Consumer, {**config, "bootstrap.servers": bootstrap_servers, "group.id": group_id,
@@ -498,12 +498,8 @@ def uncommitted(bootstrap_servers: str, config: dict, topic: str, group_id: str,
         return None
     try:
         tps = [TopicPartition(topic, p) for p in _partitions(consumer, topic, timeout_s)]
-        left = {}
-        for tp in consumer.committed(tps, timeout=timeout_s):
-            end = consumer.get_watermark_offsets(tp, timeout=timeout_s)[1]
-            if 0 <= tp.offset < end:
-                left[tp.partition] = (tp.offset, end)
-        return left
+        return {tp.partition: (tp.offset, consumer.get_watermark_offsets(tp, timeout=timeout_s)[1])
+                for tp in consumer.committed(tps, timeout=timeout_s) if tp.offset >= 0}
     except (KafkaException, KafkaTopicNotFoundError):
         return None
     finally:
