@@ -249,3 +249,17 @@ def test_sigterm_during_start_up_exits_cleanly_before_anything_is_read(stream_mo
         assert code == 0, scorer.log()
         assert "stopped on SIGTERM before it started; nothing was read" in scorer.log(), scorer.log()
         assert "Traceback" not in scorer.log()
+
+
+def test_the_stop_summary_names_what_the_group_has_not_committed():
+    from pipelines.serving import _summary
+
+    counts = {"rtml/received": 10, "rtml/scored": 7, "rtml.dead_letter/amount": 1}
+    assert _summary(counts, {0: (5, 5), 1: (2, 3), 2: (7, 9)}, cancelled=False) == (
+        "10 received, 7 scored, 1 dead-lettered; 3 messages not committed (partition 1 offset 2, partition 2 offsets "
+        "7-8): not yet written or not yet read, read again on restart")
+    assert _summary({}, {0: (5, 5)}, cancelled=True) == (
+        "no counts (the runner reports none for a cancelled job); cancelled after draining; all written, offsets "
+        "committed")
+    assert _summary(counts, None, cancelled=False).endswith("the committed offsets could not be read (is the cluster "
+                                                            "reachable?)")
