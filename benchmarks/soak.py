@@ -45,7 +45,8 @@ import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
 
-from benchmarks.stream_latency import DATA, OutputReader, _QUIET, _now_ms, _rfc3339, ensure_model  # noqa: E402
+from benchmarks.stream_latency import (  # noqa: E402
+    DATA, OutputReader, _QUIET, _now_ms, _rfc3339, ensure_model, process_group_usage)
 from pipelines import generate  # noqa: E402
 from pipelines.kafka_broker import KafkaBroker  # noqa: E402
 
@@ -53,30 +54,6 @@ STRETCH_S = 300  # latency is reported per stretch of this many seconds of produ
 BROKEN_EVERY = 100  # one broken line in this many messages
 OUTAGE_S = 10.0
 OVERLOAD = ((2.0, 120), (0.5, 240))  # (times --rate, seconds)
-
-
-def process_group_usage(pgid: int) -> dict:
-    """RSS (MB, in all and per program: the command's Python, Prism, Flink's JVM), open file descriptors and threads,
-    summed over the live processes of a process group."""
-    rss_kb, fds, threads = {}, 0, 0
-    for entry in pathlib.Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[2]) != pgid:  # the fields after the command: state, ppid, pgrp
-                continue
-            program = (entry / "comm").read_text().strip()
-            for line in (entry / "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    rss_kb[program] = rss_kb.get(program, 0) + int(line.split()[1])
-                elif line.startswith("Threads:"):
-                    threads += int(line.split()[1])
-            fds += len(os.listdir(entry / "fd"))
-        except (OSError, ValueError, IndexError):  # it ended meanwhile
-            continue
-    return {"rss_mb": sum(rss_kb.values()) / 1024, "fds": fds, "threads": threads,
-            "rss_by": " ".join(f"{program} {kb / 1024:.0f}" for program, kb in sorted(rss_kb.items()))}
 
 
 class Scorer:

@@ -56,6 +56,7 @@ from pipelines import generate  # noqa: E402
 from pipelines.kafka_broker import KafkaBroker, create_topic  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "data"
+FLOWING_MARGIN_MS = 3000  # p99f: events produced at least this long before the last one (traffic behind them)
 WAITING = 200  # events in the topic before the scorer starts: its start-up is timed to the first of them scored
 _QUIET = logging.getLogger("benchmarks.stream_latency.librdkafka")
 _QUIET.setLevel(logging.CRITICAL)
@@ -122,14 +123,16 @@ def produce_now(bootstrap: str, topic: str, events: list[dict], count: int, labe
 
 
 def run_trial(bootstrap: str, topic: str, reader: OutputReader, events: list[dict], rate: float, seconds: float,
-              label: str) -> dict:
-    """Produce ``rate`` events/s for ``seconds``; wait for them to be scored; the trial's figures."""
+              label: str, scorer_pgid: int | None = None) -> dict:
+    """Produce ``rate`` events/s for ``seconds``; wait for them to be scored; the trial's figures (with
+    ``scorer_pgid``, the peak RSS of the scorer's process group, sampled every second)."""
     total = int(rate * seconds)
     produced_at: dict[str, int] = {}
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "queue.buffering.max.messages": 1_000_000},
                         logger=_QUIET)
     ids = [f"{label}-{i:07d}" for i in range(total)]
     backlog: list[int] = []
+    rss_mb: list[float] = []
     started = time.monotonic()
     next_sample = started + 1.0
     sent = 0
@@ -144,6 +147,8 @@ def run_trial(bootstrap: str, topic: str, reader: OutputReader, events: list[dic
         producer.poll(0)
         if time.monotonic() >= next_sample:
             backlog.append(sent - reader.counts.get(label, 0))
+            if scorer_pgid is not None:
+                rss_mb.append(process_group_usage(scorer_pgid)["rss_mb"])
             next_sample += 1.0
         time.sleep(0.005)
     producer.flush(30)
@@ -156,6 +161,10 @@ def run_trial(bootstrap: str, topic: str, reader: OutputReader, events: list[dic
     scored = [i for i in ids if i in reader.seen]
     to_output = np.array([reader.seen[i][0] - produced_at[i] for i in scored], dtype=float)
     to_consumer = np.array([reader.seen[i][1] - produced_at[i] for i in scored], dtype=float)
+    # The last events of a trial have no traffic behind them: they wait for the watermark of idle partitions.
+    flowing_until = max(produced_at.values(), default=0) - FLOWING_MARGIN_MS
+    while_flowing = np.array([reader.seen[i][0] - produced_at[i] for i in scored if produced_at[i] < flowing_until],
+                             dtype=float)
     quarter = max(1, len(backlog) // 4)
     early = float(np.mean(backlog[quarter:2 * quarter])) if len(backlog) >= 2 * quarter else 0.0
     late = float(np.mean(backlog[-quarter:])) if backlog else 0.0
@@ -163,11 +172,36 @@ def run_trial(bootstrap: str, topic: str, reader: OutputReader, events: list[dic
     return {
         "label": label, "rate": rate, "seconds": seconds, "events": total, "achieved_rate": total / produce_s,
         "scored": len(scored), "drain_s": drained_s if complete else float("nan"),
-        "p50": _pct(to_output, 50), "p99": _pct(to_output, 99), "max": float(to_output.max()) if scored else float("nan"),
+        "p50": _pct(to_output, 50), "p99": _pct(to_output, 99), "p99f": _pct(while_flowing, 99), "max": float(to_output.max()) if scored else float("nan"),
         "c50": _pct(to_consumer, 50), "c99": _pct(to_consumer, 99),
         "backlog_early": early, "backlog_late": late, "backlog_max": max(backlog, default=0),
+        "peak_rss_mb": max(rss_mb, default=float("nan")),
         "sustained": complete and late <= 1.5 * early + 0.5 * rate,
     }
+
+
+def process_group_usage(pgid: int) -> dict:
+    """RSS (MB, in all and per program: the command's Python, Prism, Flink's JVM), open file descriptors and threads,
+    summed over the live processes of a process group."""
+    rss_kb, fds, threads = {}, 0, 0
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[2]) != pgid:  # the fields after the command: state, ppid, pgrp
+                continue
+            program = (entry / "comm").read_text().strip()
+            for line in (entry / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss_kb[program] = rss_kb.get(program, 0) + int(line.split()[1])
+                elif line.startswith("Threads:"):
+                    threads += int(line.split()[1])
+            fds += len(os.listdir(entry / "fd"))
+        except (OSError, ValueError, IndexError):  # it ended meanwhile
+            continue
+    return {"rss_mb": sum(rss_kb.values()) / 1024, "fds": fds, "threads": threads,
+            "rss_by": " ".join(f"{program} {kb / 1024:.0f}" for program, kb in sorted(rss_kb.items()))}
 
 
 def _pct(values: np.ndarray, q: float) -> float:
@@ -176,14 +210,14 @@ def _pct(values: np.ndarray, q: float) -> float:
 
 def table(rows: list[dict]) -> str:
     head = (f"{'scorer':<11}{'start s':>8}  {'trial':<10}{'target/s':>9}{'sent/s':>9}{'secs':>6}{'events':>10}{'scored':>10}{'p50 ms':>8}"
-            f"{'p99 ms':>8}{'max ms':>8}{'p50c ms':>9}{'p99c ms':>9}{'backlog q2':>11}{'q4':>9}{'max':>9}"
-            f"{'drain s':>8}  sustained")
+            f"{'p99 ms':>8}{'p99f ms':>8}{'max ms':>8}{'p50c ms':>9}{'p99c ms':>9}{'backlog q2':>11}{'q4':>9}{'max':>9}"
+            f"{'drain s':>8}{'RSS MB':>8}  sustained")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['scorer']:<11}{r.get('start_s', float('nan')):>8.1f}  {r['label']:<10}{r['rate']:>9,.0f}{r['achieved_rate']:>9,.0f}{r['seconds']:>6.0f}"
-                     f"{r['events']:>10,}{r['scored']:>10,}{r['p50']:>8.0f}{r['p99']:>8.0f}{r['max']:>8.0f}"
+                     f"{r['events']:>10,}{r['scored']:>10,}{r['p50']:>8.0f}{r['p99']:>8.0f}{r['p99f']:>8.0f}{r['max']:>8.0f}"
                      f"{r['c50']:>9.0f}{r['c99']:>9.0f}{r['backlog_early']:>11,.0f}{r['backlog_late']:>9,.0f}"
-                     f"{r['backlog_max']:>9,}{r['drain_s']:>8.1f}  {'yes' if r['sustained'] else 'NO'}")
+                     f"{r['backlog_max']:>9,}{r['drain_s']:>8.1f}{r['peak_rss_mb']:>8.0f}  {'yes' if r['sustained'] else 'NO'}")
     return "\n".join(lines)
 
 
@@ -258,8 +292,9 @@ def main(argv=None) -> int:
             broker.close()
     print(f"\n{args.spec} on {args.runner}, --kafka_io {args.kafka_io}\n{table(rows)}\n(start s: from the command to "
           f"the first of {WAITING} waiting events scored; p50/p99/max: output message timestamp - input timestamp; "
+          f"p99f: the same, of events with traffic behind them (produced {FLOWING_MARGIN_MS / 1000:g} s or more before the last); "
           f"p50c/p99c: checker's consume time - input timestamp; backlog: produced - scored, per second, "
-          f"mean over the 2nd and 4th quarter)\nthis machine: a Python thread round trip takes "
+          f"mean over the 2nd and 4th quarter; RSS: the scorer's peak, with its runner's processes, sampled every second)\nthis machine: a Python thread round trip takes "
           f"{thread_round_trip_us():.0f} us")
     return 0
 
@@ -317,7 +352,7 @@ def _measure(args, scorer_name: str, bootstrap: str, command, search: bool = Tru
         print(f"{scorer_name}: the first of {WAITING} waiting events scored {first_s:.1f} s after the command, all of "
               f"them after {time.monotonic() - started:.1f} s (log: {log.name}); producing {args.rate:,.0f} events/s "
               f"for {args.seconds:g} s", flush=True)
-        rows.append(run_trial(bootstrap, topics[0], reader, events, args.rate, args.seconds, "latency")
+        rows.append(run_trial(bootstrap, topics[0], reader, events, args.rate, args.seconds, "latency", scorer.pid)
                     | {"scorer": scorer_name, "start_s": first_s})
         print(table(rows), flush=True)
         if args.search and search:
@@ -326,7 +361,7 @@ def _measure(args, scorer_name: str, bootstrap: str, command, search: bool = Tru
             for number, rate in enumerate(rates):
                 print(f"search: {rate:,.0f} events/s for {args.search_seconds:g} s ...", flush=True)
                 row = run_trial(bootstrap, topics[0], reader, events, rate, args.search_seconds,
-                                f"search{number}") | {"scorer": scorer_name}
+                                f"search{number}", scorer.pid) | {"scorer": scorer_name}
                 rows.append(row)
                 print(table(rows), flush=True)
                 if not row["sustained"] and not args.search_rates:

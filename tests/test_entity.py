@@ -179,6 +179,47 @@ def test_live_entity_features_equal_bounded_with_out_of_order_and_late_events():
     pipeline.run().wait_until_finish()
 
 
+class _FailsOnceAndForgets(EntityHistoryStep):
+    """The entity step, but a bundle fails at some events, once each, after it stepped others (a worker that
+    died between a release and its commit: the runner retries the bundle); at others, the worker's memory of the
+    shards is lost (a restarted worker, or a shard moved to another)."""
+    fail_at = forget_at = frozenset()
+    failed: set = set()
+
+    def step(self, key, history, time_us, event):
+        event_id = event["event_id"]
+        if event_id in self.fail_at and event_id not in self.failed:
+            self.failed.add(event_id)
+            raise RuntimeError(f"injected failure at {event_id}")
+        if event_id in self.forget_at and event_id not in self.failed:
+            self.failed.add(event_id)
+            ordering._SHARDS.clear()
+        return super().step(key, history, time_us, event)
+
+
+def test_live_histories_survive_failed_bundles_and_lost_worker_memory():
+    events = _interleaved_events()
+    step = _FailsOnceAndForgets(FRAUD_ENTITY)
+    ids = [event["event_id"] for event in events]
+    _FailsOnceAndForgets.fail_at, _FailsOnceAndForgets.forget_at = frozenset(ids[25::40]), frozenset(ids[45::40])
+    stream = TestStream()
+    for start in range(0, len(events), 10):
+        part = events[start:start + 10]
+        stream.add_elements([TimestampedValue((e["card_id"], (e["_time_us"], e["event_id"], e)), e["_time_us"] / _US)
+                             for e in part[::-1]])
+        stream.advance_watermark_to((part[-1]["_time_us"] - 10 * 60 * _US) / _US)
+    # (past the last event before the end: this runner's assert_that does not wait for releases at the end)
+    stream.advance_watermark_to(events[-1]["_time_us"] / _US + 1)
+    stream.advance_watermark_to_infinity()
+    options = PipelineOptions(runner="BundleBasedDirectRunner")
+    options.view_as(StandardOptions).streaming = True
+    with TestPipeline(options=options) as pipeline:
+        live = (pipeline | stream | ordering.OrderedPerKey(step, streaming=True, shards=2)
+                | beam.Map(lambda out: (out[1]["event_id"], tuple(out[1][f.name] for f in FRAUD_ENTITY.entity_features))))
+        assert_that(live, equal_to(_expected(events)))
+    assert _FailsOnceAndForgets.failed == _FailsOnceAndForgets.fail_at | _FailsOnceAndForgets.forget_at
+
+
 def test_live_history_outlives_a_quiet_spell_shorter_than_its_window_and_expires_after_a_longer_one():
     # The 7-day history of c1: kept across a 5-day gap and a 3-day one, forgotten after an 8-day gap (its
     # expiry timer fires in that gap; one that fired while the card was active must leave its history be).

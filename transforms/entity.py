@@ -29,7 +29,7 @@ import apache_beam as beam
 from apache_beam.transforms.window import TimestampedValue
 
 from transforms.events import EventBatch
-from transforms.ordering import OrderedPerKey, OrderedStep, WithPassenger
+from transforms.ordering import DEFAULT_SHARDS, OrderedPerKey, OrderedStep, WithPassenger
 from transforms.spec import Spec
 
 _US = 1_000_000
@@ -91,9 +91,9 @@ class AddEntityFeatures(beam.PTransform):
     the same either way. Batches out hold up to ``batch_size`` events.
     """
 
-    def __init__(self, spec: Spec, streaming: bool, batch_size: int):
+    def __init__(self, spec: Spec, streaming: bool, batch_size: int, state_shards: int = DEFAULT_SHARDS):
         super().__init__()
-        self._spec, self._streaming, self._batch_size = spec, streaming, batch_size
+        self._spec, self._streaming, self._batch_size, self._state_shards = spec, streaming, batch_size, state_shards
 
     def expand(self, batches):
         spec = self._spec
@@ -103,7 +103,8 @@ class AddEntityFeatures(beam.PTransform):
         # only once the event's scored record is written.
         return (batches
                 | "ByEntity" >> beam.FlatMap(_by_entity, spec)
-                | "EntityHistory" >> OrderedPerKey(WithPassenger(EntityHistoryStep(spec)), self._streaming)
+                | "EntityHistory" >> OrderedPerKey(WithPassenger(EntityHistoryStep(spec)), self._streaming,
+                                                   self._state_shards)
                 | "Rebatch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._batch_size)
                 | "ToEventBatch" >> beam.Map(_to_event_batch))
 

@@ -22,7 +22,11 @@ Producers must stamp messages with the event time for the order to be event time
 """
 from __future__ import annotations
 
+import bisect
 import copy
+import os
+import pickle
+import zlib
 from typing import Any, Iterable, NamedTuple
 
 import apache_beam as beam
@@ -32,6 +36,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
+DEFAULT_SHARDS = 4
 _LATE = beam.metrics.Metrics.counter("rtml.ordering", "late")
 
 
@@ -106,26 +111,32 @@ class OrderedPerKey(beam.PTransform):
     ``streaming`` picks keyed state and timers (unbounded input) or group-and-sort (bounded input).
     """
 
-    def __init__(self, step: OrderedStep, streaming: bool):
+    def __init__(self, step: OrderedStep, streaming: bool, shards: int = DEFAULT_SHARDS):
         super().__init__()
-        self._step, self._streaming = step, streaming
+        self._step, self._streaming, self._shards = step, streaming, shards
 
     def expand(self, keyed):
         if self._streaming:
             return (keyed
-                    | "AtItsTime" >> beam.Map(_at_its_time)
+                    | "AtItsTimeInItsShard" >> beam.Map(_at_its_time_in_its_shard, self._shards).with_output_types(
+                        tuple[int, tuple])  # (so the shard's coder is deterministic: state is found by its bytes)
                     | "InEventTimeOrder" >> beam.ParDo(_OrderedStateFn(self._step)))
         return (keyed
                 | "GroupByKey" >> beam.GroupByKey()
                 | "Fold" >> beam.FlatMap(_fold, self._step))
 
 
-def _at_its_time(element):
-    """An element timestamped at its own time, so that waiting in keyed state it holds the watermark back there.
+def _at_its_time_in_its_shard(element, shards: int):
+    """``(shard, (time_us, tiebreak, key, value))``, the shard by a hash stable across processes and Python versions
+    (not ``hash()``), and timestamped at its own time. An element timestamped at its own time, so that waiting in keyed state it holds the watermark back there.
     (Stamped with its batch's time, a later record's, a backlog's watermark could pass it before its release, and
     its outputs came late to what followed: live monitoring windows lost them, and a stream committed its last
     offsets before they were written. docs/design.md, "Live streams under load".)"""
-    return TimestampedValue(element, element[1][0] / 1e6)
+    key, (time_us, tiebreak, value) = element
+    shard = zlib.crc32(repr(key).encode()) % shards
+    # (pickled once here: a release rewrites what still waits, bytes are copied, not pickled again)
+    return TimestampedValue((shard, (time_us, tiebreak, key, pickle.dumps(value, pickle.HIGHEST_PROTOCOL))),
+                            time_us / 1e6)
 
 
 def _fold(keyed_elements, step: OrderedStep):
@@ -147,17 +158,49 @@ class _Stepped(NamedTuple):
     last: tuple
 
 
+class _Token(NamedTuple):
+    """The token of a shard's last release: the worker's copy of the shard is current while it holds the same."""
+    token: bytes
+
+
+class _Shard:
+    """A shard as this worker last left it, trusted while ``token`` is the one in the shard's state:
+    ``stepped`` (key -> ``_Stepped``), ``waiting`` (elements not yet released, in order), ``seq`` (its last
+    release's number), and how many entries its log and pending bags hold (``logged``, ``pending``)."""
+
+    def __init__(self):
+        self.token, self.stepped, self.waiting, self.seq, self.logged, self.pending = None, {}, [], 0, 0, 0
+
+
+# (instance id, shard) -> _Shard, for every DoFn instance of the stage in this worker process: a runner may give
+# a shard's consecutive bundles to different instances.
+_SHARDS: dict = {}
+_RELEASE_ALL = 2 ** 62  # the cutoff of the release at the end of the input
+
+
 class _OrderedStateFn(beam.DoFn):
-    """The live run of a step. What costs is state round trips: without cache tokens (Prism gives
-    none) a bundle's first read of a key's state waits for the runner, and so does the write of each
-    changed state at the bundle's end. So a key keeps one bag: its waiting elements and its
-    ``_Stepped``. An element is a blind append and a timer; a release is one read and one write,
-    however many elements it steps."""
-    KEPT = userstate.BagStateSpec("kept", PickleCoder())
+    """The live run of a step, over keys sharded by a stable hash. What costs is state round trips to the runner,
+    and a key rarely has two elements in one bundle, so state is per shard, and only appended to, read back
+    only after a restart or a failure. Per shard, three bags:
+
+    - ``arrivals``: elements as they come (blind appends), and the token of the shard's last release;
+    - ``pending``: a release's first step in a bundle moves the arrivals here, numbered with its ``seq``, and
+      leaves a new token in ``arrivals``;
+    - ``log``: each release appends its cutoff and snapshots of the keys it stepped. An element is released
+      once a release numbered at or after its own has a cutoff at or after its time, so ``pending`` and ``log``
+      say what still waits; both are compacted together as they grow.
+
+    The shard lives in worker memory (``_SHARDS``) between bundles, trusted only while its token is the one in
+    ``arrivals``: a bundle that failed, a restart, or a shard that moved leave another token (or none), and the
+    shard is then rebuilt from ``pending`` and ``log``. So an arrival bundle costs a shard one append; a release
+    bundle, one small read and three appends, however many elements and keys it steps.
+    """
+    ARRIVALS = userstate.BagStateSpec("arrivals", PickleCoder())
+    PENDING = userstate.BagStateSpec("pending", PickleCoder())
+    LOG = userstate.BagStateSpec("log", PickleCoder())
     # One release per distinct event time (its dynamic tag), so that adding an element needs no read
     # to find the earliest one waiting.
     RELEASE = userstate.TimerSpec("release", TimeDomain.WATERMARK)
-    EXPIRE = userstate.TimerSpec("expire", TimeDomain.WATERMARK)
     # For a step with ``finish``: at the end of the input (or a drain) everything pending is
     # released, then the step finishes.
     END = userstate.TimerSpec("end", TimeDomain.WATERMARK)
@@ -165,73 +208,136 @@ class _OrderedStateFn(beam.DoFn):
     def __init__(self, step: OrderedStep):
         self._step = step
         self._finishes = step.finishes
+        self._id = os.urandom(8)
 
     def start_bundle(self):
-        # key -> how far this bundle has released it. A key's releases of one watermark step come in one
-        # bundle (a timer per event time): the first steps them all, and the rest, unless an element came
-        # in between, skip reading and sorting what still waits (a hot key, like k-means' one, has many).
-        self._released_to: dict = {}
+        self._open: set = set()  # shards whose arrivals this bundle has moved to pending
+        self._timers_set: set = set()
 
-    def process(self, element, kept=beam.DoFn.StateParam(KEPT),
+    def process(self, element, arrivals=beam.DoFn.StateParam(ARRIVALS), pending=beam.DoFn.StateParam(PENDING),
                 release=beam.DoFn.TimerParam(RELEASE), end=beam.DoFn.TimerParam(END)):
-        key, (time_us, tiebreak, value) = element
-        self._released_to.pop(key, None)
-        kept.add((time_us, tiebreak, value))
-        release_us = _timer_us(time_us)
-        release.set(Timestamp(micros=release_us), dynamic_timer_tag=str(release_us))
-        if self._finishes:
+        shard, entry = element
+        if shard in self._open:  # (a runner that mixes elements and timers in a bundle: Flink)
+            cached = _SHARDS[(self._id, shard)]
+            pending.add((cached.seq + 1, [entry]))
+            cached.pending += 1
+            bisect.insort(cached.waiting, entry, key=_order)
+        else:
+            arrivals.add(entry)
+        release_us = _timer_us(entry[0])
+        if (shard, release_us) not in self._timers_set:
+            self._timers_set.add((shard, release_us))
+            release.set(Timestamp(micros=release_us), dynamic_timer_tag=str(release_us))
+        if self._finishes and (shard, None) not in self._timers_set:
+            self._timers_set.add((shard, None))
             end.set(GlobalWindow().max_timestamp())
 
     @userstate.on_timer(RELEASE)
-    def on_release(self, key=beam.DoFn.KeyParam, timestamp=beam.DoFn.TimestampParam,
-                   kept=beam.DoFn.StateParam(KEPT), expire=beam.DoFn.TimerParam(EXPIRE)):
+    def on_release(self, shard=beam.DoFn.KeyParam, timestamp=beam.DoFn.TimestampParam,
+                   arrivals=beam.DoFn.StateParam(ARRIVALS), pending=beam.DoFn.StateParam(PENDING),
+                   log=beam.DoFn.StateParam(LOG)):
         # The watermark has passed ``timestamp``: nothing at or before it can still arrive on time.
-        if self._released_to.get(key, timestamp.micros - 1) >= timestamp.micros:
-            return
-        yield from self._release(key, timestamp.micros, kept, expire)
-        self._released_to[key] = timestamp.micros
-
-    @userstate.on_timer(EXPIRE)
-    def on_expire(self, timestamp=beam.DoFn.TimestampParam, kept=beam.DoFn.StateParam(KEPT)):
-        # The ttl check in OrderedStep.advance would reset the state anyway; this frees the memory
-        # (unless an element came since: timer families need not fire in timestamp order).
-        stepped, waiting = _split(kept.read())
-        ttl_us = self._step.ttl_us
-        # (an element still waiting within the ttl of the last one needs the state: the watermark may have
-        # jumped past both, and this timer fired first)
-        if (stepped is not None and stepped.last[0] + ttl_us < timestamp.micros
-                and not any(time_us - stepped.last[0] <= ttl_us for time_us, _, _ in waiting)):
-            _keep(kept, None, waiting)
+        yield from self._release(self._opened(shard, arrivals, pending, log), timestamp.micros, pending, log)
 
     @userstate.on_timer(END)
-    def on_end(self, key=beam.DoFn.KeyParam, kept=beam.DoFn.StateParam(KEPT), expire=beam.DoFn.TimerParam(EXPIRE)):
-        yield from self._release(key, None, kept, expire)
-        stepped, _ = _split(kept.read())
-        if stepped is not None:
+    def on_end(self, shard=beam.DoFn.KeyParam, arrivals=beam.DoFn.StateParam(ARRIVALS),
+               pending=beam.DoFn.StateParam(PENDING), log=beam.DoFn.StateParam(LOG)):
+        cached = self._opened(shard, arrivals, pending, log)
+        yield from self._release(cached, _RELEASE_ALL, pending, log)
+        for key, stepped in cached.stepped.items():
             for output in self._step.finish(key, stepped.state):
                 yield TimestampedValue(output, stepped.last[0] / 1e6)
 
-    def _release(self, key, up_to_us: int | None, kept, expire):
-        """Steps the waiting elements at or before ``up_to_us`` (None: all) in order. An element at or
-        before the last one stepped arrived after its place in the order had passed: it is late."""
-        stepped, waiting = _split(kept.read())
-        ready = [w for w in waiting if up_to_us is None or w[0] <= up_to_us]
+    def _opened(self, shard, arrivals, pending, log) -> _Shard:
+        """The shard, current, with its arrivals moved to pending (once a bundle)."""
+        cached = _SHARDS.get((self._id, shard))
+        if shard in self._open:
+            return cached
+        token, arrived = None, []
+        for entry in arrivals.read():
+            if isinstance(entry, _Token):
+                token = entry.token
+            else:
+                arrived.append(entry)
+        if token is None or cached is None or cached.token != token:
+            cached = _SHARDS[(self._id, shard)] = _rebuilt(pending.read(), log.read())
+        self._open.add(shard)
+        cached.token = os.urandom(8)
+        arrivals.clear()
+        arrivals.add(_Token(cached.token))
+        if arrived:
+            pending.add((cached.seq + 1, arrived))
+            cached.pending += 1
+            cached.waiting = sorted(cached.waiting + arrived, key=_order)
+        return cached
+
+    def _release(self, cached: _Shard, up_to_us: int, pending, log):
+        """Steps the shard's waiting elements at or before ``up_to_us`` in order. An element at or before its
+        key's last one stepped arrived after its place in the order had passed: it is late."""
+        waiting = cached.waiting
+        ready = bisect.bisect_right(waiting, up_to_us, key=_time)
         if not ready:
             return
-        current, last = stepped or (None, None)
-        for time_us, tiebreak, value in ready:
+        stepped, step = cached.stepped, self._step
+        touched = {}
+        for time_us, tiebreak, key, pickled in waiting[:ready]:
+            value = pickle.loads(pickled)
+            current, last = stepped.get(key) or (None, None)
             if last is not None and (time_us, tiebreak) <= last:
                 _LATE.inc()
-                outputs = self._step.late(key, self._step.initial_state(key) if current is None else current,
-                                          time_us, value)
+                outputs = step.late(key, step.initial_state(key) if current is None else current, time_us, value)
             else:
-                current, outputs = self._step.advance(key, current, None if last is None else last[0], time_us, value)
-                last = (time_us, tiebreak)
+                current, outputs = step.advance(key, current, None if last is None else last[0], time_us, value)
+                stepped[key] = touched[key] = _Stepped(current, (time_us, tiebreak))
             for output in outputs:
                 yield TimestampedValue(output, time_us / 1e6)
-        _keep(kept, _Stepped(current, last), waiting[len(ready):])
-        if self._step.ttl_us is not None:
-            expire.set(Timestamp(micros=_timer_us(last[0] + self._step.ttl_us + 1)))
+        del waiting[:ready]
+        cached.seq += 1
+        if cached.logged + cached.pending > 2 * (len(stepped) + len(waiting)) + 64:
+            # Compacted, without the keys whose ttl has passed (OrderedStep.advance would start them afresh).
+            if step.ttl_us is not None:
+                for key in [key for key, kept in stepped.items() if up_to_us - kept.last[0] > step.ttl_us]:
+                    del stepped[key]
+            log.clear()
+            log.add((cached.seq, up_to_us, dict(stepped)))
+            pending.clear()
+            pending.add((cached.seq + 1, list(waiting)))
+            cached.logged = cached.pending = 1
+        else:
+            log.add((cached.seq, up_to_us, touched))
+            cached.logged += 1
+
+
+def _rebuilt(pending_entries, log_entries) -> _Shard:
+    """A shard from its pending elements and its log: the latest snapshot of each key, and what no release
+    has passed yet (a release passes an element numbered at or before it, at or before its cutoff)."""
+    shard = _Shard()
+    log_entries = sorted(log_entries, key=lambda entry: entry[0])
+    for seq, _, snapshots in log_entries:
+        shard.stepped.update(snapshots)
+    # (seq, the highest cutoff of the releases numbered seq or later), latest first
+    reach, highest = [], -1
+    for seq, cutoff, _ in reversed(log_entries):
+        highest = max(highest, cutoff)
+        reach.append((seq, highest))
+    reach.reverse()
+    for seq, elements in pending_entries:
+        at = bisect.bisect_left(reach, seq, key=lambda pair: pair[0])
+        cutoff = reach[at][1] if at < len(reach) else -1
+        shard.waiting.extend(element for element in elements if element[0] > cutoff)
+        shard.pending += 1
+    shard.waiting.sort(key=_order)
+    shard.logged = len(log_entries)
+    shard.seq = max([entry[0] for entry in log_entries] + [seq - 1 for seq, _ in pending_entries] + [0])
+    return shard
+
+
+def _order(entry) -> tuple:
+    return entry[:2]
+
+
+def _time(entry) -> int:
+    return entry[0]
 
 
 def _timer_us(time_us: int) -> int:
@@ -240,22 +346,3 @@ def _timer_us(time_us: int) -> int:
     12.000345 s fires at 12.000 s, and a release then steps nothing of an element at 12.000345 s: without later traffic
     on its key it waited for ever. Rounded up, the watermark has passed the element when its release fires."""
     return -(-time_us // 1000) * 1000
-
-
-def _split(entries) -> tuple[_Stepped | None, list]:
-    """A key's bag: its ``_Stepped`` (None before its first element), and its waiting elements in order."""
-    stepped, waiting = None, []
-    for entry in entries:
-        if isinstance(entry, _Stepped):
-            stepped = entry
-        else:
-            waiting.append(entry)
-    return stepped, sorted(waiting, key=lambda element: element[:2])
-
-
-def _keep(kept, stepped: _Stepped | None, waiting: list):
-    kept.clear()
-    if stepped is not None:
-        kept.add(stepped)
-    for element in waiting:
-        kept.add(element)
