@@ -46,6 +46,12 @@ def test_a_flag_of_another_command_or_an_unknown_command_is_one_line():
     assert result.returncode == 2 and result.stderr.strip().startswith("error: unknown command scroe; one of:")
 
 
+def test_a_bad_number_of_state_shards_is_one_line():
+    result = _rtml("score", "--spec", "fraud_entity", "--mode", "stream", "--state_shards", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: argument --state_shards: not a whole number > 0: '0'; see --help"
+
+
 @pytest.mark.parametrize("command, flag, group", [("train", "--engine", "engine"),
                                                    ("cluster", "--model_poll_seconds", "reload"),
                                                    ("cluster", "--monitoring_topic", "live monitor"),

@@ -22,6 +22,7 @@ import pytest
 from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions
 
 from pipelines import artifacts, cli, generate, runners, score, serving, train
+from transforms import ordering
 from tests.conftest import publish_stand_in_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -134,8 +135,8 @@ def test_presets_fill_only_what_the_user_left_unset(monkeypatch):
     assert runners.apply_runner_presets(PipelineOptions(["--runner", "DataflowRunner"])) == {}  # batch
     assert runners.apply_runner_presets(PipelineOptions(["--runner=FlinkRunner", "--streaming"])) == {
         "flink_master": "[local]", "flink_job_server_jar": str(artifacts.flink_job_server_jar()),
-        "parallelism": os.cpu_count(), "environment_type": "LOOPBACK", "checkpointing_interval": 60000,
-        "max_bundle_time_mills": 50}
+        "parallelism": os.cpu_count(), "environment_type": "LOOPBACK", "state_shards": 2 * os.cpu_count(),
+        "checkpointing_interval": 60000, "max_bundle_time_mills": 50}
     assert os.environ["JDK_JAVA_OPTIONS"] == runners.EMBEDDED_FLINK_JVM_OPTIONS  # the embedded Flink's JVM
     monkeypatch.setenv("JDK_JAVA_OPTIONS", "-Xmx2g")
     runners.apply_runner_presets(PipelineOptions(["--runner=FlinkRunner"]))
@@ -144,15 +145,17 @@ def test_presets_fill_only_what_the_user_left_unset(monkeypatch):
         ["--runner=FlinkRunner", "--flink_master=flink.internal:8081", "--parallelism=8",
          "--sdk_container_image=europe-docker.pkg.dev/p/rtml/score_stream:v1"])) == {
         "flink_job_server_jar": str(artifacts.flink_job_server_jar()),
-        "environment_type": "DOCKER", "environment_config": "europe-docker.pkg.dev/p/rtml/score_stream:v1"}
+        "environment_type": "DOCKER", "environment_config": "europe-docker.pkg.dev/p/rtml/score_stream:v1",
+        "state_shards": 16}
     # given on the command line, even at Beam's default: the user's choice stands
     assert runners.apply_runner_presets(PipelineOptions(["--runner=FlinkRunner", "--flink_master=localhost:8081",
                                                          "--job_endpoint=localhost:8099"])) == {
-        "parallelism": os.cpu_count(), "environment_type": "LOOPBACK"}
-    assert runners.apply_runner_presets(PipelineOptions(["--runner=PrismRunner", "--prism_location=/opt/prism"])) \
-        == {"environment_type": "LOOPBACK"}
+        "parallelism": os.cpu_count(), "environment_type": "LOOPBACK", "state_shards": 2 * os.cpu_count()}
+    assert runners.apply_runner_presets(PipelineOptions(["--runner=PrismRunner", "--prism_location=/opt/prism",
+                                                         "--state_shards=3"])) == {"environment_type": "LOOPBACK"}
     assert runners.apply_runner_presets(PipelineOptions(["--runner=PrismRunner"])) == {
-        "prism_location": str(artifacts.prism_binary()), "environment_type": "LOOPBACK"}
+        "prism_location": str(artifacts.prism_binary()), "environment_type": "LOOPBACK", "state_shards": 1}
+    assert runners.state_shards(PipelineOptions(["--runner=DataflowRunner"])) == ordering.DEFAULT_SHARDS
     # a stream on Prism: no runner-made splits, besides the user's own experiments
     options = PipelineOptions(["--runner=PrismRunner", "--experiments=use_runner_v2"])
     assert runners.apply_runner_presets(options, streaming=True)["experiments"] == runners.PRISM_NO_SPLITS
