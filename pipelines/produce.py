@@ -108,7 +108,7 @@ def run(argv=None) -> dict[str, int]:
     parser, schedule = EventParser(spec), _Pace(pace.rate, pace.speedup)
     counts, unreadable = {"sent": 0, "events": 0, "other": 0, "too large": 0}, []
     started = shown = time.monotonic()
-    progress = sys.stderr.isatty()
+    progress, last_ms = sys.stderr.isatty(), None
     for path in paths:
         for raw in file_records(path):
             if isinstance(raw.payload, Unreadable):
@@ -116,7 +116,11 @@ def run(argv=None) -> dict[str, int]:
                 continue
             key, value, timestamp_ms = _message(raw, parser, spec, value_format, flags.input_topic)
             schedule.wait(timestamp_ms)
-            extra = {"timestamp": timestamp_ms} if timestamp_ms is not None else {}
+            # A line that is not a valid event is stamped with the last event's time, not now: a stream's watermark
+            # comes from message timestamps, and one stamped now amid replayed history would make the rest late.
+            stamp_ms = timestamp_ms if timestamp_ms is not None else last_ms
+            last_ms = stamp_ms
+            extra = {"timestamp": stamp_ms} if stamp_ms is not None else {}
             if not _send(producer, flags.input_topic, key, value, extra, delivered):
                 counts["too large"] += 1
                 continue

@@ -72,8 +72,8 @@ def produce(bootstrap: str, topic: str, values: list[bytes | None], keys: list[b
             delivered: list | None = None, stamp_event_time: bool = False) -> dict[int, int]:
     """Produce values keyed by card_id (or ``keys``), to ``partitions`` if given; {partition: last offset + 1}.
     ``delivered`` gets (partition, offset, value) of each record as the broker stored it.
-    ``stamp_event_time``: each message's timestamp is its event time (as a producer should stamp it),
-    where the line has a valid one."""
+    ``stamp_event_time``: each message's timestamp is its event time (as a producer should stamp it), and a line
+    without a valid one gets the last event's (as ``rtml produce`` does)."""
     ends: dict[int, int] = {}
 
     def on_delivery(err, msg):
@@ -84,14 +84,16 @@ def produce(bootstrap: str, topic: str, values: list[bytes | None], keys: list[b
 
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "message.max.bytes": 4 << 20},
                         logger=_QUIET)
-    started = time.monotonic()
+    started, last_ms = time.monotonic(), None
     for number, value in enumerate(values):
         if rate is not None:
             time.sleep(max(0.0, started + number / rate - time.monotonic()))
         key = keys[number] if keys is not None else card_key(value)
         extra = {"partition": partitions[number]} if partitions is not None else {}
-        if stamp_event_time and event_time_ms(value) is not None:
-            extra["timestamp"] = event_time_ms(value)
+        if stamp_event_time:
+            last_ms = event_time_ms(value) or last_ms
+            if last_ms is not None:
+                extra["timestamp"] = last_ms
         producer.produce(topic, value=value, key=key, on_delivery=on_delivery, **extra)
         producer.poll(0)
     assert producer.flush(15) == 0

@@ -433,14 +433,14 @@ def test_bad_settings_get_one_line(sensor, tmp_path, change, message):
 
 @pytest.mark.parametrize("runner", ["PrismRunner", pytest.param("FlinkRunner", marks=pytest.mark.extended)])
 def test_stream_mode_runs_live_with_the_batch_runs_assignments(runner, sensor, batch_run, kafka_broker, tmp_path):
-    """Both days produced to a topic, stamped with event time; the live k-means assigns every valid event once,
-    exactly as the bounded run did, and stops on SIGTERM with every offset committed. One partition: with three
-    (in turn), events of a partition read behind the others came late, which are not learned, and the model
-    diverged: in 2 of 2 runs when events entered the keyed step at their batch's time, and still in 1 clean-clone
-    run since, under the suite's load (README, Limits). The offsets are checked after the drain: on Prism an idle
-    stream's commit timer has not always fired (README, Limits), and the drain commits what was written."""
+    """Both days produced to three partitions (in turn), stamped with event time; the live k-means assigns every
+    valid event once, exactly as the bounded run did, and stops on SIGTERM with every offset committed. (A broken
+    line stamped with the time it was produced, not the last event's, took its partition's watermark to the
+    present: every event of the other partitions read after it was late, and the model diverged.) The offsets are
+    checked after the drain: on Prism an idle stream's commit timer has not always fired (README, Limits), and the
+    drain commits what was written."""
     lines = [line for day in sensor["days"] for line in day.read_bytes().splitlines()]
-    topics = make_topics(kafka_broker, "cluster", partitions=1)
+    topics = make_topics(kafka_broker, "cluster", partitions=3)
     ends = produce(kafka_broker.bootstrap, topics[0], lines, [None] * len(lines), stamp_event_time=True)
     group = unique_name("cluster")
     expected = {r["event_id"]: (r["cluster"], r["distance"]) for r in batch_run["records"]}
@@ -457,7 +457,7 @@ def test_stream_mode_runs_live_with_the_batch_runs_assignments(runner, sensor, b
         outputs.read(1.0)
     finally:
         outputs.close()
-    assert committed(kafka_broker.bootstrap, group, topics[0], 1) == ends
+    assert committed(kafka_broker.bootstrap, group, topics[0], 3) == ends
     assert sorted(r["event_id"] for _, r in outputs.scored) == sorted(expected)  # each once
     assert {r["event_id"]: (r["cluster"], r["distance"]) for _, r in outputs.scored} == expected
     assert len(outputs.dead) == batch_run["totals"]["rtml/received"] - batch_run["totals"]["rtml/valid"]
