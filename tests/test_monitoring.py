@@ -22,6 +22,7 @@ from models.inference import scored_records
 from models.registry import ModelError, ModelVersion
 from pipelines import cli, generate, monitor, score
 from tests.conftest import DRIFT_DAY, read_json_lines
+from tests.kafka_helpers import make_topics, produce, read_topic, stop_once_committed, stream_scorer, unique_name, wait_for
 from transforms.errors import UserError
 from transforms.events import EventBatch, ParseEvents, Raw, event_time_us_of
 from transforms.features import raw_columns
@@ -354,7 +355,44 @@ def test_an_archive_with_a_day_of_tripled_amounts_alerts_on_that_day_only(fraud_
 
 
 # ---------------------------------------------------------------------------------------------
-# Live: the DirectRunner refuses the monitoring stage instead of hanging
+# Live: drift alerts as the bounded run raised them; the DirectRunner refuses the monitoring stage instead of hanging
+
+@pytest.mark.parametrize("runner", ["PrismRunner", pytest.param("FlinkRunner", marks=pytest.mark.extended)])
+def test_live_drift_alerts_are_the_bounded_runs(runner, kafka_broker, fraud_model, fraud_drift_monitored):
+    """Four days of events, the third with every amount tripled, replayed to three partitions stamped with event
+    time: live monitoring in hourly windows counts each window's events and raises the drift alerts of the
+    bounded run (tests/test_monitoring.py) over the same events, on the same windows, with the same PSI. (The
+    generator's events arrive up to 9.6 s out of order: --max_delay_s 10 keeps them all on time.)"""
+    archive = sorted((fraud_drift_monitored["out"].parent / "archive").glob("*/*.jsonl"))
+    lines = [line for path in archive for line in path.read_bytes().splitlines()]
+    bounded = read_json_lines(fraud_drift_monitored["out"])
+    bounded_windows = {r["window_start"]: r["events"] for r in bounded if r["kind"] == "window"}
+    bounded_drift = {a["window_start"]: a["features"] for a in bounded if a["kind"] == "drift"}
+    assert bounded_drift  # the drifted day's busy hours
+    bootstrap = kafka_broker.bootstrap
+    topics = make_topics(kafka_broker, "drift")
+    monitoring = unique_name("drift-monitoring")
+    kafka_broker.create_topic(monitoring, 1)
+    ends = produce(bootstrap, topics[0], lines, stamp_event_time=True)
+    group = unique_name("drift")
+    monitored: list[dict] = []
+
+    def every_window_out() -> bool:
+        monitored.extend(record for _, record in read_topic(bootstrap, monitoring, quiet_s=0.5)[len(monitored):])
+        return len([r for r in monitored if r["kind"] == "window"]) >= len(bounded_windows)
+
+    with stream_scorer(fraud_model[0], bootstrap, topics, group, "--runner", runner, "--monitoring_topic", monitoring,
+                       "--window_s", "3600", "--max_delay_s", "10", "--model_poll_seconds", "0") as scorer:
+        wait_for(every_window_out, 240, f"every hourly window out on {runner}")
+        stop_once_committed(scorer, bootstrap, group, topics[0], ends)
+    live_windows = {r["window_start"]: r["events"] for r in monitored if r["kind"] == "window"}
+    assert live_windows == bounded_windows
+    assert {r["pane"] for r in monitored if r["kind"] == "window"} == {"on_time"}
+    live_drift = {a["window_start"]: a["features"] for a in monitored if a["kind"] == "drift"}
+    assert live_drift.keys() == bounded_drift.keys()
+    for start, features in bounded_drift.items():
+        assert live_drift[start] == pytest.approx(features, abs=1e-9), start
+
 
 def test_stream_monitoring_on_the_direct_runner_is_refused_naming_the_stage(fraud_model, kafka_broker):
     kafka_broker.create_topic("monitor-refusal-in", 1)
