@@ -123,9 +123,10 @@ def produce_now(bootstrap: str, topic: str, events: list[dict], count: int, labe
 
 
 def run_trial(bootstrap: str, topic: str, reader: OutputReader, events: list[dict], rate: float, seconds: float,
-              label: str, scorer_pgid: int | None = None) -> dict:
-    """Produce ``rate`` events/s for ``seconds``; wait for them to be scored; the trial's figures (with
-    ``scorer_pgid``, the peak RSS of the scorer's process group, sampled every second)."""
+              label: str, scorer_pgid: int | None = None, burst: int = 1) -> dict:
+    """Produce ``rate`` events/s for ``seconds``, ``burst`` at a time (every burst/rate s); wait for them to be
+    scored; the trial's figures (with ``scorer_pgid``, the peak RSS of the scorer's process group, sampled every
+    second)."""
     total = int(rate * seconds)
     produced_at: dict[str, int] = {}
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "queue.buffering.max.messages": 1_000_000},
@@ -137,7 +138,7 @@ def run_trial(bootstrap: str, topic: str, reader: OutputReader, events: list[dic
     next_sample = started + 1.0
     sent = 0
     while sent < total:
-        due = min(total, int((time.monotonic() - started) * rate) + 1)
+        due = min(total, (int((time.monotonic() - started) * rate / burst) + 1) * burst)
         while sent < due:
             ts = _now_ms()
             event = dict(events[sent % len(events)], event_id=ids[sent], event_time=_rfc3339(ts))
@@ -248,6 +249,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=2000, help="events/s of the latency run (default 2000)")
     parser.add_argument("--seconds", type=float, default=30, help="length of the latency run (default 30)")
+    parser.add_argument("--burst", type=int, default=1, metavar="N",
+                        help="produce the latency run's events N at a time, every N/rate s (default 1: smooth)")
     parser.add_argument("--search", action="store_true",
                         help="then look for the highest rate sustained for --search_seconds, from --rate up")
     parser.add_argument("--search_seconds", type=float, default=60)
@@ -290,7 +293,9 @@ def main(argv=None) -> int:
     finally:
         if broker is not None:
             broker.close()
-    print(f"\n{args.spec} on {args.runner}, --kafka_io {args.kafka_io}\n{table(rows)}\n(start s: from the command to "
+    shape = f", bursts of {args.burst}" if args.burst > 1 else ""
+    print(f"\n{args.spec} on {args.runner}, --kafka_io {args.kafka_io}"
+          f"{shape}\n{table(rows)}\n(start s: from the command to "
           f"the first of {WAITING} waiting events scored; p50/p99/max: output message timestamp - input timestamp; "
           f"p99f: the same, of events with traffic behind them (produced {FLOWING_MARGIN_MS / 1000:g} s or more before the last); "
           f"p50c/p99c: checker's consume time - input timestamp; backlog: produced - scored, per second, "
@@ -352,7 +357,8 @@ def _measure(args, scorer_name: str, bootstrap: str, command, search: bool = Tru
         print(f"{scorer_name}: the first of {WAITING} waiting events scored {first_s:.1f} s after the command, all of "
               f"them after {time.monotonic() - started:.1f} s (log: {log.name}); producing {args.rate:,.0f} events/s "
               f"for {args.seconds:g} s", flush=True)
-        rows.append(run_trial(bootstrap, topics[0], reader, events, args.rate, args.seconds, "latency", scorer.pid)
+        rows.append(run_trial(bootstrap, topics[0], reader, events, args.rate, args.seconds, "latency", scorer.pid,
+                              args.burst)
                     | {"scorer": scorer_name, "start_s": first_s})
         print(table(rows), flush=True)
         if args.search and search:
