@@ -5,10 +5,11 @@ state becomes, and what comes out, for each of its elements taken in event-time 
 broken by a stable key, e.g. the event id). ``OrderedPerKey`` runs a step in either mode:
 
 - bounded (an archive, a backfill, training): group by key, sort, fold;
-- unbounded (a stream): Beam keyed state. Elements wait in a bag until the watermark passes
-  their event time (an event-time timer), then go through the step in order; the step's state
-  lives in the same bag, and an event-time timer forgets it after ``ttl_us`` without elements.
-  At the end of the input (or a drain) whatever still waits is released, then the step finishes.
+- unbounded (a stream): Beam keyed state, keys spread over a few shards (``_OrderedStateFn``).
+  Elements wait until the watermark passes their event time (an event-time timer), then go
+  through the step in order; a key's state is forgotten once ``ttl_us`` has passed without
+  elements. At the end of the input (or a drain) whatever still waits is released, then the step
+  finishes.
 
 So a key sees the same sequence in both modes and every output is the same. The exception is a
 late element, one that arrives after its key has moved past its place in the order (bounded data
@@ -108,7 +109,8 @@ class WithPassenger(OrderedStep):
 class OrderedPerKey(beam.PTransform):
     """``(key, (time_us, tiebreak, value))`` in; the step's outputs out, timestamped by event time.
 
-    ``streaming`` picks keyed state and timers (unbounded input) or group-and-sort (bounded input).
+    ``streaming`` picks keyed state and timers (unbounded input) or group-and-sort (bounded input);
+    ``shards``: how many keys of keyed state the keys are spread over (live only).
     """
 
     def __init__(self, step: OrderedStep, streaming: bool, shards: int = DEFAULT_SHARDS):
