@@ -51,9 +51,8 @@ EMBEDDED_FLINK_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 # windows and the final commit ran ahead of records still in flight (measured on a loaded machine). Streams
 # checkpoint their reads by themselves, so they need no runner-made splits.
 PRISM_NO_SPLITS = "prism_disable_sdf_split"
-# Live keyed state's shards (transforms/ordering.py). Prism runs a key's timers in bundles of their own, and fewer
-# keys make fewer bundles; Flink runs keys in parallel, one slot each. Measured at 2,000 events/s (README, Live
-# latency): Prism p99 2.6 s with 1 shard, 7.2 s with 4; Flink at --parallelism 2, 9.7 s with 1, 3.2 s with 4.
+# Live keyed state's shards (transforms/ordering.py). Measured at 2,000 events/s (docs/design.md): Prism p99 2.6 s
+# with 1 shard, 7.2 s with 4; Flink at --parallelism 2, 9.7 s with 1, 3.2 s with 4 (a key runs in one slot).
 PRISM_SHARDS = 1
 FLINK_SHARDS_PER_SLOT = 2
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[local]", "[auto]"}
