@@ -122,8 +122,8 @@ def test_entity_feature_stream_translates_for_dataflow(monkeypatch, trained):
     from apache_beam.portability.api import beam_runner_api_pb2
 
     pardo = beam_runner_api_pb2.ParDoPayload.FromString(stateful[0].spec.payload)
-    assert set(pardo.state_specs) == {"kept"}
-    assert set(pardo.timer_family_specs) == {"ts-release", "ts-expire", "ts-end"}
+    assert set(pardo.state_specs) == {"arrivals", "pending", "log"}  # per shard (transforms/ordering.py)
+    assert set(pardo.timer_family_specs) == {"ts-release", "ts-end"}
 
 
 def test_presets_fill_only_what_the_user_left_unset(monkeypatch):
