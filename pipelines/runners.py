@@ -137,7 +137,9 @@ def apply_runner_presets(options: PipelineOptions, streaming: bool | None = None
             image = options.view_as(WorkerOptions).sdk_container_image
             if image:
                 preset(PortableOptions, "environment_config", image)
-        preset(RunnerPresetOptions, "state_shards", FLINK_SHARDS_PER_SLOT * options.view_as(FlinkRunnerOptions).parallelism)
+        # (a --parallelism of -1, Beam's "unset", counts as 1)
+        preset(RunnerPresetOptions, "state_shards",
+               FLINK_SHARDS_PER_SLOT * max(1, options.view_as(FlinkRunnerOptions).parallelism))
         if streaming:
             preset(RunnerPresetOptions, "checkpointing_interval", FLINK_CHECKPOINTING_INTERVAL_MS)
             preset(RunnerPresetOptions, "max_bundle_time_mills", FLINK_STREAMING_MAX_BUNDLE_TIME_MS)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+import dataclasses
 import os
 import pickle
 import zlib
@@ -129,14 +130,14 @@ class OrderedPerKey(beam.PTransform):
 
 
 def _at_its_time_in_its_shard(element, shards: int):
-    """``(shard, (time_us, tiebreak, key, value))``, the shard by a hash stable across processes and Python versions
-    (not ``hash()``), and timestamped at its own time. An element timestamped at its own time, so that waiting in keyed state it holds the watermark back there.
-    (Stamped with its batch's time, a later record's, a backlog's watermark could pass it before its release, and
+    """``(shard, (time_us, tiebreak, key, pickled value))``, the shard by a hash stable across processes and Python
+    versions (not ``hash()``), timestamped at its own time, so that waiting in keyed state it holds the watermark
+    back there. (Stamped with its batch's time, a later record's, a backlog's watermark could pass it before its release, and
     its outputs came late to what followed: live monitoring windows lost them, and a stream committed its last
     offsets before they were written. docs/design.md, "Live streams under load".)"""
     key, (time_us, tiebreak, value) = element
     shard = zlib.crc32(repr(key).encode()) % shards
-    # (pickled once here: a release rewrites what still waits, bytes are copied, not pickled again)
+    # (pickled once here: moved to pending and compacted, what waits is copied as bytes, unpickled when stepped)
     return TimestampedValue((shard, (time_us, tiebreak, key, pickle.dumps(value, pickle.HIGHEST_PROTOCOL))),
                             time_us / 1e6)
 
@@ -165,13 +166,15 @@ class _Token(NamedTuple):
     token: bytes
 
 
+@dataclasses.dataclass
 class _Shard:
-    """A shard as this worker last left it, trusted while ``token`` is the one in the shard's state:
-    ``stepped`` (key -> ``_Stepped``), ``waiting`` (elements not yet released, in order), ``seq`` (its last
-    release's number), and how many entries its log and pending bags hold (``logged``, ``pending``)."""
-
-    def __init__(self):
-        self.token, self.stepped, self.waiting, self.seq, self.logged, self.pending = None, {}, [], 0, 0, 0
+    """A shard as this worker last left it, trusted while ``token`` is the one in the shard's state."""
+    token: bytes | None = None
+    stepped: dict = dataclasses.field(default_factory=dict)  # key -> _Stepped
+    waiting: list = dataclasses.field(default_factory=list)  # elements not yet released, in (time, tiebreak) order
+    seq: int = 0  # the number of its last release
+    logged: int = 0  # entries in its log bag
+    pending: int = 0  # entries in its pending bag
 
 
 # (instance id, shard) -> _Shard, for every DoFn instance of the stage in this worker process: a runner may give
