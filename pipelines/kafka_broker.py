@@ -9,7 +9,9 @@ so topics, messages and committed offsets survive a restart as they do on a real
 
 Measured here (Kafka 4.4.0, Java 17, 2 cores): ready about 1.6 s after launch; a stop by SIGTERM
 (controlled shutdown) takes under 2 s. Messages up to 8 MiB are accepted, so the tests can send
-events over the pipelines' 1 MiB limit and see them dead-lettered.
+events over the pipelines' 1 MiB limit and see them dead-lettered. Messages are kept whatever their timestamp
+(``log.retention.ms=-1``): replays are stamped with event times months ago, and a broker's default 7 days would
+delete them at its first retention check (30 s after it starts, then every 5 minutes), while a scorer reads them.
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 num.partitions=1
+log.retention.ms=-1
 message.max.bytes={max_bytes}
 replica.fetch.max.bytes={max_bytes}
 """

@@ -7,11 +7,13 @@ Every line (or Parquet row) becomes one message, files in name order, each in it
 valid event is keyed by the spec's entity key and stamped with its event time (Kafka CreateTime),
 as a live scorer's entity features and monitoring windows need, and written in --value_format (the
 confluent-* formats register the spec's schema under the topic's subject); anything else goes as
-it is, without a key or a time of its own, so the scorer's dead letters can be checked. ``--input_topic``
+it is, without a key or a time of its own, so the scorer's dead letters can be checked. An event older than the
+topic's ``retention.ms`` is refused (the broker would delete it within minutes). ``--input_topic``
 is the topic a scorer then reads. A progress line while it runs (on a terminal), then a summary.
 """
 from __future__ import annotations
 
+import datetime
 import sys
 import time
 
@@ -80,6 +82,18 @@ def _send(producer: Producer, topic: str, key, value: bytes, extra: dict, delive
     return True
 
 
+def _check_kept(timestamp_ms: int, retention_ms: int, topic: str, source) -> None:
+    """An event older than the topic keeps messages is refused: stamped with its time, the broker would delete it at
+    its next retention check (every 5 minutes by default), likely before a scorer reads it."""
+    if timestamp_ms < time.time() * 1000 - retention_ms:
+        when = datetime.datetime.fromtimestamp(timestamp_ms / 1000, datetime.timezone.utc)
+        raise UserError(
+            f"the event at {source} has its event time ({when:%Y-%m-%d %H:%M} UTC) before what {topic} keeps "
+            f"(retention.ms {retention_ms:,}): the broker would delete it within minutes; for a replay of history, "
+            f"set retention.ms to -1 on the topic (kafka-configs.sh --alter --entity-type topics --entity-name {topic} "
+            f"--add-config retention.ms=-1)")
+
+
 def run(argv=None) -> dict[str, int]:
     """Produce the archive; returns the counts: sent, events (valid), other, too large (to be a message)."""
     options = cli.parse(argv, VIEWS, __doc__, REQUIRED)
@@ -105,6 +119,7 @@ def run(argv=None) -> dict[str, int]:
         if error is not None:
             failures.append(error)
 
+    retention_ms = kafka.retention_ms(flags.bootstrap_servers, config, flags.input_topic)
     parser, schedule = EventParser(spec), _Pace(pace.rate, pace.speedup)
     counts, unreadable = {"sent": 0, "events": 0, "other": 0, "too large": 0}, []
     started = shown = time.monotonic()
@@ -115,6 +130,8 @@ def run(argv=None) -> dict[str, int]:
                 unreadable.append(path)
                 continue
             key, value, timestamp_ms = _message(raw, parser, spec, value_format, flags.input_topic)
+            if timestamp_ms is not None and retention_ms is not None:
+                _check_kept(timestamp_ms, retention_ms, flags.input_topic, raw.source)
             schedule.wait(timestamp_ms)
             # A line that is not a valid event is stamped with the last event's time, not now: a stream's watermark
             # comes from message timestamps, and one stamped now amid replayed history would make the rest late.

@@ -197,11 +197,24 @@ class _FailsOnceAndForgets(EntityHistoryStep):
         return super().step(key, history, time_us, event)
 
 
-def test_live_histories_survive_failed_bundles_and_lost_worker_memory():
+@pytest.mark.parametrize("compact_at_bytes", [ordering.COMPACT_AT_LEAST_BYTES, 3_000],
+                         ids=["log_of_events", "log_compacted_often"])
+def test_live_histories_survive_failed_bundles_and_lost_worker_memory(monkeypatch, compact_at_bytes):
     events = _interleaved_events()
     step = _FailsOnceAndForgets(FRAUD_ENTITY)
     ids = [event["event_id"] for event in events]
     _FailsOnceAndForgets.fail_at, _FailsOnceAndForgets.forget_at = frozenset(ids[25::40]), frozenset(ids[45::40])
+    _FailsOnceAndForgets.failed = set()
+    monkeypatch.setattr(ordering, "COMPACT_AT_LEAST_BYTES", compact_at_bytes)
+    from_snapshots = []  # whether each shard rebuilt had a snapshot in its log
+    rebuilt = ordering._rebuilt
+
+    def rebuilt_and_seen(*args):
+        shard = rebuilt(*args)
+        from_snapshots.append(shard.snapshot_bytes > 0)
+        return shard
+
+    monkeypatch.setattr(ordering, "_rebuilt", rebuilt_and_seen)
     stream = TestStream()
     for start in range(0, len(events), 10):
         part = events[start:start + 10]
@@ -218,6 +231,8 @@ def test_live_histories_survive_failed_bundles_and_lost_worker_memory():
                 | beam.Map(lambda out: (out[1]["event_id"], tuple(out[1][f.name] for f in FRAUD_ENTITY.entity_features))))
         assert_that(live, equal_to(_expected(events)))
     assert _FailsOnceAndForgets.failed == _FailsOnceAndForgets.fail_at | _FailsOnceAndForgets.forget_at
+    # rebuilt from a snapshot and the events logged after it only where the log is compacted that often
+    assert from_snapshots and any(from_snapshots) == (compact_at_bytes < 100_000)
 
 
 def test_live_history_outlives_a_quiet_spell_shorter_than_its_window_and_expires_after_a_longer_one():

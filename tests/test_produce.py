@@ -102,3 +102,17 @@ def test_mistakes_and_unreadable_files_are_one_line(kafka_broker, archive, tmp_p
     topic = unique_name("cut")
     with pytest.raises(IncompleteInput, match="1 input file could not be read to the end"):
         _produce(kafka_broker, topic, str(tmp_path / "cut.jsonl.gz"))
+
+
+def test_events_older_than_the_topic_keeps_messages_are_refused_in_one_line(kafka_broker, archive):
+    """Stamped with their event time, events from March are past a 7-day topic's retention: the broker would delete
+    them at its next retention check, before a scorer reads them (the cause of replays that scored nothing)."""
+    topic = unique_name("week")
+    kafka_broker.create_topic(topic, 1, config={"retention.ms": str(7 * 86_400_000)})
+    with pytest.raises(UserError, match=rf"^the event at .* \(2026-03-01 .* UTC\) before what {topic} keeps \("
+                                        r"retention.ms 604,800,000\): .* set retention.ms to -1 on the topic"):
+        _produce(kafka_broker, topic, archive["glob"])
+    assert _read(kafka_broker.bootstrap, topic, expect=1) == []
+    kafka_broker.create_topic(kept := unique_name("kept"), 1, config={"retention.ms": "-1"})
+    counts = _produce(kafka_broker, kept, archive["glob"])
+    assert counts["sent"] + counts["too large"] == len(archive["lines"])

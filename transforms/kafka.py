@@ -506,6 +506,25 @@ def group_positions(bootstrap_servers: str, config: dict, topic: str, group_id: 
         consumer.close()
 
 
+def retention_ms(bootstrap_servers: str, config: dict, topic: str, timeout_s: float = 10.0) -> int | None:
+    """How long ``topic`` keeps a message after its timestamp (``retention.ms``, where ``cleanup.policy`` deletes and
+    timestamps are the producer's, CreateTime); None if it keeps messages whatever their time, or does not say
+    (no access to its configuration, or no answer)."""
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    secrets = Secrets(config)
+    try:
+        admin = AdminClient({**resolved(config), "bootstrap.servers": bootstrap_servers}, logger=secrets)
+        future = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)])
+        found = next(iter(future.values())).result(timeout=timeout_s)
+    except Exception:  # noqa: BLE001 - no answer is no limit known; the produce goes on and says nothing of it
+        return None
+    if "delete" not in found["cleanup.policy"].value or found["message.timestamp.type"].value != "CreateTime":
+        return None
+    retention = int(found["retention.ms"].value)
+    return retention if retention >= 0 else None
+
+
 class _PartitionTracker(OffsetRestrictionTracker):
     """An offset range that refuses fractional splits of an open-ended range (splitting
     [n, sys.maxsize) in half would make a restriction of offsets that will never exist);

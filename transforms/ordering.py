@@ -32,13 +32,16 @@ import zlib
 from typing import Any, Iterable, NamedTuple
 
 import apache_beam as beam
-from apache_beam.coders import PickleCoder
+from apache_beam.coders import BytesCoder, PickleCoder
 from apache_beam.transforms import userstate
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 DEFAULT_SHARDS = 4
+# A shard's log is compacted once the events it logged since its snapshot outweigh the snapshot (pickled), and not
+# before this many bytes: a snapshot costs what it holds, a rebuild replays what was logged since.
+COMPACT_AT_LEAST_BYTES = 1 << 20
 _LATE = beam.metrics.Metrics.counter("rtml.ordering", "late")
 
 
@@ -173,8 +176,8 @@ class _Shard:
     stepped: dict = dataclasses.field(default_factory=dict)  # key -> _Stepped
     waiting: list = dataclasses.field(default_factory=list)  # elements not yet released, in (time, tiebreak) order
     seq: int = 0  # the number of its last release
-    logged: int = 0  # entries in its log bag
-    pending: int = 0  # entries in its pending bag
+    snapshot_bytes: int = 0  # its log's snapshot, pickled
+    released_bytes: int = 0  # the events released since the snapshot, pickled: what its log and pending grew by
 
 
 # (instance id, shard) -> _Shard, for every DoFn instance of the stage in this worker process: a runner may give
@@ -191,9 +194,10 @@ class _OrderedStateFn(beam.DoFn):
     - ``arrivals``: elements as they come (blind appends), and the token of the shard's last release;
     - ``pending``: a release's first step in a bundle moves the arrivals here, numbered with its ``seq``, and
       leaves a new token in ``arrivals``;
-    - ``log``: each release appends its cutoff and snapshots of the keys it stepped. An element is released
-      once a release numbered at or after its own has a cutoff at or after its time, so ``pending`` and ``log``
-      say what still waits; both are compacted together as they grow.
+    - ``log``: each release appends its cutoff and the elements it stepped (not late ones). An element is
+      released once a release numbered at or after its own has a cutoff at or after its time, so ``pending``
+      and ``log`` say what still waits, and the keys' states are the log's snapshot with its events stepped
+      again. Once the events outweigh the snapshot, both bags are compacted: a new snapshot, what still waits.
 
     The shard lives in worker memory (``_SHARDS``) between bundles, trusted only while its token is the one in
     ``arrivals``: a bundle that failed, a restart, or a shard that moved leave another token (or none), and the
@@ -202,7 +206,7 @@ class _OrderedStateFn(beam.DoFn):
     """
     ARRIVALS = userstate.BagStateSpec("arrivals", PickleCoder())
     PENDING = userstate.BagStateSpec("pending", PickleCoder())
-    LOG = userstate.BagStateSpec("log", PickleCoder())
+    LOG = userstate.BagStateSpec("log", BytesCoder())  # (pickled here: their sizes decide compaction)
     # One release per distinct event time (its dynamic tag), so that adding an element needs no read
     # to find the earliest one waiting.
     RELEASE = userstate.TimerSpec("release", TimeDomain.WATERMARK)
@@ -225,7 +229,6 @@ class _OrderedStateFn(beam.DoFn):
         if shard in self._open:  # (a runner that mixes elements and timers in a bundle: Flink)
             cached = _SHARDS[(self._id, shard)]
             pending.add((cached.seq + 1, [entry]))
-            cached.pending += 1
             bisect.insort(cached.waiting, entry, key=_order)
         else:
             arrivals.add(entry)
@@ -265,14 +268,13 @@ class _OrderedStateFn(beam.DoFn):
             else:
                 arrived.append(entry)
         if token is None or cached is None or cached.token != token:
-            cached = _SHARDS[(self._id, shard)] = _rebuilt(pending.read(), log.read())
+            cached = _SHARDS[(self._id, shard)] = _rebuilt(pending.read(), log.read(), self._step)
         self._open.add(shard)
         cached.token = os.urandom(8)
         arrivals.clear()
         arrivals.add(_Token(cached.token))
         if arrived:
             pending.add((cached.seq + 1, arrived))
-            cached.pending += 1
             cached.waiting = sorted(cached.waiting + arrived, key=_order)
         return cached
 
@@ -283,46 +285,66 @@ class _OrderedStateFn(beam.DoFn):
         ready = bisect.bisect_right(waiting, up_to_us, key=_time)
         if not ready:
             return
-        stepped, step = cached.stepped, self._step
-        touched = {}
-        for time_us, tiebreak, key, pickled in waiting[:ready]:
-            value = pickle.loads(pickled)
-            current, last = stepped.get(key) or (None, None)
-            if last is not None and (time_us, tiebreak) <= last:
+        stepped = cached.stepped
+        advanced, late_bytes = [], 0
+        for entry in waiting[:ready]:
+            outputs = _stepped_in(stepped, entry, self._step)
+            if outputs is None:
                 _LATE.inc()
-                outputs = step.late(key, step.initial_state(key) if current is None else current, time_us, value)
+                time_us, _, key, pickled = entry
+                outputs = self._step.late(key, stepped[key].state, time_us, pickle.loads(pickled))
+                late_bytes += len(pickled)
             else:
-                current, outputs = step.advance(key, current, None if last is None else last[0], time_us, value)
-                stepped[key] = touched[key] = _Stepped(current, (time_us, tiebreak))
+                advanced.append(entry)
             for output in outputs:
-                yield TimestampedValue(output, time_us / 1e6)
+                yield TimestampedValue(output, entry[0] / 1e6)
         del waiting[:ready]
         cached.seq += 1
-        if cached.logged + cached.pending > 2 * (len(stepped) + len(waiting)) + 64:
+        logged = pickle.dumps((cached.seq, up_to_us, None, advanced), pickle.HIGHEST_PROTOCOL)
+        cached.released_bytes += len(logged) + late_bytes
+        if cached.released_bytes > max(cached.snapshot_bytes, COMPACT_AT_LEAST_BYTES):
             # Compacted, without the keys whose ttl has passed (OrderedStep.advance would start them afresh).
-            if step.ttl_us is not None:
-                for key in [key for key, kept in stepped.items() if up_to_us - kept.last[0] > step.ttl_us]:
+            if self._step.ttl_us is not None:
+                for key in [key for key, kept in stepped.items() if up_to_us - kept.last[0] > self._step.ttl_us]:
                     del stepped[key]
+            snapshot = pickle.dumps((cached.seq, up_to_us, stepped, []), pickle.HIGHEST_PROTOCOL)
             log.clear()
-            log.add((cached.seq, up_to_us, dict(stepped)))
+            log.add(snapshot)
             pending.clear()
             pending.add((cached.seq + 1, list(waiting)))
-            cached.logged = cached.pending = 1
+            cached.snapshot_bytes, cached.released_bytes = len(snapshot), 0
         else:
-            log.add((cached.seq, up_to_us, touched))
-            cached.logged += 1
+            log.add(logged)
 
 
-def _rebuilt(pending_entries, log_entries) -> _Shard:
-    """A shard from its pending elements and its log: the latest snapshot of each key, and what no release
-    has passed yet (a release passes an element numbered at or before it, at or before its cutoff)."""
+def _stepped_in(stepped: dict, entry: tuple, step: OrderedStep) -> Iterable | None:
+    """Steps ``entry`` into its key's state in ``stepped``; its outputs, or None if it is late (at or before its
+    key's last element stepped: it arrived after its place in the order had passed), which changes nothing."""
+    time_us, tiebreak, key, pickled = entry
+    current, last = stepped.get(key) or (None, None)
+    if last is not None and (time_us, tiebreak) <= last:
+        return None
+    current, outputs = step.advance(key, current, None if last is None else last[0], time_us, pickle.loads(pickled))
+    stepped[key] = _Stepped(current, (time_us, tiebreak))
+    return outputs
+
+
+def _rebuilt(pending_entries, log_entries, step: OrderedStep) -> _Shard:
+    """A shard from its pending elements and its log: the snapshot with the events logged since stepped again in
+    their order, and what no release has passed yet (a release passes an element numbered at or before it, at or
+    before its cutoff)."""
     shard = _Shard()
-    log_entries = sorted(log_entries, key=lambda entry: entry[0])
-    for seq, _, snapshots in log_entries:
-        shard.stepped.update(snapshots)
+    log_entries = sorted(((pickle.loads(logged), len(logged)) for logged in log_entries), key=lambda entry: entry[0][0])
+    for (_, _, snapshot, advanced), size in log_entries:
+        if snapshot is not None:
+            shard.stepped, shard.snapshot_bytes = snapshot, size
+        else:
+            for entry in advanced:
+                _stepped_in(shard.stepped, entry, step)
+            shard.released_bytes += size
     # (seq, the highest cutoff of the releases numbered seq or later), latest first
     reach, highest = [], -1
-    for seq, cutoff, _ in reversed(log_entries):
+    for (seq, cutoff, _, _), _ in reversed(log_entries):
         highest = max(highest, cutoff)
         reach.append((seq, highest))
     reach.reverse()
@@ -330,10 +352,8 @@ def _rebuilt(pending_entries, log_entries) -> _Shard:
         at = bisect.bisect_left(reach, seq, key=lambda pair: pair[0])
         cutoff = reach[at][1] if at < len(reach) else -1
         shard.waiting.extend(element for element in elements if element[0] > cutoff)
-        shard.pending += 1
     shard.waiting.sort(key=_order)
-    shard.logged = len(log_entries)
-    shard.seq = max([entry[0] for entry in log_entries] + [seq - 1 for seq, _ in pending_entries] + [0])
+    shard.seq = max([entry[0][0] for entry in log_entries] + [seq - 1 for seq, _ in pending_entries] + [0])
     return shard
 
 
