@@ -464,7 +464,7 @@ def build_stream(pipeline, clustering: Clustering, options) -> None:
               | "ReadEvents" >> graph.ReadKafkaEvents(read, batch_size, with_positions=when_written,
                                                       value_format=graph.value_format(options, spec))
               | "ParseAndEnrich" >> graph.ParseAndEnrich(spec, streaming=True, batch_size=batch_size,
-                                                         state_shards=runners.state_shards(options)))
+                                                         live_state=runners.live_state(options)))
     clustered = parsed.events | "ClusterEvents" >> ClusterEvents(clustering, streaming=True)
     written = [clustered.assignments | "WriteAssignments" >> graph.WriteToTopic(
                    flags.bootstrap_servers, stream.output_topic, config, _assignment_message, spec.entity_key,

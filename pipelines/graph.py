@@ -28,7 +28,7 @@ from transforms.errors import UserError
 from transforms.events import POSITION, ParseEvents, Raw
 from transforms.fileio import DEFAULT_BATCH_SIZE
 from transforms.kafka_formats import ValueFormat
-from transforms.ordering import DEFAULT_SHARDS
+from transforms.ordering import LiveState
 from transforms.spec import Spec, load_spec
 
 STREAM_MAX_BATCH = 256  # events per batch in a stream
@@ -233,15 +233,15 @@ class ParseAndEnrich(beam.PTransform):
     ``streaming``), and the dead letters."""
 
     def __init__(self, spec: Spec, streaming: bool, batch_size: int = DEFAULT_BATCH_SIZE, require_label: bool = False,
-                 state_shards: int = DEFAULT_SHARDS):
+                 live_state: LiveState = LiveState()):
         super().__init__()
         self._spec, self._streaming, self._batch_size, self._require_label = spec, streaming, batch_size, require_label
-        self._state_shards = state_shards
+        self._live_state = live_state
 
     def expand(self, raw):
         parsed = raw | "ParseEvents" >> ParseEvents(self._spec, require_label=self._require_label)
         events = parsed.events | "AddEntityFeatures" >> AddEntityFeatures(self._spec, self._streaming, self._batch_size,
-                                                                          self._state_shards)
+                                                                          self._live_state)
         return Parsed(events, parsed.dead_letters)
 
 
@@ -252,15 +252,15 @@ class ScoreRaw(beam.PTransform):
     """
 
     def __init__(self, spec: Spec, model: registry.ModelVersion, model_dir: str, engine: str, streaming: bool = False,
-                 batch_size: int = DEFAULT_BATCH_SIZE, model_reload_s: float = 0.0, state_shards: int = DEFAULT_SHARDS):
+                 batch_size: int = DEFAULT_BATCH_SIZE, model_reload_s: float = 0.0, live_state: LiveState = LiveState()):
         super().__init__()
         self._spec, self._model, self._model_dir, self._engine = spec, model, model_dir, engine
         self._streaming, self._batch_size, self._model_reload_s = streaming, batch_size, model_reload_s
-        self._state_shards = state_shards
+        self._live_state = live_state
 
     def expand(self, raw):
         parsed = raw | "ParseAndEnrich" >> ParseAndEnrich(self._spec, self._streaming, self._batch_size,
-                                                          state_shards=self._state_shards)
+                                                          live_state=self._live_state)
         scored = parsed.events | "ScoreEvents" >> ScoreEvents(self._spec, self._model, self._model_dir, self._engine,
                                                              self._model_reload_s)
         return Scored(parsed.events, scored, parsed.dead_letters)

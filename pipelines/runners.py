@@ -37,7 +37,7 @@ from apache_beam.runners.portability.fn_api_runner import fn_runner
 
 from pipelines import artifacts
 from transforms.errors import UserError
-from transforms.ordering import DEFAULT_SHARDS
+from transforms.ordering import DEFAULT_SHARDS, LiveState
 
 DATAFLOW_STREAMING_MAX_WORKERS = 20
 FLINK_MASTER = "[local]"
@@ -72,6 +72,12 @@ class RunnerPresetOptions(PipelineOptions):
                             help="Live keyed state (entity features): entities are spread over N keys, each with its "
                                  "state and timers (default: 1 on Prism, twice --parallelism on Flink, "
                                  f"{DEFAULT_SHARDS} elsewhere; see README, Live latency).")
+        parser.add_argument("--state_cache_mb", type=_positive, default=None, metavar="MB",
+                            help="Live keyed state: the most a worker process keeps of its shards' state between "
+                                 "bundles, counted as their state's size in the runner (pickled; in the worker's "
+                                 "memory a history takes about four times that); past it, the "
+                                 "shards used least recently are dropped and rebuilt from the runner's state when "
+                                 f"next needed (default: {LiveState().cache_mb}).")
         # Beam's Java option maxBundleTimeMills, spelt as Flink's job server knows it.
         parser.add_argument("--max_bundle_time_mills", type=int, default=None, metavar="MS",
                             help="FlinkRunner: longest a bundle stays open, in milliseconds (default for streaming: "
@@ -84,8 +90,9 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def state_shards(options: PipelineOptions) -> int:
-    return options.view_as(RunnerPresetOptions).state_shards or DEFAULT_SHARDS
+def live_state(options: PipelineOptions) -> LiveState:
+    flags, default = options.view_as(RunnerPresetOptions), LiveState()
+    return LiveState(flags.state_shards or default.shards, flags.state_cache_mb or default.cache_mb)
 
 
 def runner_name(options: PipelineOptions) -> str:

@@ -120,7 +120,7 @@ def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options, mo
         | "ReadEvents" >> graph.ReadKafkaEvents(read, max_batch, with_positions=when_written,
                                                 value_format=graph.value_format(options, spec))
         | "ScoreRaw" >> graph.ScoreRaw(spec, model, model_dir, engine, streaming=True, batch_size=max_batch,
-                                       model_reload_s=model_reload_s, state_shards=runners.state_shards(options)))
+                                       model_reload_s=model_reload_s, live_state=runners.live_state(options)))
     written = [scored | "WriteScored" >> graph.WriteToTopic(flags.bootstrap_servers, stream.output_topic, config,
                                                             graph.scored_messages, spec.entity_key,
                                                             report_written=when_written, expansion_service=java_io),
@@ -173,7 +173,7 @@ def run_stream(options, test_pipeline=None, stop_when=None, on_stop=None,
               f"{flags.bootstrap_servers} with {spec.name} model {model.version}, group {group}"
               + (f", switching to new versions in --model_dir (read every {model_reload_s:g} s)"
                  if model_reload_s else "")
-              + (f", entity state over {runners.state_shards(options)} shard(s)" if spec.entity_features else "")
+              + (f", entity state over {runners.live_state(options).shards} shard(s)" if spec.entity_features else "")
               + (f", kafka config {kafka.mask_config(config)}" if config else "")
               + (f", monitoring to {monitoring_topic}" if monitoring_topic else "")
               + "; SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)

@@ -1,4 +1,5 @@
 """Per-entity features: the definition, bounded == live (TestStream), specs, and what they buy."""
+import collections
 import datetime
 import json
 
@@ -197,15 +198,17 @@ class _FailsOnceAndForgets(EntityHistoryStep):
         return super().step(key, history, time_us, event)
 
 
-@pytest.mark.parametrize("compact_at_bytes", [ordering.COMPACT_AT_LEAST_BYTES, 3_000],
-                         ids=["log_of_events", "log_compacted_often"])
-def test_live_histories_survive_failed_bundles_and_lost_worker_memory(monkeypatch, compact_at_bytes):
+@pytest.mark.parametrize("compact_at_bytes, cache_mb", [(ordering.COMPACT_AT_LEAST_BYTES, 256), (3_000, 256),
+                                                       (3_000, 0)],
+                         ids=["log_of_events", "log_compacted_often", "shards_dropped_from_memory"])
+def test_live_histories_survive_failed_bundles_and_lost_worker_memory(monkeypatch, compact_at_bytes, cache_mb):
     events = _interleaved_events()
     step = _FailsOnceAndForgets(FRAUD_ENTITY)
     ids = [event["event_id"] for event in events]
     _FailsOnceAndForgets.fail_at, _FailsOnceAndForgets.forget_at = frozenset(ids[25::40]), frozenset(ids[45::40])
     _FailsOnceAndForgets.failed = set()
     monkeypatch.setattr(ordering, "COMPACT_AT_LEAST_BYTES", compact_at_bytes)
+    monkeypatch.setattr(ordering, "_SHARDS", collections.OrderedDict())
     from_snapshots = []  # whether each shard rebuilt had a snapshot in its log
     rebuilt = ordering._rebuilt
 
@@ -227,12 +230,14 @@ def test_live_histories_survive_failed_bundles_and_lost_worker_memory(monkeypatc
     options = PipelineOptions(runner="BundleBasedDirectRunner")
     options.view_as(StandardOptions).streaming = True
     with TestPipeline(options=options) as pipeline:
-        live = (pipeline | stream | ordering.OrderedPerKey(step, streaming=True, shards=2)
+        live = (pipeline | stream | ordering.OrderedPerKey(step, streaming=True, live_state=ordering.LiveState(2, cache_mb))
                 | beam.Map(lambda out: (out[1]["event_id"], tuple(out[1][f.name] for f in FRAUD_ENTITY.entity_features))))
         assert_that(live, equal_to(_expected(events)))
     assert _FailsOnceAndForgets.failed == _FailsOnceAndForgets.fail_at | _FailsOnceAndForgets.forget_at
     # rebuilt from a snapshot and the events logged after it only where the log is compacted that often
     assert from_snapshots and any(from_snapshots) == (compact_at_bytes < 100_000)
+    # the worker's copies: both shards kept, or with no room, only the last one used
+    assert len(ordering._SHARDS) == 1 if cache_mb == 0 else len(ordering._SHARDS) >= 2
 
 
 def test_live_history_outlives_a_quiet_spell_shorter_than_its_window_and_expires_after_a_longer_one():

@@ -160,7 +160,7 @@ def test_presets_fill_only_what_the_user_left_unset(monkeypatch):
                                                          "--state_shards=3"])) == {"environment_type": "LOOPBACK"}
     assert runners.apply_runner_presets(PipelineOptions(["--runner=PrismRunner"])) == {
         "prism_location": str(artifacts.prism_binary()), "environment_type": "LOOPBACK", "state_shards": 1}
-    assert runners.state_shards(PipelineOptions(["--runner=DataflowRunner"])) == ordering.DEFAULT_SHARDS
+    assert runners.live_state(PipelineOptions(["--runner=DataflowRunner"])) == ordering.LiveState()
     # a stream on Prism: no runner-made splits, besides the user's own experiments
     options = PipelineOptions(["--runner=PrismRunner", "--experiments=use_runner_v2"])
     assert runners.apply_runner_presets(options, streaming=True)["experiments"] == runners.PRISM_NO_SPLITS

@@ -29,7 +29,7 @@ import apache_beam as beam
 from apache_beam.transforms.window import TimestampedValue
 
 from transforms.events import EventBatch
-from transforms.ordering import DEFAULT_SHARDS, OrderedPerKey, OrderedStep, WithPassenger
+from transforms.ordering import LiveState, OrderedPerKey, OrderedStep, WithPassenger
 from transforms.spec import Spec
 
 _US = 1_000_000
@@ -91,9 +91,9 @@ class AddEntityFeatures(beam.PTransform):
     the same either way. Batches out hold up to ``batch_size`` events.
     """
 
-    def __init__(self, spec: Spec, streaming: bool, batch_size: int, state_shards: int = DEFAULT_SHARDS):
+    def __init__(self, spec: Spec, streaming: bool, batch_size: int, live_state: LiveState = LiveState()):
         super().__init__()
-        self._spec, self._streaming, self._batch_size, self._state_shards = spec, streaming, batch_size, state_shards
+        self._spec, self._streaming, self._batch_size, self._live_state = spec, streaming, batch_size, live_state
 
     def expand(self, batches):
         spec = self._spec
@@ -104,7 +104,7 @@ class AddEntityFeatures(beam.PTransform):
         return (batches
                 | "ByEntity" >> beam.FlatMap(_by_entity, spec)
                 | "EntityHistory" >> OrderedPerKey(WithPassenger(EntityHistoryStep(spec)), self._streaming,
-                                                   self._state_shards)
+                                                   self._live_state)
                 | "Rebatch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._batch_size)
                 | "ToEventBatch" >> beam.Map(_to_event_batch))
 

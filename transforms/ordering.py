@@ -24,10 +24,13 @@ Producers must stamp messages with the event time for the order to be event time
 from __future__ import annotations
 
 import bisect
+import collections
 import copy
 import dataclasses
+import logging
 import os
 import pickle
+import threading
 import zlib
 from typing import Any, Iterable, NamedTuple
 
@@ -38,11 +41,22 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
+_LOG = logging.getLogger(__name__)
 DEFAULT_SHARDS = 4
 # A shard's log is compacted once the events it logged since its snapshot outweigh the snapshot (pickled), and not
 # before this many bytes: a snapshot costs what it holds, a rebuild replays what was logged since.
 COMPACT_AT_LEAST_BYTES = 1 << 20
 _LATE = beam.metrics.Metrics.counter("rtml.ordering", "late")
+_DROPPED = beam.metrics.Metrics.counter("rtml.ordering", "shards_dropped")
+
+
+class LiveState(NamedTuple):
+    """How a live ``OrderedPerKey`` keeps its keys: spread over ``shards`` keys of keyed state; of those, a worker
+    process keeps up to ``cache_mb`` between bundles (counted as their state's size in the runner, pickled), and
+    past it drops the shards used least recently (all but the last), rebuilt from the runner's state when next
+    needed."""
+    shards: int = DEFAULT_SHARDS
+    cache_mb: int = 256
 
 
 class OrderedStep:
@@ -114,19 +128,20 @@ class OrderedPerKey(beam.PTransform):
     """``(key, (time_us, tiebreak, value))`` in; the step's outputs out, timestamped by event time.
 
     ``streaming`` picks keyed state and timers (unbounded input) or group-and-sort (bounded input);
-    ``shards``: how many keys of keyed state the keys are spread over (live only).
+    ``live_state``: how the keys are kept live.
     """
 
-    def __init__(self, step: OrderedStep, streaming: bool, shards: int = DEFAULT_SHARDS):
+    def __init__(self, step: OrderedStep, streaming: bool, live_state: LiveState = LiveState()):
         super().__init__()
-        self._step, self._streaming, self._shards = step, streaming, shards
+        self._step, self._streaming, self._live_state = step, streaming, live_state
 
     def expand(self, keyed):
         if self._streaming:
             return (keyed
-                    | "AtItsTimeInItsShard" >> beam.Map(_at_its_time_in_its_shard, self._shards).with_output_types(
+                    | "AtItsTimeInItsShard" >> beam.Map(_at_its_time_in_its_shard,
+                                                        self._live_state.shards).with_output_types(
                         tuple[int, tuple])  # (so the shard's coder is deterministic: state is found by its bytes)
-                    | "InEventTimeOrder" >> beam.ParDo(_OrderedStateFn(self._step)))
+                    | "InEventTimeOrder" >> beam.ParDo(_OrderedStateFn(self._step, self._live_state.cache_mb)))
         return (keyed
                 | "GroupByKey" >> beam.GroupByKey()
                 | "Fold" >> beam.FlatMap(_fold, self._step))
@@ -180,9 +195,11 @@ class _Shard:
     released_bytes: int = 0  # the events released since the snapshot, pickled: what its log and pending grew by
 
 
-# (instance id, shard) -> _Shard, for every DoFn instance of the stage in this worker process: a runner may give
-# a shard's consecutive bundles to different instances.
-_SHARDS: dict = {}
+# (instance id, shard) -> _Shard, for every DoFn instance of the stage in this worker process (a runner may give
+# a shard's consecutive bundles to different instances), the least recently opened first.
+_SHARDS: collections.OrderedDict = collections.OrderedDict()
+_SHARDS_LOCK = threading.Lock()
+_CACHE_FULL = threading.Event()  # (said once a process)
 _RELEASE_ALL = 2 ** 62  # the cutoff of the release at the end of the input
 
 
@@ -214,20 +231,21 @@ class _OrderedStateFn(beam.DoFn):
     # released, then the step finishes.
     END = userstate.TimerSpec("end", TimeDomain.WATERMARK)
 
-    def __init__(self, step: OrderedStep):
+    def __init__(self, step: OrderedStep, cache_mb: int = LiveState().cache_mb):
         self._step = step
         self._finishes = step.finishes
+        self._cache_bytes = cache_mb << 20
         self._id = os.urandom(8)
 
     def start_bundle(self):
-        self._open: set = set()  # shards whose arrivals this bundle has moved to pending
+        self._open: dict = {}  # shard -> _Shard, for those whose arrivals this bundle has moved to pending
         self._timers_set: set = set()
 
     def process(self, element, arrivals=beam.DoFn.StateParam(ARRIVALS), pending=beam.DoFn.StateParam(PENDING),
                 release=beam.DoFn.TimerParam(RELEASE), end=beam.DoFn.TimerParam(END)):
         shard, entry = element
         if shard in self._open:  # (a runner that mixes elements and timers in a bundle: Flink)
-            cached = _SHARDS[(self._id, shard)]
+            cached = self._open[shard]
             pending.add((cached.seq + 1, [entry]))
             bisect.insort(cached.waiting, entry, key=_order)
         else:
@@ -258,9 +276,12 @@ class _OrderedStateFn(beam.DoFn):
 
     def _opened(self, shard, arrivals, pending, log) -> _Shard:
         """The shard, current, with its arrivals moved to pending (once a bundle)."""
-        cached = _SHARDS.get((self._id, shard))
         if shard in self._open:
-            return cached
+            return self._open[shard]
+        with _SHARDS_LOCK:
+            cached = _SHARDS.get((self._id, shard))
+            if cached is not None:
+                _SHARDS.move_to_end((self._id, shard))
         token, arrived = None, []
         for entry in arrivals.read():
             if isinstance(entry, _Token):
@@ -268,8 +289,10 @@ class _OrderedStateFn(beam.DoFn):
             else:
                 arrived.append(entry)
         if token is None or cached is None or cached.token != token:
-            cached = _SHARDS[(self._id, shard)] = _rebuilt(pending.read(), log.read(), self._step)
-        self._open.add(shard)
+            cached = _rebuilt(pending.read(), log.read(), self._step)
+            with _SHARDS_LOCK:
+                _SHARDS[(self._id, shard)] = cached
+        self._open[shard] = cached
         cached.token = os.urandom(8)
         arrivals.clear()
         arrivals.add(_Token(cached.token))
@@ -315,6 +338,24 @@ class _OrderedStateFn(beam.DoFn):
             cached.snapshot_bytes, cached.released_bytes = len(snapshot), 0
         else:
             log.add(logged)
+        _keep_within(self._cache_bytes)
+
+
+def _keep_within(limit_bytes: int) -> None:
+    """Drops the shards opened least recently until the rest's logs (pickled) fit in ``limit_bytes``. A bundle that
+    has a dropped shard open goes on with it; the next one rebuilds it from state."""
+    with _SHARDS_LOCK:
+        total = sum(shard.snapshot_bytes + shard.released_bytes for shard in _SHARDS.values())
+        while total > limit_bytes and len(_SHARDS) > 1:
+            _, dropped = _SHARDS.popitem(last=False)
+            total -= dropped.snapshot_bytes + dropped.released_bytes
+            _DROPPED.inc()
+            if not _CACHE_FULL.is_set():
+                _CACHE_FULL.set()
+                _LOG.warning("live keyed state: this worker's shards outgrow --state_cache_mb %d; the least recently "
+                             "used are dropped and rebuilt from the runner's state (slower); give a larger "
+                             "--state_cache_mb, or more workers", limit_bytes >> 20)
+
 
 
 def _stepped_in(stepped: dict, entry: tuple, step: OrderedStep) -> Iterable | None:
