@@ -11,7 +11,10 @@ the user gave always win; a preset only fills a flag that was left at Beam's def
   machine's cores (4 for a cluster), ``--environment_type LOOPBACK`` for a master on this machine (``DOCKER``
   otherwise, with ``--sdk_container_image`` as its image when given), and for streaming
   ``--checkpointing_interval 60000`` and ``--max_bundle_time_mills 50`` (ms; both flags are defined
-  here, Flink's job server reads them).
+  here, Flink's job server reads them); for a stream on the embedded Flink, ``--state_backend filesystem`` with
+  checkpoints in a temporary folder removed when the command exits (Flink's default keeps them in the
+  JobManager's memory, at most 5 MB of state per operator: past it every checkpoint failed and the job
+  restarted, again and again).
   Give ``--flink_master HOST:8081`` for a cluster (Flink 1.19, which the fetched job server speaks).
   For the embedded Flink, unless ``JDK_JAVA_OPTIONS`` is set, the job server's JVM gets
   ``-XX:TieredStopAtLevel=1 -XX:+UseSerialGC`` (through that variable, which ``java`` reads).
@@ -25,8 +28,11 @@ the user gave always win; a preset only fills a flag that was left at Beam's def
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import pathlib
 import shutil
+import tempfile
 import urllib.parse
 
 from apache_beam.metrics import monitoring_infos
@@ -78,6 +84,13 @@ class RunnerPresetOptions(PipelineOptions):
                                  "memory a history takes about four times that); past it, the "
                                  "shards used least recently are dropped and rebuilt from the runner's state when "
                                  f"next needed (default: {LiveState().cache_mb}).")
+        parser.add_argument("--state_backend", choices=("filesystem", "rocksdb"), default=None,
+                            help="FlinkRunner: where Flink keeps state and checkpoints (default for a stream on the "
+                                 "embedded Flink: filesystem; otherwise the cluster's own; rocksdb needs its jar on "
+                                 "the cluster).")
+        parser.add_argument("--state_backend_storage_path", default=None, metavar="URI",
+                            help="FlinkRunner: where --state_backend writes checkpoints (default for a stream on the "
+                                 "embedded Flink: a temporary folder, removed when the command exits).")
         # Beam's Java option maxBundleTimeMills, spelt as Flink's job server knows it.
         parser.add_argument("--max_bundle_time_mills", type=int, default=None, metavar="MS",
                             help="FlinkRunner: longest a bundle stays open, in milliseconds (default for streaming: "
@@ -88,6 +101,13 @@ def _positive(text: str) -> int:
     if not text.isdigit() or int(text) == 0:
         raise argparse.ArgumentTypeError(f"not a whole number > 0: {text!r}")
     return int(text)
+
+
+def _embedded_flink_checkpoints() -> str:
+    """A folder for the checkpoints of this process's embedded Flink, removed when the process exits."""
+    folder = tempfile.mkdtemp(prefix="rtml-flink-checkpoints-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return pathlib.Path(folder).as_uri()
 
 
 def live_state(options: PipelineOptions) -> LiveState:
@@ -156,6 +176,13 @@ def apply_runner_presets(options: PipelineOptions, streaming: bool | None = None
         if streaming:
             preset(RunnerPresetOptions, "checkpointing_interval", FLINK_CHECKPOINTING_INTERVAL_MS)
             preset(RunnerPresetOptions, "max_bundle_time_mills", FLINK_STREAMING_MAX_BUNDLE_TIME_MS)
+            if master == FLINK_MASTER:
+                # Flink's default checkpoint storage, the JobManager's memory, refuses more than 5 MB of state per
+                # operator: a live keyed step passed that within two minutes at 200 events/s, and from then on each
+                # checkpoint failed the job, which restarted (docs/design.md, "Flink's checkpoints").
+                preset(RunnerPresetOptions, "state_backend", "filesystem")
+                if "state_backend_storage_path" not in given:
+                    preset(RunnerPresetOptions, "state_backend_storage_path", _embedded_flink_checkpoints())
     elif runner == "PrismRunner":
         location = prism_location()
         if location:

@@ -138,10 +138,13 @@ def test_presets_fill_only_what_the_user_left_unset(monkeypatch):
         "enable_streaming_engine": True, "autoscaling_algorithm": "THROUGHPUT_BASED"}
     assert options.view_as(runners.WorkerOptions).max_num_workers == 5
     assert runners.apply_runner_presets(PipelineOptions(["--runner", "DataflowRunner"])) == {}  # batch
-    assert runners.apply_runner_presets(PipelineOptions(["--runner=FlinkRunner", "--streaming"])) == {
+    embedded_stream = runners.apply_runner_presets(PipelineOptions(["--runner=FlinkRunner", "--streaming"]))
+    checkpoints = embedded_stream.pop("state_backend_storage_path")
+    assert embedded_stream == {
         "flink_master": "[local]", "flink_job_server_jar": str(artifacts.flink_job_server_jar()),
         "parallelism": os.cpu_count(), "environment_type": "LOOPBACK", "state_shards": 2 * os.cpu_count(),
-        "checkpointing_interval": 60000, "max_bundle_time_mills": 50}
+        "checkpointing_interval": 60000, "max_bundle_time_mills": 50, "state_backend": "filesystem"}
+    assert checkpoints.startswith("file:///") and pathlib.Path(checkpoints[len("file://"):]).is_dir()
     assert os.environ["JDK_JAVA_OPTIONS"] == runners.EMBEDDED_FLINK_JVM_OPTIONS  # the embedded Flink's JVM
     monkeypatch.setenv("JDK_JAVA_OPTIONS", "-Xmx2g")
     runners.apply_runner_presets(PipelineOptions(["--runner=FlinkRunner"]))
