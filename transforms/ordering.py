@@ -357,7 +357,6 @@ def _keep_within(limit_bytes: int) -> None:
                              "--state_cache_mb, or more workers", limit_bytes >> 20)
 
 
-
 def _stepped_in(stepped: dict, entry: tuple, step: OrderedStep) -> Iterable | None:
     """Steps ``entry`` into its key's state in ``stepped``; its outputs, or None if it is late (at or before its
     key's last element stepped: it arrived after its place in the order had passed), which changes nothing."""
