@@ -25,7 +25,7 @@ from apache_beam.transforms import userstate
 from pipelines import cli, runners
 from pipelines.options import KafkaOptions, StreamOptions
 from transforms import kafka
-from transforms.errors import UserError
+from transforms.errors import UnreadableState, UserError
 from transforms.events import METRICS_NAMESPACE
 
 _LOG = logging.getLogger(__name__)
@@ -234,10 +234,14 @@ class _Progress:
         print(f"{self._title}: {line}", file=sys.stderr, flush=True)
 
 
-def _kafka_failure(error: BaseException) -> str | None:
-    """The one-line reason if ``error`` (as the runner wrapped it) says a Kafka topic does not exist, or that
-    the broker refused records (a record over the topic's max.message.bytes, say)."""
+def one_line_failure(error: BaseException) -> str | None:
+    """The one-line reason if ``error`` (as the runner wrapped it) says a Kafka topic does not exist, that the
+    broker refused records (a record over the topic's max.message.bytes, say), or that keyed state cannot be read
+    back."""
     text = str(error)
+    unreadable = re.search(r"UnreadableState: ([^\n]+)", text)
+    if isinstance(error, UnreadableState) or unreadable:
+        return str(error) if isinstance(error, UnreadableState) else unreadable.group(1).strip()
     if "KafkaTopicNotFoundError" in text or isinstance(error, kafka.KafkaTopicNotFoundError):
         start = text.find("Kafka topic ")
         end = text.find("does not exist", start)
@@ -350,7 +354,7 @@ def serve(pipeline, title: str, signals: StopSignals, positions: Callable[[], di
         on_stop()
     if "error" in state and not (state.get("cancelled") and "CANCELLED" in str(state["error"])):
         error = state["error"]
-        failure = _kafka_failure(error)
+        failure = one_line_failure(error)
         if failure:
             raise UserError(failure) from None
         raise error

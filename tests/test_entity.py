@@ -12,7 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 from hypothesis import given, settings, strategies as st
 
-from pipelines import cli, score
+from pipelines import cli, score, serving
 from transforms import ordering
 from transforms.entity import AddEntityFeatures, EntityHistoryStep
 from transforms.events import EventBatch
@@ -238,6 +238,53 @@ def test_live_histories_survive_failed_bundles_and_lost_worker_memory(monkeypatc
     assert from_snapshots and any(from_snapshots) == (compact_at_bytes < 100_000)
     # the worker's copies: both shards kept, or with no room, only the last one used
     assert len(ordering._SHARDS) == 1 if cache_mb == 0 else len(ordering._SHARDS) >= 2
+
+
+class _History:
+    """A key's state whose class has changed since it was pickled, once ``changed`` is set."""
+    changed = False
+
+    def __init__(self, events=0):
+        self.events = events
+
+    def __setstate__(self, state):
+        if _History.changed:
+            raise AttributeError("'_History' object has no attribute 'amounts'")
+        self.__dict__.update(state)
+
+
+class _CountsThenForgets(ordering.OrderedStep):
+    """Counts each key's events; at event 30 its code "changes" and the worker's copy of the shards is lost."""
+    def initial_state(self, key):
+        return _History()
+
+    def step(self, key, state, time_us, value):
+        if value == 30:
+            _History.changed = True
+            ordering._SHARDS.clear()
+        return _History(state.events + 1), [(key, value)]
+
+
+def test_keyed_state_that_cannot_be_read_back_stops_the_stream_in_one_line_naming_its_shard(monkeypatch):
+    monkeypatch.setattr(ordering, "COMPACT_AT_LEAST_BYTES", 0)  # (every release writes a snapshot of the states)
+    monkeypatch.setattr(ordering, "_SHARDS", collections.OrderedDict())
+    _History.changed = False
+    stream = TestStream()
+    for value in range(60):
+        stream.add_elements([TimestampedValue((f"k{value % 3}", (value * _US, str(value), value)), value)])
+        stream.advance_watermark_to(value + 0.5)
+    stream.advance_watermark_to_infinity()
+    options = PipelineOptions(runner="BundleBasedDirectRunner")
+    options.view_as(StandardOptions).streaming = True
+    pipeline = TestPipeline(options=options)
+    _ = pipeline | stream | ordering.OrderedPerKey(_CountsThenForgets(), streaming=True,
+                                                   live_state=ordering.LiveState(1, 256))
+    with pytest.raises(Exception) as raised:
+        pipeline.run().wait_until_finish()
+    line = serving.one_line_failure(raised.value)
+    assert line is not None and "\n" not in line, raised.value
+    assert line.startswith("live keyed state of _CountsThenForgets: shard 0 cannot be read back (AttributeError:")
+    assert "restore state this version wrote, or start the job without its state" in line
 
 
 def test_live_history_outlives_a_quiet_spell_shorter_than_its_window_and_expires_after_a_longer_one():

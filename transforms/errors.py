@@ -12,6 +12,11 @@ class UserError(Exception):
     exit_status = 2
 
 
+class UnreadableState(UserError):
+    """Live keyed state that cannot be read back (written by other code, or damaged). Raised in a worker: the
+    stream stops, rather than start the state's keys afresh."""
+
+
 class IncompleteInput(UserError):
     """Input files that could not be read to their end; the run did what it could with the rest."""
 

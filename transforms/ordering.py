@@ -41,6 +41,8 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
+from transforms.errors import UnreadableState, first_line
+
 _LOG = logging.getLogger(__name__)
 DEFAULT_SHARDS = 4
 # A shard's log is compacted once the events it logged since its snapshot outweigh the snapshot (pickled), and not
@@ -289,7 +291,7 @@ class _OrderedStateFn(beam.DoFn):
             else:
                 arrived.append(entry)
         if token is None or cached is None or cached.token != token:
-            cached = _rebuilt(pending.read(), log.read(), self._step)
+            cached = _rebuilt(*self._read_back(shard, pending, log), self._step)
             with _SHARDS_LOCK:
                 _SHARDS[(self._id, shard)] = cached
         self._open[shard] = cached
@@ -300,6 +302,18 @@ class _OrderedStateFn(beam.DoFn):
             pending.add((cached.seq + 1, arrived))
             cached.waiting = sorted(cached.waiting + arrived, key=_order)
         return cached
+
+    def _read_back(self, shard, pending, log) -> tuple[list, list]:
+        """The shard's pending elements, and its log's entries unpickled with their sizes."""
+        try:
+            return list(pending.read()), [(pickle.loads(logged), len(logged)) for logged in log.read()]
+        except Exception as error:  # (unpickling raises any type)
+            message = (f"live keyed state of {type(self._step).__name__}: shard {shard} cannot be read back "
+                       f"({type(error).__name__}: {first_line(error)}); it was written by other code or is damaged, "
+                       f"and its keys' histories would start empty: restore state this version wrote, or start the "
+                       f"job without its state")
+            _LOG.error(message)  # (on Flink, the job restarts from its last checkpoint and fails again: said each time)
+            raise UnreadableState(message) from None
 
     def _release(self, cached: _Shard, up_to_us: int, pending, log):
         """Steps the shard's waiting elements at or before ``up_to_us`` in order. An element at or before its
@@ -370,11 +384,11 @@ def _stepped_in(stepped: dict, entry: tuple, step: OrderedStep) -> Iterable | No
 
 
 def _rebuilt(pending_entries, log_entries, step: OrderedStep) -> _Shard:
-    """A shard from its pending elements and its log: the snapshot with the events logged since stepped again in
-    their order, and what no release has passed yet (a release passes an element numbered at or before it, at or
-    before its cutoff)."""
+    """A shard from its pending elements and its log's entries (unpickled, with their sizes): the snapshot with the
+    events logged since stepped again in their order, and what no release has passed yet (a release passes an
+    element numbered at or before it, at or before its cutoff)."""
     shard = _Shard()
-    log_entries = sorted(((pickle.loads(logged), len(logged)) for logged in log_entries), key=lambda entry: entry[0][0])
+    log_entries = sorted(log_entries, key=lambda entry: entry[0][0])
     for (_, _, snapshot, advanced), size in log_entries:
         if snapshot is not None:
             shard.stepped, shard.snapshot_bytes = snapshot, size
