@@ -66,6 +66,7 @@ PRISM_NO_SPLITS = "prism_disable_sdf_split"
 PRISM_SHARDS = 1
 FLINK_SHARDS_PER_SLOT = 2
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[local]", "[auto]"}
+_CHECKPOINTS_PREFIX = "rtml-flink-checkpoints-"  # (then the pid of the process whose Flink writes there)
 
 
 class RunnerPresetOptions(PipelineOptions):
@@ -77,7 +78,7 @@ class RunnerPresetOptions(PipelineOptions):
         parser.add_argument("--state_shards", type=_positive, default=None, metavar="N",
                             help="Live keyed state (entity features): entities are spread over N keys, each with its "
                                  "state and timers (default: 1 on Prism, twice --parallelism on Flink, "
-                                 f"{DEFAULT_SHARDS} elsewhere; see README, Live latency).")
+                                 f"{DEFAULT_SHARDS} elsewhere; see docs/performance.md, Live latency).")
         parser.add_argument("--state_cache_mb", type=_positive, default=None, metavar="MB",
                             help="Live keyed state: the most a worker process keeps of its shards' state between "
                                  "bundles, counted as their state's size in the runner (pickled; in the worker's "
@@ -104,10 +105,25 @@ def _positive(text: str) -> int:
 
 
 def _embedded_flink_checkpoints() -> str:
-    """A folder for the checkpoints of this process's embedded Flink, removed when the process exits."""
-    folder = tempfile.mkdtemp(prefix="rtml-flink-checkpoints-")
+    """A folder for the checkpoints of this process's embedded Flink, removed when the process exits; those of
+    processes that ended without their exit (SIGKILL: a soak left 66 MB) are removed now."""
+    for left in pathlib.Path(tempfile.gettempdir()).glob(f"{_CHECKPOINTS_PREFIX}*"):
+        pid = left.name[len(_CHECKPOINTS_PREFIX):].split("-")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(left, ignore_errors=True)
+    folder = tempfile.mkdtemp(prefix=f"{_CHECKPOINTS_PREFIX}{os.getpid()}-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return pathlib.Path(folder).as_uri()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def live_state(options: PipelineOptions) -> LiveState:

@@ -202,6 +202,18 @@ def _lines(pattern_dir: pathlib.Path, prefix: str) -> int:
     return sum(len(path.read_bytes().splitlines()) for path in pattern_dir.glob(f"{prefix}-*"))
 
 
+def test_checkpoint_folders_of_streams_killed_before_their_exit_are_removed_by_the_next(monkeypatch, tmp_path):
+    monkeypatch.setattr(runners.tempfile, "tempdir", str(tmp_path))
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = tmp_path / f"rtml-flink-checkpoints-{int(ended.stdout)}-abc"  # (its process is gone)
+    running = tmp_path / f"rtml-flink-checkpoints-{os.getppid()}-def"
+    for folder in (killed, running):
+        (folder / "job" / "chk-3").mkdir(parents=True)
+    ours = runners.apply_runner_presets(PipelineOptions(["--runner=FlinkRunner", "--streaming"]))
+    assert not killed.exists() and running.exists()
+    assert pathlib.Path(ours["state_backend_storage_path"][len("file://"):]).parent == tmp_path
+
+
 def test_score_batch_end_to_end_on_portable_runner(trained, job_service, tmp_path):
     root, manifest = trained
     days = manifest["days"]
