@@ -128,7 +128,8 @@ class KafkaOptions(PipelineOptions):
         parser.add_argument("--kafka_io", choices=("python", "beam"), default="python",
                             help="python (default): the project's Kafka IO (confluent-kafka). beam: Beam's own "
                                  "cross-language KafkaIO (Java), as Flink and Dataflow users run it; rtml score "
-                                 "--mode stream on the FlinkRunner only, with no allowed delay (see README).")
+                                 "--mode stream on the FlinkRunner only, with no allowed delay "
+                                 "(see docs/live-scoring.md).")
 
 
 class StreamOptions(PipelineOptions):

@@ -26,7 +26,7 @@ fraud_events = st.fixed_dictionaries({
     "currency": st.from_regex(r"[A-Za-z]{3}", fullmatch=True), "country": st.from_regex(r"[A-Za-z]{2}", fullmatch=True),
     "channel": st.sampled_from(["pos", "online", "atm"]),
 }, optional={"is_fraud": st.sampled_from([0, 1]),
-             "extra": st.integers(-2**63, 2**64 - 1)})  # beyond 64 bits orjson reads a float (README, Limits)
+             "extra": st.integers(-2**63, 2**64 - 1)})  # beyond 64 bits orjson reads a float (docs/limits.md)
 
 
 @given(st.binary(max_size=300))

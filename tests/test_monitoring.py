@@ -359,7 +359,7 @@ def test_an_archive_with_a_day_of_tripled_amounts_alerts_on_that_day_only(fraud_
 
 # Extended: on Prism it passed 4 runs alone or beside busy loops, and failed in a run of the whole suite (windows
 # short of events: some came late, under that load); on Flink the replay's windows came without events in 2 runs
-# of 2. Causes not found (README, Limits).
+# of 2. Causes not found (docs/limits.md).
 @pytest.mark.extended
 @pytest.mark.parametrize("runner", ["PrismRunner", "FlinkRunner"])
 def test_live_drift_alerts_are_the_bounded_runs(runner, kafka_broker, fraud_model, fraud_drift_monitored):
