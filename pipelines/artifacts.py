@@ -27,6 +27,7 @@ SDK (tests/test_flink.py checks records against the DirectRunner's).
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -233,15 +234,17 @@ def fetch_maven(name: str, coordinates: tuple, also_on_class_path: tuple[str, ..
 
 
 def fix_flink() -> str:
-    """Compiles ``FLINK_FIX`` into a jar and puts it first on the Flink job server's class path, unless it is there.
-    The line to print."""
-    launcher, libraries = _launcher("flink"), HOME / "flink" / "lib"
-    fixed = HOME / "flink" / "fix" / "flink-fix.jar"
+    """Compiles ``FLINK_FIX`` into a jar in the job server's ``fix`` folder, whose jars its launcher lists first,
+    unless it is there. The line to print."""
+    libraries, folder = HOME / "flink" / "lib", HOME / "flink" / "fix"
+    # (named for what it fixes: a changed fix or runner version builds a new one)
+    fixed = folder / f"flink-fix-{hashlib.sha256(repr(FLINK_FIX).encode()).hexdigest()[:12]}.jar"
     mvn, javac = shutil.which("mvn"), _javac()
     if fixed.exists():
         return f"flink fix: present ({fixed})"
     if not libraries.is_dir() or mvn is None or javac is None:
         return "flink fix: NOT BUILT: no job server, mvn or javac; a stream on Flink grows its job server's heap"
+    unfixed = "the job server runs unfixed: a stream on Flink grows its heap"
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         for artifact in [":".join(coordinate) + ":jar:sources" for coordinate, *_ in FLINK_FIX] + [
@@ -249,24 +252,29 @@ def fix_flink() -> str:
             done = subprocess.run([mvn, "-q", "-B", "dependency:copy", f"-Dartifact={artifact}",
                                    f"-DoutputDirectory={work / 'jars'}"], capture_output=True, text=True)
             if done.returncode != 0:
-                return f"flink fix: NOT BUILT: mvn could not fetch {artifact}: {_last_error(done.stdout + done.stderr)}"
+                return (f"flink fix: NOT BUILT: mvn could not fetch {artifact}: "
+                        f"{_last_error(done.stdout + done.stderr)}; {unfixed}")
         for (group, artifact, version), file, text, fix in FLINK_FIX:
-            with zipfile.ZipFile(work / "jars" / f"{artifact}-{version}-sources.jar") as sources:
-                sources.extract(file, work / "src")
+            try:
+                with zipfile.ZipFile(work / "jars" / f"{artifact}-{version}-sources.jar") as sources:
+                    sources.extract(file, work / "src")
+            except (KeyError, zipfile.BadZipFile) as error:
+                return f"flink fix: NOT BUILT: {file} not found in {artifact}'s sources ({error}); {unfixed}"
             if not apply_fix(work / "src", file, text, fix):
-                return (f"flink fix: NOT BUILT: {file} has changed (see pipelines/artifacts.py); a stream on Flink "
-                        f"grows its job server's heap")
+                return f"flink fix: NOT BUILT: {file} has changed (see pipelines/artifacts.py); {unfixed}"
         class_path = os.pathsep.join(str(jar) for jar in sorted(libraries.iterdir()) + sorted(
             (work / "jars").glob("*.jar")))
-        done = subprocess.run([javac, "--release", "8", "-nowarn", "-proc:none", "-cp", class_path, "-d",
-                               str(work / "classes"), *(str(work / "src" / file) for _, file, *_ in FLINK_FIX)],
+        done = subprocess.run([javac, "--release", "8", "-nowarn", "-proc:none", "-implicit:none", "-cp", class_path,
+                               "-d", str(work / "classes"), *(str(work / "src" / file) for _, file, *_ in FLINK_FIX)],
                               capture_output=True, text=True)
         if done.returncode != 0:
-            return f"flink fix: NOT BUILT: javac failed: {_last_line(done.stderr)}"
-        fixed.parent.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(fixed, "w") as jar:
+            return f"flink fix: NOT BUILT: javac failed: {_last_line(done.stderr)}; {unfixed}"
+        with zipfile.ZipFile(work / "fix.jar", "w") as jar:
             for path in sorted((work / "classes").rglob("*.class")):
                 jar.write(path, path.relative_to(work / "classes").as_posix())
+        shutil.rmtree(folder, ignore_errors=True)  # (an earlier fix's jar)
+        folder.mkdir(parents=True)
+        shutil.move(work / "fix.jar", fixed)  # (whole, or not there)
     return f"flink fix: built ({fixed})"
 
 

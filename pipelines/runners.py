@@ -31,6 +31,7 @@ import argparse
 import atexit
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 import urllib.parse
@@ -108,8 +109,8 @@ def _embedded_flink_checkpoints() -> str:
     """A folder for the checkpoints of this process's embedded Flink, removed when the process exits; those of
     processes that ended without their exit (SIGKILL: a soak left 66 MB) are removed now."""
     for left in pathlib.Path(tempfile.gettempdir()).glob(f"{_CHECKPOINTS_PREFIX}*"):
-        pid = left.name[len(_CHECKPOINTS_PREFIX):].split("-")[0]
-        if pid.isdigit() and not _running(int(pid)):
+        pid = re.match(r"[0-9]{1,9}-", left.name[len(_CHECKPOINTS_PREFIX):])
+        if pid and not _running(int(pid.group()[:-1])):
             shutil.rmtree(left, ignore_errors=True)
     folder = tempfile.mkdtemp(prefix=f"{_CHECKPOINTS_PREFIX}{os.getpid()}-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
@@ -121,8 +122,8 @@ def _running(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's
-        return True
+    except PermissionError:  # (another user's)
+        pass
     return True
 
 

@@ -239,9 +239,11 @@ def one_line_failure(error: BaseException) -> str | None:
     broker refused records (a record over the topic's max.message.bytes, say), or that keyed state cannot be read
     back."""
     text = str(error)
+    if isinstance(error, UnreadableState):
+        return str(error)
     unreadable = re.search(r"UnreadableState: ([^\n]+)", text)
-    if isinstance(error, UnreadableState) or unreadable:
-        return str(error) if isinstance(error, UnreadableState) else unreadable.group(1).strip()
+    if unreadable:
+        return unreadable.group(1).strip()
     if "KafkaTopicNotFoundError" in text or isinstance(error, kafka.KafkaTopicNotFoundError):
         start = text.find("Kafka topic ")
         end = text.find("does not exist", start)

@@ -268,7 +268,7 @@ class _CountsThenForgets(ordering.OrderedStep):
 def test_keyed_state_that_cannot_be_read_back_stops_the_stream_in_one_line_naming_its_shard(monkeypatch):
     monkeypatch.setattr(ordering, "COMPACT_AT_LEAST_BYTES", 0)  # (every release writes a snapshot of the states)
     monkeypatch.setattr(ordering, "_SHARDS", collections.OrderedDict())
-    _History.changed = False
+    monkeypatch.setattr(_History, "changed", False)
     stream = TestStream()
     for value in range(60):
         stream.add_elements([TimestampedValue((f"k{value % 3}", (value * _US, str(value), value)), value)])

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -203,6 +204,9 @@ _SHARDS: collections.OrderedDict = collections.OrderedDict()
 _SHARDS_LOCK = threading.Lock()
 _CACHE_FULL = threading.Event()  # (said once a process)
 _RELEASE_ALL = 2 ** 62  # the cutoff of the release at the end of the input
+# What unpickling raises for bytes that are not a pickle, or for a pickle of classes that have changed since.
+_UNPICKLING_ERRORS = (pickle.UnpicklingError, AttributeError, ImportError, EOFError, IndexError, KeyError, TypeError,
+                      ValueError)
 
 
 class _OrderedStateFn(beam.DoFn):
@@ -285,13 +289,18 @@ class _OrderedStateFn(beam.DoFn):
             if cached is not None:
                 _SHARDS.move_to_end((self._id, shard))
         token, arrived = None, []
-        for entry in arrivals.read():
+        with self._readable(shard):
+            entries = list(arrivals.read())
+        for entry in entries:
             if isinstance(entry, _Token):
                 token = entry.token
             else:
                 arrived.append(entry)
         if token is None or cached is None or cached.token != token:
-            cached = _rebuilt(*self._read_back(shard, pending, log), self._step)
+            with self._readable(shard):
+                waiting = list(pending.read())
+                logged = [(pickle.loads(entry), len(entry)) for entry in log.read()]
+            cached = _rebuilt(waiting, logged, self._step)
             with _SHARDS_LOCK:
                 _SHARDS[(self._id, shard)] = cached
         self._open[shard] = cached
@@ -303,11 +312,13 @@ class _OrderedStateFn(beam.DoFn):
             cached.waiting = sorted(cached.waiting + arrived, key=_order)
         return cached
 
-    def _read_back(self, shard, pending, log) -> tuple[list, list]:
-        """The shard's pending elements, and its log's entries unpickled with their sizes."""
+    @contextlib.contextmanager
+    def _readable(self, shard):
+        """Reads of the shard's state: one that does not unpickle (written by other code, or damaged) stops the stream
+        in one line naming the shard, rather than start its keys afresh. (Beam logs the failed bundle first.)"""
         try:
-            return list(pending.read()), [(pickle.loads(logged), len(logged)) for logged in log.read()]
-        except Exception as error:  # (unpickling raises any type)
+            yield
+        except _UNPICKLING_ERRORS as error:
             message = (f"live keyed state of {type(self._step).__name__}: shard {shard} cannot be read back "
                        f"({type(error).__name__}: {first_line(error)}); it was written by other code or is damaged, "
                        f"and its keys' histories would start empty: restore state this version wrote, or start the "
