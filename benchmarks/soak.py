@@ -18,6 +18,10 @@ At the end the producer stops, the run waits for the last events, and the scorer
 ``--overload``: no disruptions; instead twice --rate for 2 minutes (give a rate the runner holds), then half of it
 for 4 minutes, sampled every 10 s: the lag (produced - scored) should grow, then drain, with memory bounded.
 
+``--stops N``: no disruptions; instead the scorer is stopped with SIGTERM N times while traffic flows (evenly
+through the run, the first 5 s into it) and started again at once with the same group: each stop should
+drain and exit 0 within seconds, and nothing be lost.
+
 Reported: each scorer process's exit status (SIGKILL's aside: 0 expected), events lost (valid events produced and
 never scored; duplicates after the SIGKILL are counted, not lost), p50/p99 latency (output message timestamp -
 input timestamp) per 5-minute stretch of production, and every minute the RSS, open file descriptors and threads of
@@ -63,8 +67,8 @@ class Scorer:
         self._command, self._log_dir, self.exits, self.proc = command, log_dir, [], None
 
     def start(self) -> None:
-        log = open(self._log_dir / f"scorer-{len(self.exits)}.log", "wb")
-        self.proc = subprocess.Popen(self._command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        self._log = self._log_dir / f"scorer-{len(self.exits)}.log"
+        self.proc = subprocess.Popen(self._command, cwd=ROOT, stdout=open(self._log, "wb"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
     def kill(self) -> None:
@@ -72,13 +76,17 @@ class Scorer:
         self.exits.append(("SIGKILL", self.proc.wait(30)))
 
     def terminate(self) -> None:
+        started = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
         try:
-            code = self.proc.wait(40)
+            code = f"{self.proc.wait(40)} in {time.monotonic() - started:.1f} s"
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             code = f"{self.proc.wait()} (did not stop within 40 s of SIGTERM)"
-        self.exits.append(("SIGTERM", code))
+        # (Flink's stop cancels the job after its drain by design; Prism's only when the drain did not end it)
+        stop_line = [line for line in self._log.read_text(errors="replace").splitlines() if " stopped on " in line]
+        self.exits.append(("SIGTERM", code + " (cancelled after its drain)" * bool(stop_line and "cancelled" in
+                                                                                 stop_line[-1])))
 
     def check(self) -> None:
         """An exit nobody asked for is recorded, and the scorer started again (as a service manager would)."""
@@ -96,9 +104,15 @@ def main(argv=None) -> int:
     parser.add_argument("--no_monitoring", action="store_true", help="no --monitoring_topic")
     parser.add_argument("--overload", action="store_true", help="2x --rate for 2 min, then 0.5x for 4 min; no "
                                                                      "disruptions")
+    parser.add_argument("--stops", type=int, default=0, metavar="N",
+                        help="SIGTERM and restart the scorer N times under traffic; no other disruptions")
     parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs, model) afterwards")
     args = parser.parse_args(argv)
+    if args.stops < 0:
+        parser.error("--stops: a number of stops, 0 or more")
 
+    # Stopped with SIGTERM, it still stops its scorer and broker (the finally below), as with Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     run = pathlib.Path(tempfile.mkdtemp(prefix="rtml-soak-"))
     model_dir, trained = run / "model", DATA / f"stream-model-{args.spec}"
     ensure_model(trained, args.spec)
@@ -129,7 +143,8 @@ def main(argv=None) -> int:
         reader.start()
         _wait_for_start(broker.bootstrap, topics[0], reader, scorer)
         started = time.monotonic()
-        actions = [] if args.overload else _disruptions(broker, scorer, model_dir, args.spec, run)
+        actions = ([] if args.overload else _stops(scorer, args.stops, seconds) if args.stops
+                   else _disruptions(broker, scorer, model_dir, args.spec, run))
         producer = threading.Thread(target=_produce, args=(broker.bootstrap, topics[0], events, phases, produced),
                                     daemon=True)
         producer.start()
@@ -175,6 +190,13 @@ def _disruptions(broker: KafkaBroker, scorer: Scorer, model_dir: pathlib.Path, s
     return [(0.3, "broker restart", lambda: (broker.stop(), time.sleep(OUTAGE_S), broker.start()), True),
             (0.5, "new model version", lambda: _train_new_version(model_dir, spec, run), True),
             (0.7, "SIGKILL and restart of the scorer", lambda: (scorer.kill(), scorer.start()), False)]
+
+
+def _stops(scorer: Scorer, stops: int, seconds: float) -> list:
+    """SIGTERM and restart: 5 s into the traffic, then evenly through the run."""
+    restart = lambda: (scorer.terminate(), scorer.start())  # noqa: E731
+    return [(5 / seconds, "SIGTERM 5 s into the traffic, and restart", restart, False)] + [
+        (k / stops, f"SIGTERM {k + 1} under traffic, and restart", restart, False) for k in range(1, stops)]
 
 
 def _events(run: pathlib.Path) -> list[dict]:

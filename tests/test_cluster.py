@@ -437,8 +437,8 @@ def test_stream_mode_runs_live_with_the_batch_runs_assignments(runner, sensor, b
     valid event once, exactly as the bounded run did, and stops on SIGTERM with every offset committed. (A broken
     line stamped with the time it was produced, not the last event's, took its partition's watermark to the
     present: every event of the other partitions read after it was late, and the model diverged.) The offsets are
-    checked after the drain: on Prism an idle stream's commit timer has not always fired (docs/limits.md), and the
-    drain commits what was written."""
+    checked after the drain: on Prism an idle stream's commit timer once did not fire (docs/design.md, "Flakes that
+    did not come back"), and the drain commits what was written."""
     lines = [line for day in sensor["days"] for line in day.read_bytes().splitlines()]
     topics = make_topics(kafka_broker, "cluster", partitions=3)
     ends = produce(kafka_broker.bootstrap, topics[0], lines, [None] * len(lines), stamp_event_time=True)
