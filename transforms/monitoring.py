@@ -341,6 +341,11 @@ class _WindowRecords(beam.DoFn):
                      for name in baseline["features"]}
 
     def process(self, stats: WindowStats, pane=beam.DoFn.PaneInfoParam, bounds=beam.DoFn.WindowParam):
+        if not (stats.events or stats.dead_letters or stats.scored):
+            # An empty pane. Beam's Python windowing asks runners to close each window with a final pane even when
+            # nothing came after the last one (ClosingBehavior EMIT_ALWAYS); Flink does, and its empty record after
+            # each window's own read as a window of 0 events.
+            return
         late = pane.timing == PaneInfoTiming.LATE
         record = window_record(stats, bounds.start, self._size, late, self._baseline, self._baseline_version,
                                self._spec.monitoring.min_events)
