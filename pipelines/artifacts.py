@@ -37,6 +37,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 BEAM_VERSION = importlib.metadata.version("apache-beam")
 PRISM_SOURCE = ("github.com/apache/beam/sdks/v2", "go/cmd/prism")  # (module, the command's folder in it)
@@ -199,9 +200,11 @@ def apply_fix(root: Path, file: str, text: str, fixed: str) -> bool:
     return True
 
 
-def fetch_maven(name: str, coordinates: tuple, also_on_class_path: tuple[str, ...] = ()) -> str:
+def fetch_maven(name: str, coordinates: tuple, also_on_class_path: tuple[str, ...] = (),
+                fix: Callable[[], str] | None = None) -> str:
     """Fetch Maven artifacts and their dependencies into ``<name>/lib`` and write the launcher jar, whose class
-    path also lists the libraries of ``also_on_class_path`` (other names) that are there."""
+    path lists first the jars of ``<name>/fix`` (which ``fix()``, run once the libraries are there, builds; its line
+    follows) and last the libraries of ``also_on_class_path`` (other names) that are there."""
     dependencies, main_class = coordinates
     launcher = _launcher(name)
     what = ", ".join(":".join(coordinate) for coordinate in dependencies)
@@ -225,7 +228,9 @@ def fetch_maven(name: str, coordinates: tuple, also_on_class_path: tuple[str, ..
         status = f"{name}: fetched {what} ({launcher})"
     if not (folder / "lib").is_dir():  # a launcher left without its libraries
         launcher.unlink()
-        return fetch_maven(name, coordinates, also_on_class_path)
+        return fetch_maven(name, coordinates, also_on_class_path, fix)
+    if fix is not None:
+        status += "\n" + fix()
     fixes = sorted((folder / "fix").glob("*.jar"))  # (classes fixed at set-up: first, so that they win)
     extra = [jar for other in also_on_class_path if (HOME / other / "lib").is_dir()
              for jar in sorted((HOME / other / "lib").iterdir())]
@@ -239,11 +244,11 @@ def fix_flink() -> str:
     libraries, folder = HOME / "flink" / "lib", HOME / "flink" / "fix"
     # (named for what it fixes: a changed fix or runner version builds a new one)
     fixed = folder / f"flink-fix-{hashlib.sha256(repr(FLINK_FIX).encode()).hexdigest()[:12]}.jar"
-    mvn, javac = shutil.which("mvn"), _javac()
+    mvn, javac = shutil.which("mvn"), _javac()  # (mvn is there: it fetched the job server)
     if fixed.exists():
         return f"flink fix: present ({fixed})"
-    if not libraries.is_dir() or mvn is None or javac is None:
-        return "flink fix: NOT BUILT: no job server, mvn or javac; a stream on Flink grows its job server's heap"
+    if javac is None:
+        return "flink fix: NOT BUILT: no javac; a stream on Flink grows its job server's heap"
     unfixed = "the job server runs unfixed: a stream on Flink grows its heap"
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
@@ -343,9 +348,7 @@ def main() -> int:
                          "PrismRunner is unavailable (the DirectRunner and FlinkRunner work)"),
              fetch_go(fake_gcs_server_binary(), *FAKE_GCS_SERVER, "the Cloud Storage tests cannot run"),
              fetch_maven("kafka", KAFKA), fetch_maven("kafka_io", KAFKA_IO),
-             fetch_maven("flink", FLINK_JOB_SERVER, also_on_class_path=("kafka_io",)), fix_flink()]
-    if lines[-1].startswith("flink fix: built"):  # (the launcher was written before it)
-        fetch_maven("flink", FLINK_JOB_SERVER, also_on_class_path=("kafka_io",))
+             fetch_maven("flink", FLINK_JOB_SERVER, also_on_class_path=("kafka_io",), fix=fix_flink)]
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         lines.append("java: NOT FOUND: the local Kafka broker and FlinkRunner need a JDK 17")
     for line in lines:

@@ -34,7 +34,6 @@ def test_missing_tools_are_one_line_each_saying_what_still_works(bare_machine, c
         "default, works)",
         "flink: NOT INSTALLED: no mvn on PATH; FlinkRunner needs --flink_job_server_jar or --job_endpoint (the "
         "DirectRunner and PrismRunner work)",
-        "flink fix: NOT BUILT: no job server, mvn or javac; a stream on Flink grows its job server's heap",
         "java: NOT FOUND: the local Kafka broker and FlinkRunner need a JDK 17"]
 
 
