@@ -33,7 +33,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from models import registry
-from transforms.events import METRICS_NAMESPACE, POSITION, EventBatch
+from transforms.events import METRICS_NAMESPACE, POSITION, EventBatch, ScoredBatch
 from transforms.features import SCORE_OUTPUT, raw_columns, tft_layer, transform_with_tft
 from transforms.spec import Spec
 
@@ -202,7 +202,7 @@ def scored_records(spec: Spec, batch: EventBatch, scores: np.ndarray, model_vers
 
 
 class ScoreEvents(beam.PTransform):
-    """``EventBatch`` in; lists of scored records out (one list per batch, in the batch's order).
+    """``EventBatch`` in; ``ScoredBatch`` out: each batch with its scored records, in its order.
 
     Scores with ``model``; with ``reload_every_s`` > 0, with the newest good version in ``model_dir``
     from then on (see ``VersionWatch``): each batch by one version, named in its records.
@@ -218,5 +218,6 @@ class ScoreEvents(beam.PTransform):
         spec = self._spec
         return (batches
                 | "RunInference" >> RunInference(self._handler)
-                | "ScoredRecords" >> beam.Map(
-                    lambda result: scored_records(spec, result.example, result.inference, result.model_id)))
+                | "ScoredRecords" >> beam.Map(lambda result: ScoredBatch(
+                    result.example, scored_records(spec, result.example, result.inference, result.model_id),
+                    result.model_id)))

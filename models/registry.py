@@ -105,6 +105,30 @@ class ModelVersion:
         return self.manifest["baseline"]
 
 
+class Baselines:
+    """Monitoring's training baselines by model version, for a stream that may switch versions: ``baselines(name)``
+    is ``(the version compared with, its baseline)``. The first version's as given; another's read from
+    ``model_dir`` the first time it is asked for (verified as ``load_for_spec`` verifies). A version whose baseline
+    cannot be read (removed, trained before monitoring) is compared with the first version's, and the log says so.
+    """
+
+    def __init__(self, model_dir: str, spec: Spec, first: ModelVersion):
+        self._model_dir, self._spec, self._signing_key_env = model_dir, spec, first.signing_key_env
+        self._first = (first.version, first.baseline())
+        self._known: dict[str, tuple[str, dict]] = {first.version: self._first}
+
+    def __call__(self, version: str) -> tuple[str, dict]:
+        if version not in self._known:
+            try:
+                model = load_for_spec(self._model_dir, self._spec, version, signing_key_env=self._signing_key_env)
+                self._known[version] = (version, model.baseline())
+            except ModelError as error:
+                _LOG.warning("monitoring: %s; its windows are compared with model %s's training baseline", error,
+                             self._first[0])
+                self._known[version] = self._first
+        return self._known[version]
+
+
 def new_version() -> str:
     """A version name that sorts by creation time, to the microsecond: ``20261121T150102.123456Z-3fa9``."""
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ-") + secrets.token_hex(2)

@@ -51,7 +51,7 @@ from pipelines import cli, graph, locks, runners, serving
 from pipelines.options import ArchiveOptions, BackfillOptions, EngineOptions, KafkaOptions, ModelOptions, SpecOptions
 from transforms import kafka, storage
 from transforms.errors import UserError
-from transforms.events import EventBatch, dead_letter_time_us, event_time_us_of, is_event_time, utc_datetime
+from transforms.events import EventBatch, ScoredBatch, dead_letter_time_us, event_time_us_of, is_event_time, utc_datetime
 from transforms.fileio import UNREADABLE_REASON, ReadEventFiles, check_input
 
 VIEWS = (SpecOptions, ModelOptions, EngineOptions, ArchiveOptions, BackfillOptions, KafkaOptions)
@@ -213,10 +213,10 @@ def _in_wave(batch: EventBatch, unit_us: int, starts: frozenset):
         yield EventBatch([batch.events[i] for i in keep], [batch.event_time_us[i] for i in keep])
 
 
-def _key_records(records: list[dict], time_field: str, partition: str):
-    """Scored records keyed by partition: (name, ("s", [(time_us, event_id, line), ...]))."""
+def _key_records(scored: ScoredBatch, time_field: str, partition: str):
+    """A batch's scored records keyed by partition: (name, ("s", [(time_us, event_id, line), ...]))."""
     unit_us, by_unit = UNIT_US[partition], {}
-    for record in records:
+    for record in scored.records:
         time_us = event_time_us_of(record[time_field])
         by_unit.setdefault(time_us - time_us % unit_us, []).append(
             (time_us, str(record["event_id"]), orjson.dumps(record)))

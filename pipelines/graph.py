@@ -1,7 +1,7 @@
 """The graph every command composes: sources of ``list[Raw]`` blocks, the scoring graph, Kafka sinks.
 
     raw = pipeline | ReadEventFiles(...)          # or ReadKafkaEvents(...), live or bounded
-    scored = raw | ScoreRaw(spec, model, ...)     # Scored(events, scored, dead_letters)
+    scored = raw | ScoreRaw(spec, model, ...)     # Scored(batches, scored, dead_letters)
     scored.scored | WriteToTopic(..., scored_messages, ...)   # or WriteJsonLines / WriteParquet
 
 Batch and stream run the same ``ParseAndEnrich`` and ``ScoreRaw``; only sources and sinks differ.
@@ -223,7 +223,7 @@ class Parsed(NamedTuple):
 
 
 class Scored(NamedTuple):
-    events: beam.PCollection  # EventBatch, as scored
+    batches: beam.PCollection  # ScoredBatch: the events with their scored records (what Monitor takes)
     scored: beam.PCollection  # lists of scored records
     dead_letters: beam.PCollection  # dicts
 
@@ -261,9 +261,9 @@ class ScoreRaw(beam.PTransform):
     def expand(self, raw):
         parsed = raw | "ParseAndEnrich" >> ParseAndEnrich(self._spec, self._streaming, self._batch_size,
                                                           live_state=self._live_state)
-        scored = parsed.events | "ScoreEvents" >> ScoreEvents(self._spec, self._model, self._model_dir, self._engine,
-                                                             self._model_reload_s)
-        return Scored(parsed.events, scored, parsed.dead_letters)
+        batches = parsed.events | "ScoreEvents" >> ScoreEvents(self._spec, self._model, self._model_dir, self._engine,
+                                                              self._model_reload_s)
+        return Scored(batches, batches | "Records" >> beam.Map(lambda scored: scored.records), parsed.dead_letters)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import time
 
 from apache_beam.io.filesystems import FileSystems
 
+from models import registry
 from pipelines import cli, graph, runners
 from pipelines.options import ArchiveOptions, EngineOptions, ModelOptions, MonitorOptions, SpecOptions
 from transforms.fileio import ReadEventFiles, WriteJsonLines, check_input, json_records
@@ -34,17 +35,18 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
     cli.require(options, *REQUIRED[""])
     flags = options.view_as(ArchiveOptions)
     spec, model = graph.spec_and_model(options)
-    monitor = Monitor(spec, model.baseline(), model.version, options.view_as(MonitorOptions).window_s)
+    model_flags = options.view_as(ModelOptions)
+    monitor = Monitor(spec, registry.Baselines(model_flags.model_dir, spec, model), model.version,
+                      options.view_as(MonitorOptions).window_s)
     check_input(flags.input)
 
     started = time.monotonic()
     pipeline = cli.create_pipeline(options, test_pipeline)
-    model_flags = options.view_as(ModelOptions)
     scored = (pipeline
               | "ReadEvents" >> ReadEventFiles(flags.input, flags.batch_size)
               | "ScoreRaw" >> graph.ScoreRaw(spec, model, model_flags.model_dir, options.view_as(EngineOptions).engine,
                                              batch_size=flags.batch_size))
-    monitored = scored._asdict() | "Monitor" >> monitor
+    monitored = {"scored": scored.batches, "dead_letters": scored.dead_letters} | "Monitor" >> monitor
     monitored[WINDOWS] | "WriteWindows" >> WriteJsonLines(flags.output, WINDOWS)
     monitored[ALERTS] | "WriteAlerts" >> WriteJsonLines(flags.output, ALERTS)
     result = pipeline.run()

@@ -115,7 +115,7 @@ def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options, mo
     java_io = graph.kafka_expansion_service(flags)  # --kafka_io beam: it commits what Flink checkpointed
     when_written = not runners.is_direct(options) and java_io is None
     read = graph.live_read(flags, stream, config, group, when_written, java_io, on_prism=runners.is_prism(options))
-    events, scored, dead_letters = (
+    batches, scored, dead_letters = (
         pipeline
         | "ReadEvents" >> graph.ReadKafkaEvents(read, max_batch, with_positions=when_written,
                                                 value_format=graph.value_format(options, spec))
@@ -132,8 +132,9 @@ def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options, mo
          | "WrittenPositions" >> beam.Flatten()
          | "CommitWhenWritten" >> CommitWhenWritten(flags.bootstrap_servers, group, config))
     if monitoring_topic:
-        monitored = ({"events": events, "scored": scored, "dead_letters": dead_letters}
-                     | "Monitor" >> Monitor(spec, model.baseline(), model.version, options.view_as(MonitorOptions).window_s))
+        monitored = ({"scored": batches, "dead_letters": dead_letters}
+                     | "Monitor" >> Monitor(spec, registry.Baselines(model_dir, spec, model), model.version,
+                                            options.view_as(MonitorOptions).window_s))
         ((monitored[WINDOWS], monitored[ALERTS])
          | "MonitoringRecords" >> beam.Flatten()
          | "WriteMonitoring" >> graph.WriteToTopic(flags.bootstrap_servers, monitoring_topic, config,

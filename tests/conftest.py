@@ -165,13 +165,13 @@ def read_json_lines(directory: pathlib.Path) -> list[dict]:
 
 
 def publish_stand_in_model(model_dir: pathlib.Path | str, scale: float = 100.0, spec_name: str = "fraud",
-                           signing_key_env: str | None = None) -> str:
+                           signing_key_env: str | None = None, baseline: dict | None = None) -> str:
     """Publish a stand-in model version in a second; returns its version.
 
     An ONNX graph over the spec's raw feature sources, published through the registry like a
     trained version: score = sum / (sum + scale) of the number sources. For tests whose guarantees
     do not depend on what a model learned (a trained one costs tens of seconds); it has no
-    monitoring baseline.
+    monitoring baseline unless given one (``stand_in_baseline``).
     """
     from onnx import TensorProto, helper
 
@@ -195,5 +195,21 @@ def publish_stand_in_model(model_dir: pathlib.Path | str, scale: float = 100.0, 
     staging = registry.staging_dir(str(model_dir), version)
     (staging / "model.onnx").write_bytes(model.SerializeToString())
     registry.publish(str(model_dir), staging, {"version": version, "spec": {
-        "name": spec.name, "fingerprint": spec.fingerprint, "source": spec.source}}, signing_key_env)
+        "name": spec.name, "fingerprint": spec.fingerprint, "source": spec.source},
+        **({"baseline": baseline} if baseline is not None else {})}, signing_key_env)
     return version
+
+
+def stand_in_baseline(spec, events: list[dict], score) -> dict:
+    """A monitoring baseline as training would make it, from ``events`` (their terms its vocabularies) and their
+    ``score(event)``s."""
+    import numpy as np
+
+    from transforms.events import EventBatch, event_time_us_of
+    from transforms.features import raw_columns
+    from transforms.monitoring import training_baseline
+
+    plan = {f.name: {"vocabulary": list(dict.fromkeys(e[f.source] for e in events))} if f.kind == "vocabulary"
+            else {} for f in spec.features}
+    batch = EventBatch(events, [event_time_us_of(e[spec.event_time]) for e in events])
+    return training_baseline(spec, plan, raw_columns(batch, spec), np.array([score(e) for e in events]))

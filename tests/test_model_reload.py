@@ -7,12 +7,15 @@ on Prism, against Apache Kafka, and publishes versions while it runs.
 """
 from __future__ import annotations
 
+import collections
+import datetime
 import logging
 import os
 import pathlib
 import shutil
 import time
 
+import orjson
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -20,8 +23,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from models import registry
 from models.inference import VersionWatch
 from pipelines import score
-from tests.conftest import publish_stand_in_model, read_json_lines
-from tests.kafka_helpers import Outputs, make_topics, produce, stream_scorer, unique_name
+from tests.conftest import publish_stand_in_model, read_json_lines, stand_in_baseline
+from tests.kafka_helpers import Outputs, make_topics, produce, read_topic, stream_scorer, unique_name
 from transforms.errors import UserError
 from transforms.events import EventParser
 from transforms.spec import load_spec
@@ -29,16 +32,6 @@ from transforms.spec import load_spec
 SPEC = load_spec("fraud")
 EVENTS = 120
 POLL_S = 2
-
-
-@pytest.fixture(scope="module")
-def versions(tmp_path_factory) -> dict:
-    """A model directory holding ``old`` and ``new`` (current): stand-in fraud models that score every event
-    differently, so each record shows which one scored it."""
-    root = tmp_path_factory.mktemp("reload")
-    old = publish_stand_in_model(root / "model", scale=100.0)
-    new = publish_stand_in_model(root / "model", scale=50.0)
-    return {"dir": root / "model", "old": old, "new": new}
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +43,17 @@ def events(fraud_archive, tmp_path_factory) -> pathlib.Path:
     path = tmp_path_factory.mktemp("reload_events") / "events.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     return path
+
+
+@pytest.fixture(scope="module")
+def versions(events, tmp_path_factory) -> dict:
+    """A model directory holding ``old`` and ``new`` (current): stand-in fraud models that score every event
+    differently, so each record shows which one scored it, each with a monitoring baseline of its own."""
+    root = tmp_path_factory.mktemp("reload")
+    sample = [orjson.loads(line) for line in events.read_bytes().splitlines()]
+    old, new = (publish_stand_in_model(root / "model", scale=scale, baseline=stand_in_baseline(
+        SPEC, sample, lambda event: event["amount"] / (event["amount"] + scale))) for scale in (100.0, 50.0))
+    return {"dir": root / "model", "old": old, "new": new}
 
 
 @pytest.fixture(scope="module")
@@ -85,23 +89,31 @@ def _publish(model_dir: str, version: str) -> None:
 @pytest.mark.parametrize("runner", ["DirectRunner", "PrismRunner", pytest.param("FlinkRunner", marks=pytest.mark.extended)])
 def test_a_running_scorer_switches_versions_mid_stream_scoring_each_event_once(runner, versions, events, batch_scores,
                                                                                 kafka_broker, tmp_path):
+    """On a streaming runner, with monitoring too: each version's events are counted in windows compared with its own
+    training baseline, not the first version's (the DirectRunner cannot monitor a stream)."""
     old, new = versions["old"], versions["new"]
     # every event's score tells which version scored it, not only the record's model_version
     assert all(abs(batch_scores[old][e] - batch_scores[new][e]) > 1e-6 for e in batch_scores[old])
     model_dir = _copy(versions, tmp_path, current="old")
     lines = events.read_bytes().splitlines()
     topics = make_topics(kafka_broker, "reload")
+    monitoring = [] if runner == "DirectRunner" else ["--monitoring_topic", unique_name("reload-monitoring"),
+                                                      "--window_s", "3600"]
+    if monitoring:
+        kafka_broker.create_topic(monitoring[1], 1)
     outputs = Outputs(kafka_broker.bootstrap, topics[1], topics[2])
     expected = {}
     try:
         with stream_scorer(model_dir, kafka_broker.bootstrap, topics, unique_name("reload"), "--runner", runner,
-                    "--model_poll_seconds", str(POLL_S)) as scorer:
+                           "--model_poll_seconds", str(POLL_S), *monitoring) as scorer:
             for number, version in enumerate((old, new, old)):  # a new version, then a rollback
                 if number:
                     _publish(model_dir, version)
                     time.sleep(POLL_S + 1)  # the scorer reads CURRENT at its next batch after POLL_S
-                part = lines[number * EVENTS // 3:(number + 1) * EVENTS // 3]
-                produce(kafka_broker.bootstrap, topics[0], part)
+                now = datetime.datetime.now(datetime.timezone.utc).isoformat()  # (the windows stay open till the end)
+                part = [orjson.dumps(orjson.loads(line) | {"event_time": now})
+                        for line in lines[number * EVENTS // 3:(number + 1) * EVENTS // 3]]
+                produce(kafka_broker.bootstrap, topics[0], part, stamp_event_time=True)
                 expected |= {EventParser(SPEC).parse(line)[0]["event_id"]: version for line in part}
                 outputs.wait(lambda o: len(o.scored) >= len(expected), 120, f"events scored by {version}", scorer)
             code, _ = scorer.terminate()
@@ -113,6 +125,12 @@ def test_a_running_scorer_switches_versions_mid_stream_scoring_each_event_once(r
         version = expected[record["event_id"]]
         assert record["model_version"] == version, record
         assert abs(record["score"] - batch_scores[version][record["event_id"]]) <= 1e-6, record
+    if monitoring:
+        windows = [record for _, record in read_topic(kafka_broker.bootstrap, monitoring[1]) if record["kind"] == "window"]
+        counted = collections.Counter()
+        for record in windows:
+            counted[record["baseline_version"]] += record["events"]
+        assert counted == collections.Counter(expected.values()), windows
 
 
 def _alerts(caplog) -> list[str]:

@@ -19,16 +19,16 @@ from apache_beam.utils.timestamp import Timestamp
 from hypothesis import assume, given, strategies as st
 
 from models.inference import scored_records
-from models.registry import ModelError, ModelVersion
+from models.registry import Baselines, ModelError, ModelVersion
 from pipelines import cli, generate, monitor, score
-from tests.conftest import DRIFT_DAY, read_json_lines
+from tests.conftest import DRIFT_DAY, read_json_lines, stand_in_baseline
 from tests.kafka_helpers import make_topics, produce, read_topic, stop_once_committed, stream_scorer, unique_name, wait_for
 from transforms.errors import UserError
-from transforms.events import EventBatch, ParseEvents, Raw, event_time_us_of
+from transforms.events import EventBatch, ParseEvents, Raw, ScoredBatch, event_time_us_of
 from transforms.features import raw_columns
 from transforms.fileio import WriteJsonLines
 from transforms.monitoring import (ALERTS, MONITOR_METRICS_NAMESPACE, PSI_EPSILON, WINDOWS, Bins, Monitor, WindowStats,
-                                   _WindowRecords, psi, quantile_edges, training_baseline)
+                                   _WindowRecords, psi, quantile_edges)
 from transforms.spec import Monitoring, SpecError, _build, load_spec
 
 FRAUD = load_spec("fraud")
@@ -127,32 +127,29 @@ def _line(number: int, seconds: float, **fields) -> bytes:
     return orjson.dumps({**event, **fields})
 
 
-def _test_model(spec) -> ModelVersion:
-    """A model version holding only what monitoring reads: a baseline from 300 events like the test's."""
-    lines = [_line(n, n) for n in range(1000, 1300)]
-    events = [orjson.loads(line) for line in lines]
-    batch = EventBatch(events, [event_time_us_of(e["event_time"]) for e in events])
-    plan = {f.name: {"vocabulary": list(dict.fromkeys(e[f.source] for e in events))} if f.kind == "vocabulary"
-            else {} for f in spec.features}
-    scores = np.array([_score(e) for e in events])
-    baseline = training_baseline(spec, plan, raw_columns(batch, spec), scores)
-    return ModelVersion("unused", {"version": "v-test", "baseline": baseline})
+def _test_model(spec, version: str = "v-test", amounts_times: float = 1.0) -> ModelVersion:
+    """A model version holding only what monitoring reads: a baseline from 300 events like the test's (their amounts
+    multiplied by ``amounts_times``)."""
+    events = [orjson.loads(_line(n, n)) for n in range(1000, 1300)]
+    events = [event | {"amount": event["amount"] * amounts_times} for event in events]
+    return ModelVersion("unused", {"version": version, "baseline": stand_in_baseline(spec, events, _score)})
 
 
 def _score(event: dict) -> float:
     return event["amount"] / (event["amount"] + 1000)  # alerts (>= 0.5) from 1000 up
 
 
-def _scored(batch: EventBatch, spec) -> list[dict]:
-    return scored_records(spec, batch, np.array([_score(e) for e in batch.events]), "v-test")
+def _scored(batch: EventBatch, spec, version: str = "v-test") -> ScoredBatch:
+    return ScoredBatch(batch, scored_records(spec, batch, np.array([_score(e) for e in batch.events]), version),
+                       version)
 
 
 def _monitored(raw_batches, spec, model, name: str = ""):
     """The monitoring graph over raw line batches; scores come from ``_score`` instead of a model."""
     parsed = raw_batches | f"Parse{name}" >> ParseEvents(spec)
     scored = parsed.events | f"Score{name}" >> beam.Map(_scored, spec)
-    return ({"events": parsed.events, "scored": scored, "dead_letters": parsed.dead_letters}
-            | f"Monitor{name}" >> Monitor(spec, model.baseline(), model.version))
+    return ({"scored": scored, "dead_letters": parsed.dead_letters}
+            | f"Monitor{name}" >> Monitor(spec, Baselines("unused", spec, model), model.version))
 
 
 def _raw(lines: list[bytes]) -> list[Raw]:
@@ -229,10 +226,11 @@ def test_an_empty_pane_makes_no_window_record():
                                                             min_events=5, psi_threshold=0.2, max_alert_rate=0.5))
     with TestPipeline() as pipeline:
         records = (pipeline
-                   | beam.Create([window.TimestampedValue(WindowStats(), 30), window.TimestampedValue(
-                       WindowStats(events=3, scored=3, score_counts=np.ones(10, dtype=int)), 90)])
+                   | beam.Create([window.TimestampedValue({"v-test": WindowStats()}, 30), window.TimestampedValue(
+                       {"v-test": WindowStats(events=3, scored=3, score_counts=np.ones(10, dtype=int))}, 90)])
                    | beam.WindowInto(window.FixedWindows(60))
-                   | beam.ParDo(_WindowRecords(spec, _test_model(spec).baseline(), "v-test", 60)).with_outputs(
+                   | beam.ParDo(_WindowRecords(spec, Baselines("unused", spec, _test_model(spec)), "v-test",
+                                               60)).with_outputs(
                        ALERTS, main=WINDOWS))
         assert_that(records[WINDOWS] | beam.Map(lambda r: (r["window_start"], r["events"])),
                     equal_to([("1970-01-01T00:01:00Z", 3)]))
@@ -297,6 +295,49 @@ def test_a_window_record_holds_rates_scores_and_drift_and_alerts_cross_the_spec_
                                                             sorted(a.get("features", ())))),
                     equal_to([("2026-03-20T10:03:00Z", "drift", ["amount_bucket", "amount_log", "channel"]),
                               ("2026-03-20T10:03:00Z", "alert_rate", [])]), label="Alerts")
+
+
+def test_after_a_hot_reload_each_batch_is_compared_with_the_baseline_of_the_version_that_scored_it():
+    """A live stream switches versions mid-window (a hot reload): a new version trained on amounts three times as
+    large scores amounts three times as large. Compared with the first version's baseline, that is drift (a false
+    alert on every window after each model update); each version's batches count in a record of their own, against
+    their own version's baseline, and the window's dead letter goes to the newest version's."""
+    spec = dataclasses.replace(FRAUD, monitoring=Monitoring(window_sizes_s=(60,), min_events=10, psi_threshold=0.2))
+    first, reloaded = _test_model(spec, "v-first"), _test_model(spec, "v-reloaded", amounts_times=3)
+    baselines = {version.version: (version.version, version.baseline()) for version in (first, reloaded)}.__getitem__
+    lines = {"v-first": [_line(n, 120 + i * 0.25) for i, n in enumerate(range(1000, 1200))] + [_line(9, 130, amount=0)],
+             "v-reloaded": [_line(n, 121 + i * 0.25, amount=(5.0 + (n * 37) % 200) * 3)
+                            for i, n in enumerate(range(1200, 1400))]}
+    new_events = [orjson.loads(line) for line in lines["v-reloaded"]]
+    new_amounts = raw_columns(EventBatch(new_events, [0] * len(new_events)), spec)["amount"]
+    entry = first.baseline()["features"]["amount_log"]
+    assert psi(entry["shares"], Bins(entry).counts(new_amounts)) > spec.monitoring.psi_threshold  # (the false alert)
+    with TestPipeline() as pipeline:
+        parsed = {version: pipeline | f"Read{version}" >> beam.Create([_raw(block)]) | f"Parse{version}" >> ParseEvents(spec)
+                  for version, block in lines.items()}
+        scored = [parsed[version].events | f"Score{version}" >> beam.Map(_scored, spec, version) for version in lines]
+        monitored = ({"scored": scored | beam.Flatten(), "dead_letters": [p.dead_letters for p in parsed.values()]
+                      | "DeadLetters" >> beam.Flatten()}
+                     | Monitor(spec, baselines, first.version))
+        assert_that(monitored[WINDOWS] | beam.Map(lambda r: (r["window_start"], r["baseline_version"], r["events"],
+                                                             r["dead_letters"], r["drift"]["amount_log"] < 0.1)),
+                    equal_to([("2026-03-20T10:02:00Z", "v-first", 200, 0, True),
+                              ("2026-03-20T10:02:00Z", "v-reloaded", 200, 1, True)]), label="Windows")
+        assert_that(monitored[ALERTS], equal_to([]), label="NoAlerts")
+
+
+def test_a_versions_baseline_is_read_from_the_model_dir_or_else_the_first_versions_is_used_and_said(fraud_model,
+                                                                                                   caplog):
+    model_dir, trained = fraud_model
+    first = _test_model(load_spec("fraud"), "v-first")
+    baselines = Baselines(model_dir, load_spec("fraud"), first)
+    assert baselines(trained.version) == (trained.version, trained.baseline())
+    assert baselines("v-first") == ("v-first", first.baseline())
+    for _ in range(2):
+        assert baselines("20260101T000000.000000Z-gone") == ("v-first", first.baseline())
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("monitoring:")] == [
+        f"monitoring: model 20260101T000000.000000Z-gone in {model_dir}: missing, or its manifest.json is missing; its "
+        f"windows are compared with model v-first's training baseline"]
 
 
 def test_a_model_without_a_baseline_is_refused_in_one_line():

@@ -68,6 +68,14 @@ class EventBatch(NamedTuple):
     positions: list[tuple] | None = None  # each event's Raw.position, in a stream
 
 
+class ScoredBatch(NamedTuple):
+    """An ``EventBatch`` as scored: its scored records, in its order, by one model version."""
+
+    events: EventBatch
+    records: list[dict]
+    model_version: str
+
+
 class EventParser:
     """Checks raw records against a spec's fields.
 

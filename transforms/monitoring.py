@@ -1,8 +1,8 @@
 """Event-time monitoring: per window, input and dead-letter rates, scores, alerts, and drift from training.
 
-``Monitor`` takes the valid events (``EventBatch``), their scored records and the dead letters,
-and puts them in fixed event-time windows of each size the spec's ``monitoring:`` section names
-(``transforms.spec.Monitoring``). Per window it emits one monitoring record:
+``Monitor`` takes the scored batches (``ScoredBatch``: valid events and their scored records) and the
+dead letters, and puts them in fixed event-time windows of each size the spec's ``monitoring:`` section
+names (``transforms.spec.Monitoring``). Per window and model version it emits one monitoring record:
 
     {"kind": "window", "window_start", "window_end", "window_s", "pane": "on_time" | "late",
      "baseline_version", "events", "dead_letters", "input_per_s", "dead_letter_rate", "scored", "alerts",
@@ -23,9 +23,14 @@ and ``score_psi`` compares them with the holdout's.
 
 Lateness: each window fires once the watermark passes its end (the ``on_time`` pane), then once
 more for each late arrival within ``allowed_lateness_s``: a ``late`` pane counts only what came
-late (an event and its score may come in separate late panes), and the panes of a window add up to
-all of it. Data later than that is dropped by the runner, uncounted here.
-``baseline_version`` is the model version whose training baseline the window is compared with.
+late, and the panes of a window add up to all of it. Data later than that is dropped by the runner,
+uncounted here.
+
+``baseline_version``: the events and scores of a batch are compared with the training baseline of the
+model version that scored them (``baselines(version)``; a live stream switches versions on a hot
+reload), so a window in which the version changed has one record per version, and its dead letters
+are counted in the newest one's. A version whose baseline cannot be read is compared with the first
+version's, and its record names that one.
 Dead letters are placed by the event time their raw input names, if it has a valid one; the others
 cannot be placed and are only counted (``untimed_dead_letters``).
 
@@ -38,7 +43,7 @@ integers).
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable
+from typing import Callable, Iterable
 
 import apache_beam as beam
 import numpy as np
@@ -46,7 +51,7 @@ from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
-from transforms.events import METRICS_NAMESPACE, EventBatch, dead_letter_time_us, event_time_us_of
+from transforms.events import METRICS_NAMESPACE, ScoredBatch, dead_letter_time_us, event_time_us_of
 from transforms.feature_kinds import KINDS
 from transforms.features import raw_columns
 from transforms.spec import Spec
@@ -169,20 +174,29 @@ class WindowStats:
         return self
 
 
+Baselines = Callable[[str], tuple[str, dict]]  # a model version -> (the version compared with, its baseline)
+ByVersion = dict  # baseline version (None: dead letters, which have none) -> its WindowStats
+
+
 class _MergeStats(beam.CombineFn):
-    def create_accumulator(self) -> WindowStats:
-        return WindowStats()
+    """``(baseline version, WindowStats)`` in; a window's ``ByVersion`` out."""
 
-    def add_input(self, accumulator: WindowStats, stats: WindowStats) -> WindowStats:
-        return accumulator.merge(stats)
+    def create_accumulator(self) -> ByVersion:
+        return {}
 
-    def merge_accumulators(self, accumulators: Iterable[WindowStats]) -> WindowStats:
-        merged = WindowStats()
+    def add_input(self, accumulator: ByVersion, element: tuple[str | None, WindowStats]) -> ByVersion:
+        version, stats = element
+        accumulator.setdefault(version, WindowStats()).merge(stats)
+        return accumulator
+
+    def merge_accumulators(self, accumulators: Iterable[ByVersion]) -> ByVersion:
+        merged: ByVersion = {}
         for accumulator in accumulators:
-            merged.merge(accumulator)
+            for version, stats in accumulator.items():
+                merged.setdefault(version, WindowStats()).merge(stats)
         return merged
 
-    def extract_output(self, accumulator: WindowStats) -> WindowStats:
+    def extract_output(self, accumulator: ByVersion) -> ByVersion:
         return accumulator
 
 
@@ -191,11 +205,11 @@ def _tag(size_s: int) -> str:
 
 
 class _SplitByWindow(beam.DoFn):
-    """An input element in; per window size (one tagged output each), one ``WindowStats`` per window
-    its items fall in, timestamped at the window's start.
+    """An input element in; per window size (one tagged output each), one ``(baseline version, WindowStats)`` per
+    window its items fall in, timestamped at the window's start.
 
-    Subclasses say what an element holds: ``items(element)`` returns the items' event times (us) and
-    a function giving the ``WindowStats`` of some of them (by position).
+    Subclasses say what an element holds: ``items(element)`` returns the baseline version (None for dead letters),
+    the items' event times (us) and a function giving the ``WindowStats`` of some of them (by position).
     """
 
     def __init__(self, window_sizes_s: tuple[int, ...]):
@@ -208,61 +222,53 @@ class _SplitByWindow(beam.DoFn):
         found = self.items(element)
         if found is None:
             return
-        times_us, stats_of = found
+        version, times_us, stats_of = found
         for size in self._sizes:
             starts = times_us - times_us % (size * _US)
             for start in np.unique(starts).tolist():
                 stats = stats_of(np.flatnonzero(starts == start))
-                yield beam.pvalue.TaggedOutput(_tag(size), window.TimestampedValue(stats, Timestamp(micros=start)))
+                yield beam.pvalue.TaggedOutput(_tag(size),
+                                               window.TimestampedValue((version, stats), Timestamp(micros=start)))
 
 
-class _EventStats(_SplitByWindow):
-    """``EventBatch`` in: event counts and each monitored feature's bin counts."""
+class _BatchStats(_SplitByWindow):
+    """A ``ScoredBatch`` in: its events, the monitored features' bin counts, its scores (sum and bin counts) and
+    alerts, binned by the training baseline of the version that scored it."""
 
-    def __init__(self, spec: Spec, baseline: dict, window_sizes_s: tuple[int, ...]):
+    def __init__(self, spec: Spec, baselines: Baselines, window_sizes_s: tuple[int, ...]):
         super().__init__(window_sizes_s)
-        self._spec, self._baseline = spec, baseline
+        self._spec, self._baselines = spec, baselines
         self._events = beam.metrics.Metrics.counter(MONITOR_METRICS_NAMESPACE, "events")
-
-    def setup(self):
-        self._bins = {name: (entry["source"], Bins(entry)) for name, entry in self._baseline["features"].items()}
-
-    def items(self, batch: EventBatch):
-        self._events.inc(len(batch.events))
-        columns = raw_columns(batch, self._spec)
-        bin_indices = {name: (bins.index(columns[source]), bins.size) for name, (source, bins) in self._bins.items()}
-
-        def stats_of(rows: np.ndarray) -> WindowStats:
-            return WindowStats(events=len(rows), feature_counts={
-                name: np.bincount(indices[rows], minlength=size) for name, (indices, size) in bin_indices.items()})
-
-        return np.asarray(batch.event_time_us, dtype=np.int64), stats_of
-
-
-class _ScoreStats(_SplitByWindow):
-    """A list of scored records in: scores (sum and bin counts) and alerts."""
-
-    def __init__(self, baseline: dict, window_sizes_s: tuple[int, ...]):
-        super().__init__(window_sizes_s)
-        self._baseline = baseline
         self._alerts = beam.metrics.Metrics.counter(MONITOR_METRICS_NAMESPACE, "alerts")
 
     def setup(self):
-        self._bins = Bins(self._baseline["score"])
+        self._bins: dict[str, tuple[dict, Bins]] = {}  # baseline version -> (feature name -> (source, bins), score bins)
 
-    def items(self, records: list[dict]):
+    def items(self, scored: ScoredBatch):
+        batch, records = scored.events, scored.records
         if not records:
             return None
+        version, baseline = self._baselines(scored.model_version)
+        if version not in self._bins:
+            self._bins[version] = ({name: (entry["source"], Bins(entry)) for name, entry in baseline["features"].items()},
+                                   Bins(baseline["score"]))
+        feature_bins, score_bins = self._bins[version]
+        self._events.inc(len(records))
+        columns = raw_columns(batch, self._spec)
+        bin_indices = {name: (bins.index(columns[source]), bins.size) for name, (source, bins) in feature_bins.items()}
         scores = np.array([r["score"] for r in records], dtype=np.float64)
         alerts = np.array([r["alert"] for r in records], dtype=bool)
         self._alerts.inc(int(alerts.sum()))
-        bins = self._bins.index(scores)
+        score_indices = score_bins.index(scores)
 
         def stats_of(rows: np.ndarray) -> WindowStats:
-            return WindowStats(scored=len(rows), alerts=int(alerts[rows].sum()), score_sum=float(scores[rows].sum()),
-                               score_counts=np.bincount(bins[rows], minlength=self._bins.size))
+            return WindowStats(
+                events=len(rows), scored=len(rows), alerts=int(alerts[rows].sum()), score_sum=float(scores[rows].sum()),
+                score_counts=np.bincount(score_indices[rows], minlength=score_bins.size),
+                feature_counts={name: np.bincount(indices[rows], minlength=size)
+                                for name, (indices, size) in bin_indices.items()})
 
-        return np.array([event_time_us_of(r["event_time"]) for r in records], dtype=np.int64), stats_of
+        return version, np.asarray(batch.event_time_us, dtype=np.int64), stats_of
 
 
 class _DeadLetterStats(_SplitByWindow):
@@ -280,7 +286,7 @@ class _DeadLetterStats(_SplitByWindow):
         if time_us is None:
             self._untimed.inc()
             return None
-        return np.array([time_us], dtype=np.int64), lambda rows: WindowStats(dead_letters=len(rows))
+        return None, np.array([time_us], dtype=np.int64), lambda rows: WindowStats(dead_letters=len(rows))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,10 +332,12 @@ def window_alerts(record: dict, spec: Spec) -> list[dict]:
 
 
 class _WindowRecords(beam.DoFn):
-    """A window's merged ``WindowStats`` in; its monitoring record out, and its alerts (tagged ``alerts``)."""
+    """A window's ``ByVersion`` in; a monitoring record per baseline version out, and their alerts (tagged
+    ``alerts``). The window's dead letters count in the newest version's record (the first version's if it has no
+    events)."""
 
-    def __init__(self, spec: Spec, baseline: dict, baseline_version: str, size_s: int):
-        self._spec, self._baseline, self._baseline_version, self._size = spec, baseline, baseline_version, size_s
+    def __init__(self, spec: Spec, baselines: Baselines, first_version: str, size_s: int):
+        self._spec, self._baselines, self._first_version, self._size = spec, baselines, first_version, size_s
         metric = beam.metrics.Metrics
         self._windows = metric.counter(MONITOR_METRICS_NAMESPACE, f"windows_{size_s}s")
         self._late = metric.counter(MONITOR_METRICS_NAMESPACE, f"late_events_{size_s}s")
@@ -337,17 +345,26 @@ class _WindowRecords(beam.DoFn):
                                 for kind in ("drift", "alert_rate")}
         self._events = metric.distribution(MONITOR_METRICS_NAMESPACE, f"events_per_window_{size_s}s")
         self._alert_rate = metric.distribution(MONITOR_METRICS_NAMESPACE, f"alert_rate_x1000_{size_s}s")
-        self._psi = {name: metric.distribution(MONITOR_METRICS_NAMESPACE, f"psi_x1000_{name}_{size_s}s")
-                     for name in baseline["features"]}
+        self._psi = {feature.name: metric.distribution(MONITOR_METRICS_NAMESPACE, f"psi_x1000_{feature.name}_{size_s}s")
+                     for feature in drift_features(spec)}
 
-    def process(self, stats: WindowStats, pane=beam.DoFn.PaneInfoParam, bounds=beam.DoFn.WindowParam):
-        if not (stats.events or stats.dead_letters or stats.scored):
-            # An empty pane. Beam's Python windowing asks runners to close each window with a final pane even when
-            # nothing came after the last one (ClosingBehavior EMIT_ALWAYS); Flink does, and its empty record after
-            # each window's own read as a window of 0 events.
-            return
+    def process(self, by_version: ByVersion, pane=beam.DoFn.PaneInfoParam, bounds=beam.DoFn.WindowParam):
+        # (version names sort by when they were made)
+        versions = sorted(version for version in by_version if version is not None) or [self._first_version]
         late = pane.timing == PaneInfoTiming.LATE
-        record = window_record(stats, bounds.start, self._size, late, self._baseline, self._baseline_version,
+        for version in versions:
+            stats = WindowStats().merge(by_version.get(version, WindowStats()))  # (a copy: the input stays as it is)
+            if version == versions[-1] and None in by_version:
+                stats.merge(by_version[None])
+            if not (stats.events or stats.dead_letters or stats.scored):
+                # An empty pane. Beam's Python windowing asks runners to close each window with a final pane even
+                # when nothing came after the last one (ClosingBehavior EMIT_ALWAYS); Flink does, and its empty
+                # record after each window's own read as a window of 0 events.
+                continue
+            yield from self._record(stats, version, late, bounds.start)
+
+    def _record(self, stats: WindowStats, version: str, late: bool, start: Timestamp):
+        record = window_record(stats, start, self._size, late, self._baselines(version)[1], version,
                                self._spec.monitoring.min_events)
         self._windows.inc()
         if late:
@@ -365,24 +382,25 @@ class _WindowRecords(beam.DoFn):
 
 
 class Monitor(beam.PTransform):
-    """``{"events": EventBatch, "scored": lists of scored records, "dead_letters": dicts}`` in;
-    ``{"windows": monitoring records, "alerts": alert records}`` out (dicts; see the module docstring).
+    """``{"scored": ScoredBatch, "dead_letters": dicts}`` in; ``{"windows": monitoring records, "alerts": alert
+    records}`` out (dicts; see the module docstring).
 
-    Windows: ``window_sizes_s`` if given, else the spec's ``monitoring.windows``. ``baseline`` is the
-    model's training baseline (``ModelVersion.baseline()``), ``model_version`` the version named in the records.
+    Windows: ``window_sizes_s`` if given, else the spec's ``monitoring.windows``. ``baselines`` gives a model
+    version's training baseline (``models.registry.Baselines``); ``first_version`` is the version scoring when the
+    pipeline starts.
     """
 
-    def __init__(self, spec: Spec, baseline: dict, model_version: str, window_sizes_s: tuple[int, ...] | None = None):
+    def __init__(self, spec: Spec, baselines: Baselines, first_version: str,
+                 window_sizes_s: tuple[int, ...] | None = None):
         super().__init__()
-        self._spec, self._baseline, self._baseline_version = spec, baseline, model_version
+        self._spec, self._baselines, self._first_version = spec, baselines, first_version
         self._sizes = tuple(sorted(set(window_sizes_s or spec.monitoring.window_sizes_s)))
 
     def expand(self, inputs):
         spec, sizes = self._spec, self._sizes
         tags = [_tag(size) for size in sizes]
         parts = [
-            inputs["events"] | "EventStats" >> beam.ParDo(_EventStats(spec, self._baseline, sizes)).with_outputs(*tags),
-            inputs["scored"] | "ScoreStats" >> beam.ParDo(_ScoreStats(self._baseline, sizes)).with_outputs(*tags),
+            inputs["scored"] | "BatchStats" >> beam.ParDo(_BatchStats(spec, self._baselines, sizes)).with_outputs(*tags),
             inputs["dead_letters"] | "DeadLetterStats" >> beam.ParDo(
                 _DeadLetterStats(spec.event_time, sizes)).with_outputs(*tags),
         ]
@@ -396,7 +414,7 @@ class Monitor(beam.PTransform):
                            allowed_lateness=spec.monitoring.allowed_lateness_s)
                        | f"Merge{tag}" >> beam.CombineGlobally(_MergeStats()).without_defaults()
                        | f"Records{tag}" >> beam.ParDo(
-                           _WindowRecords(spec, self._baseline, self._baseline_version, size)).with_outputs(
+                           _WindowRecords(spec, self._baselines, self._first_version, size)).with_outputs(
                            ALERTS, main=WINDOWS))
             # Out of their windows, so that the records of every size can be one PCollection.
             windows.append(records[WINDOWS] | f"Unwindow{tag}" >> beam.WindowInto(window.GlobalWindows()))
