@@ -272,6 +272,7 @@ def main(run: Callable[[Sequence[str] | None], object]) -> None:
     not be read to their end: 3), never a traceback."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().addFilter(_not_beams_missing_torch_warning)
+    logging.getLogger().handlers[0].addFilter(_not_retry_noise)  # (--log_format json replaces this handler)
     try:
         run(None)
     except UserError as error:
@@ -279,6 +280,17 @@ def main(run: Callable[[Sequence[str] | None], object]) -> None:
         raise SystemExit(error.exit_status) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+
+
+# Beam retries a call to Google for up to about 30 s, logging each try with the exception's traceback: without
+# credentials, `rtml train --model_dir gs://...` printed 45 lines before its one-line error, which says what failed.
+_RETRY_LOGGERS = frozenset({"apache_beam.utils.retry", "apache_beam.internal.gcp.auth"})
+
+
+def _not_retry_noise(record: logging.LogRecord) -> bool:
+    """Kept out of the terminal: each try of Beam's retries, and its note on credentials; --log_format json keeps
+    them."""
+    return record.name not in _RETRY_LOGGERS
 
 
 def _not_beams_missing_torch_warning(record: logging.LogRecord) -> bool:

@@ -19,6 +19,7 @@ import pytest
 
 from models import registry
 from pipelines import generate, locks
+from pipelines.kafka_broker import free_port
 from tests.conftest import publish_stand_in_model, read_json_lines
 from transforms import storage
 from transforms.errors import UserError
@@ -142,6 +143,26 @@ def _lock_record(path: str, host: str, renewed: float, token: str = "theirs") ->
     data, generation = storage.read_generation(path)
     return storage.write_if_generation(path, json.dumps({"pid": 1, "host": host, "token": token,
                                                          "renewed": renewed}).encode(), generation)
+
+
+def test_cloud_storage_without_credentials_is_one_line_and_the_json_log_keeps_beams_retries(tmp_path):
+    """No credentials and nothing listening where Cloud Storage should be: Beam retries the credentials for about 25 s,
+    each try a warning with a traceback. The terminal shows the command's one line; --log_format json keeps them."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("GOOGLE", "CLOUDSDK"))} | {
+        "HOME": str(tmp_path), "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
+        "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{free_port()}"}
+    (tmp_path / "events.jsonl").write_text("{}\n")
+    command = [sys.executable, "-m", "pipelines.train", "--spec", "fraud", "--input", str(tmp_path / "events.jsonl"),
+               "--model_dir", "gs://rtml-nowhere/models"]
+    runs = {log_format: subprocess.Popen([*command, "--log_format", log_format], env=env, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True) for log_format in ("text", "json")}
+    (_, text), (_, logged) = (run.communicate(timeout=120) for run in runs.values())
+    assert [run.returncode for run in runs.values()] == [2, 2]
+    [line] = text.splitlines()
+    assert line.startswith("error: --model_dir gs://rtml-nowhere/models: cannot list it on Cloud Storage ("), text
+    loggers = [json.loads(line)["logger"] for line in logged.splitlines() if line.startswith("{")]
+    assert loggers.count("apache_beam.utils.retry") >= 3 and "apache_beam.internal.gcp.auth" in loggers, logged
+    assert logged.splitlines()[-1] == line
 
 
 def test_a_lock_of_another_machine_is_taken_over_only_after_a_whole_lease_unrenewed(model_dir, short_lease, capsys):
