@@ -459,7 +459,8 @@ def build_stream(pipeline, clustering: Clustering, options) -> None:
     flags, stream, spec = options.view_as(KafkaOptions), options.view_as(StreamOptions), clustering.spec
     config, batch_size = graph.kafka_config(flags), graph.stream_batch_size(options)
     group, when_written = group_id(stream, spec), not runners.is_direct(options)
-    read = graph.live_read(flags, stream, config, group, when_written, on_prism=runners.is_prism(options))
+    read = graph.live_read(flags, stream, config, group, when_written, on_prism=runners.is_prism(options),
+                           on_direct=runners.is_direct(options))
     parsed = (pipeline
               | "ReadEvents" >> graph.ReadKafkaEvents(read, batch_size, with_positions=when_written,
                                                       value_format=graph.value_format(options, spec))

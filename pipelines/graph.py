@@ -177,17 +177,18 @@ def kafka_expansion_service(flags: KafkaOptions):
 
 
 def live_read(flags: KafkaOptions, stream: StreamOptions, config: dict, group_id: str, commit_when_written: bool,
-              expansion_service=None, on_prism: bool = False):
+              expansion_service=None, on_prism: bool = False, on_direct: bool = False):
     """--input_topic read live for ``group_id``. ``commit_when_written``: the read commits nothing itself
     (``CommitWhenWritten`` does, fed by the sinks); else it commits what its finished bundles read.
     With ``expansion_service`` (``kafka_expansion_service``), Beam's Java KafkaIO reads instead. ``on_prism``:
-    one watermark for all partitions (``ReadFromKafka``'s ``one_watermark``)."""
+    one watermark for all partitions (``ReadFromKafka``'s ``one_watermark``); ``on_direct``: one consumer for
+    all partitions (its ``one_consumer``)."""
     if expansion_service is not None:
         return kafka_beam.ReadWithBeamKafkaIO(flags.bootstrap_servers, flags.input_topic, group_id, stream.offset_reset,
                                               config, expansion_service)
     return kafka.ReadFromKafka(flags.bootstrap_servers, flags.input_topic, group_id, stream.offset_reset, config,
                                max_delay_ms=round(stream.max_delay_s * 1000), commit_on_finalize=not commit_when_written,
-                               one_watermark=on_prism)
+                               one_watermark=on_prism, one_consumer=on_direct)
 
 
 class ReadKafkaEvents(beam.PTransform):

@@ -114,7 +114,8 @@ def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options, mo
     group = group_id(stream, spec)
     java_io = graph.kafka_expansion_service(flags)  # --kafka_io beam: it commits what Flink checkpointed
     when_written = not runners.is_direct(options) and java_io is None
-    read = graph.live_read(flags, stream, config, group, when_written, java_io, on_prism=runners.is_prism(options))
+    read = graph.live_read(flags, stream, config, group, when_written, java_io, on_prism=runners.is_prism(options),
+                           on_direct=runners.is_direct(options))
     batches, scored, dead_letters = (
         pipeline
         | "ReadEvents" >> graph.ReadKafkaEvents(read, max_batch, with_positions=when_written,

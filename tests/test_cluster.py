@@ -441,7 +441,8 @@ def test_stream_mode_runs_live_with_the_batch_runs_assignments(runner, sensor, b
     did not come back"), and the drain commits what was written."""
     lines = [line for day in sensor["days"] for line in day.read_bytes().splitlines()]
     topics = make_topics(kafka_broker, "cluster", partitions=3)
-    ends = produce(kafka_broker.bootstrap, topics[0], lines, [None] * len(lines), stamp_event_time=True)
+    ends = produce(kafka_broker.bootstrap, topics[0], lines, [None] * len(lines),
+                   partitions=[number % 3 for number in range(len(lines))], stamp_event_time=True)
     group = unique_name("cluster")
     expected = {r["event_id"]: (r["cluster"], r["distance"]) for r in batch_run["records"]}
     outputs = Outputs(kafka_broker.bootstrap, topics[1], topics[2])

@@ -279,6 +279,45 @@ def test_with_one_watermark_a_partition_read_ahead_reports_the_slowest_partition
     assert alone.slice() == (1, ahead - delay_ms)  # without: each partition its own
 
 
+def test_one_consumer_hands_each_partition_its_own_messages_in_order_and_goes_on_from_where_its_read_starts(
+        kafka_broker):
+    """The DirectRunner's live read: every partition on one consumer, assigned once, a queue each. A partition's read
+    gets only its own messages, in order, from its restriction's start (also one rewound, as a retried bundle's), is
+    done once it has read what the consumer had of it, or another partition has messages waiting, or it is at its
+    end, and does not wait while another partition's messages are there."""
+    from transforms.kafka_queues import PartitionQueues
+
+    topic = _name("queues")
+    kafka_broker.create_topic(topic, 2)
+    produce(kafka_broker.bootstrap, topic, [(None, b"p%d-%d" % (p, n), p, None) for n in range(5) for p in (0, 1)])
+    consumer = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": _name("queues"),
+                         "enable.auto.commit": False, "enable.partition.eof": True}, logger=_QUIET)
+    queues = PartitionQueues(consumer)
+    try:
+        def read(partition: int, start: int, most: int = 500) -> tuple[list[bytes], bool]:
+            queues.start(topic, partition, start)
+            values, done = [], False
+            deadline = time.monotonic() + 10
+            while not done and time.monotonic() < deadline:  # (as _ReadPartitionFn's slices do)
+                taken, done = queues.take(topic, partition, most, 0.5)
+                values += [m.value() for m in taken if m.error() is None]
+                done = done or 0 < len(taken) < most
+            return values, done
+
+        queues.start(topic, 1, 0)  # (a runner's first round starts every partition's read)
+        assert read(0, 1, most=2) == ([b"p0-1", b"p0-2", b"p0-3", b"p0-4"], True)
+        started = time.monotonic()
+        assert read(1, 0) == ([b"p1-%d" % n for n in range(5)], True)  # fetched while partition 0 was read
+        assert time.monotonic() - started < 0.5
+        assert read(0, 5) == ([], True) and queues.at_end(topic, 0)  # at its end
+        assert read(0, 3) == ([b"p0-3", b"p0-4"], True)  # rewound
+        produce(kafka_broker.bootstrap, topic, [(None, b"p1-5", 1, None)])
+        assert read(0, 5) == ([], True)  # done: partition 1 has a message waiting
+        assert read(1, 5) == ([b"p1-5"], True)
+    finally:
+        consumer.close()
+
+
 def test_group_offsets_are_committed_and_the_next_run_resumes_after_them(kafka_broker):
     topic, group = _name("group"), _name("group")
     kafka_broker.create_topic(topic, 2)

@@ -45,6 +45,7 @@ from confluent_kafka import (TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Kafk
                              Producer, TopicPartition)
 
 from transforms.errors import first_line
+from transforms.kafka_queues import PartitionQueues
 
 __all__ = ["KafkaMessage", "ReadFromKafka", "WriteToKafka", "KafkaTopicNotFoundError",
            "KafkaDeliveryError", "mask_config", "drain_live_reads", "reset_drain", "enqueue", "group_positions"]
@@ -309,7 +310,9 @@ class ReadFromKafka(beam.PTransform):
     lowest of the partitions' watermarks seen in this process (none until each has reported one), for a
     runner that reads every partition in one process and takes a splittable DoFn's watermark from whichever
     restriction's bundle finished last rather than the slowest: Prism does (its ``estimatedOutput``), so a
-    partition read ahead (a backlog) made the others' records late.
+    partition read ahead (a backlog) made the others' records late. ``one_consumer``: a live read's partitions
+    in one DoFn instance share one consumer, each assigned once, a queue each (``kafka_queues.PartitionQueues``),
+    for a runner that reads them one after another in one thread: the DirectRunner.
 
     Delivery, at-least-once: for ``group_id``, unless ``commit_on_finalize`` is False (then
     ``transforms.kafka_commit.CommitWhenWritten`` commits, once the records' outputs are written),
@@ -331,7 +334,8 @@ class ReadFromKafka(beam.PTransform):
                  start_offsets: dict[int, int] | None = None,
                  stop_offsets: dict[int, int] | None = None,
                  start_timestamp_ms: int | None = None, stop_timestamp_ms: int | None = None,
-                 max_delay_ms: int = 1000, commit_on_finalize: bool = True, one_watermark: bool = False):
+                 max_delay_ms: int = 1000, commit_on_finalize: bool = True, one_watermark: bool = False,
+                 one_consumer: bool = False):
         super().__init__()
         if offset_reset not in ("earliest", "latest"):
             raise ValueError(f"offset_reset must be 'earliest' or 'latest', not {offset_reset!r}")
@@ -351,6 +355,7 @@ class ReadFromKafka(beam.PTransform):
         self.max_delay_ms = max_delay_ms
         self.commit_on_finalize = commit_on_finalize
         self.one_watermark = one_watermark
+        self.one_consumer = one_consumer
 
     @property
     def bounded(self) -> bool:
@@ -377,8 +382,9 @@ class ReadFromKafka(beam.PTransform):
                          self.bounded, commit_starts=self.group_id is not None and not self.commit_on_finalize)
         commit = self.group_id is not None and self.commit_on_finalize
         live = _ReadLivePartitionFn if commit else _ReadLiveUncommittedPartitionFn
-        read_fn = (_ReadPartitionFn if self.bounded else live)(config, commit=commit, max_delay_ms=self.max_delay_ms,
-                                                               read_id=uuid.uuid4().hex if self.one_watermark else None)
+        read_fn = (_ReadPartitionFn if self.bounded else live)(
+            config, commit=commit, max_delay_ms=self.max_delay_ms,
+            read_id=uuid.uuid4().hex if self.one_watermark else None, one_consumer=self.one_consumer and not self.bounded)
         return (
             pbegin
             | "Impulse" >> beam.Impulse()
@@ -604,15 +610,22 @@ class _ReadPartitionFn(beam.DoFn):
     # at 200 events/s; at 20 ms, 1.3 s.
     RESUME_AFTER = Duration(micros=20_000)
 
-    def __init__(self, config: dict, commit: bool, max_delay_ms: int, read_id: str | None = None):
+    # With one consumer for all partitions (ReadFromKafka's one_consumer), a slice with nothing to read waits this
+    # long for any partition's next message: it paces the runner's loop while the topic is quiet.
+    IDLE_WAIT_S = 0.1
+
+    def __init__(self, config: dict, commit: bool, max_delay_ms: int, read_id: str | None = None,
+                 one_consumer: bool = False):
         self._config = config
         self._commit = commit
         self._max_delay_ms = max_delay_ms
         self._read_id = read_id  # set: one watermark for all the read's partitions (ReadFromKafka's one_watermark)
+        self._one_consumer = one_consumer
 
     def setup(self):
         self._secrets = Secrets(self._config)
         self._consumer = client(Consumer, self._config, self._secrets)
+        self._queues = PartitionQueues(self._consumer) if self._one_consumer else None
         self._calls = BoundedCalls()  # commits and the close
 
     def start_bundle(self):
@@ -637,16 +650,23 @@ class _ReadPartitionFn(beam.DoFn):
         if draining():
             _finish(tracker)
             return
-        # Assign on every call: the restriction may have moved here from another instance, and
-        # a fresh fetch is what yields a current end-of-partition event.
-        self._consumer.assign([TopicPartition(part.topic, part.partition, start)])
+        queues = self._queues
+        if queues is not None:
+            queues.start(part.topic, part.partition, start)
+        else:
+            # Assign on every call: the restriction may have moved here from another instance, and
+            # a fresh fetch is what yields a current end-of-partition event.
+            self._consumer.assign([TopicPartition(part.topic, part.partition, start)])
         deadline, replied = time.monotonic() + self.FIRST_REPLY_S, False
         uncovered = start  # the next message emitted accounts for the offsets from here
         at_end = caught_up = False
         while not caught_up and time.monotonic() < deadline:
             if draining():
                 break
-            batch = self._consumer.consume(self.BATCH, timeout=self.POLL_S)
+            if queues is not None:
+                batch, caught_up = queues.take(part.topic, part.partition, self.BATCH, self.IDLE_WAIT_S)
+            else:
+                batch = self._consumer.consume(self.BATCH, timeout=self.POLL_S)
             for msg in batch:
                 if not replied:
                     deadline, replied = time.monotonic() + self.MAX_PROCESS_S, True
@@ -683,11 +703,11 @@ class _ReadPartitionFn(beam.DoFn):
                     uncovered = start
                 if start >= tracker.current_restriction().stop:  # claimed the last offset
                     return
-            caught_up = replied and len(batch) < self.BATCH
+            caught_up = caught_up or (replied and len(batch) < self.BATCH)
         if draining():  # what was claimed so far goes on through the pipeline; nothing more
             _finish(tracker)
             return
-        if at_end:  # caught up with what the broker has
+        if at_end or (queues is not None and queues.at_end(part.topic, part.partition)):  # caught up with the broker
             now_ms = int(time.time() * 1000)
             if part.stop_ts_ms is not None and now_ms >= part.stop_ts_ms + self._max_delay_ms:
                 _finish(tracker)
