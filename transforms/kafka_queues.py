@@ -19,7 +19,6 @@ class PartitionQueues:
     done; ``at_end(...)``: the partition's end was read and nothing came after it."""
 
     CAP = 2_000  # messages queued for a partition not being read, past which it is paused (read elsewhere now?)
-    BATCH = 500  # messages per consume()
 
     def __init__(self, consumer: Consumer):
         self._consumer = consumer
@@ -57,7 +56,7 @@ class PartitionQueues:
         key = (topic, partition)
         queue = self._queues[key]
         while len(queue) < most and self._fill(
-                key, wait_s if not queue and self._empty_looks >= len(self._queues) else 0):
+                key, most, wait_s if not queue and self._empty_looks >= len(self._queues) else 0):
             pass
         taken = [queue.popleft() for _ in range(min(most, len(queue)))]
         if taken:
@@ -70,25 +69,24 @@ class PartitionQueues:
     def at_end(self, topic: str, partition: int) -> bool:
         return (topic, partition) in self._ended and not self._queues[(topic, partition)]
 
-    def _fill(self, reading: tuple[str, int], wait_s: float) -> int:
-        """Queues what the consumer has (waiting up to ``wait_s`` for the first of it); how many messages came."""
+    def _fill(self, reading: tuple[str, int], most: int, wait_s: float) -> int:
+        """Queues what the consumer has, up to ``most`` and one (waiting up to ``wait_s`` for the first of it); how
+        many messages came."""
         # consume() waits its whole timeout unless its batch fills: wait for one message, then take what is there.
         received = self._consumer.consume(1, timeout=wait_s)
-        received += self._consumer.consume(self.BATCH, timeout=0) if received else []
+        received += self._consumer.consume(most, timeout=0) if received else []
         messages = sum(msg.error() is None for msg in received)  # (a partition's end is not news)
         self._empty_looks = 0 if messages else self._empty_looks + 1
         for msg in received:
             err = msg.error()
             key = (msg.topic(), msg.partition())
             if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF and key in self._queues:
+                if err.code() == KafkaError._PARTITION_EOF:
                     self._ended.add(key)
                 else:
                     self._errors.append(msg)
                 continue
-            queue = self._queues.get(key)
-            if queue is None:  # (unassigned since)
-                continue
+            queue = self._queues[key]  # (only partitions started here are assigned)
             queue.append(msg)
             self._ended.discard(key)
             if len(queue) > self.CAP and key != reading and key not in self._paused:
