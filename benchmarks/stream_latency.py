@@ -5,6 +5,7 @@ rate it sustains.
     .venv/bin/python benchmarks/stream_latency.py --search             # then 60 s trials: 2,000, 2,500 ... /s
     .venv/bin/python benchmarks/stream_latency.py --spec fraud_entity --runner PrismRunner --rate 1000
     .venv/bin/python benchmarks/stream_latency.py --runner FlinkRunner --kafka_io beam --rate 1000
+    .venv/bin/python benchmarks/stream_latency.py --flink_cluster 2 --scorer_flags '--parallelism 2'
 
 Starts a local Apache Kafka broker (or uses --bootstrap_servers), trains a small model of --spec
 into benchmarks/data/stream-model-<spec> if there is none there, puts 200 events in a 3-partition
@@ -15,6 +16,10 @@ CreateTime) set to the moment it is produced, as a live source does. A consumer 
 topic; latency per event is the output message's timestamp (the time the scorer produced it)
 minus the input message's timestamp, and also the time the checker consumed it minus the input
 timestamp. Backlog = events produced - events scored, sampled every second.
+
+With --flink_cluster N, the scorer runs on a Flink session cluster of N TaskManagers started for the run
+(``pipelines.flink_cluster``): the command returns once the job runs, start-up is timed from it too, RSS sums the
+cluster's processes (JobManager, TaskManagers, Python workers), and the job is cancelled at the end.
 
 Then the same again, on fresh topics, with the least-work live loop in place of the scorer (unless
 --no_reference): one process, one confluent-kafka consumer, what one poll returns (up to 500
@@ -53,6 +58,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 
 from benchmarks.batch_scoring import least_work_scorer  # noqa: E402
 from pipelines import generate  # noqa: E402
+from pipelines.flink_cluster import FlinkCluster  # noqa: E402
+from pipelines.flink_rest import FlinkRest  # noqa: E402
 from pipelines.kafka_broker import KafkaBroker, create_topic  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "data"
@@ -123,9 +130,9 @@ def produce_now(bootstrap: str, topic: str, events: list[dict], count: int, labe
 
 
 def run_trial(bootstrap: str, topic: str, reader: OutputReader, events: list[dict], rate: float, seconds: float,
-              label: str, scorer_pgid: int | None = None, burst: int = 1) -> dict:
+              label: str, scorer_pgids: tuple[int, ...] = (), burst: int = 1) -> dict:
     """Produce ``rate`` events/s for ``seconds``, ``burst`` at a time (every burst/rate s); wait for them to be
-    scored; the trial's figures (with ``scorer_pgid``, the peak RSS of the scorer's process group, sampled every
+    scored; the trial's figures (with ``scorer_pgids``, the peak RSS of the scorer's process groups, sampled every
     second)."""
     total = int(rate * seconds)
     produced_at: dict[str, int] = {}
@@ -148,8 +155,8 @@ def run_trial(bootstrap: str, topic: str, reader: OutputReader, events: list[dic
         producer.poll(0)
         if time.monotonic() >= next_sample:
             backlog.append(sent - reader.counts.get(label, 0))
-            if scorer_pgid is not None:
-                rss_mb.append(process_group_usage(scorer_pgid)["rss_mb"])
+            if scorer_pgids:
+                rss_mb.append(sum(process_group_usage(pgid)["rss_mb"] for pgid in scorer_pgids))
             next_sample += 1.0
         time.sleep(0.005)
     producer.flush(30)
@@ -264,6 +271,8 @@ def main(argv=None) -> int:
                         help="the scorer's --kafka_io (beam: Beam's Java KafkaIO, FlinkRunner only)")
     parser.add_argument("--model_dir", help="default: benchmarks/data/stream-model-<spec>")
     parser.add_argument("--scorer_flags", default="", help="more flags for the scorer, e.g. '--direct_num_workers 3'")
+    parser.add_argument("--flink_cluster", type=int, default=0, metavar="N",
+                        help="run the scorer on a Flink session cluster of N TaskManagers started for the run")
     parser.add_argument("--bootstrap_servers", help="an existing cluster (default: a local Apache Kafka broker)")
     parser.add_argument("--profile", metavar="PATH", help="run the scorer under cProfile, stats to PATH")
     parser.add_argument("--no_reference", action="store_true", help="skip the least-work live loop")
@@ -278,23 +287,28 @@ def main(argv=None) -> int:
     ensure_model(model_dir, args.spec)
     broker = None if args.bootstrap_servers else KafkaBroker().start()
     bootstrap = args.bootstrap_servers or broker.bootstrap
+    cluster = FlinkCluster(taskmanagers=args.flink_cluster).start() if args.flink_cluster else None
+    runner = cluster.flags if cluster else ["--runner", args.runner]
     scorer = [sys.executable, *(["-m", "cProfile", "-o", args.profile] if args.profile else []), "-m", "pipelines.score",
-              "--mode", "stream", "--spec", args.spec, "--runner", args.runner, "--model_dir", str(model_dir),
+              "--mode", "stream", "--spec", args.spec, *runner, "--model_dir", str(model_dir),
               "--offset_reset", "earliest", "--kafka_io", args.kafka_io, *args.scorer_flags.split()]
     try:
-        rows = _measure(args, "project", bootstrap, lambda topics, group: [
+        rows = _measure(args, "project", bootstrap, cluster=cluster, command=lambda topics, group: [
             *scorer, "--bootstrap_servers", bootstrap, "--input_topic", topics[0], "--output_topic", topics[1],
             "--dead_letter_topic", topics[2], "--group_id", group])
         if not args.no_reference:
             version_dir = model_dir / "versions" / (model_dir / "CURRENT").read_text().split()[0]
-            rows += _measure(args, "least_work", bootstrap, lambda topics, group: [
+            rows += _measure(args, "least_work", bootstrap, command=lambda topics, group: [
                 sys.executable, __file__, "--serve_least_work", bootstrap, topics[0], topics[1], str(version_dir)],
                 search=False)
     finally:
+        if cluster is not None:
+            cluster.close()
         if broker is not None:
             broker.close()
     shape = f", bursts of {args.burst}" if args.burst > 1 else ""
-    print(f"\n{args.spec} on {args.runner}, --kafka_io {args.kafka_io}"
+    where = f"a Flink cluster of {args.flink_cluster} TaskManagers" if cluster else args.runner
+    print(f"\n{args.spec} on {where} ({args.scorer_flags or 'no more flags'}), --kafka_io {args.kafka_io}"
           f"{shape}\n{table(rows)}\n(start s: from the command to "
           f"the first of {WAITING} waiting events scored; p50/p99/max: output message timestamp - input timestamp; "
           f"p99f: the same, of events with traffic behind them (produced {FLOWING_MARGIN_MS / 1000:g} s or more before the last); "
@@ -323,9 +337,10 @@ def serve_least_work(bootstrap: str, input_topic: str, output_topic: str, model_
     consumer.close()
 
 
-def _measure(args, scorer_name: str, bootstrap: str, command, search: bool = True) -> list[dict]:
+def _measure(args, scorer_name: str, bootstrap: str, command, search: bool = True,
+             cluster: FlinkCluster | None = None) -> list[dict]:
     """Start-up, the latency trial and (--search) the sustained-rate trials of one scorer: ``command(topics,
-    group)`` on fresh topics."""
+    group)`` on fresh topics; on ``cluster``, the command sends the job there and ends."""
     run_id = uuid.uuid4().hex[:6]
     topics = (f"bench-in-{run_id}", f"bench-scored-{run_id}", f"bench-dead-{run_id}")
     create_topic(bootstrap, topics[0], 3)
@@ -344,20 +359,22 @@ def _measure(args, scorer_name: str, bootstrap: str, command, search: bool = Tru
     started = time.monotonic()
     scorer = subprocess.Popen(command(topics, f"bench-{run_id}"), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)
+    pgids = tuple(cluster.process_ids) if cluster else (scorer.pid,)
+    sent_status = 0 if cluster else None  # (the command's status while its stream runs)
     rows = []
     try:
         first_s = None
         while reader.counts.get("waiting", 0) < WAITING:
             if first_s is None and reader.counts.get("waiting", 0):
                 first_s = time.monotonic() - started
-            if scorer.poll() is not None or time.monotonic() - started > 120:
+            if scorer.poll() != sent_status or time.monotonic() - started > 120:
                 raise RuntimeError(f"{scorer_name} did not start; see {log.name}")
             time.sleep(0.01)
         first_s = first_s or time.monotonic() - started
         print(f"{scorer_name}: the first of {WAITING} waiting events scored {first_s:.1f} s after the command, all of "
               f"them after {time.monotonic() - started:.1f} s (log: {log.name}); producing {args.rate:,.0f} events/s "
               f"for {args.seconds:g} s", flush=True)
-        rows.append(run_trial(bootstrap, topics[0], reader, events, args.rate, args.seconds, "latency", scorer.pid,
+        rows.append(run_trial(bootstrap, topics[0], reader, events, args.rate, args.seconds, "latency", pgids,
                               args.burst)
                     | {"scorer": scorer_name, "start_s": first_s})
         print(table(rows), flush=True)
@@ -367,7 +384,7 @@ def _measure(args, scorer_name: str, bootstrap: str, command, search: bool = Tru
             for number, rate in enumerate(rates):
                 print(f"search: {rate:,.0f} events/s for {args.search_seconds:g} s ...", flush=True)
                 row = run_trial(bootstrap, topics[0], reader, events, rate, args.search_seconds,
-                                f"search{number}", scorer.pid) | {"scorer": scorer_name}
+                                f"search{number}", pgids) | {"scorer": scorer_name}
                 rows.append(row)
                 print(table(rows), flush=True)
                 if not row["sustained"] and not args.search_rates:
@@ -380,7 +397,13 @@ def _measure(args, scorer_name: str, bootstrap: str, command, search: bool = Tru
                   + (" (every rate tried was sustained; try higher --rate)" if capped else ""), flush=True)
     finally:
         stop_started = time.monotonic()
-        if scorer.poll() is None:
+        if cluster is not None:
+            flink = FlinkRest(cluster.master)
+            for job in flink.jobs():
+                if job.state == "RUNNING":
+                    flink.cancel(job.id)
+                    print(f"{scorer_name}: cancelled job {job.id} on the cluster")
+        elif scorer.poll() is None:
             scorer.send_signal(signal.SIGTERM)
             try:
                 code = scorer.wait(35)

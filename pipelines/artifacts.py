@@ -11,6 +11,8 @@
   tests, the demo and the benchmarks (``pipelines.kafka_broker``).
 - **Beam's Flink job server** (``org.apache.beam:beam-runners-flink-1.19``) from Maven Central. The
   FlinkRunner preset runs it with an embedded Flink (``--flink_master [local]``).
+- **A Flink cluster's extras** (``flink-statebackend-rocksdb`` and ``slf4j-simple``): with the job server's jars,
+  what ``rtml flink-cluster`` (``pipelines.flink_cluster``) runs a JobManager and TaskManagers from.
 - **Beam's Java Kafka IO** (``beam-sdks-java-io-kafka`` with ``beam-sdks-java-expansion-service``, at the
   Flink runner's Beam version) for ``--kafka_io beam``: its expansion service, and on the Flink job
   server's class path, where Flink runs the Java transforms in its own JVM (an EMBEDDED environment).
@@ -58,6 +60,11 @@ FLINK_VERSION = "1.19"
 FLINK_BEAM_VERSION = "2.62.0"
 FLINK_JOB_SERVER = ((("org.apache.beam", f"beam-runners-flink-{FLINK_VERSION}", FLINK_BEAM_VERSION),),
                     "org.apache.beam.runners.flink.FlinkJobServerDriver")
+# What a Flink session cluster (pipelines/flink_cluster.py) needs beyond the job server's jars, which it runs on: RocksDB's
+# state backend, and a logger (without one slf4j prints nothing, and a TaskManager that fails exits without a word).
+FLINK_CLUSTER = ((("org.apache.flink", "flink-statebackend-rocksdb", f"{FLINK_VERSION}.0"),
+                  ("org.slf4j", "slf4j-simple", "1.7.30")),
+                 "org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint")
 # Beam 2.62's Flink runner keeps each self-checkpoint of a Python splittable DoFn in a keyed value state named for
 # it, never cleared (apache/beam#27648; fixed by apache/beam#39191 in versions of the runner not served here). The
 # project's Kafka read checkpoints after every read slice, dozens of times a second, and each new state name costs
@@ -67,6 +74,9 @@ FLINK_JOB_SERVER = ((("org.apache.beam", f"beam-runners-flink-{FLINK_VERSION}", 
 # The same handler holds the watermark at the residual's watermark cut to whole seconds (the protobuf timestamp's
 # nanos are dropped), so downstream the watermark lagged up to a second behind the read's: fraud_entity's releases
 # on Flink waited 1-2 s past --max_delay_s where Prism's waited 0-0.5 s (docs/design.md, "Flink's second").
+# Each TaskManager numbers the Python workers it asks an external worker pool for from 1 ("1-1", "2-1", ...), and
+# the pool keeps its workers by that id: on a cluster whose TaskManagers share a pool, one TaskManager's stop of its
+# worker "2-1" killed the other's, which then waited for it forever. Fixed: the ids start with the JVM's process id.
 # (artifact, its file, ((its text, the text fixed), ...)); compiled against the job server's libraries (and these,
 # needed only to compile), into a jar first on its class path. Where a text has changed, the job server runs as it is.
 FLINK_FIX = (
@@ -88,6 +98,11 @@ FLINK_FIX = (
        "                org.apache.beam.sdk.coders.StringUtf8Coder.of(), residualCoder));\n"
        "        WindowedValue stateValue = residuals.get(timerId).read();\n"
        "        residuals.remove(timerId);\n"),)),
+    (("org.apache.beam", "beam-runners-java-fn-execution", FLINK_BEAM_VERSION),
+     "org/apache/beam/runners/fnexecution/control/DefaultJobBundleFactory.java",
+     (("    this.stageIdGenerator = () -> factoryId + \"-\" + stageIdSuffixGenerator.getId();\n",
+       "    this.stageIdGenerator = () -> java.lang.management.ManagementFactory.getRuntimeMXBean().getName()\n"
+       "        .split(\"@\")[0] + \"-\" + factoryId + \"-\" + stageIdSuffixGenerator.getId();\n"),)),
 )
 FLINK_FIX_COMPILE_ONLY = (("com.github.spotbugs", "spotbugs-annotations", "4.8.6"),)
 # The Java SDK of the Flink job server runs these, so they are at its version. jamm: the embedded
@@ -117,6 +132,10 @@ def kafka_jar() -> Path:
 
 def flink_job_server_jar() -> Path:
     return _launcher("flink")
+
+
+def flink_cluster_jar() -> Path:
+    return _launcher("flink_cluster")
 
 
 def kafka_io_expansion_jar() -> Path:
@@ -210,7 +229,7 @@ def fetch_maven(name: str, coordinates: tuple, also_on_class_path: tuple[str, ..
                 fix: Callable[[], str] | None = None) -> str:
     """Fetch Maven artifacts and their dependencies into ``<name>/lib`` and write the launcher jar, whose class
     path lists first the jars of ``<name>/fix`` (which ``fix()``, run once the libraries are there, builds; its line
-    follows) and last the libraries of ``also_on_class_path`` (other names) that are there."""
+    follows) and last the fixed classes and libraries of ``also_on_class_path`` (other names) that are there."""
     dependencies, main_class = coordinates
     launcher = _launcher(name)
     what = ", ".join(":".join(coordinate) for coordinate in dependencies)
@@ -239,7 +258,7 @@ def fetch_maven(name: str, coordinates: tuple, also_on_class_path: tuple[str, ..
         status += "\n" + fix()
     fixes = sorted((folder / "fix").glob("*.jar"))  # (classes fixed at set-up: first, so that they win)
     extra = [jar for other in also_on_class_path if (HOME / other / "lib").is_dir()
-             for jar in sorted((HOME / other / "lib").iterdir())]
+             for jar in sorted((HOME / other / "fix").glob("*.jar")) + sorted((HOME / other / "lib").iterdir())]
     _write_launcher(launcher, main_class, fixes + sorted((folder / "lib").iterdir()) + extra)
     return status
 
@@ -255,7 +274,8 @@ def fix_flink() -> str:
         return f"flink fix: present ({fixed})"
     if javac is None:
         return "flink fix: NOT BUILT: no javac; a stream on Flink grows its job server's heap"
-    unfixed = "the job server runs unfixed: a stream on Flink grows its heap, its watermark a second late"
+    unfixed = ("the job server runs unfixed: a stream on Flink grows its heap, its watermark a second late; "
+               "TaskManagers cannot share a Python worker pool")
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         for artifact in [":".join(coordinate) + ":jar:sources" for coordinate, *_ in FLINK_FIX] + [
@@ -303,6 +323,7 @@ def _without(name: str) -> str:
                      "--bootstrap_servers",
             "flink": "FlinkRunner needs --flink_job_server_jar or --job_endpoint (the DirectRunner and PrismRunner "
                      "work)",
+            "flink_cluster": "rtml flink-cluster cannot start a local Flink cluster (the embedded Flink works)",
             "kafka_io": "--kafka_io beam is unavailable (the project's own Kafka IO, the default, works)"}[name]
 
 
@@ -354,7 +375,8 @@ def main() -> int:
                          "PrismRunner is unavailable (the DirectRunner and FlinkRunner work)"),
              fetch_go(fake_gcs_server_binary(), *FAKE_GCS_SERVER, "the Cloud Storage tests cannot run"),
              fetch_maven("kafka", KAFKA), fetch_maven("kafka_io", KAFKA_IO),
-             fetch_maven("flink", FLINK_JOB_SERVER, also_on_class_path=("kafka_io",), fix=fix_flink)]
+             fetch_maven("flink", FLINK_JOB_SERVER, also_on_class_path=("kafka_io",), fix=fix_flink),
+             fetch_maven("flink_cluster", FLINK_CLUSTER, also_on_class_path=("flink",))]
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         lines.append("java: NOT FOUND: the local Kafka broker and FlinkRunner need a JDK 17")
     for line in lines:

@@ -491,6 +491,7 @@ def _run_stream(options, test_pipeline) -> dict[str, int]:
     flags, stream = options.view_as(KafkaOptions), options.view_as(StreamOptions)
     cli.refuse(options, (cli.only(ArchiveOptions, *cli.FILE_FLAGS),), "is for --mode batch")
     serving.check_kafka_io(options, supported=False)
+    serving.check_streaming_runner(options)
     with serving.StopSignals() as signals:  # from here on, a signal stops the stream cleanly
         clustering = clustering_for(options)
         config = graph.kafka_config(flags)
@@ -504,7 +505,7 @@ def _run_stream(options, test_pipeline) -> dict[str, int]:
         print(f"clustering {flags.input_topic} -> {stream.output_topic} (dead letters: {stream.dead_letter_topic}) on "
               f"{flags.bootstrap_servers} with k={clustering.start.model.k} and the features of {clustering.spec.name} "
               f"model {clustering.features.version}; snapshots to {options.view_as(ClusterOptions).snapshot_dir}"
-              f"; SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)
+              + ("" if runners.is_flink_cluster(options) else "; SIGTERM or Ctrl-C stops"), file=sys.stderr, flush=True)
         return serving.serve(pipeline, f"{clustering.spec.name} stream clustering", signals,
                              serving.group_positions(flags, config, group_id(stream, clustering.spec)),
                              stream.progress_s)

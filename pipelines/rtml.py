@@ -23,6 +23,8 @@ COMMANDS = {
     "cluster": ("pipelines.cluster", "online mini-batch k-means over an archive or a Kafka topic"),
     "report": ("pipelines.report", "one HTML page of charts: drift, rates, scores, ROC and PR curves, clusters"),
     "launch": ("templates.launch", "launch a flex template on Dataflow"),
+    "jobs": ("pipelines.jobs", "the jobs on a Flink cluster: list, stop with a savepoint, cancel"),
+    "flink-cluster": ("pipelines.flink_cluster", "a Flink session cluster on this machine, with Python workers"),
     "demo": ("pipelines.demo", "generate, train and score on this machine (demo stream: live, with a local broker)"),
     "demo stream": ("pipelines.stream_demo", "live scoring against a local Apache Kafka broker of its own"),
 }

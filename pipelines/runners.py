@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import datetime
 import os
 import pathlib
 import re
 import shutil
 import tempfile
 import urllib.parse
+import uuid
 
 from apache_beam.metrics import monitoring_infos
 from apache_beam.options.pipeline_options import (
@@ -93,6 +95,9 @@ class RunnerPresetOptions(PipelineOptions):
         parser.add_argument("--state_backend_storage_path", default=None, metavar="URI",
                             help="FlinkRunner: where --state_backend writes checkpoints (default for a stream on the "
                                  "embedded Flink: a temporary folder, removed when the command exits).")
+        parser.add_argument("--savepoint_path", default=None, metavar="URI",
+                            help="FlinkRunner on a cluster: start the stream from this savepoint (rtml jobs stop prints "
+                                 "it); its keyed state and read positions carry over.")
         # Beam's Java option maxBundleTimeMills, spelt as Flink's job server knows it.
         parser.add_argument("--max_bundle_time_mills", type=int, default=None, metavar="MS",
                             help="FlinkRunner: longest a bundle stays open, in milliseconds (default for streaming: "
@@ -190,6 +195,10 @@ def apply_runner_presets(options: PipelineOptions, streaming: bool | None = None
         # (a --parallelism of -1, Beam's "unset", counts as 1)
         preset(RunnerPresetOptions, "state_shards",
                FLINK_SHARDS_PER_SLOT * max(1, options.view_as(FlinkRunnerOptions).parallelism))
+        if streaming and is_flink_cluster(options):
+            # (the name by which the job is found on the cluster, whose job id the job server does not tell)
+            preset(GoogleCloudOptions, "job_name", f"rtml-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}-"
+                                                   f"{uuid.uuid4().hex[:6]}")
         if streaming:
             preset(RunnerPresetOptions, "checkpointing_interval", FLINK_CHECKPOINTING_INTERVAL_MS)
             preset(RunnerPresetOptions, "max_bundle_time_mills", FLINK_STREAMING_MAX_BUNDLE_TIME_MS)
@@ -227,6 +236,12 @@ def _folded_now(metrics, key=monitoring_infos.to_key) -> list:
 
 def is_direct(options: PipelineOptions) -> bool:
     return runner_name(options) in ("DirectRunner", "SwitchingDirectRunner")
+
+
+def is_flink_cluster(options: PipelineOptions) -> bool:
+    """A FlinkRunner sending its job to a cluster (--flink_master HOST:PORT), not to the job server's own Flink."""
+    return runner_name(options) == "FlinkRunner" and options.view_as(FlinkRunnerOptions).flink_master not in (
+        "[local]", "[auto]")
 
 
 def is_prism(options: PipelineOptions) -> bool:

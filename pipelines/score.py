@@ -155,6 +155,7 @@ def run_stream(options, test_pipeline=None, stop_when=None, on_stop=None,
     cli.require(options, *REQUIRED["--mode stream"])
     cli.refuse(options, (cli.only(ArchiveOptions, *cli.FILE_FLAGS),), "is for --mode batch")
     serving.check_kafka_io(options)
+    serving.check_streaming_runner(options)
     with serving.StopSignals(before_forced_exit) as signals:  # from here on, a signal stops the stream cleanly
         spec, model = graph.spec_and_model(options)
         config = graph.kafka_config(flags)  # a malformed item fails here, before anything starts
@@ -165,7 +166,6 @@ def run_stream(options, test_pipeline=None, stop_when=None, on_stop=None,
         note = runners.choose_stream_runner(options, stateful or None)
         if note:
             print(note, file=sys.stderr, flush=True)
-        serving.check_local_streaming(options)
         serving.check_topics(flags, stream, config)
         pipeline = cli.create_pipeline(options, test_pipeline)
         build_stream(pipeline, spec, model, options, model_reload_s)
@@ -178,7 +178,7 @@ def run_stream(options, test_pipeline=None, stop_when=None, on_stop=None,
               + (f", entity state over {runners.live_state(options).shards} shard(s)" if spec.entity_features else "")
               + (f", kafka config {kafka.mask_config(config)}" if config else "")
               + (f", monitoring to {monitoring_topic}" if monitoring_topic else "")
-              + "; SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)
+              + ("" if runners.is_flink_cluster(options) else "; SIGTERM or Ctrl-C stops"), file=sys.stderr, flush=True)
         return serving.serve(pipeline, f"{spec.name} stream scoring with model {model.version}", signals,
                              serving.group_positions(flags, config, group), stream.progress_s, stop_when,
                              on_stop)

@@ -1,7 +1,8 @@
 """Running a stream in this process: checks before it starts, then serving it until a signal.
 
-A streaming command builds its graph, calls ``check_local_streaming`` and ``check_fused_with_source``
-(so that what a local runner cannot run is one line, not a hang), then ``serve``s it.
+A streaming command builds its graph, calls ``check_streaming_runner`` and ``check_fused_with_source``
+(so that what a runner cannot run is one line, not a hang), then ``serve``s it: in this process until a signal, or,
+on a Flink cluster, by sending it there, where it runs on after the command ends.
 """
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ from typing import Callable, Sequence
 
 import apache_beam as beam
 import grpc
-from apache_beam.options.pipeline_options import DirectOptions
+from apache_beam.options.pipeline_options import DirectOptions, FlinkRunnerOptions, GoogleCloudOptions, PortableOptions
+from apache_beam.runners.runner import PipelineState
 from apache_beam.portability.api import beam_job_api_pb2
 from apache_beam.runners.portability import portable_runner
 from apache_beam.transforms import userstate
 
 from pipelines import cli, runners
+from pipelines.flink_rest import FlinkRest
 from pipelines.options import KafkaOptions, StreamOptions
 from transforms import kafka
 from transforms.errors import UnreadableState, UserError
@@ -34,13 +37,27 @@ DRAIN_TIMEOUT_S = 20.0  # after this long draining, a runner's job is cancelled
 # Flink's streaming bundles close after 50 ms (the runner preset) and CommitWhenWritten commits at least every second,
 # so this covers what is in flight and its last commit.
 FLINK_DRAIN_S = 2.0
+# From the job service's answer to the job running on the cluster: the job server uploads its jars and Flink deploys
+# every task (about 10 s on this machine).
+CLUSTER_SUBMIT_TIMEOUT_S = 180.0
 
 
-def check_local_streaming(options) -> None:
-    """On the DirectRunner a stream runs in this process, where SIGTERM can drain it."""
+def check_streaming_runner(options) -> None:
+    """On the DirectRunner a stream runs in this process, where SIGTERM can drain it. On a Flink cluster it runs on
+    after this process ends, so its Python workers cannot be this process (LOOPBACK). Only there does a stream start
+    from a savepoint."""
     if runners.is_direct(options) and options.view_as(DirectOptions).direct_running_mode == "multi_processing":
         raise UserError("--mode stream on the DirectRunner runs in this process; drop "
                         "--direct_running_mode multi_processing (or use a streaming runner)")
+    if runners.is_flink_cluster(options):
+        if (options.view_as(PortableOptions).environment_type or "").upper() == "LOOPBACK":
+            raise UserError("a stream on a Flink cluster runs on after this command ends, so its Python workers cannot "
+                            "run in this process (--environment_type LOOPBACK): give --environment_type EXTERNAL "
+                            "--environment_config HOST:PORT of a worker pool (rtml flink-cluster prints them) or "
+                            "DOCKER")
+    elif cli.given(options, "savepoint_path"):
+        raise UserError("--savepoint_path: only a stream on a Flink cluster (--runner FlinkRunner --flink_master "
+                        "HOST:PORT) starts from a savepoint")
 
 
 def check_fused_with_source(pipeline, options) -> None:
@@ -288,6 +305,23 @@ def _reopened(stream, reopen):
         yield from reopen()
 
 
+def submit_to_cluster(pipeline, title: str) -> dict[str, int]:
+    """Send a stream to a Flink cluster and leave it running there; returns once Flink says it runs (no counters:
+    the job's own are in Flink's web UI). Stopping this command, now or later, does not stop the job: ``rtml jobs
+    stop`` does, with a savepoint."""
+    options = pipeline.options
+    master, name = options.view_as(FlinkRunnerOptions).flink_master, options.view_as(GoogleCloudOptions).job_name
+    flink = FlinkRest(master)
+    flink.jobs()  # (an unreachable cluster is one line before anything is sent)
+    result = pipeline.run()
+    job = flink.running_job_named(name, CLUSTER_SUBMIT_TIMEOUT_S, failed=lambda: (
+        "Flink's job server could not send the job to the cluster; see the lines above"
+        if result.state in (PipelineState.FAILED, PipelineState.CANCELLED) else None))
+    print(f"{title}: running on the Flink cluster at {master} as job {job.id}; it runs on after this command ends. "
+          f"Stop it with a savepoint: rtml jobs stop {job.id} --flink_master {master}", file=sys.stderr, flush=True)
+    return {}
+
+
 def serve(pipeline, title: str, signals: StopSignals, positions: Callable[[], dict | None], progress_s: float = 0.0,
           stop_when=None, on_stop=None) -> dict[str, int]:
     """Run a streaming pipeline until SIGTERM / SIGINT (or ``stop_when()`` returns a reason), then stop it cleanly.
@@ -308,6 +342,8 @@ def serve(pipeline, title: str, signals: StopSignals, positions: Callable[[], di
     if signals.requested.is_set():
         print(f"{title}: stopped on {signals.why} before it started; nothing was read", file=sys.stderr, flush=True)
         return {}
+    if runners.is_flink_cluster(pipeline.options):
+        return submit_to_cluster(pipeline, title)
     kafka.reset_drain()
     state: dict = {}
     drain_s = FLINK_DRAIN_S if runners.runner_name(pipeline.options) == "FlinkRunner" else DRAIN_TIMEOUT_S

@@ -5,7 +5,7 @@ from pipelines.kafka_broker import KafkaBroker
 # Fixtures that train a model (tens of seconds each): a test that uses one is slow.
 TRAINING_FIXTURES = {"fraud_model", "fraud_scored", "fraud_drift_monitored", "fraud_entity_model", "entity_model",
                      "sensor", "sensor_archive"}
-ACCEPTANCE_MODULES = {"test_stream", "test_streaming_runners", "test_model_reload"}
+ACCEPTANCE_MODULES = {"test_stream", "test_streaming_runners", "test_model_reload", "test_flink_cluster"}
 
 
 def pytest_collection_modifyitems(items):

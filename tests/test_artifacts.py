@@ -34,6 +34,8 @@ def test_missing_tools_are_one_line_each_saying_what_still_works(bare_machine, c
         "default, works)",
         "flink: NOT INSTALLED: no mvn on PATH; FlinkRunner needs --flink_job_server_jar or --job_endpoint (the "
         "DirectRunner and PrismRunner work)",
+        "flink_cluster: NOT INSTALLED: no mvn on PATH; rtml flink-cluster cannot start a local Flink cluster (the "
+        "embedded Flink works)",
         "java: NOT FOUND: the local Kafka broker and FlinkRunner need a JDK 17"]
 
 
