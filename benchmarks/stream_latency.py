@@ -367,7 +367,7 @@ def _measure(args, scorer_name: str, bootstrap: str, command, search: bool = Tru
         while reader.counts.get("waiting", 0) < WAITING:
             if first_s is None and reader.counts.get("waiting", 0):
                 first_s = time.monotonic() - started
-            if scorer.poll() != sent_status or time.monotonic() - started > 120:
+            if scorer.poll() not in (None, sent_status) or time.monotonic() - started > 120:
                 raise RuntimeError(f"{scorer_name} did not start; see {log.name}")
             time.sleep(0.01)
         first_s = first_s or time.monotonic() - started

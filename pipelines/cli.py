@@ -285,12 +285,16 @@ def main(run: Callable[[Sequence[str] | None], object]) -> None:
 # Beam retries a call to Google for up to about 30 s, logging each try with the exception's traceback: without
 # credentials, `rtml train --model_dir gs://...` printed 45 lines before its one-line error, which says what failed.
 _RETRY_LOGGERS = frozenset({"apache_beam.utils.retry", "apache_beam.internal.gcp.auth"})
+# Beam warns of every start and stop of a Java service (Flink's job server), with its whole command line, a line
+# before and after what a Flink command says.
+_SERVICE_LOGGER = "apache_beam.utils.subprocess_server"
 
 
 def _not_retry_noise(record: logging.LogRecord) -> bool:
-    """Kept out of the terminal: each try of Beam's retries, and its note on credentials; --log_format json keeps
-    them."""
-    return record.name not in _RETRY_LOGGERS
+    """Kept out of the terminal: each try of Beam's retries, its note on credentials, and its notes of a Java
+    service's start and stop; --log_format json keeps them."""
+    return record.name not in _RETRY_LOGGERS and not (
+        record.name == _SERVICE_LOGGER and record.getMessage().startswith(("Really starting", "Really destroying")))
 
 
 def _not_beams_missing_torch_warning(record: logging.LogRecord) -> bool:

@@ -58,6 +58,8 @@ state.backend.type: rocksdb
 state.checkpoints.dir: {checkpoints}
 state.savepoints.dir: {savepoints}
 """
+JOBMANAGER = "org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint"
+TASKMANAGER = "org.apache.flink.runtime.taskexecutor.TaskManagerRunner"
 _RESULT = "BASH_JAVA_UTILS_EXEC_RESULT:"
 
 
@@ -86,8 +88,7 @@ class FlinkCluster:
         self._write_config()
         deadline = time.monotonic() + timeout
         try:
-            self._spawn("jobmanager", self._java("org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint",
-                                                 "--configDir", str(self.root / "conf")))
+            self._spawn("jobmanager", self._java(JOBMANAGER, "--configDir", str(self.root / "conf")))
             self._spawn("workers", [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
                                     f"--service_port={self.worker_port}"], cwd=ROOT, env=_worker_environment())
             for index in range(self._taskmanagers):
@@ -173,8 +174,7 @@ class FlinkCluster:
             raise ClusterFailed(f"Flink could not size a TaskManager from {conf}: "
                                 f"{(done.stderr or done.stdout).strip()[-500:]}")
         jvm, dynamic = results[-2].split(), results[-1].split()
-        return self._java("org.apache.flink.runtime.taskexecutor.TaskManagerRunner", "--configDir", conf, *dynamic,
-                          jvm=tuple(jvm))
+        return self._java(TASKMANAGER, "--configDir", conf, *dynamic, jvm=tuple(jvm))
 
     def _spawn(self, name: str, command: list[str], **popen) -> None:
         with open(self.root / "log" / f"{name}.log", "ab") as log:
@@ -214,7 +214,8 @@ def _worker_environment() -> dict[str, str]:
     def first(name: str, path: str) -> str:
         return os.pathsep.join(filter(None, [path, os.environ.get(name)]))
 
-    return {**os.environ, "PATH": first("PATH", str(Path(sys.executable).parent)), "PYTHONPATH": first("PYTHONPATH", str(ROOT))}
+    return {**os.environ, "PATH": first("PATH", str(Path(sys.executable).parent)),
+            "PYTHONPATH": first("PYTHONPATH", str(ROOT))}
 
 
 def main(argv=None) -> int:

@@ -64,8 +64,8 @@ class FlinkRest:
             if job is not None and job.state == "RUNNING":
                 return job
             if job is not None and job.state not in ACTIVE:
-                raise UserError(f"the job {name} ({job.id}) is {job.state} on Flink at {self.url}; see its "
-                                f"exceptions: {self.url}/#/job/{job.id}/exceptions")
+                raise UserError(f"the job {name} ({job.id}) is {job.state} on Flink at {self.url}: "
+                                f"{self.failure(job.id)}")
             why = failed()
             if why:
                 raise UserError(why)
@@ -93,6 +93,11 @@ class FlinkRest:
                 return operation["location"]
             time.sleep(0.5)
         raise UserError(f"the savepoint of job {job_id} did not complete within {timeout:g} s; the job runs on")
+
+    def failure(self, job_id: str) -> str:
+        """Why a job failed, as Flink's deepest cause says it."""
+        root = self.call(f"jobs/{job_id}/exceptions").get("root-exception")
+        return _one_line(root) if root else f"no reason given; see {self.url}/#/job/{job_id}/exceptions"
 
     def cancel(self, job_id: str) -> None:
         self.call(f"jobs/{job_id}?mode=cancel", "PATCH")

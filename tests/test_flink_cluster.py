@@ -5,6 +5,7 @@ command that sent it, stopped with a savepoint (``rtml jobs stop``) and resumed 
 from __future__ import annotations
 
 import datetime
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from pipelines.flink_rest import FlinkRest
 from tests.conftest import publish_stand_in_model
 from tests.kafka_helpers import ROOT, Outputs, card_key, json_lines, make_topics, produce, unique_name
 from transforms.errors import UserError
+
+pytestmark = pytest.mark.flink  # (one after another with the other live Flink tests: make test's second part)
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +79,9 @@ def test_a_stream_on_the_cluster_outlives_its_command_and_resumes_from_a_savepoi
         new_version = publish_stand_in_model(model_dir, scale=50.0, spec_name="fraud_entity")
         produce(bootstrap, topics[0], lines[1], list(map(card_key, lines[1])), stamp_event_time=True)
         job_id = _job_id(_rtml(*stream, "--savepoint_path", stopped.stdout.strip()))
-        expected = {}
+        expected, both_days = {}, str(tmp_path / "data" / "*" / "*.jsonl")
         for version in (first_version, new_version):
-            expected[version], reasons = _bounded(model_dir, str(tmp_path / "data" / "*" / "*.jsonl"), tmp_path / version, version)
+            expected[version], reasons = _bounded(model_dir, both_days, tmp_path / version, version)
         outputs.wait(lambda o: len(o.read().scored) >= len(expected[new_version]) - 3, 120, "both days scored")
         outputs.read(5.0)  # (the last events wait for the watermark; nothing else comes)
         assert _rtml("jobs", "cancel", job_id, "--flink_master", cluster.master).returncode == 0
@@ -120,6 +123,22 @@ def test_what_a_cluster_cannot_do_is_one_line(cluster, tmp_path):
         score.run([*stream, "--runner", "FlinkRunner", "--flink_master", cluster.master])
     with pytest.raises(UserError, match="--savepoint_path: only a stream on a Flink cluster"):
         score.run([*stream, "--runner", "PrismRunner", "--savepoint_path", str(tmp_path)])
+
+
+
+def test_a_savepoint_that_is_not_there_is_flinks_reason_in_one_line(cluster, kafka_broker, entity_model, tmp_path):
+    topics = make_topics(kafka_broker, "nosavepoint")
+    missing = (tmp_path / "no-such-savepoint").as_uri()
+    sent = _rtml("score", "--spec", "fraud_entity", "--mode", "stream", "--model_dir", entity_model,
+                 "--bootstrap_servers", kafka_broker.bootstrap, "--input_topic", topics[0], "--output_topic", topics[1],
+                 "--dead_letter_topic", topics[2], "--savepoint_path", missing, *cluster.flags)
+    assert sent.returncode == 2
+    assert "Really starting service" not in sent.stderr  # (Beam's note of its job server's start: not for a user)
+    [error] = [line for line in sent.stderr.splitlines() if "rror" in line]
+    master = re.escape(cluster.master)
+    assert re.fullmatch(rf"error: the job rtml-\S+ \(\w{{32}}\) is FAILED on Flink at http://{master}: "
+                        rf"java\.io\.FileNotFoundException: Cannot find checkpoint or savepoint file/directory "
+                        rf"'{re.escape(missing)}' on file system 'file'\.", error), sent.stderr
 
 
 def test_a_taskmanager_killed_mid_stream_loses_no_event_and_no_history(cluster, kafka_broker, entity_model, tmp_path):

@@ -156,8 +156,8 @@ def test_presets_fill_only_what_the_user_left_unset(monkeypatch):
         "flink_job_server_jar": str(artifacts.flink_job_server_jar()),
         "environment_type": "DOCKER", "environment_config": "europe-docker.pkg.dev/p/rtml/score_stream:v1",
         "state_shards": 16}
-    cluster_stream = runners.apply_runner_presets(PipelineOptions(["--runner=FlinkRunner",
-                                                                   "--flink_master=flink.internal:8081"]), streaming=True)
+    cluster_stream = runners.apply_runner_presets(
+        PipelineOptions(["--runner=FlinkRunner", "--flink_master=flink.internal:8081"]), streaming=True)
     assert re.fullmatch(r"rtml-\d{8}-\d{6}-[0-9a-f]{6}", cluster_stream["job_name"])  # (how the cluster's job is found)
     assert "state_backend" not in cluster_stream  # (the cluster's own)
     # given on the command line, even at Beam's default: the user's choice stands
