@@ -5,7 +5,7 @@ rate it sustains.
     .venv/bin/python benchmarks/stream_latency.py --search             # then 60 s trials: 2,000, 2,500 ... /s
     .venv/bin/python benchmarks/stream_latency.py --spec fraud_entity --runner PrismRunner --rate 1000
     .venv/bin/python benchmarks/stream_latency.py --runner FlinkRunner --kafka_io beam --rate 1000
-    .venv/bin/python benchmarks/stream_latency.py --flink_cluster 2 --scorer_flags '--parallelism 2'
+    .venv/bin/python benchmarks/stream_latency.py --flink_cluster 2 --spec fraud_entity --rate 1000
 
 Starts a local Apache Kafka broker (or uses --bootstrap_servers), trains a small model of --spec
 into benchmarks/data/stream-model-<spec> if there is none there, puts 200 events in a 3-partition
@@ -17,8 +17,8 @@ topic; latency per event is the output message's timestamp (the time the scorer 
 minus the input message's timestamp, and also the time the checker consumed it minus the input
 timestamp. Backlog = events produced - events scored, sampled every second.
 
-With --flink_cluster N, the scorer runs on a Flink session cluster of N TaskManagers started for the run
-(``pipelines.flink_cluster``): the command returns once the job runs, start-up is timed from it too, RSS sums the
+With --flink_cluster N, the scorer runs at --parallelism N on a Flink session cluster of N TaskManagers (one slot
+each) started for the run (``pipelines.flink_cluster``): the command returns once the job runs, start-up is timed from it too, RSS sums the
 cluster's processes (JobManager, TaskManagers, Python workers), and the job is cancelled at the end.
 
 Then the same again, on fresh topics, with the least-work live loop in place of the scorer (unless
@@ -272,7 +272,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model_dir", help="default: benchmarks/data/stream-model-<spec>")
     parser.add_argument("--scorer_flags", default="", help="more flags for the scorer, e.g. '--direct_num_workers 3'")
     parser.add_argument("--flink_cluster", type=int, default=0, metavar="N",
-                        help="run the scorer on a Flink session cluster of N TaskManagers started for the run")
+                        help="run the scorer at --parallelism N on a Flink session cluster of N TaskManagers started "
+                             "for the run")
     parser.add_argument("--bootstrap_servers", help="an existing cluster (default: a local Apache Kafka broker)")
     parser.add_argument("--profile", metavar="PATH", help="run the scorer under cProfile, stats to PATH")
     parser.add_argument("--no_reference", action="store_true", help="skip the least-work live loop")
@@ -288,7 +289,8 @@ def main(argv=None) -> int:
     broker = None if args.bootstrap_servers else KafkaBroker().start()
     bootstrap = args.bootstrap_servers or broker.bootstrap
     cluster = FlinkCluster(taskmanagers=args.flink_cluster).start() if args.flink_cluster else None
-    runner = cluster.flags if cluster else ["--runner", args.runner]
+    # (on the cluster one slot a TaskManager: --parallelism N uses them all)
+    runner = [*cluster.flags, "--parallelism", str(args.flink_cluster)] if cluster else ["--runner", args.runner]
     scorer = [sys.executable, *(["-m", "cProfile", "-o", args.profile] if args.profile else []), "-m", "pipelines.score",
               "--mode", "stream", "--spec", args.spec, *runner, "--model_dir", str(model_dir),
               "--offset_reset", "earliest", "--kafka_io", args.kafka_io, *args.scorer_flags.split()]
