@@ -505,7 +505,7 @@ def _run_stream(options, test_pipeline) -> dict[str, int]:
         print(f"clustering {flags.input_topic} -> {stream.output_topic} (dead letters: {stream.dead_letter_topic}) on "
               f"{flags.bootstrap_servers} with k={clustering.start.model.k} and the features of {clustering.spec.name} "
               f"model {clustering.features.version}; snapshots to {options.view_as(ClusterOptions).snapshot_dir}"
-              + ("" if runners.is_flink_cluster(options) else "; SIGTERM or Ctrl-C stops"), file=sys.stderr, flush=True)
+              + serving.how_it_stops(options), file=sys.stderr, flush=True)
         return serving.serve(pipeline, f"{clustering.spec.name} stream clustering", signals,
                              serving.group_positions(flags, config, group_id(stream, clustering.spec)),
                              stream.progress_s)

@@ -178,7 +178,7 @@ def run_stream(options, test_pipeline=None, stop_when=None, on_stop=None,
               + (f", entity state over {runners.live_state(options).shards} shard(s)" if spec.entity_features else "")
               + (f", kafka config {kafka.mask_config(config)}" if config else "")
               + (f", monitoring to {monitoring_topic}" if monitoring_topic else "")
-              + ("" if runners.is_flink_cluster(options) else "; SIGTERM or Ctrl-C stops"), file=sys.stderr, flush=True)
+              + serving.how_it_stops(options), file=sys.stderr, flush=True)
         return serving.serve(pipeline, f"{spec.name} stream scoring with model {model.version}", signals,
                              serving.group_positions(flags, config, group), stream.progress_s, stop_when,
                              on_stop)

@@ -61,6 +61,12 @@ def check_streaming_runner(options) -> None:
                         "HOST:PORT) starts from a savepoint")
 
 
+def how_it_stops(options) -> str:
+    """The end of a streaming command's first line: how its stream stops (one on a Flink cluster runs on after the
+    command, until ``rtml jobs stop``, which ``serve`` says once it runs)."""
+    return "" if runners.is_flink_cluster(options) else "; SIGTERM or Ctrl-C stops"
+
+
 def check_fused_with_source(pipeline, options) -> None:
     """Refuse, rather than hang, a streaming graph the DirectRunner cannot run live.
 
