@@ -41,8 +41,8 @@ class FlinkRest:
                 return json.loads(answer.read() or b"{}")
         except urllib.error.HTTPError as error:
             if error.code == 404 and path.startswith("jobs/"):
-                raise UserError(f"Flink at {self.url} knows no job {path.split('/')[1]} (rtml jobs list shows "
-                                f"its jobs)") from None
+                job_id = path.split("/")[1].split("?")[0]
+                raise UserError(f"Flink at {self.url} knows no job {job_id} (rtml jobs list shows its jobs)") from None
             raise UserError(f"Flink at {self.url} refused {method} /{path}: HTTP {error.code} "
                             f"{_first_error(error)}") from None
         except (urllib.error.URLError, OSError) as error:

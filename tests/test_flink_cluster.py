@@ -112,9 +112,10 @@ def test_bounded_scoring_on_the_cluster_gives_the_direct_runners_records(cluster
 
 
 def test_what_a_cluster_cannot_do_is_one_line(cluster, tmp_path):
-    unknown = _rtml("jobs", "stop", "0" * 32, "--flink_master", cluster.master)
-    assert unknown.returncode == 2 and unknown.stderr.strip() == (
-        f"error: Flink at http://{cluster.master} knows no job {'0' * 32} (rtml jobs list shows its jobs)")
+    for action in ("stop", "cancel"):
+        unknown = _rtml("jobs", action, "0" * 32, "--flink_master", cluster.master)
+        assert unknown.returncode == 2 and unknown.stderr.strip() == (
+            f"error: Flink at http://{cluster.master} knows no job {'0' * 32} (rtml jobs list shows its jobs)")
     with pytest.raises(UserError, match="no Flink cluster answers at http://127.0.0.1:1 "):
         jobs.run(["list", "--flink_master", "127.0.0.1:1"])
     stream = ["--spec", "fraud", "--mode", "stream", "--bootstrap_servers", "127.0.0.1:1", "--input_topic", "a",
