@@ -248,9 +248,14 @@ def check_whole_input(totals: dict[str, int], consequence: str) -> None:
     """IncompleteInput if some input files could not be read to their end."""
     paths = unreadable_files(totals)
     if paths:
-        shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-        raise IncompleteInput(f"{len(paths)} input file{'s' if len(paths) > 1 else ''} could not be read to the end "
-                              f"({shown}; their dead letters say from where and why); {consequence}")
+        raise incomplete_input(paths, consequence)
+
+
+def incomplete_input(paths: list[str], consequence: str) -> IncompleteInput:
+    """The one-line error of input files (``paths``, sorted) that could not be read to their end."""
+    shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    return IncompleteInput(f"{len(paths)} input file{'s' if len(paths) > 1 else ''} could not be read to the end "
+                           f"({shown}; their dead letters say from where and why); {consequence}")
 
 
 @contextlib.contextmanager

@@ -40,6 +40,9 @@ from transforms.errors import UserError
 ROOT = Path(__file__).resolve().parents[1]
 # Network buffers are taken from each TaskManager's memory: with Flink's default share of 1.5 GB, a stream of the
 # project's graph at --parallelism 4 asked for 512 buffers and found 504 ("Insufficient number of network buffers").
+# A batch job's blocking exchanges (sort-merge, Flink's default) each take at least 512 (16 MB) at their start:
+# training's graph (tensorflow-transform's many stages) had more of them at once than 256 MB holds. 64 each
+# suffice at these volumes (Flink advises 2,048 for production sizes).
 _CONFIG = """\
 jobmanager.rpc.address: localhost
 jobmanager.rpc.port: {rpc_port}
@@ -51,6 +54,7 @@ taskmanager.numberOfTaskSlots: {slots}
 taskmanager.memory.process.size: 1536m
 taskmanager.memory.network.min: 128m
 taskmanager.memory.network.max: 128m
+taskmanager.network.sort-shuffle.min-buffers: 64
 rest.port: {rest_port}
 rest.address: localhost
 rest.bind-address: localhost

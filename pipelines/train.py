@@ -4,20 +4,29 @@
 
 One Beam pipeline parses and validates the events (dead letters under --dead_letter), splits them
 by event time (the latest --holdout_fraction is held out), and analyzes the features with
-tensorflow-transform on the training part only. Then the spec's estimator is fitted, exported
-with its features to one ONNX model, checked against tensorflow-transform and scikit-learn, scored
-on the holdout, and published as a new version that becomes current.
+tensorflow-transform on the training part only. Then, in one worker of the same pipeline, the
+spec's estimator is fitted, exported with its features to one ONNX model, checked against
+tensorflow-transform and scikit-learn, scored on the holdout, and published as a new version that
+becomes current. So a runner's workers train, and the launcher only reads the published manifest.
+
+tensorflow-transform's analysis and the version are staged on the launcher's disk (under a local
+--model_dir, else in a temporary directory), so the workers must share it: every runner on one
+machine, the local Flink cluster included (docs/limits.md).
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
+import json
 import logging
 import os
+import pathlib
 import shutil
 import sys
 import tempfile
 import time
+import typing
 
 from pipelines import cli
 
@@ -31,18 +40,17 @@ import joblib
 import numpy as np
 import onnxruntime as ort
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from models import estimator as estimators
 from models import registry
 from pipelines import graph, runners
 from pipelines.options import ArchiveOptions, ModelOptions, SpecOptions, TrainOptions
 from transforms import storage
-from transforms.errors import UserError
+from transforms.errors import IncompleteInput, UserError
 from transforms.events import EventBatch, rfc3339
 from transforms.features import AnalyzeFeatures, feature_graph, feature_names, load_feature_plan, raw_columns, \
     tft_layer, transform_with_tft, width
-from transforms.fileio import ReadEventFiles, WriteJsonLines, check_input
+from transforms.fileio import UNREADABLE_REASON, ReadEventFiles, WriteJsonLines, check_input
 from transforms.monitoring import training_baseline
 from transforms.spec import Spec, load_spec
 
@@ -55,6 +63,8 @@ FEATURE_TOLERANCE = 1e-4  # ONNX features vs tensorflow-transform's, absolute
 SCORE_TOLERANCE = 1e-5
 MAX_SHARE_APART = 0.001  # of rows whose ONNX and scikit-learn scores differ by more than SCORE_TOLERANCE
 MAX_SCORE_GAP = 1e-2
+REFUSED = "REFUSED"  # in the staging directory: why the fit stage published nothing, for the launcher
+REFUSALS = {kind.__name__: kind for kind in (UserError, IncompleteInput, registry.ModelError)}
 LIBRARIES = ("apache-beam", "tensorflow-transform", "tensorflow", "scikit-learn", "skl2onnx", "onnx",
              "onnxruntime", "numpy")
 
@@ -77,27 +87,76 @@ def _before(batch: EventBatch, split_us: int) -> list[EventBatch]:
     return [EventBatch([batch.events[i] for i in keep], [batch.event_time_us[i] for i in keep])] if keep else []
 
 
-def build(pipeline, spec: Spec, input_pattern: str, batch_size: int, staging, dead_letter_dir: str,
-          holdout_fraction: float, require_label: bool) -> None:
-    """The training graph: parse, stage valid events, find the split time, analyze the training part."""
+def build(pipeline, spec: Spec, input_pattern: str, batch_size: int, staging: pathlib.Path, dead_letter_dir: str,
+          holdout_fraction: float, require_label: bool, publication: Publication) -> None:
+    """The training graph: parse, find the split time, analyze the training part, then fit and publish."""
     parsed = (pipeline
               | "ReadEvents" >> ReadEventFiles(input_pattern, batch_size)
               | "ParseAndEnrich" >> graph.ParseAndEnrich(spec, streaming=False, batch_size=batch_size,
                                                          require_label=require_label))
     parsed.dead_letters | "WriteDeadLetters" >> WriteJsonLines(dead_letter_dir, "dead_letter")
     events = parsed.events
-    events | "Stage" >> beam.Map(_staged_table, spec) | "WriteStaged" >> beam.io.WriteToParquetBatched(
-        str(staging / "events" / "part"), _staged_schema(spec), file_name_suffix=".parquet")
     split_index = round((1 - holdout_fraction) * 100)
     split = (events
              | "EventTimes" >> beam.FlatMap(lambda batch: batch.event_time_us)
              | "Percentiles" >> beam.ApproximateQuantiles.Globally(101)
-             # no valid events, no percentiles: training then stops with a one-line reason
+             # no valid events, no percentiles: the fit stage then refuses with a one-line reason
              | "SplitTime" >> beam.Map(lambda percentiles: percentiles[split_index] if percentiles else 0))
-    split | "WriteSplit" >> beam.io.WriteToText(str(staging / "split"), shard_name_template="")
+    analyzed = (events
+                | "TrainingPart" >> beam.FlatMap(_before, beam.pvalue.AsSingleton(split))
+                | "AnalyzeFeatures" >> AnalyzeFeatures(spec, str(staging / "transform"), str(staging / "tmp")))
+    dead_lettered = parsed.dead_letters | "CountDeadLetters" >> beam.combiners.Count.Globally()
+    unreadable = (parsed.dead_letters
+                  | "UnreadableFiles" >> beam.FlatMap(
+                      lambda letter: [letter["source"]["file"]] if letter["error"].startswith(UNREADABLE_REASON) else [])
+                  | "ListUnreadable" >> beam.combiners.ToList())
     (events
-     | "TrainingPart" >> beam.FlatMap(_before, beam.pvalue.AsSingleton(split))
-     | "AnalyzeFeatures" >> AnalyzeFeatures(spec, str(staging / "transform"), str(staging / "tmp")))
+     | "Stage" >> beam.Map(_staged_table, spec)
+     | "AllValidEvents" >> beam.combiners.ToList()  # one element: the fit needs every row in one worker
+     | "FitAndPublish" >> beam.ParDo(FitAndPublish(spec, staging, publication), split_us=beam.pvalue.AsSingleton(split),
+                                     analyzed=beam.pvalue.AsList(analyzed),
+                                     dead_lettered=beam.pvalue.AsSingleton(dead_lettered),
+                                     unreadable=beam.pvalue.AsSingleton(unreadable)))
+
+
+class Publication(typing.NamedTuple):
+    """Where and how the fit stage publishes the version it trains."""
+    model_dir: str
+    version: str
+    signing_key_env: str | None
+
+
+class FitAndPublish(beam.DoFn):
+    """Every valid event's staged columns (one list of tables) in; fits, checks, exports and publishes the
+    version, or writes why not (``REFUSED``) to the staging directory, which the launcher reads."""
+
+    def __init__(self, spec: Spec, staging: pathlib.Path, publication: Publication):
+        self._spec, self._staging, self._publication = spec, staging, publication
+
+    def process(self, tables: list[pa.Table], split_us: int, analyzed, dead_lettered: int, unreadable: list[str]):
+        del analyzed  # a side input only so that this stage waits for the transform artifact
+        try:
+            if unreadable:
+                raise cli.incomplete_input(sorted(set(unreadable)), "no model was trained from the rest; fix or "
+                                                                    "remove them and train again")
+            valid = sum(table.num_rows for table in tables)
+            manifest = _fit_and_export(self._spec, self._staging, _in_one_order(tables, self._spec), split_us,
+                                       {"input_events": valid + dead_lettered, "dead_lettered": dead_lettered},
+                                       self._publication.version)
+            registry.publish(self._publication.model_dir, self._staging, manifest, self._publication.signing_key_env)
+        except UserError as error:
+            logging.error("training refused: %s", error)  # where the launcher is gone, the job's log says why
+            (self._staging / REFUSED).write_text(json.dumps({"kind": type(error).__name__, "reason": str(error)}))
+
+
+def _in_one_order(tables: list[pa.Table], spec: Spec) -> pa.Table:
+    """All staged rows sorted by every column: the fit sees the same rows in the same order on every runner,
+    however its bundles came."""
+    if not tables:
+        return _staged_schema(spec).empty_table()
+    table = pa.concat_tables(tables)
+    return table.sort_by([(TIME_COLUMN, "ascending")] + [(name, "ascending") for name in table.column_names
+                                                         if name != TIME_COLUMN])
 
 
 def run(argv=None, test_pipeline=None) -> registry.ModelVersion:
@@ -123,15 +182,17 @@ def run(argv=None, test_pipeline=None) -> registry.ModelVersion:
     dead_letter_dir = flags.dead_letter or f"{model_dir}/dead_letters/{version}"
     try:
         pipeline = cli.create_pipeline(options, test_pipeline)
-        build(pipeline, spec, flags.input, flags.batch_size, staging, dead_letter_dir, holdout_fraction, supervised)
+        build(pipeline, spec, flags.input, flags.batch_size, staging, dead_letter_dir, holdout_fraction, supervised,
+              Publication(model_dir, version, signing_key_env))
         result = pipeline.run()
         result.wait_until_finish()
-        totals = cli.counters(result)
-        print(cli.summary(f"{spec.name} training data", totals, time.monotonic() - started,
+        print(cli.summary(f"{spec.name} training data", cli.counters(result), time.monotonic() - started,
                           {"dead letters": f"{dead_letter_dir}/dead_letter-*.jsonl"}))
-        cli.check_whole_input(totals, "no model was trained from the rest; fix or remove them and train again")
-        manifest = _fit_and_export(spec, staging, version, totals)
-        model = registry.publish(model_dir, staging, manifest, signing_key_env)
+        if (staging / REFUSED).exists():
+            refused = json.loads((staging / REFUSED).read_text())
+            raise REFUSALS[refused["kind"]](refused["reason"])
+        model = dataclasses.replace(registry.load(model_dir, version, signing_key_env=signing_key_env),
+                                    made_current=registry.current(model_dir)[0] == version)
     finally:  # a training that did not publish leaves nothing behind (a published one has no staging left)
         shutil.rmtree(staging, ignore_errors=True)
     print(_report(model, model_dir, time.monotonic() - started))
@@ -154,12 +215,12 @@ def _import_tensorflow_quietly() -> None:
             raise
 
 
-def _fit_and_export(spec: Spec, staging, version: str, totals: dict) -> dict:
-    """Fit, export and check the model in ``staging``; the manifest, less the file hashes."""
-    table = pq.read_table(staging / "events")
+def _fit_and_export(spec: Spec, staging: pathlib.Path, table: pa.Table, split_us: int, counts: dict,
+                    version: str) -> dict:
+    """Fit, export and check the model in ``staging``, which holds the transform artifact; the manifest, less
+    the file hashes."""
     if table.num_rows == 0:
         raise UserError("no valid training events; see the dead letters")
-    split_us = int((staging / "split").read_text())
     times = table[TIME_COLUMN].to_numpy()
     train, holdout = times < split_us, times >= split_us
     if not train.any() or not holdout.any():
@@ -192,9 +253,7 @@ def _fit_and_export(spec: Spec, staging, version: str, totals: dict) -> dict:
 
     (staging / "model.onnx").write_bytes(onnx_model.SerializeToString())
     joblib.dump(estimator, staging / "estimator.joblib")
-    shutil.rmtree(staging / "events")
     shutil.rmtree(staging / "tmp", ignore_errors=True)
-    (staging / "split").unlink()
 
     evaluation = {}
     if labels is not None:
@@ -214,8 +273,7 @@ def _fit_and_export(spec: Spec, staging, version: str, totals: dict) -> dict:
         "baseline": training_baseline(spec, plan, {name: values[train] for name, values in columns.items()},
                                       onnx_scores),
         "training": {
-            "input_events": totals.get("rtml/received", 0),
-            "dead_lettered": totals.get("rtml/received", 0) - totals.get("rtml/valid", 0),
+            **counts,
             "train": {"rows": int(train.sum()), "from": _utc(times[train].min()), "to": _utc(times[train].max())},
             "holdout": {"rows": int(holdout.sum()), "from": _utc(times[holdout].min()),
                         "to": _utc(times[holdout].max())},

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from pipelines import backfill
+from pipelines import backfill, train
 from pipelines.generate import generate
 from tests.conftest import publish_stand_in_model, read_json_lines
 from transforms.errors import IncompleteInput
@@ -95,6 +95,17 @@ def test_a_backfill_commits_nothing_from_a_cut_file_and_completes_once_it_is_fix
     assert {s["status"] for s in statuses.values()} == {"done"}
     scored = lambda out: {p.relative_to(out): p.read_bytes() for p in (out / "scored").glob("*/scored.jsonl")}
     assert scored(tmp_path / "out") == scored(tmp_path / "clean") and len(scored(tmp_path / "clean")) == 3
+
+
+def test_training_from_a_cut_file_publishes_nothing(days, tmp_path):
+    inputs = tmp_path / "in"
+    shutil.copytree(days["root"] / "archive", inputs)
+    cut = sorted(inputs.glob("*/*.jsonl.gz"))[1]
+    _cut(cut, cut)
+    with pytest.raises(IncompleteInput, match=f"1 input file could not be read to the end \\({cut};.*no model was "
+                                              f"trained from the rest"):
+        train.run(["--spec", "fraud", "--input", str(inputs / "*" / "*.jsonl.gz"), "--model_dir", str(tmp_path / "m")])
+    assert not (tmp_path / "m" / "versions").exists() and not list((tmp_path / "m" / ".staging").iterdir())
 
 
 def test_gzip_members_and_zero_padding_are_read_whole(tmp_path):
