@@ -30,11 +30,11 @@ import pathlib
 import re
 import sys
 
+from pipelines import dataflow_api
+
 PIPELINES = ("score_batch", "score_stream", "train")
 METADATA_DIR = pathlib.Path(__file__).resolve().parent / "metadata"
 CONSOLE_LINK = "https://console.cloud.google.com/dataflow/jobs/{region}/{job_id}?project={project}"
-TIMEOUT_S = 120.0
-_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
 _PROJECT = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]$")
@@ -185,49 +185,17 @@ def build_request(args: argparse.Namespace, parameters: dict[str, str]):
     )
 
 
-def _host(endpoint: str) -> str:
-    host = endpoint.rsplit(":", 1)[0] if not endpoint.endswith("]") and endpoint.count(":") == 1 else endpoint
-    if host.startswith("["):
-        host = host[1:host.index("]")]
-    return host
-
-
-def make_client(api_endpoint: str | None = None):
-    """The FlexTemplatesService client: ADC over TLS, or plaintext without credentials on loopback."""
-    from google.api_core.client_options import ClientOptions
-    from google.cloud import dataflow_v1beta3 as dataflow
-
-    if api_endpoint and _host(api_endpoint) in _LOOPBACK:
-        import grpc
-        from google.cloud.dataflow_v1beta3.services.flex_templates_service.transports import \
-            FlexTemplatesServiceGrpcTransport
-
-        transport = FlexTemplatesServiceGrpcTransport(host=api_endpoint, channel=grpc.insecure_channel(api_endpoint))
-        return dataflow.FlexTemplatesServiceClient(transport=transport)
-    return dataflow.FlexTemplatesServiceClient(
-        client_options=ClientOptions(api_endpoint=api_endpoint) if api_endpoint else None)
-
-
 def launch(args: argparse.Namespace, parameters: dict[str, str]) -> str:
     """One LaunchFlexTemplate call; what to print."""
-    from google.api_core import exceptions as api_exceptions
-    from google.auth import exceptions as auth_exceptions
-
     request = build_request(args, parameters)
     try:
-        client = make_client(args.api_endpoint)
-        response = client.launch_flex_template(request=request, timeout=TIMEOUT_S)
-    except auth_exceptions.DefaultCredentialsError:
-        raise LaunchError("no Application Default Credentials: run `gcloud auth application-default login` "
-                          "or run where a service account is attached", 1) from None
-    except auth_exceptions.GoogleAuthError as error:
-        raise LaunchError(f"credentials refused: {type(error).__name__}", 1) from None
-    except api_exceptions.GoogleAPICallError as error:
-        code = getattr(error.grpc_status_code, "name", None) or getattr(error.code, "name", error.code)
-        message = (error.message or "").strip().splitlines()
-        raise LaunchError(f"launch refused: {code}: {message[0] if message else type(error).__name__}", 1) from None
-    except api_exceptions.RetryError:
-        raise LaunchError(f"launch failed: no answer from the Dataflow API within {TIMEOUT_S:g} s", 1) from None
+        response = dataflow_api.client("FlexTemplatesService", args.api_endpoint).launch_flex_template(
+            request=request, timeout=dataflow_api.TIMEOUT_S)
+    except Exception as error:
+        reason = dataflow_api.refusal(error, "launch")
+        if reason is None:
+            raise
+        raise LaunchError(reason, 1) from None
     name = request.launch_parameter.job_name
     if args.validate_only:
         return f"validated: the service accepted launching {name} from {args.template_spec} (no job started)"

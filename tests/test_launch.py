@@ -1,17 +1,13 @@
-"""templates.launch against an in-process FlexTemplatesService on loopback, through the real client.
-
-The server registers a generic handler for the LaunchFlexTemplate method with the client library's
-own message classes, so the request is checked as it arrived on the wire.
+"""templates.launch against an in-process FlexTemplatesService on loopback (``tests/dataflow_service.py``), through
+the real client, so the request is checked as it arrived on the wire.
 """
-from concurrent import futures
-
 import grpc
 import pytest
 from google.cloud import dataflow_v1beta3 as dataflow
 
 from templates import build, launch
+from tests.dataflow_service import FakeDataflow
 
-METHOD = "/google.dataflow.v1beta3.FlexTemplatesService/LaunchFlexTemplate"
 SPEC = "gs://rtml-bucket/templates/score_batch.json"
 BATCH_PARAMS = ["--param", "spec=fraud", "--param", "input=gs://rtml-bucket/events/*/*.jsonl.gz",
                 "--param", "model_dir=/template/model_store/fraud", "--param", "output=gs://rtml-bucket/scored",
@@ -22,31 +18,6 @@ def _with(name, value):
     """BATCH_PARAMS with ``name`` set to ``value``."""
     items = [item for item in BATCH_PARAMS[1::2] if not item.startswith(f"{name}=")] + [f"{name}={value}"]
     return [token for item in items for token in ("--param", item)]
-
-
-class FakeDataflow:
-    """Answers LaunchFlexTemplate with a job, or with ``refuse`` = (StatusCode, message)."""
-
-    def __init__(self):
-        self.requests, self.refuse = [], None
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        handler = grpc.method_handlers_generic_handler("google.dataflow.v1beta3.FlexTemplatesService", {
-            "LaunchFlexTemplate": grpc.unary_unary_rpc_method_handler(
-                self._launch, request_deserializer=dataflow.LaunchFlexTemplateRequest.deserialize,
-                response_serializer=dataflow.LaunchFlexTemplateResponse.serialize)})
-        self.server.add_generic_rpc_handlers((handler,))
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-
-    def _launch(self, request, context):
-        self.requests.append(request)
-        if self.refuse:
-            context.abort(*self.refuse)
-        if request.validate_only:
-            return dataflow.LaunchFlexTemplateResponse()
-        return dataflow.LaunchFlexTemplateResponse(job=dataflow.Job(
-            id="2026-11-21_07_00_00-1234567890", name=request.launch_parameter.job_name,
-            project_id=request.project_id, location=request.location))
 
 
 @pytest.fixture(scope="module")
