@@ -7,8 +7,8 @@ reached over a plaintext channel with no credentials at all: that is for a local
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
 
+from pipelines.flink_rest import Job  # (the same four facts of a job, on either runner)
 from transforms.errors import UserError
 
 TIMEOUT_S = 120.0
@@ -58,14 +58,6 @@ def refusal(error: Exception, action: str) -> str | None:
     if isinstance(error, api_exceptions.RetryError):
         return f"{action} failed: no answer from the Dataflow API within {TIMEOUT_S:g} s"
     return None
-
-
-@dataclass(frozen=True)
-class Job:
-    id: str
-    name: str
-    state: str
-    start_ms: int
 
 
 class DataflowJobs:

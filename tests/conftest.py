@@ -33,6 +33,16 @@ def _group(item, module: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def dataflow_service():
+    """The Dataflow API's methods the project calls, served in-process on loopback (``tests/dataflow_service.py``)."""
+    from tests.dataflow_service import FakeDataflow
+
+    server = FakeDataflow()
+    yield server
+    server.server.stop(None)
+
+
+@pytest.fixture(scope="session")
 def kafka_broker():
     """An Apache Kafka broker on free loopback ports for the whole session.
 

@@ -23,7 +23,7 @@ class FakeDataflow:
     ``refuse`` = (StatusCode, message) answers the next calls with that error."""
 
     def __init__(self):
-        self.requests, self.refuse, self.jobs = [], None, {}
+        self.reset()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
         self._serve("FlexTemplatesService", LaunchFlexTemplate=(self._launch, dataflow.LaunchFlexTemplateRequest,
                                                                 dataflow.LaunchFlexTemplateResponse))
@@ -32,6 +32,9 @@ class FakeDataflow:
                     UpdateJob=(self._update, dataflow.UpdateJobRequest, dataflow.Job))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
+
+    def reset(self) -> None:
+        self.requests, self.refuse, self.jobs = [], None, {}
 
     def _serve(self, service: str, **methods) -> None:
         handlers = {name: grpc.unary_unary_rpc_method_handler(

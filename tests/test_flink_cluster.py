@@ -18,7 +18,8 @@ from pipelines import generate, jobs, score, train
 from pipelines.flink_cluster import FlinkCluster
 from pipelines.flink_rest import FlinkRest
 from tests.conftest import publish_stand_in_model
-from tests.kafka_helpers import ROOT, Outputs, card_key, json_lines, make_topics, produce, unique_name
+from tests.kafka_helpers import ROOT, Outputs, card_key, committed, json_lines, make_topics, produce, \
+    unique_name
 from transforms.errors import UserError
 
 pytestmark = pytest.mark.flink  # (one after another with the other live Flink tests: make test's second part)
@@ -61,9 +62,11 @@ def test_a_stream_on_the_cluster_outlives_its_command_and_resumes_from_a_savepoi
     lines = [path.read_bytes().splitlines() for path in days]
     bootstrap = kafka_broker.bootstrap
     topics = make_topics(kafka_broker, "cluster")
+    group = unique_name("cluster")
     stream = ["score", "--spec", "fraud_entity", "--mode", "stream", "--model_dir", str(model_dir),
               "--bootstrap_servers", bootstrap, "--input_topic", topics[0], "--output_topic", topics[1],
-              "--dead_letter_topic", topics[2], "--group_id", unique_name("cluster"), *cluster.flags]
+              "--dead_letter_topic", topics[2], "--group_id", group, "--checkpointing_interval", "600000",
+              *cluster.flags]
     outputs = Outputs(bootstrap, topics[1], topics[2])
     try:
         produce(bootstrap, topics[0], lines[0], list(map(card_key, lines[0])), stamp_event_time=True)
@@ -72,6 +75,9 @@ def test_a_stream_on_the_cluster_outlives_its_command_and_resumes_from_a_savepoi
         outputs.wait(lambda o: len(o.read().dead) >= 7 and len(o.scored) >= 600, 120, "the first day scored")
         while len(outputs.scored) < len(outputs.read(3.0).scored):
             pass
+        # Offsets are committed with checkpoints (none yet: 10 minutes apart), never ahead of the keyed state
+        assert committed(bootstrap, group, topics[0], 3) == {0: 0, 1: 0, 2: 0}
+        assert FlinkRest(cluster.master).call(f"jobs/{job_id}/checkpoints")["counts"]["completed"] == 0
         stopped = _rtml("jobs", "stop", job_id, "--flink_master", cluster.master)
         assert stopped.returncode == 0, stopped.stderr
         before_stop = len(outputs.read(1.0).scored)
@@ -178,19 +184,25 @@ def test_a_taskmanager_killed_mid_stream_loses_no_event_and_no_history(cluster, 
     outputs = Outputs(bootstrap, topics[1], topics[2])
     try:
         produce(bootstrap, topics[0], lines[:350], list(map(card_key, lines[:350])), stamp_event_time=True)
+        group = unique_name("failover")
         job_id = _job_id(_rtml("score", "--spec", "fraud_entity", "--mode", "stream", "--model_dir", entity_model,
                                "--bootstrap_servers", bootstrap, "--input_topic", topics[0], "--output_topic",
-                               topics[1], "--dead_letter_topic", topics[2], "--group_id", unique_name("failover"),
+                               topics[1], "--dead_letter_topic", topics[2], "--group_id", group,
                                "--checkpointing_interval", "3000", *cluster.flags))
         outputs.wait(lambda o: len(o.read().scored) >= 250, 120, "the first half scored")
         flink = FlinkRest(cluster.master)
         outputs.wait(lambda o: flink.call(f"jobs/{job_id}/checkpoints")["counts"]["completed"] >= 1, 60,
                      "a checkpoint")
         cluster.kill_taskmanager(1)
-        produce(bootstrap, topics[0], lines[350:], list(map(card_key, lines[350:])), stamp_event_time=True)
+        ends = produce(bootstrap, topics[0], lines[350:], list(map(card_key, lines[350:])), stamp_event_time=True)
         cluster.start_taskmanager(1)
         outputs.wait(lambda o: {r["event_id"] for _, r in o.read().scored} >= set(expected) - _last(expected, 3), 180,
                      "every event scored after the failover")
+        # The offsets of what was written are committed with the checkpoints that follow (the last events of a
+        # partition may wait for the watermark: their offsets and a few before them stay uncommitted)
+        outputs.wait(lambda o: all(ends[p] - 10 <= at <= ends[p] for p, at in committed(bootstrap, group, topics[0],
+                                                                                         3).items()), 30,
+                     "the written offsets committed")
         assert _rtml("jobs", "cancel", job_id, "--flink_master", cluster.master).returncode == 0
     finally:
         outputs.close()

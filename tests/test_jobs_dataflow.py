@@ -10,29 +10,20 @@ import pytest
 from google.cloud import dataflow_v1beta3 as dataflow
 
 from pipelines import jobs
-from tests.dataflow_service import FakeDataflow
 from transforms.errors import UserError
 
 RUNNING, DONE = dataflow.JobState.JOB_STATE_RUNNING, dataflow.JobState.JOB_STATE_DONE
 
 
-@pytest.fixture(scope="module")
-def fake():
-    server = FakeDataflow()
-    yield server
-    server.server.stop(None)
-
-
 @pytest.fixture
-def service(fake):
-    fake.requests.clear()
-    fake.refuse = None
-    fake.jobs = {job.id: job for job in (
+def service(dataflow_service):
+    dataflow_service.reset()
+    dataflow_service.jobs = {job.id: job for job in (
         _job("2026-12-06_01_00_00-1", "score-stream-a", RUNNING, 1),
         _job("2026-12-06_02_00_00-2", "score-stream-b", RUNNING, 2),
         _job("2026-12-05_23_00_00-3", "score-batch", DONE, 0),
         _job("2026-12-06_03_00_00-4", "elsewhere", RUNNING, 3, location="us-central1"))}
-    return fake
+    return dataflow_service
 
 
 def _job(job_id: str, name: str, state, hour: int, location: str = "europe-west4") -> dataflow.Job:

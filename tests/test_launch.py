@@ -6,7 +6,6 @@ import pytest
 from google.cloud import dataflow_v1beta3 as dataflow
 
 from templates import build, launch
-from tests.dataflow_service import FakeDataflow
 
 SPEC = "gs://rtml-bucket/templates/score_batch.json"
 BATCH_PARAMS = ["--param", "spec=fraud", "--param", "input=gs://rtml-bucket/events/*/*.jsonl.gz",
@@ -20,18 +19,10 @@ def _with(name, value):
     return [token for item in items for token in ("--param", item)]
 
 
-@pytest.fixture(scope="module")
-def fake():
-    server = FakeDataflow()
-    yield server
-    server.server.stop(None)
-
-
 @pytest.fixture
-def service(fake):
-    fake.requests.clear()
-    fake.refuse = None
-    return fake
+def service(dataflow_service):
+    dataflow_service.reset()
+    return dataflow_service
 
 
 def _launch(service, *args):
