@@ -35,7 +35,7 @@ def run(argv=None) -> object:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
     parser.add_argument("action", choices=("list", "stop", "cancel"))
-    parser.add_argument("job_id", nargs="?", help="the Flink job id (stop, cancel), as rtml jobs list shows it")
+    parser.add_argument("job_id", nargs="?", help="the job id (stop, cancel), as rtml jobs list shows it")
     parser.add_argument("--flink_master", metavar="HOST:PORT", help="a Flink cluster's REST address")
     parser.add_argument("--project", help="Dataflow: the Google Cloud project")
     parser.add_argument("--region", help="Dataflow: the region of its jobs")

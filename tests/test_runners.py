@@ -95,7 +95,7 @@ def test_train_translates_for_dataflow(monkeypatch, trained, tmp_path):
         "--spec", "fraud", "--input", str(root / "data" / "*" / "*.jsonl"), "--model_dir", str(tmp_path / "model"),
         *DATAFLOW])
     assert job.proto.type_.name == "JOB_TYPE_BATCH"
-    assert {"ReadEvents", "ParseAndEnrich", "WriteStaged", "AnalyzeFeatures"} <= _step_names(job)
+    assert {"ReadEvents", "ParseAndEnrich", "AnalyzeFeatures", "FitAndPublish"} <= _step_names(job)
 
 
 def test_score_stream_translates_for_dataflow_with_streaming_presets(monkeypatch, trained):
