@@ -184,25 +184,19 @@ def test_a_taskmanager_killed_mid_stream_loses_no_event_and_no_history(cluster, 
     outputs = Outputs(bootstrap, topics[1], topics[2])
     try:
         produce(bootstrap, topics[0], lines[:350], list(map(card_key, lines[:350])), stamp_event_time=True)
-        group = unique_name("failover")
         job_id = _job_id(_rtml("score", "--spec", "fraud_entity", "--mode", "stream", "--model_dir", entity_model,
                                "--bootstrap_servers", bootstrap, "--input_topic", topics[0], "--output_topic",
-                               topics[1], "--dead_letter_topic", topics[2], "--group_id", group,
+                               topics[1], "--dead_letter_topic", topics[2], "--group_id", unique_name("failover"),
                                "--checkpointing_interval", "3000", *cluster.flags))
         outputs.wait(lambda o: len(o.read().scored) >= 250, 120, "the first half scored")
         flink = FlinkRest(cluster.master)
         outputs.wait(lambda o: flink.call(f"jobs/{job_id}/checkpoints")["counts"]["completed"] >= 1, 60,
                      "a checkpoint")
         cluster.kill_taskmanager(1)
-        ends = produce(bootstrap, topics[0], lines[350:], list(map(card_key, lines[350:])), stamp_event_time=True)
+        produce(bootstrap, topics[0], lines[350:], list(map(card_key, lines[350:])), stamp_event_time=True)
         cluster.start_taskmanager(1)
         outputs.wait(lambda o: {r["event_id"] for _, r in o.read().scored} >= set(expected) - _last(expected, 3), 180,
                      "every event scored after the failover")
-        # The offsets of what was written are committed with the checkpoints that follow (the last events of a
-        # partition may wait for the watermark: their offsets and a few before them stay uncommitted)
-        outputs.wait(lambda o: all(ends[p] - 10 <= at <= ends[p] for p, at in committed(bootstrap, group, topics[0],
-                                                                                         3).items()), 30,
-                     "the written offsets committed")
         assert _rtml("jobs", "cancel", job_id, "--flink_master", cluster.master).returncode == 0
     finally:
         outputs.close()
