@@ -219,10 +219,6 @@ def read_topic(bootstrap: str, topic: str, quiet_s: float = 2.0) -> list[tuple[b
     return got
 
 
-# On Flink offsets are committed with checkpoints (60 s apart by default): a test that waits for them makes them often.
-CHECKPOINTS_WITHIN_SECONDS = {"PrismRunner": (), "FlinkRunner": ("--checkpointing_interval", "2000")}
-
-
 def stop_once_committed(process: StreamProcess, bootstrap: str, group: str, topic: str,
                         ends: dict[int, int]) -> None:
     """Wait until ``group`` has committed ``topic`` up to ``ends`` (every record written), then SIGTERM

@@ -22,8 +22,7 @@ from models.inference import scored_records
 from models.registry import Baselines, ModelError, ModelVersion
 from pipelines import cli, generate, monitor, score
 from tests.conftest import DRIFT_DAY, read_json_lines, stand_in_baseline
-from tests.kafka_helpers import CHECKPOINTS_WITHIN_SECONDS, make_topics, produce, read_topic, stop_once_committed, \
-    stream_scorer, unique_name, wait_for
+from tests.kafka_helpers import make_topics, produce, read_topic, stop_once_committed, stream_scorer, unique_name, wait_for
 from transforms.errors import UserError
 from transforms.events import EventBatch, ParseEvents, Raw, ScoredBatch, event_time_us_of
 from transforms.features import raw_columns
@@ -445,8 +444,7 @@ def test_live_drift_alerts_are_the_bounded_runs(runner, kafka_broker, fraud_mode
         return len([r for r in monitored if r["kind"] == "window"]) >= len(bounded_windows)
 
     with stream_scorer(fraud_model[0], bootstrap, topics, group, "--runner", runner, "--monitoring_topic", monitoring,
-                       "--window_s", "3600", "--max_delay_s", "10", "--model_poll_seconds", "0",
-                       *CHECKPOINTS_WITHIN_SECONDS[runner]) as scorer:
+                       "--window_s", "3600", "--max_delay_s", "10", "--model_poll_seconds", "0") as scorer:
         wait_for(every_window_out, 240, f"every hourly window out on {runner}")
         stop_once_committed(scorer, bootstrap, group, topics[0], ends)
     live_windows = {r["window_start"]: r["events"] for r in monitored if r["kind"] == "window"}

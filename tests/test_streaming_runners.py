@@ -19,9 +19,8 @@ import pytest
 
 from pipelines import generate, score
 from tests.conftest import publish_stand_in_model
-from tests.kafka_helpers import (CHECKPOINTS_WITHIN_SECONDS, Outputs, card_key, committed, event_id, json_lines,
-                                 make_topics, produce, read_topic, stop_once_committed, stream_scorer, unique_name,
-                                 wait_for)
+from tests.kafka_helpers import (Outputs, card_key, committed, event_id, json_lines, make_topics, produce, read_topic,
+                                 stop_once_committed, stream_scorer, unique_name, wait_for)
 from transforms.errors import UserError
 from transforms.kafka_commit import COMMIT_EVERY_S
 
@@ -70,12 +69,12 @@ def test_entity_features_and_monitoring_run_live_with_the_bounded_scores(runner,
     expected_errors = Counter(d["error"] for d in day["dead_letters"])
     outputs = Outputs(bootstrap, topics[1], topics[2])
     try:
-        with stream_scorer(entity_model, bootstrap, topics, group, "--runner", runner, "--monitoring_topic",
-                           monitoring, *CHECKPOINTS_WITHIN_SECONDS[runner], spec="fraud_entity") as scorer:
+        with stream_scorer(entity_model, bootstrap, topics, group, "--runner", runner,
+                    "--monitoring_topic", monitoring, spec="fraud_entity") as scorer:
             outputs.wait(lambda o: len(o.scored) >= len(expected) and len(o.dead) >= len(day["dead_letters"]) + 1,
                          240, f"every event scored or dead-lettered on {runner}", scorer)
-            # The commits come while it runs, idle (a commit timer fires a second after the last write; on Flink, with
-            # the next checkpoint), before the stop: a crash then reads nothing again.
+            # The commits come while it runs, idle (a commit timer fires a second after the last write), before the
+            # stop: a crash then reads nothing again.
             stop_once_committed(scorer, bootstrap, group, topics[0], ends)
         outputs.read(1.0)
         assert committed(bootstrap, group, topics[0], 3) == ends
