@@ -16,9 +16,12 @@ in ``pipelines.artifacts``). State lives in RocksDB, checkpoints and savepoints 
 in this project's folder so that its modules import; every TaskManager asks it for its workers (on Kubernetes each
 TaskManager's pod has a pool of its own beside it).
 
+A worker pool that ends is started again (as Kubernetes restarts a pod's container); the jobs whose workers it took
+fail over to their last checkpoint.
+
 ``FlinkCluster`` is the same cluster for the tests: ``with FlinkCluster() as cluster:`` starts it on free loopback
 ports and a temporary ``DIR``; ``cluster.flags`` are the flags above; ``kill_taskmanager(i)`` ends one with SIGKILL
-and ``start_taskmanager(i)`` brings it back.
+and ``start_taskmanager(i)`` brings it back; ``kill_worker_pool()`` ends the pool and its workers with SIGKILL.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -85,6 +89,9 @@ class FlinkCluster:
         self._taskmanagers, self._slots = taskmanagers, slots
         self._processes: dict[str, subprocess.Popen] = {}
         self._taskmanager_command: list[str] | None = None
+        self._lock = threading.Lock()  # (between the pool's restarts and the stop)
+        self._stopping = threading.Event()
+        self.worker_pool_starts = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -93,8 +100,7 @@ class FlinkCluster:
         deadline = time.monotonic() + timeout
         try:
             self._spawn("jobmanager", self._java(JOBMANAGER, "--configDir", str(self.root / "conf")))
-            self._spawn("workers", [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
-                                    f"--service_port={self.worker_port}"], cwd=ROOT, env=_worker_environment())
+            self._start_worker_pool()
             for index in range(self._taskmanagers):
                 self.start_taskmanager(index)
             rest = FlinkRest(self.master, timeout=2.0)
@@ -103,6 +109,7 @@ class FlinkCluster:
         except BaseException:
             self.stop()
             raise
+        threading.Thread(target=self._keep_worker_pool, name="worker-pool-keeper", daemon=True).start()
         return self
 
     def start_taskmanager(self, index: int) -> None:
@@ -117,8 +124,9 @@ class FlinkCluster:
 
     @property
     def running(self) -> bool:
-        """Whether every process of the cluster runs."""
-        return bool(self._processes) and all(process.poll() is None for process in self._processes.values())
+        """Whether the JobManager and every TaskManager run (the worker pool is started again when it ends)."""
+        return bool(self._processes) and all(process.poll() is None for name, process in self._processes.items()
+                                             if name != "workers")
 
     def kill_taskmanager(self, index: int) -> None:
         """SIGKILL, as a machine that fails ends it."""
@@ -126,10 +134,17 @@ class FlinkCluster:
         _signal_group(process, signal.SIGKILL)
         process.wait()
 
+    def kill_worker_pool(self) -> None:
+        """SIGKILL of the pool and its workers, as a failing container ends them; it is started again within a
+        second."""
+        _signal_group(self._processes["workers"], signal.SIGKILL)
+
     def stop(self, timeout: float = 20.0) -> None:
         """End every process of the cluster, the pool's workers too (SIGTERM, then SIGKILL after ``timeout``); the
         jobs on it end with them."""
-        processes, self._processes = self._processes, {}
+        self._stopping.set()
+        with self._lock:
+            processes, self._processes = self._processes, {}
         for process in processes.values():
             _signal_group(process, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -166,6 +181,23 @@ class FlinkCluster:
         jar = artifacts.require(artifacts.flink_cluster_jar(), "Flink's cluster libraries")
         return [artifacts.java(), *jvm, "-Dorg.slf4j.simpleLogger.showDateTime=true", "-cp", str(jar), main_class,
                 *args]
+
+    def _start_worker_pool(self) -> None:
+        self._spawn("workers", [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
+                                f"--service_port={self.worker_port}"], cwd=ROOT, env=_worker_environment())
+        self.worker_pool_starts += 1
+
+    def _keep_worker_pool(self) -> None:
+        while not self._stopping.wait(0.5):
+            with self._lock:
+                pool = self._processes.get("workers")
+                if pool is None or pool.poll() is None:
+                    continue
+                _signal_group(pool, signal.SIGKILL)  # (what is left of its group: workers of the pool)
+                with open(self.root / "log" / "workers.log", "a") as log:
+                    print(f"rtml flink-cluster: the worker pool ended with status {pool.returncode}; starting it "
+                          f"again", file=log)
+                self._start_worker_pool()
 
     def _taskmanager(self) -> list[str]:
         """A TaskManager's command: Flink's scripts derive its JVM's memory flags and the matching dynamic

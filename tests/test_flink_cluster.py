@@ -166,9 +166,12 @@ def test_a_savepoint_that_is_not_there_is_flinks_reason_in_one_line(cluster, kaf
                         rf"'{re.escape(missing)}' on file system 'file'\.", error), sent.stderr
 
 
-def test_a_taskmanager_killed_mid_stream_loses_no_event_and_no_history(cluster, kafka_broker, entity_model, tmp_path):
+@pytest.mark.parametrize("failure", ["a TaskManager", "the worker pool"])
+def test_a_process_of_the_cluster_killed_mid_stream_loses_no_event_and_no_history(
+        failure, cluster, kafka_broker, entity_model, tmp_path):
     """Flink restores the job from its last checkpoint (every 3 s here): read positions and keyed state together, so
-    what was scored after it is scored again, with the same scores."""
+    what was scored after it is scored again, with the same scores. A killed worker pool takes every task's Python
+    workers with it; the cluster starts it again, as Kubernetes restarts a container."""
     generate.generate("fraud", 1, tmp_path / "data", datetime.date(2026, 4, 1), 700, 0.01, 21, compress=False)
     files = str(tmp_path / "data" / "*" / "*.jsonl")
     expected, reasons = _bounded(entity_model, files, tmp_path / "bounded", registry.load(entity_model).version)
@@ -176,6 +179,7 @@ def test_a_taskmanager_killed_mid_stream_loses_no_event_and_no_history(cluster, 
     bootstrap = kafka_broker.bootstrap
     topics = make_topics(kafka_broker, "failover")
     outputs = Outputs(bootstrap, topics[1], topics[2])
+    pool_starts = cluster.worker_pool_starts
     try:
         produce(bootstrap, topics[0], lines[:350], list(map(card_key, lines[:350])), stamp_event_time=True)
         job_id = _job_id(_rtml("score", "--spec", "fraud_entity", "--mode", "stream", "--model_dir", entity_model,
@@ -186,16 +190,21 @@ def test_a_taskmanager_killed_mid_stream_loses_no_event_and_no_history(cluster, 
         flink = FlinkRest(cluster.master)
         outputs.wait(lambda o: flink.call(f"jobs/{job_id}/checkpoints")["counts"]["completed"] >= 1, 60,
                      "a checkpoint")
-        cluster.kill_taskmanager(1)
+        if failure == "a TaskManager":
+            cluster.kill_taskmanager(1)
+        else:
+            cluster.kill_worker_pool()
         produce(bootstrap, topics[0], lines[350:], list(map(card_key, lines[350:])), stamp_event_time=True)
-        cluster.start_taskmanager(1)
+        if failure == "a TaskManager":
+            cluster.start_taskmanager(1)
         outputs.wait(lambda o: {r["event_id"] for _, r in o.read().scored} >= set(expected) - _last(expected, 3), 180,
                      "every event scored after the failover")
         assert _rtml("jobs", "cancel", job_id, "--flink_master", cluster.master).returncode == 0
     finally:
         outputs.close()
     failures = flink.call(f"jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
-    assert failures, "the job did not notice the TaskManager's end"
+    assert failures, f"the job did not notice the end of {failure}"
+    assert cluster.worker_pool_starts == pool_starts + (failure == "the worker pool")
     for _, record in outputs.scored:
         assert abs(record["score"] - expected[record["event_id"]]) <= 1e-6, record
     assert set(Counter(letter["error"] for _, letter in outputs.dead)) == set(reasons)
