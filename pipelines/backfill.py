@@ -1,7 +1,7 @@
-"""Backfill: score an archive over an event-time range, partition by partition, rerunnable after any failure.
+r"""Backfill: score an archive over an event-time range, partition by partition, rerunnable after any failure.
 
-    python -m pipelines.backfill --spec fraud --input 'data/fraud/*/*.jsonl' --model_dir models/fraud \\
-        --output out/backfill/scored --dead_letter out/backfill/dead_letter \\
+    python -m pipelines.backfill --spec fraud --input 'data/fraud/*/*.jsonl' --model_dir models/fraud \
+        --output out/backfill/scored --dead_letter out/backfill/dead_letter \
         --start 2026-03-01 --end 2026-03-08 [--partition day|hour] [--max_parallel 8] [--force]
 
 Events are selected by EVENT TIME in [--start, --end), whatever the files' layout, and written
@@ -14,8 +14,7 @@ JSON, no valid event time, cut for size) goes to the `_untimed` unit, written on
 directory by the first backfill that finds it missing. Complete partitions made with another model
 version or from other input files are reported and kept unless --redo_stale or --force.
 --output and --dead_letter may be local directories or on Cloud Storage (gs://). One backfill at a
-time per --output (a lock file, or a lock object on Cloud Storage); Beam's flags (--runner ...) pass
-through.
+time per --output (a lock file, or a lock object on Cloud Storage).
 
 A spec with entity features (``transforms/entity.py``) computes them over all of --input before
 selecting the range, so the values equal a continuous run's when --input holds the spec's longest

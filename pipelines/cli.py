@@ -14,8 +14,7 @@ from typing import Callable, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import (
-    DirectOptions, PipelineOptions, SetupOptions, StandardOptions, _BeamArgumentParser)
+from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
 from pipelines.options import LogOptions
 from pipelines.runners import RunnerPresetOptions
@@ -25,6 +24,9 @@ from transforms.fileio import UNREADABLE_NAMESPACE
 
 _REASONS_SHOWN = 12
 PROG: str | None = None  # how --help names the command (rtml sets it; else "python -m <module>")
+BEAMS_FLAGS = ("Beam's pipeline options pass through: --runner (DirectRunner, PrismRunner, FlinkRunner,\n"
+               "DataflowRunner) and each runner's own (--direct_num_workers, --flink_master, --project ...):\n"
+               "https://beam.apache.org/releases/pydoc/current/apache_beam.options.pipeline_options.html")
 
 
 def parse(argv: Sequence[str] | None, views: Sequence[type[PipelineOptions]], description: str,
@@ -170,18 +172,14 @@ def _help(views: Sequence[type[PipelineOptions]], description: str, required: di
     main_spec = getattr(sys.modules["__main__"], "__spec__", None)
     parser = argparse.ArgumentParser(prog=PROG or (f"python -m {main_spec.name}" if main_spec else None),
                                      description=description, add_help=True,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Every other Beam pipeline option is accepted too "
-                                            "(Dataflow, Flink, Portable runners ...).")
-    for view in views:
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=BEAMS_FLAGS)
+    for view in (*views, RunnerPresetOptions, LogOptions):
         view._add_argparse_args(parser.add_argument_group(f"{_group(view)} options"))
     for action in parser._actions:
         cases = [case for case, names in required.items() if action.dest in names]
         if cases:
             when = "" if len(cases) == len(required) else " with " + " or ".join(cases)
             action.help = f"[required{when}] " + (action.help or "")
-    for view in (StandardOptions, DirectOptions, SetupOptions, RunnerPresetOptions, LogOptions):
-        view._add_argparse_args(parser.add_argument_group(f"beam: {view.__name__}"))
     return parser.format_help()
 
 

@@ -1,12 +1,12 @@
-"""Cluster events online with mini-batch k-means: archives in batch, or live from Kafka.
+r"""Cluster events online with mini-batch k-means: archives in batch, or live from Kafka.
 
-    python -m pipelines.cluster --spec sensor --mode batch --input 'data/sensor/*/*.jsonl' \\
-        --model_dir models/sensor --k 3 --snapshot_dir models/sensor-kmeans \\
+    python -m pipelines.cluster --spec sensor --mode batch --input 'data/sensor/*/*.jsonl' \
+        --model_dir models/sensor --k 3 --snapshot_dir models/sensor-kmeans \
         --output out/clusters --dead_letter out/dead_letter
 
-    python -m pipelines.cluster --spec sensor --mode stream --bootstrap_servers HOST:9092 \\
-        --input_topic sensor --output_topic clusters --dead_letter_topic dead-letters \\
-        --model_dir models/sensor --snapshot_dir models/sensor-kmeans --init_snapshot current \\
+    python -m pipelines.cluster --spec sensor --mode stream --bootstrap_servers HOST:9092 \
+        --input_topic sensor --output_topic clusters --dead_letter_topic dead-letters \
+        --model_dir models/sensor --snapshot_dir models/sensor-kmeans --init_snapshot current \
         --runner FlinkRunner
 
 Features: those of a trained model version of the same spec (--model_dir, --model_version;

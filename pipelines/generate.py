@@ -37,6 +37,8 @@ import time
 import numpy as np
 import orjson
 
+from pipelines import cli
+
 MS_PER_HOUR = 3_600_000
 MS_PER_DAY = 24 * MS_PER_HOUR
 MIB = 1024 * 1024
@@ -736,7 +738,7 @@ def _date(text: str) -> dt.date:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = _OneLineErrorParser(
-        prog="python -m pipelines.generate",
+        prog=cli.PROG or "python -m pipelines.generate",
         description="Write a labelled, day-partitioned JSON Lines archive of synthetic events "
                     "for a built-in spec, with a share of lines that break the event contract, "
                     f"and a manifest {MANIFEST_NAME} counting valid and broken lines per day.")

@@ -1,4 +1,4 @@
-"""Monitor archived events by event time: per window, rates, scores, alerts and drift from training.
+r"""Monitor archived events by event time: per window, rates, scores, alerts and drift from training.
 
     python -m pipelines.monitor --spec fraud --input 'data/fraud/*/*.jsonl' --model_dir models/fraud \
         --output out/monitoring [--window_s 3600]
@@ -8,7 +8,7 @@ fixed event-time window of each size (--window_s, repeatable; default: the spec'
 monitoring.windows) one monitoring record to OUTPUT/windows-*.jsonl and, where a window crosses the
 spec's monitoring thresholds (drift of a feature from training, alert rate), alert records to
 OUTPUT/alerts-*.jsonl; see transforms/monitoring.py for both. Prints a summary per window size and
-UTC day, then the alerts. Beam's flags (--runner, --direct_num_workers ...) pass through.
+UTC day, then the alerts.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Load an archive into a Kafka topic, as a live source would write it: ``rtml produce``.
+r"""Load an archive into a Kafka topic, as a live source would write it: ``rtml produce``.
 
-    rtml produce --spec fraud --input 'data/fraud/*/*.jsonl' --bootstrap_servers HOST:9092 \\
+    rtml produce --spec fraud --input 'data/fraud/*/*.jsonl' --bootstrap_servers HOST:9092 \
         --input_topic events [--rate 2000 | --speedup 3600] [--kafka_config KEY=VALUE ...]
 
 Every line (or Parquet row) becomes one message, files in name order, each in its own order. A

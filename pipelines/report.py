@@ -1,8 +1,8 @@
-"""One self-contained HTML page of what the pipelines wrote, with charts: ``rtml report``.
+r"""One self-contained HTML page of what the pipelines wrote, with charts: ``rtml report``.
 
-    rtml report --spec fraud --report out/report.html --monitoring out/monitoring \\
+    rtml report --spec fraud --report out/report.html --monitoring out/monitoring \
         --scored 'out/scored/*.jsonl' --model_dir models/fraud
-    rtml report --spec sensor --report out/clusters.html --snapshots models/sensor-kmeans \\
+    rtml report --spec sensor --report out/clusters.html --snapshots models/sensor-kmeans \
         --assignments 'out/clusters/*.jsonl'
 
 Each section is drawn from the inputs given, and says so where one is missing:

@@ -1,4 +1,4 @@
-"""Score events with a trained model version: archives in batch, or live from Kafka.
+r"""Score events with a trained model version: archives in batch, or live from Kafka.
 
     python -m pipelines.score --spec fraud --mode batch --input 'data/fraud/*/*.jsonl' \
         --model_dir models/fraud --output out/scored --dead_letter out/dead_letter
@@ -14,7 +14,6 @@ the sinks differ. A stream runs until SIGTERM or Ctrl-C, then stops within 30 s:
 read are scored and written, their offsets committed, and the exit status is 0 (a second signal
 exits at once, with status 1, leaving what was read since the last commit to be read again). Delivery is
 at-least-once: after a crash, records read since the last commit are scored again.
-Beam's flags (--runner, --direct_num_workers, --temp_location ...) pass through.
 """
 from __future__ import annotations
 

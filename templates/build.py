@@ -1,4 +1,4 @@
-"""Build the flex-template images and write the template specs to Cloud Storage.
+r"""Build the flex-template images and write the template specs to Cloud Storage.
 
     python -m templates.build --project P --region R --bucket B [--tag T] [--repository rtml] \
         [--pipeline score_batch ...] [--dry_run]

@@ -1,4 +1,4 @@
-"""Launch a flex template on Dataflow (google-cloud-dataflow-client, Application Default Credentials).
+r"""Launch a flex template on Dataflow (google-cloud-dataflow-client, Application Default Credentials).
 
     python -m templates.launch score_batch --project P --region R \
         --template_spec gs://B/templates/score_batch.json \
