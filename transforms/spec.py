@@ -373,7 +373,8 @@ def _mapping(value: Any, where: str, required=frozenset(), optional=None) -> dic
         unknown = sorted(set(value) - set(required) - set(optional), key=str)
         if unknown:  # a key that is not plain printable text is quoted, so the error stays one line
             shown = (str(key) if str(key).isprintable() else repr(key) for key in unknown)
-            raise SpecError(f"{where}: unknown key {', '.join(shown)}")
+            raise SpecError(f"{where}: unknown key {', '.join(shown)} (it takes "
+                            f"{', '.join(sorted({*required, *optional}))})")
     return dict(value)
 
 
