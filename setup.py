@@ -25,6 +25,7 @@ setuptools.setup(
         "numpy==2.4.6",
         "pyarrow==25.0.1",
         "PyYAML==6.0.3",
+        "prometheus-client==0.26.0",  # a live stream's --metrics_port
     ],
     extras_require={
         # training, and --engine sklearn

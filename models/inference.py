@@ -33,6 +33,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from models import registry
+from transforms import live_metrics
 from transforms.events import METRICS_NAMESPACE, POSITION, EventBatch, ScoredBatch
 from transforms.features import SCORE_OUTPUT, raw_columns, tft_layer, transform_with_tft
 from transforms.spec import Spec
@@ -188,6 +189,7 @@ class SklearnScoreHandler(_ScoreHandler):
 def scored_records(spec: Spec, batch: EventBatch, scores: np.ndarray, model_version: str) -> list[dict]:
     """The contract's scored records for a batch, in the batch's order."""
     _SCORED.inc(len(batch.events))
+    live_metrics.scored_with(model_version, len(batch.events))
     key, label, threshold = spec.entity_key, spec.label, spec.alert_threshold
     records = []
     for event, score in zip(batch.events, scores.tolist()):

@@ -156,6 +156,12 @@ class StreamOptions(PipelineOptions):
                             help="Every this many seconds, one line on stderr: events/s written and the lag (messages "
                                  "of --input_topic the group has not committed: not yet written, or not yet read) "
                                  "(default: 60; 0: none).")
+        parser.add_argument("--metrics_port", type=_port, default=0, metavar="PORT",
+                            help="Serve the stream's metrics for Prometheus at http://HOST:PORT/metrics: events "
+                                 "received, valid and scored, dead letters by reason, records written by topic, "
+                                 "seconds from event time to write, the group's lag by partition and the model "
+                                 "version (default: 0, none). Where the Python steps run in this process: the "
+                                 "DirectRunner, Prism, the embedded Flink.")
 
 
 class LiveMonitorOptions(PipelineOptions):
@@ -225,6 +231,12 @@ def _delay(text: str) -> float:
     if not 0 <= value <= 86400:
         raise argparse.ArgumentTypeError(f"not a number of seconds from 0 to 86400: {text!r}")
     return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"not a port number from 1 to 65535 (0: none): {text!r}")
+    return int(text)
 
 
 def _seconds(text: str) -> int:

@@ -11,14 +11,16 @@ import datetime
 import signal
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines import generate
-from pipelines.kafka_broker import KafkaBroker
+from pipelines.kafka_broker import KafkaBroker, free_port
 from tests.conftest import publish_stand_in_model
 from tests.kafka_helpers import (Outputs, card_key, committed, event_id, json_lines, make_topics, produce,
                                  stream_scorer, unique_name)
@@ -95,6 +97,54 @@ def test_stream_scores_like_batch_dead_letters_broken_messages_and_stops_on_sigt
             assert key == TOMBSTONE_KEY
         elif letter["raw_encoding"] == "utf-8" and not letter["raw_truncated"]:
             assert key == card_key(letter["raw"].encode())
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """{(sample name, its labels): value} of a metrics endpoint."""
+    with urllib.request.urlopen(f"http://localhost:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+@pytest.mark.parametrize("runner", ["DirectRunner", "PrismRunner"])
+def test_the_metrics_endpoint_counts_what_the_output_topics_hold(runner, kafka_broker, stream_model, archive):
+    """What the steps count in the command's process (where both runners run them), read while the stream runs."""
+    bootstrap, port = kafka_broker.bootstrap, free_port()
+    topics = make_topics(kafka_broker, "metrics")
+    lines = archive["lines"]
+    ends = produce(bootstrap, topics[0], lines, list(map(card_key, lines)))
+    outputs = Outputs(bootstrap, topics[1], topics[2])
+    try:
+        with stream_scorer(stream_model, bootstrap, topics, unique_name("metrics"), "--metrics_port",
+                           str(port), "--runner", runner) as scorer:
+            outputs.wait(lambda o: len(o.scored) >= len(archive["scores"]) and
+                         len(o.dead) >= sum(archive["errors"].values()), 60, "every event written", scorer)
+
+            def lag() -> dict[str, float]:
+                found = _scrape(port)
+                return {dict(labels)["partition"]: value for (name, labels), value in found.items()
+                        if name == "rtml_consumer_lag_messages"}
+
+            outputs.wait(lambda o: lag() == {str(p): 0 for p in ends}, 30, "every offset committed", scorer)
+            metrics = _scrape(port)
+            scorer.terminate()
+    finally:
+        outputs.close()
+
+    def value(name: str, **labels) -> float:
+        return metrics[(name, tuple(sorted(labels.items())))]
+
+    assert value("rtml_events_received_total") == len(lines)
+    assert value("rtml_events_valid_total") == value("rtml_events_scored_total") == len(outputs.scored)
+    assert value("rtml_records_written_total", topic=topics[1]) == len(outputs.scored) == len(archive["scores"])
+    assert value("rtml_records_written_total", topic=topics[2]) == len(outputs.dead)
+    reasons = {dict(labels)["reason"]: count for (name, labels), count in metrics.items()
+               if name == "rtml_dead_letters_total"}
+    assert reasons == dict(archive["errors"])
+    assert value("rtml_event_to_written_seconds_count", topic=topics[1]) == len(outputs.scored)
+    [version] = {record["model_version"] for _, record in outputs.scored}
+    assert value("rtml_model_version", version=version) == 1
 
 
 def test_sigkill_mid_stream_then_restart_scores_every_event_at_least_once(kafka_broker, stream_model, archive):
@@ -227,6 +277,13 @@ def test_stream_mode_flags_are_checked_before_anything_starts(stream_model):
                    "127.0.0.1:1", "--input_topic", "a", "--output_topic", "b", "--dead_letter_topic", "c",
                    "--kafka_config", f"sasl.password{secret}"])
     assert secret not in str(raised.value) and "--kafka_config #1" in str(raised.value)
+    with pytest.raises(UserError, match="^--metrics_port serves what the steps in this process count; on a Flink "
+                                        r"cluster the steps run in its workers \(Flink's own metrics reporters serve "
+                                        r"them\)$"):
+        score.run(["--mode", "stream", "--spec", "fraud", "--model_dir", stream_model, "--bootstrap_servers",
+                   "127.0.0.1:1", "--input_topic", "a", "--output_topic", "b", "--dead_letter_topic", "c",
+                   "--metrics_port", "9108", "--runner", "FlinkRunner", "--flink_master", "localhost:1",
+                   "--environment_type", "EXTERNAL", "--environment_config", "localhost:1"])
 
 
 def _catches_sigterm(pid: int) -> bool:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 import apache_beam as beam
 import orjson
 
+from transforms import live_metrics
 from transforms.spec import Field, Spec
 
 MAX_EVENT_BYTES = 1 << 20  # the contract: a larger event breaks it
@@ -274,6 +275,7 @@ class _ParseBatches(beam.DoFn):
             parsed = self._parser.parse(payload)
             if isinstance(parsed, str):
                 beam.metrics.Metrics.counter(f"{METRICS_NAMESPACE}.dead_letter", parsed).inc()
+                live_metrics.DEAD_LETTERS.labels(reason=parsed).inc()
                 letter = dead_letter(payload, parsed, source, self._spec.name)
                 if position is not None:
                     letter[POSITION] = position
@@ -284,6 +286,8 @@ class _ParseBatches(beam.DoFn):
                 positions.append(position)
         self._received.inc(len(batch))
         self._valid.inc(len(events))
+        live_metrics.RECEIVED.inc(len(batch))
+        live_metrics.VALID.inc(len(events))
         if events:
             yield EventBatch(events, times, positions if positions[0] is not None else None)
 

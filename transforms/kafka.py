@@ -44,6 +44,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from confluent_kafka import (TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException,
                              Producer, TopicPartition)
 
+from transforms import live_metrics
 from transforms.errors import first_line
 from transforms.kafka_queues import PartitionQueues
 
@@ -860,6 +861,7 @@ class _ProduceFn(beam.DoFn):
     def start_bundle(self):
         self._failures: list[KafkaError] = []
         self._written: list[tuple] = []  # (position, timestamp) of this bundle's records
+        self._records, self._event_times = 0, []  # (event times in seconds)
 
     def _on_delivery(self, err, msg):
         if err is not None:
@@ -869,6 +871,9 @@ class _ProduceFn(beam.DoFn):
         key, value, *position = element
         if self._report_written:
             self._written.append((position[0], timestamp))
+        self._records += 1
+        if timestamp.micros > 0:  # (an event time; not a bounded write's MIN_TIMESTAMP)
+            self._event_times.append(timestamp.micros / 1e6)
         enqueue(self._producer, self._topic, key, value, self._on_delivery)
         self._producer.poll(0)
 
@@ -882,6 +887,12 @@ class _ProduceFn(beam.DoFn):
             self._failures = []
             raise KafkaDeliveryError(f"{n} record(s) not delivered to {self._topic!r}: "
                                      f"{self._secrets.scrub(first.str())}")
+        acknowledged = time.time()
+        live_metrics.WRITTEN.labels(topic=self._topic).inc(self._records)
+        latency = live_metrics.EVENT_TO_WRITTEN.labels(topic=self._topic)
+        for event_time in self._event_times:
+            latency.observe(acknowledged - event_time)
+        self._records, self._event_times = 0, []
         written, self._written = self._written, []
         for position, timestamp in written:
             yield GlobalWindows.windowed_value(position, timestamp)
