@@ -48,7 +48,7 @@ from apache_beam.utils.timestamp import Timestamp
 from models.inference import ScoreEvents
 from pipelines import cli, graph, locks, runners, serving
 from pipelines.options import ArchiveOptions, BackfillOptions, EngineOptions, KafkaOptions, ModelOptions, SpecOptions
-from transforms import kafka, storage
+from transforms import kafka, kafka_access, storage
 from transforms.errors import UserError
 from transforms.events import EventBatch, ScoredBatch, dead_letter_time_us, event_time_us_of, is_event_time, utc_datetime
 from transforms.fileio import UNREADABLE_REASON, ReadEventFiles, check_input
@@ -536,8 +536,12 @@ def _kafka_replay(options, end_us: int) -> tuple:
     if stop_us > time.time() * 1_000_000:
         raise UserError(f"--source kafka: --end {flags.end} plus --replay_margin_s {flags.replay_margin_s:g} is in the "
                         f"future; the replay would wait for it")
-    config = tuple(sorted(graph.kafka_config(kafka_flags).items()))
-    return kafka_flags.bootstrap_servers, kafka_flags.input_topic, config, margin_us
+    config = graph.kafka_config(kafka_flags)
+    found = kafka_access.check_access(kafka_flags.bootstrap_servers, config, read=[kafka_flags.input_topic])
+    if found is not None and kafka_flags.input_topic not in found:
+        raise UserError(f"Kafka topic {kafka_flags.input_topic!r} (--input_topic) does not exist on "
+                        f"{kafka_flags.bootstrap_servers}")
+    return kafka_flags.bootstrap_servers, kafka_flags.input_topic, tuple(sorted(config.items())), margin_us
 
 
 def _run_wave(options, spec, model, target: Target, wave: list[str], statuses: dict, progress: Progress) -> None:

@@ -502,7 +502,7 @@ def _run_stream(options, test_pipeline) -> dict[str, int]:
         pipeline = cli.create_pipeline(options, test_pipeline)
         build_stream(pipeline, clustering, options)
         serving.check_fused_with_source(pipeline, options)  # the model's keyed state: refused on the DirectRunner
-        serving.check_topics(flags, stream, config)
+        serving.check_topics(flags, stream, config, group_id(stream, clustering.spec))
         print(f"clustering {flags.input_topic} -> {stream.output_topic} (dead letters: {stream.dead_letter_topic}) on "
               f"{flags.bootstrap_servers} with k={clustering.start.model.k} and the features of {clustering.spec.name} "
               f"model {clustering.features.version}; snapshots to {options.view_as(ClusterOptions).snapshot_dir}"

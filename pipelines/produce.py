@@ -22,7 +22,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from pipelines import cli, graph, serving
 from pipelines.options import ArchiveOptions, KafkaOptions, ProduceOptions, SpecOptions
-from transforms import kafka
+from transforms import kafka, kafka_access
 from transforms.errors import UserError
 from transforms.events import EventParser, Unreadable
 from transforms.fileio import UNREADABLE_NAMESPACE, check_input, file_records
@@ -110,6 +110,7 @@ def run(argv=None) -> dict[str, int]:
     value_format = graph.value_format(options, spec)
     paths = check_input(options.view_as(ArchiveOptions).input)
     config = graph.kafka_config(flags)
+    kafka_access.check_access(flags.bootstrap_servers, config, write=[flags.input_topic])  # (None: no answer yet)
     secrets = kafka.Secrets(config)
     producer = kafka.client(Producer, {"enable.idempotence": True, "linger.ms": 5, **config,
                                              "bootstrap.servers": flags.bootstrap_servers}, secrets)

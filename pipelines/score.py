@@ -166,7 +166,7 @@ def run_stream(options, test_pipeline=None, stop_when=None, on_stop=None,
         note = runners.choose_stream_runner(options, stateful or None)
         if note:
             print(note, file=sys.stderr, flush=True)
-        serving.check_topics(flags, stream, config)
+        serving.check_topics(flags, stream, config, group_id(stream, spec))
         pipeline = cli.create_pipeline(options, test_pipeline)
         build_stream(pipeline, spec, model, options, model_reload_s)
         serving.check_fused_with_source(pipeline, options)

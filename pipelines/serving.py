@@ -31,7 +31,7 @@ from prometheus_client.core import GaugeMetricFamily
 from pipelines import cli, runners
 from pipelines.flink_rest import FlinkRest
 from pipelines.options import KafkaOptions, StreamOptions
-from transforms import kafka
+from transforms import kafka, kafka_access
 from transforms.errors import UnreadableState, UserError
 from transforms.events import METRICS_NAMESPACE
 
@@ -189,25 +189,29 @@ def group_positions(flags: KafkaOptions, config: dict, group: str) -> Callable[[
                              flags.input_topic, group)
 
 
-def check_topics(flags: KafkaOptions, stream: StreamOptions, config: dict) -> None:
-    """A missing input topic is a one-line error before anything starts; missing output topics a warning
-    (a cluster may create them on first write). An unreachable cluster is waited for by the pipeline."""
+def check_topics(flags: KafkaOptions, stream: StreamOptions, config: dict, group: str) -> None:
+    """What the cluster refuses (the login, TLS, an ACL for the topics or ``group``: ``kafka_access``) and a missing
+    input topic are one-line errors before anything starts; missing output topics a warning (a cluster may create
+    them on first write). An unreachable cluster is waited for by the pipeline."""
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
 
     config = _librdkafka_config(flags, config)
-    secrets = kafka.Secrets(config)
+    outputs = {"--output_topic": stream.output_topic, "--dead_letter_topic": stream.dead_letter_topic}
     try:
-        admin = AdminClient({**kafka.resolved(config), "bootstrap.servers": flags.bootstrap_servers}, logger=secrets)
-        found = admin.list_topics(timeout=10).topics
+        found = kafka_access.check_access(flags.bootstrap_servers, config, read=[flags.input_topic],
+                                          write=outputs.values(), group=group)
     except (KafkaException, ValueError, TypeError) as error:
-        print(f"warning: cannot list the topics on {flags.bootstrap_servers} yet ({secrets.scrub(error)}); "
-              f"starting anyway", file=sys.stderr, flush=True)
+        found, why = None, kafka.Secrets(config).scrub(error)
+    else:
+        why = "no answer within 10 s"
+    if found is None:
+        print(f"warning: cannot list the topics on {flags.bootstrap_servers} yet ({why}); starting anyway",
+              file=sys.stderr, flush=True)
         return
     if flags.input_topic not in found:
         raise UserError(f"Kafka topic {flags.input_topic!r} (--input_topic) does not exist on "
                         f"{flags.bootstrap_servers}")
-    for flag, topic in (("--output_topic", stream.output_topic), ("--dead_letter_topic", stream.dead_letter_topic)):
+    for flag, topic in outputs.items():
         if topic not in found:
             print(f"warning: Kafka topic {topic!r} ({flag}) does not exist yet; writes fail unless the cluster "
                   f"creates topics on first use", file=sys.stderr, flush=True)
