@@ -189,7 +189,7 @@ class SklearnScoreHandler(_ScoreHandler):
 def scored_records(spec: Spec, batch: EventBatch, scores: np.ndarray, model_version: str) -> list[dict]:
     """The contract's scored records for a batch, in the batch's order."""
     _SCORED.inc(len(batch.events))
-    live_metrics.scored_with(model_version, len(batch.events))
+    live_metrics.scored(model_version, batch.event_time_us)
     key, label, threshold = spec.entity_key, spec.label, spec.alert_threshold
     records = []
     for event, score in zip(batch.events, scores.tolist()):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 import re
 import signal
@@ -31,7 +32,7 @@ from prometheus_client.core import GaugeMetricFamily
 from pipelines import cli, runners
 from pipelines.flink_rest import FlinkRest
 from pipelines.options import KafkaOptions, StreamOptions
-from transforms import kafka, kafka_access
+from transforms import kafka, kafka_access, live_metrics
 from transforms.errors import UnreadableState, UserError
 from transforms.events import METRICS_NAMESPACE
 
@@ -301,11 +302,13 @@ def _lag(positions: dict[int, tuple[int, int]]) -> int:
 
 class _Progress:
     """The progress line of a running stream: every ``every_s`` seconds, the rate at which the group commits and its
-    lag, from Kafka (so the same on every runner; a portable runner's counters are read once, at the stop)."""
+    lag, from Kafka (so the same on every runner; a portable runner's counters are read once, at the stop), and where
+    the steps run in this process the p99 from event time to scored (``live_metrics``)."""
 
     def __init__(self, title: str, positions: Callable[[], dict | None], every_s: float):
         self._title, self._positions, self._every_s = title, positions, every_s
         self._due, self._last = time.monotonic() + every_s, None  # (time, committed offsets in all)
+        self._latencies = live_metrics.EVENT_TO_SCORED.cumulative()
 
     def maybe_print(self) -> None:
         if not self._every_s or time.monotonic() < self._due:
@@ -320,6 +323,10 @@ class _Progress:
                     if self._last else "")
             line = f"{rate}lag {_lag(found):,} messages not yet committed"
             self._last = (now, committed)
+        latencies, before = live_metrics.EVENT_TO_SCORED.cumulative(), self._latencies
+        p99, self._latencies = live_metrics.quantile(0.99, latencies, before), latencies
+        if p99 is not None:  # (counted where the steps run in this process)
+            line += f", p99 from event time to scored {'over an hour' if math.isinf(p99) else f'{p99:.2f} s'}"
         print(f"{self._title}: {line}", file=sys.stderr, flush=True)
 
 

@@ -8,6 +8,7 @@ and reads what it wrote to the output and dead-letter topics.
 from __future__ import annotations
 
 import datetime
+import re
 import signal
 import threading
 import time
@@ -117,7 +118,7 @@ def test_the_metrics_endpoint_counts_what_the_output_topics_hold(runner, kafka_b
     outputs = Outputs(bootstrap, topics[1], topics[2])
     try:
         with stream_scorer(stream_model, bootstrap, topics, unique_name("metrics"), "--metrics_port",
-                           str(port), "--runner", runner) as scorer:
+                           str(port), "--runner", runner, "--progress_s", "1") as scorer:
             outputs.wait(lambda o: len(o.scored) >= len(archive["scores"]) and
                          len(o.dead) >= sum(archive["errors"].values()), 60, "every event written", scorer)
 
@@ -129,6 +130,7 @@ def test_the_metrics_endpoint_counts_what_the_output_topics_hold(runner, kafka_b
             outputs.wait(lambda o: lag() == {str(p): 0 for p in ends}, 30, "every offset committed", scorer)
             metrics = _scrape(port)
             scorer.terminate()
+            log = scorer.log()
     finally:
         outputs.close()
 
@@ -142,9 +144,12 @@ def test_the_metrics_endpoint_counts_what_the_output_topics_hold(runner, kafka_b
     reasons = {dict(labels)["reason"]: count for (name, labels), count in metrics.items()
                if name == "rtml_dead_letters_total"}
     assert reasons == dict(archive["errors"])
-    assert value("rtml_event_to_written_seconds_count", topic=topics[1]) == len(outputs.scored)
+    assert value("rtml_event_to_scored_seconds_count") == len(outputs.scored)
+    assert value("rtml_event_to_scored_seconds_sum") > 0
     [version] = {record["model_version"] for _, record in outputs.scored}
     assert value("rtml_model_version", version=version) == 1
+    # (the archive's events happened months ago)
+    assert re.search(r"lag \d+ messages not yet committed, p99 from event time to scored over an hour\n", log), log
 
 
 def test_sigkill_mid_stream_then_restart_scores_every_event_at_least_once(kafka_broker, stream_model, archive):

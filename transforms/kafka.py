@@ -861,7 +861,7 @@ class _ProduceFn(beam.DoFn):
     def start_bundle(self):
         self._failures: list[KafkaError] = []
         self._written: list[tuple] = []  # (position, timestamp) of this bundle's records
-        self._records, self._event_times = 0, []  # (event times in seconds)
+        self._records = 0
 
     def _on_delivery(self, err, msg):
         if err is not None:
@@ -872,8 +872,6 @@ class _ProduceFn(beam.DoFn):
         if self._report_written:
             self._written.append((position[0], timestamp))
         self._records += 1
-        if timestamp.micros > 0:  # (an event time; not a bounded write's MIN_TIMESTAMP)
-            self._event_times.append(timestamp.micros / 1e6)
         enqueue(self._producer, self._topic, key, value, self._on_delivery)
         self._producer.poll(0)
 
@@ -887,12 +885,8 @@ class _ProduceFn(beam.DoFn):
             self._failures = []
             raise KafkaDeliveryError(f"{n} record(s) not delivered to {self._topic!r}: "
                                      f"{self._secrets.scrub(first.str())}")
-        acknowledged = time.time()
         live_metrics.WRITTEN.labels(topic=self._topic).inc(self._records)
-        latency = live_metrics.EVENT_TO_WRITTEN.labels(topic=self._topic)
-        for event_time in self._event_times:
-            latency.observe(acknowledged - event_time)
-        self._records, self._event_times = 0, []
+        self._records = 0
         written, self._written = self._written, []
         for position, timestamp in written:
             yield GlobalWindows.windowed_value(position, timestamp)
