@@ -33,6 +33,14 @@ def _group(item, module: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def secure_broker():
+    """Apache Kafka that takes ``SASL_SSL`` clients (TLS, SCRAM-SHA-512, ACLs) beside its plaintext listener for the
+    tests' own clients (``KafkaBroker(secure=True)``); ``tests.kafka_helpers.secure_user`` makes its users."""
+    with KafkaBroker(secure=True) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
 def dataflow_service():
     """The Dataflow API's methods the project calls, served in-process on loopback (``tests/dataflow_service.py``)."""
     from tests.dataflow_service import FakeDataflow

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, AdminClient, ResourcePatternType,
+                                   ResourceType)
 
 from pipelines.kafka_broker import KafkaBroker
 
@@ -236,3 +238,20 @@ def wait_for(predicate, timeout: float, what: str):
             return value
         time.sleep(0.2)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def secure_user(broker: KafkaBroker, read=(), write=(), groups=()) -> tuple[str, str]:
+    """A new SCRAM-SHA-512 user of ``broker``'s ``SASL_SSL`` listener whose ACLs allow only READ of ``read``, WRITE
+    of ``write`` and READ of the consumer groups ``groups``: (its name, its password)."""
+    name, password = unique_name("user"), uuid.uuid4().hex
+    broker.add_user(name, password)
+    allowed = [(ResourceType.TOPIC, topic, AclOperation.READ) for topic in read]
+    allowed += [(ResourceType.TOPIC, topic, AclOperation.WRITE) for topic in write]
+    allowed += [(ResourceType.GROUP, group, AclOperation.READ) for group in groups]
+    if allowed:
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap}, logger=_QUIET)
+        bindings = [AclBinding(kind, resource, ResourcePatternType.LITERAL, f"User:{name}", "*", operation,
+                               AclPermissionType.ALLOW) for kind, resource, operation in allowed]
+        for future in admin.create_acls(bindings).values():
+            future.result(10)
+    return name, password

@@ -8,25 +8,15 @@ import datetime
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 
 import pytest
-from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, AdminClient, ResourcePatternType,
-                                   ResourceType)
-
 from pipelines import generate, score
 from pipelines.kafka_broker import KafkaBroker
 from tests.conftest import publish_stand_in_model
-from tests.kafka_helpers import ROOT, Outputs, json_lines, make_topics, stream_scorer, unique_name
+from tests.kafka_helpers import ROOT, Outputs, json_lines, make_topics, secure_user, stream_scorer, unique_name
 
 PASSWORD_ENV = "RTML_TEST_KAFKA_PASSWORD"
-
-
-@pytest.fixture(scope="module")
-def secure_broker():
-    with KafkaBroker(secure=True) as broker:
-        yield broker
 
 
 @pytest.fixture(scope="module")
@@ -37,19 +27,9 @@ def model_dir(tmp_path_factory) -> str:
 
 
 def _user(broker: KafkaBroker, monkeypatch, read=(), write=(), groups=()) -> tuple[str, list[str]]:
-    """A new user allowed only ``read``, ``write`` and ``groups`` (READ), its password in $RTML_TEST_KAFKA_PASSWORD;
-    (its password, the flags that log in as it)."""
-    name, password = unique_name("user"), uuid.uuid4().hex
-    broker.add_user(name, password)
-    allowed = [(ResourceType.TOPIC, topic, AclOperation.READ) for topic in read]
-    allowed += [(ResourceType.TOPIC, topic, AclOperation.WRITE) for topic in write]
-    allowed += [(ResourceType.GROUP, group, AclOperation.READ) for group in groups]
-    if allowed:
-        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-        bindings = [AclBinding(kind, resource, ResourcePatternType.LITERAL, f"User:{name}", "*", operation,
-                               AclPermissionType.ALLOW) for kind, resource, operation in allowed]
-        for future in admin.create_acls(bindings).values():
-            future.result(10)
+    """A new user allowed only ``read``, ``write`` and ``groups`` (``secure_user``), its password in
+    $RTML_TEST_KAFKA_PASSWORD: (its password, the flags that log in as it)."""
+    name, password = secure_user(broker, read, write, groups)
     monkeypatch.setenv(PASSWORD_ENV, password)
     flags = [f"--kafka_config={setting}" for setting in (
         "security.protocol=SASL_SSL", "sasl.mechanisms=SCRAM-SHA-512", f"sasl.username={name}",

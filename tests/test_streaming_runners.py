@@ -20,7 +20,7 @@ import pytest
 from pipelines import generate, score
 from tests.conftest import publish_stand_in_model
 from tests.kafka_helpers import (Outputs, card_key, committed, event_id, json_lines, make_topics, produce, read_topic,
-                                 stop_once_committed, stream_scorer, unique_name, wait_for)
+                                 secure_user, stop_once_committed, stream_scorer, unique_name, wait_for)
 from transforms.errors import UserError
 from transforms.kafka_commit import COMMIT_EVERY_S
 
@@ -342,6 +342,35 @@ def test_beams_own_kafka_io_on_flink_scores_like_a_bounded_run(kafka_broker, day
         assert record["score"] == expected[record["event_id"]] and key == record["card_id"].encode()
     errors = Counter(letter["error"] for _, letter in outputs.dead)
     assert errors == expected_errors + Counter({"no value (a null Kafka message value)": 1}), errors
+
+
+@pytest.mark.flink
+def test_beams_own_kafka_io_logs_in_over_sasl_ssl(secure_broker, day, tmp_path):
+    """--kafka_io beam against a broker that takes only TLS, SCRAM passwords and ACLs: Java's clients log in with
+    ``sasl.jaas.config`` and trust the broker's authority from its PEM certificate; every valid event is scored
+    with its bounded score."""
+    model_dir = str(tmp_path / "model")
+    publish_stand_in_model(model_dir)
+    score.run(["--spec", "fraud", "--mode", "batch", "--input", str(day["path"]), "--model_dir", model_dir,
+               "--output", str(tmp_path / "scored"), "--dead_letter", str(tmp_path / "dead_letter")])
+    expected = {r["event_id"]: r["score"] for r in json_lines(tmp_path / "scored")}
+    topics, group = make_topics(secure_broker, "java-sasl"), unique_name("java-sasl")
+    name, password = secure_user(secure_broker, read=[topics[0]], write=topics[1:], groups=[group])
+    produce(secure_broker.bootstrap, topics[0], day["lines"], list(map(card_key, day["lines"])), stamp_event_time=True)
+    login = f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{name}" password="{password}";'
+    settings = ["security.protocol=SASL_SSL", "sasl.mechanism=SCRAM-SHA-512", f"sasl.jaas.config={login}",
+                "ssl.truststore.type=PEM", f"ssl.truststore.location={secure_broker.ca_file}"]
+    outputs = Outputs(secure_broker.bootstrap, topics[1], topics[2])
+    try:
+        with stream_scorer(model_dir, secure_broker.secure_bootstrap, topics, group, "--runner", "FlinkRunner",
+                           "--kafka_io", "beam", "--checkpointing_interval", "2000",
+                           *(f"--kafka_config={setting}" for setting in settings)) as scorer:
+            outputs.wait(lambda o: len(o.scored) >= len(expected), 240, "every event scored over SASL_SSL", scorer)
+            code, _ = scorer.terminate()
+    finally:
+        outputs.close()
+    assert code == 0
+    assert {record["event_id"]: record["score"] for _, record in outputs.scored} == expected
 
 
 @pytest.mark.parametrize("flags, message", [
