@@ -63,7 +63,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from models import registry
 from models.kmeans import DEFAULTS, MiniBatchKMeans
-from pipelines import cli, graph, runners, serving
+from pipelines import cli, graph, metrics_endpoint, runners, serving
 from pipelines.options import (ArchiveOptions, ClusterOptions, KafkaOptions, ModelOptions, ScoreOptions, SpecOptions,
                                StreamOptions)
 from transforms import storage
@@ -492,7 +492,7 @@ def _run_stream(options, test_pipeline) -> dict[str, int]:
     cli.refuse(options, (cli.only(ArchiveOptions, *cli.FILE_FLAGS),), "is for --mode batch")
     serving.check_kafka_io(options, supported=False)
     serving.check_streaming_runner(options)
-    serving.check_metrics_port(options)
+    metrics_endpoint.check_port(options)
     with serving.StopSignals() as signals:  # from here on, a signal stops the stream cleanly
         clustering = clustering_for(options)
         config = graph.kafka_config(flags)

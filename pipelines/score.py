@@ -25,7 +25,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
 
 from models import registry
-from pipelines import cli, graph, runners, serving
+from pipelines import cli, graph, metrics_endpoint, runners, serving
 from pipelines.options import (ArchiveOptions, EngineOptions, KafkaOptions, LiveMonitorOptions, ModelOptions,
                                MonitorOptions, ReloadOptions, ScoreOptions, SpecOptions, StreamOptions)
 from transforms import kafka
@@ -155,7 +155,7 @@ def run_stream(options, test_pipeline=None, stop_when=None, on_stop=None,
     cli.refuse(options, (cli.only(ArchiveOptions, *cli.FILE_FLAGS),), "is for --mode batch")
     serving.check_kafka_io(options)
     serving.check_streaming_runner(options)
-    serving.check_metrics_port(options)
+    metrics_endpoint.check_port(options)
     with serving.StopSignals(before_forced_exit) as signals:  # from here on, a signal stops the stream cleanly
         spec, model = graph.spec_and_model(options)
         config = graph.kafka_config(flags)  # a malformed item fails here, before anything starts

@@ -7,7 +7,6 @@ cluster, by sending it there, where it runs on after the command ends.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
@@ -26,10 +25,8 @@ from apache_beam.portability.api import beam_job_api_pb2
 from apache_beam.runners.portability import portable_runner
 from apache_beam.runners.runner import PipelineState
 from apache_beam.transforms import userstate
-from prometheus_client import REGISTRY, start_http_server
-from prometheus_client.core import GaugeMetricFamily
 
-from pipelines import cli, runners
+from pipelines import cli, metrics_endpoint, runners
 from pipelines.flink_rest import FlinkRest
 from pipelines.options import KafkaOptions, StreamOptions
 from transforms import kafka, kafka_access, live_metrics
@@ -117,64 +114,6 @@ def check_kafka_io(options, supported: bool = True) -> None:
     if cli.given(options, "max_delay_s"):
         raise UserError("--kafka_io beam: Beam's KafkaIO allows no delay (its watermark is the newest message "
                         "timestamp read); drop --max_delay_s, or read with --kafka_io python")
-
-
-def check_metrics_port(options) -> None:
-    """--metrics_port serves what the Python steps in this process count (``transforms.live_metrics``): where they run
-    in other processes it is a one-line error."""
-    if not options.view_as(StreamOptions).metrics_port:
-        return
-    elsewhere = None
-    environment = options.view_as(PortableOptions).environment_type
-    if options.view_as(KafkaOptions).kafka_io == "beam":
-        elsewhere = "with --kafka_io beam, Java reads and writes Kafka"
-    elif runners.runner_name(options) == "DataflowRunner":
-        elsewhere = "on Dataflow the steps run on its workers (their metrics are in Cloud Monitoring)"
-    elif runners.is_flink_cluster(options):
-        elsewhere = "on a Flink cluster the steps run in its workers (Flink's own metrics reporters serve them)"
-    elif environment and environment.upper() != "LOOPBACK":
-        elsewhere = f"with --environment_type {environment} the steps run in workers of their own"
-    if elsewhere:
-        raise UserError(f"--metrics_port serves what the steps in this process count; {elsewhere}")
-
-
-class _GroupLag:
-    """The consumer group's lag by partition, asked of Kafka at each scrape (``group_positions``)."""
-
-    def __init__(self, positions: Callable[[], dict | None]):
-        self._positions = positions
-
-    def describe(self) -> list:
-        return []  # (so that registering does not ask Kafka)
-
-    def collect(self):
-        lag = GaugeMetricFamily("rtml_consumer_lag_messages", "Messages of the input topic the group has not "
-                                "committed (not yet written, or not yet read), by partition", labels=["partition"])
-        for partition, (committed, end) in sorted((self._positions() or {}).items()):
-            lag.add_metric([str(partition)], end - committed)
-        yield lag
-
-
-@contextlib.contextmanager
-def metrics_served(port: int, positions: Callable[[], dict | None]):
-    """``transforms.live_metrics`` and the group's lag at http://HOST:``port``/metrics while the block runs."""
-    if not port:
-        yield
-        return
-    lag = _GroupLag(positions)
-    REGISTRY.register(lag)
-    try:
-        server, _ = start_http_server(port)
-    except OSError as error:
-        REGISTRY.unregister(lag)
-        raise UserError(f"--metrics_port {port}: cannot serve metrics there ({error.strerror or error})") from None
-    print(f"metrics for Prometheus at http://localhost:{port}/metrics", file=sys.stderr, flush=True)
-    try:
-        yield
-    finally:
-        server.shutdown()
-        server.server_close()
-        REGISTRY.unregister(lag)
 
 
 def _librdkafka_config(flags: KafkaOptions, config: dict) -> dict:
@@ -423,7 +362,7 @@ def serve(pipeline, title: str, signals: StopSignals, positions: Callable[[], di
         return {}
     if runners.is_flink_cluster(pipeline.options):
         return submit_to_cluster(pipeline, title)
-    with metrics_served(pipeline.options.view_as(StreamOptions).metrics_port, positions):
+    with metrics_endpoint.served(pipeline.options.view_as(StreamOptions).metrics_port, positions):
         return _serve_here(pipeline, title, signals, positions, progress_s, stop_when, on_stop)
 
 

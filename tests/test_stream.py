@@ -128,6 +128,7 @@ def test_the_metrics_endpoint_counts_what_the_output_topics_hold(runner, kafka_b
                         if name == "rtml_consumer_lag_messages"}
 
             outputs.wait(lambda o: lag() == {str(p): 0 for p in ends}, 30, "every offset committed", scorer)
+            outputs.wait(lambda o: "p99 from event time to scored" in scorer.log(), 10, "a progress line", scorer)
             metrics = _scrape(port)
             scorer.terminate()
             log = scorer.log()
@@ -149,7 +150,7 @@ def test_the_metrics_endpoint_counts_what_the_output_topics_hold(runner, kafka_b
     [version] = {record["model_version"] for _, record in outputs.scored}
     assert value("rtml_model_version", version=version) == 1
     # (the archive's events happened months ago)
-    assert re.search(r"lag \d+ messages not yet committed, p99 from event time to scored over an hour\n", log), log
+    assert re.search(r"lag [\d,]+ messages not yet committed, p99 from event time to scored over an hour\n", log), log
 
 
 def test_sigkill_mid_stream_then_restart_scores_every_event_at_least_once(kafka_broker, stream_model, archive):
