@@ -22,7 +22,7 @@ from models.inference import ScoreEvents
 from pipelines import cli
 from pipelines.options import ArchiveOptions, EngineOptions, KafkaOptions, ModelOptions, SpecOptions, StreamOptions
 from pipelines import artifacts
-from transforms import kafka, kafka_beam
+from transforms import kafka, kafka_beam, storage
 from transforms.entity import AddEntityFeatures
 from transforms.errors import UserError
 from transforms.events import POSITION, ParseEvents, Raw
@@ -43,6 +43,7 @@ def spec_and_model(options) -> tuple[Spec, registry.ModelVersion]:
     if missing:
         raise UserError(f"--engine sklearn: {missing}")
     spec = load_spec(options.view_as(SpecOptions).spec)
+    storage.check_readable("--model_dir", model_flags.model_dir)
     return spec, registry.load_for_spec(model_flags.model_dir, spec, model_flags.model_version,
                                         signing_key_env=model_flags.model_signing_key_env)
 

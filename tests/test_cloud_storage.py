@@ -145,15 +145,19 @@ def _lock_record(path: str, host: str, renewed: float, token: str = "theirs") ->
                                                          "renewed": renewed}).encode(), generation)
 
 
-def test_cloud_storage_without_credentials_is_one_line_and_the_json_log_keeps_beams_retries(tmp_path):
+@pytest.mark.parametrize("module", ["pipelines.train", "pipelines.score"])
+def test_cloud_storage_without_credentials_is_one_line_and_the_json_log_keeps_beams_retries(module, tmp_path):
     """No credentials and nothing listening where Cloud Storage should be: Beam retries the credentials for about 25 s,
-    each try a warning with a traceback. The terminal shows the command's one line; --log_format json keeps them."""
+    each try a warning with a traceback. The terminal shows the command's one line; --log_format json keeps them.
+    (Training publishes into the model directory; scoring reads from it.)"""
     env = {name: value for name, value in os.environ.items() if not name.startswith(("GOOGLE", "CLOUDSDK"))} | {
         "HOME": str(tmp_path), "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
         "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{free_port()}"}
     (tmp_path / "events.jsonl").write_text("{}\n")
-    command = [sys.executable, "-m", "pipelines.train", "--spec", "fraud", "--input", str(tmp_path / "events.jsonl"),
+    command = [sys.executable, "-m", module, "--spec", "fraud", "--input", str(tmp_path / "events.jsonl"),
                "--model_dir", "gs://rtml-nowhere/models"]
+    if module == "pipelines.score":
+        command += ["--mode", "batch", "--output", str(tmp_path / "scored"), "--dead_letter", str(tmp_path / "dead")]
     runs = {log_format: subprocess.Popen([*command, "--log_format", log_format], env=env, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, text=True) for log_format in ("text", "json")}
     (_, text), (_, logged) = (run.communicate(timeout=120) for run in runs.values())

@@ -36,6 +36,14 @@ def check_committable(flag: str, path: str) -> None:
     if not path.startswith(GCS):
         raise UserError(f"{flag} {path}: results are committed on a local or mounted filesystem or on Cloud Storage "
                         f"(gs://), where a commit cannot be seen half done; {path.split('://')[0]}:// is not supported")
+    check_readable(flag, path)
+
+
+def check_readable(flag: str, path: str) -> None:
+    """For a ``gs://`` path, UserError in one line unless its bucket can be listed within ``CALL_TIMEOUT_S`` (Beam's
+    own reads would retry for minutes, then print their traceback); other paths are left to their filesystem."""
+    if not (path or "").startswith(GCS):
+        return
     bucket, name = _split(path)
     try:
         from google.api_core.exceptions import NotFound
