@@ -15,6 +15,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from transforms import storage
 from transforms.errors import UserError, first_line
 from transforms.events import METRICS_NAMESPACE, Raw, Unreadable
 
@@ -32,6 +33,7 @@ UNREADABLE_ERRORS = (OSError, EOFError, zlib.error, ValueError, NotImplementedEr
 
 def check_input(pattern: str, flag: str = "--input") -> list[str]:
     """The files a glob matches; UserError if none (before any pipeline starts)."""
+    storage.check_readable(flag, pattern)
     try:
         matched = FileSystems.match([pattern])[0].metadata_list
     except Exception as error:  # each filesystem raises its own kind
