@@ -229,6 +229,7 @@ def create_topic(bootstrap: str, name: str, partitions: int = 1, timeout: float 
 
 
 if __name__ == "__main__":  # a broker for manual runs: python -m pipelines.kafka_broker [PORT]
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops and removes it as Ctrl-C does
     broker = KafkaBroker(int(sys.argv[1]) if len(sys.argv) > 1 else None).start()
     print(broker.bootstrap, flush=True)
     try:

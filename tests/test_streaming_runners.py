@@ -367,9 +367,11 @@ def test_beams_own_kafka_io_logs_in_over_sasl_ssl(secure_broker, day, tmp_path):
                            *(f"--kafka_config={setting}" for setting in settings)) as scorer:
             outputs.wait(lambda o: len(o.scored) >= len(expected), 240, "every event scored over SASL_SSL", scorer)
             code, _ = scorer.terminate()
+            log = scorer.log()
     finally:
         outputs.close()
-    assert code == 0
+    assert code == 0 and password not in log, log
+    assert "cannot list the topics" in log and "--kafka_io beam's settings are Java's" in log, log  # (not checked)
     assert {record["event_id"]: record["score"] for _, record in outputs.scored} == expected
 
 
