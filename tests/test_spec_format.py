@@ -41,7 +41,8 @@ def _load(tmp_path, document) -> object:
     return load_spec(str(path))
 
 
-def _with_key_at(place: str, key: str) -> dict:
+def _with_key_at(place: str, key: str) -> tuple[dict, dict]:
+    """A minimal spec with ``key: 1`` added at ``place``: (the document, the mapping at that place)."""
     document = yaml.safe_load(yaml.safe_dump(MINIMAL))
     entry = {"top level": document, "a field's rules": document["fields"]["x"], "a feature": document["features"][0],
              "model": document["model"]}
@@ -51,14 +52,14 @@ def _with_key_at(place: str, key: str) -> dict:
     if place == "monitoring":
         entry[place] = document["monitoring"] = {}
     entry[place][key] = 1
-    return document
+    return document, entry[place]
 
 
 @pytest.mark.parametrize("place", ["top level", "a field's rules", "a feature", "an entity feature", "model",
                                    "monitoring"])
 def test_the_keys_of_each_place_are_those_the_loader_takes(tmp_path, place):
     with pytest.raises(SpecError) as refused:
-        _load(tmp_path, _with_key_at(place, "colour"))
+        _load(tmp_path, _with_key_at(place, "colour")[0])
     message = str(refused.value)
     assert "\n" not in message and "unknown key colour" in message
     taken = set(re.search(r"\(it takes (.*)\)$", message).group(1).split(", "))
@@ -68,12 +69,8 @@ def test_the_keys_of_each_place_are_those_the_loader_takes(tmp_path, place):
     assert taken == documented
     required = {key for key, (needed, _) in TABLES[place].items() if needed}
     for key in required:
-        document = _with_key_at(place, "colour")
-        parent = {"top level": document, "a field's rules": document["fields"]["x"],
-                  "a feature": document["features"][0], "model": document["model"]}.get(place)
-        if parent is None:
-            continue  # (an entity feature's or monitoring's required keys: checked below with the defaults)
-        del parent[key], parent["colour"]
+        document, entry = _with_key_at(place, "colour")
+        del entry[key], entry["colour"]
         with pytest.raises(SpecError, match=f"missing {key}"):
             _load(tmp_path, document)
 
@@ -105,8 +102,7 @@ def _seconds(duration: str) -> int:
 
 @pytest.mark.parametrize("place, table", [("a feature", "feature kinds"), ("an entity feature", "entity feature kinds")])
 def test_the_kinds_are_those_the_loader_knows(tmp_path, place, table):
-    document = _with_key_at(place, "colour")
-    entry = document["features"][0] if place == "a feature" else document["entity_features"][0]
+    document, entry = _with_key_at(place, "colour")
     del entry["colour"]
     entry["kind"] = "cube"
     with pytest.raises(SpecError) as refused:

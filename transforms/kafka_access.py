@@ -44,11 +44,12 @@ def check_access(bootstrap_servers: str, config: dict, read: Iterable[str] = (),
     def refuse(operation: AclOperation, what: str) -> UserError:
         return UserError(f"{where}: no ACL lets {who} {operation.name} {what}")
 
-    found = set()
-    for topic, operation in [*((t, AclOperation.READ) for t in read), *((t, AclOperation.WRITE) for t in write)]:
+    found, needs = set(), [*((t, AclOperation.READ) for t in read), *((t, AclOperation.WRITE) for t in write)]
+    descriptions = admin.describe_topics(TopicCollection(list(dict.fromkeys(topic for topic, _ in needs))),
+                                         request_timeout=timeout_s, include_authorized_operations=True)
+    for topic, operation in needs:
         try:
-            described = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout_s,
-                                              include_authorized_operations=True)[topic].result()
+            described = descriptions[topic].result()
         except KafkaException as error:
             code = error.args[0].code()
             if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
