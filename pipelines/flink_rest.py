@@ -57,10 +57,15 @@ class FlinkRest:
 
     def running_job_named(self, name: str, timeout: float, failed=lambda: None) -> Job:
         """The job called ``name``, once Flink says it runs; ``failed()`` (a reason, or None) is asked while
-        waiting."""
+        waiting. The cluster is expected to have answered before: a poll it does not answer is tried again."""
         deadline = time.monotonic() + timeout
         while True:
-            job = next((job for job in self.jobs() if job.name == name), None)
+            try:
+                job = next((job for job in self.jobs() if job.name == name), None)
+            except UserError:  # a JobManager busy deploying (or restarting tasks) may miss one poll's timeout
+                if time.monotonic() > deadline:
+                    raise
+                job = None
             if job is not None and job.state == "RUNNING":
                 return job
             if job is not None and job.state not in ACTIVE:
