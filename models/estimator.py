@@ -1,7 +1,8 @@
 """The spec's scikit-learn estimator: fit it, score with it, and export it to ONNX with its features.
 
-A score is one float per event: for a classifier, the probability of the positive label (1);
-for an outlier detector (IsolationForest ...), ``-score_samples``, so higher is more anomalous; for
+A score is one float per event: for a classifier of a 0/1 label, the probability of 1; of a class
+label (a string field with an enum), the probability of the likeliest class, beside every class
+ranked by its probability (``RANKED_CLASSES``, ``RANKED_PROBABILITIES``); for an outlier detector (IsolationForest ...), ``-score_samples``, so higher is more anomalous; for
 a regressor, which is trained as an autoencoder (to reconstruct the model's input columns, from the
 rows whose label is 0 where the spec has a label), the mean squared reconstruction error.
 """
@@ -15,8 +16,10 @@ from onnx import TensorProto, helper, numpy_helper
 from sklearn.base import is_classifier, is_outlier_detector, is_regressor
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from transforms.features import FEATURES_OUTPUT, ONNX_IR_VERSION, ONNX_OPSETS, SCORE_OUTPUT
+from transforms.features import FEATURES_OUTPUT, ONNX_IR_VERSION, ONNX_OPSETS, RANKED_CLASSES, RANKED_PROBABILITIES, \
+    SCORE_OUTPUT
 from transforms.spec import Spec, SpecError
+CALIBRATION_BINS = 10
 
 
 def estimator_class(spec: Spec) -> type:
@@ -49,6 +52,8 @@ def is_supervised(spec: Spec) -> bool:
 
 
 def describe_score(spec: Spec, estimator) -> str:
+    if spec.classes:
+        return f"probability of the likeliest {spec.label}; each record ranks its top {spec.top_k}"
     if is_classifier(estimator):
         return f"probability that {spec.label} is 1"
     if is_regressor(estimator):
@@ -56,8 +61,26 @@ def describe_score(spec: Spec, estimator) -> str:
     return "anomaly score, -score_samples (higher is more anomalous)"
 
 
+def sklearn_outputs(estimator, features: np.ndarray) -> dict[str, np.ndarray]:
+    """What the model's ONNX file outputs, from scikit-learn itself: ``score``, and for a class label the ranking."""
+    if not is_ranking(estimator):
+        return {SCORE_OUTPUT: sklearn_scores(estimator, features)}
+    probabilities = estimator.predict_proba(features)
+    order = np.argsort(-probabilities, axis=1, kind="stable")  # ties: the earlier class first, as ONNX's TopK
+    ranked = np.take_along_axis(probabilities, order, axis=1)
+    return {SCORE_OUTPUT: ranked[:, 0], RANKED_CLASSES: estimator.classes_[order].astype(object),
+            RANKED_PROBABILITIES: ranked}
+
+
+def is_ranking(estimator) -> bool:
+    """Whether the estimator is a classifier of a class label (its classes are names, not 0 and 1)."""
+    return is_classifier(estimator) and estimator.classes_.dtype.kind in "OU"
+
+
 def sklearn_scores(estimator, features: np.ndarray) -> np.ndarray:
     """Scores from scikit-learn itself, float64."""
+    if is_ranking(estimator):
+        return estimator.predict_proba(features).max(axis=1)
     if is_classifier(estimator):
         return estimator.predict_proba(features)[:, list(estimator.classes_).index(1)]
     if is_regressor(estimator):
@@ -70,8 +93,9 @@ def fit(spec: Spec, features: np.ndarray, labels: np.ndarray | None):
     estimator = make_estimator(spec)
     if is_classifier(estimator):
         if len(np.unique(labels)) < 2:
-            raise SpecError(f"training data has only one value of {spec.label}; a classifier needs both 0 and 1")
-        return estimator.fit(features, labels)
+            raise SpecError(f"training data has only one value of {spec.label}; a classifier needs "
+                            + ("two classes or more" if spec.classes else "both 0 and 1"))
+        return estimator.fit(features, labels.astype(object) if spec.classes else labels)
     if is_regressor(estimator):  # an autoencoder of the normal rows
         normal = features if labels is None else features[np.asarray([label == 0 for label in labels])]
         return estimator.fit(normal, normal)
@@ -87,8 +111,40 @@ def metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
     return result
 
 
+def class_metrics(outputs: dict[str, np.ndarray], truth: np.ndarray, popular: list[str], top_k: int) -> dict:
+    """How well ranked classes name the true one: the top-1 and top-k hit rates, beside the rate of always
+    offering the ``top_k`` classes commonest in training; log loss; calibration of the top class's
+    probability (the expected calibration error over equal-width bins, and the bins themselves)."""
+    ranked, probabilities = outputs[RANKED_CLASSES], outputs[RANKED_PROBABILITIES]
+    hit = ranked == np.asarray(truth, object)[:, None]
+    true_probability = np.where(hit.any(axis=1), (probabilities * hit).sum(axis=1), 0.0)
+    correct = hit[:, 0]
+    bins = calibration(probabilities[:, 0], correct)
+    return {"rows": int(len(truth)), "top_k": top_k,
+            "top_1_hit_rate": float(correct.mean()),
+            f"top_{top_k}_hit_rate": float(hit[:, :top_k].any(axis=1).mean()),
+            f"most_popular_top_{top_k}_hit_rate": float(np.isin(truth, popular[:top_k]).mean()),
+            "log_loss": float(-np.log(np.maximum(true_probability, 1e-15)).mean()),
+            "expected_calibration_error": calibration_error(bins), "calibration": bins}
+
+
+def calibration(confidence: np.ndarray, correct: np.ndarray) -> list[dict]:
+    """How often the likeliest class was right, by its probability in equal-width bins (empty bins left out)."""
+    bins = np.minimum((confidence * CALIBRATION_BINS).astype(int), CALIBRATION_BINS - 1)
+    return [{"from": b / CALIBRATION_BINS, "rows": int((bins == b).sum()),
+             "mean_probability": float(confidence[bins == b].mean()), "hit_rate": float(correct[bins == b].mean())}
+            for b in range(CALIBRATION_BINS) if (bins == b).any()]
+
+
+def calibration_error(bins: list[dict]) -> float:
+    """The expected calibration error: the gap between probability and hit rate, averaged over rows."""
+    return float(sum(b["rows"] * abs(b["mean_probability"] - b["hit_rate"]) for b in bins)
+                 / sum(b["rows"] for b in bins))
+
+
 def to_onnx(estimator, feature_graph: onnx.ModelProto) -> onnx.ModelProto:
-    """One ONNX model from raw columns to ``score`` [rows] float64: the feature graph, then the estimator.
+    """One ONNX model from raw columns to ``score`` [rows] float64: the feature graph, then the estimator
+    (for a class label, ``RANKED_CLASSES`` and ``RANKED_PROBABILITIES`` too).
 
     The estimator is exported in float64 where skl2onnx can (as HistGradientBoosting and linear
     models compute): split thresholds sit between float32 feature values, and rounded to float32
@@ -130,9 +186,10 @@ def _convert(estimator, width: int) -> tuple[onnx.ModelProto, int]:
 
 
 def _append_score_head(graph: onnx.GraphProto, estimator, model_input: str) -> None:
-    """Replace the estimator's outputs with one float64 ``score``, as ``sklearn_scores`` defines it
-    (``model_input``: the estimator's input columns, which a reconstruction error compares with)."""
+    """Replace the estimator's outputs with those of ``sklearn_outputs``: one float64 ``score`` (``model_input``:
+    the estimator's input columns, which a reconstruction error compares with), and a class label's ranking."""
     outputs = [o.name for o in graph.output]
+    ranking = []
     as_double = lambda name: helper.make_node("Cast", [name], [f"{name}_float64"], to=TensorProto.DOUBLE)
     if is_regressor(estimator):
         reconstruction = outputs[0]
@@ -144,6 +201,20 @@ def _append_score_head(graph: onnx.GraphProto, estimator, model_input: str) -> N
             helper.make_node("Mul", ["reconstruction_gap", "reconstruction_gap"], ["squared_gap"]),
             helper.make_node("ReduceMean", ["squared_gap"], [SCORE_OUTPUT], axes=[1], keepdims=0),
         ])
+    elif is_ranking(estimator):
+        probabilities, classes = next(o for o in outputs if "prob" in o), len(estimator.classes_)
+        graph.initializer.extend([
+            numpy_helper.from_array(np.array(estimator.classes_.tolist(), dtype=object), "class_names"),
+            numpy_helper.from_array(np.array([classes], np.int64), "class_count"),
+            numpy_helper.from_array(np.array(0, np.int64), "likeliest")])
+        graph.node.extend([
+            as_double(probabilities),
+            helper.make_node("TopK", [f"{probabilities}_float64", "class_count"], [RANKED_PROBABILITIES, "ranked_index"],
+                             axis=1),
+            helper.make_node("Gather", ["class_names", "ranked_index"], [RANKED_CLASSES]),
+            helper.make_node("Gather", [RANKED_PROBABILITIES, "likeliest"], [SCORE_OUTPUT], axis=1)])
+        ranking = [helper.make_tensor_value_info(RANKED_CLASSES, TensorProto.STRING, ["rows", classes]),
+                   helper.make_tensor_value_info(RANKED_PROBABILITIES, TensorProto.DOUBLE, ["rows", classes])]
     elif is_classifier(estimator):
         probabilities = next(o for o in outputs if "prob" in o)
         graph.initializer.append(
@@ -162,4 +233,4 @@ def _append_score_head(graph: onnx.GraphProto, estimator, model_input: str) -> N
             helper.make_node("Reshape", ["negated_score_samples", "flat_shape"], [SCORE_OUTPUT]),
         ])
     del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info(SCORE_OUTPUT, TensorProto.DOUBLE, ["rows"]))
+    graph.output.extend([helper.make_tensor_value_info(SCORE_OUTPUT, TensorProto.DOUBLE, ["rows"]), *ranking])

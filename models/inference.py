@@ -1,8 +1,9 @@
 """Scoring with Beam's RunInference: batches of valid events in, scored records out.
 
 Each RunInference example is a batch of raw feature columns (see ``transforms.features``),
-so one model call scores thousands of events. Two handlers, one contract (raw columns in, one
-score per row out):
+so one model call scores thousands of events. Two handlers, one contract (raw columns in, the
+outputs of ``models.estimator.sklearn_outputs`` out: a score per row, and for a class label every
+class ranked by its probability):
 
 - ``OnnxScoreHandler`` (default): the version's ``model.onnx``, which computes the features and
   the score in onnxruntime. Beam's ``OnnxModelHandlerNumpy`` takes one input tensor and returns
@@ -35,7 +36,8 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 from models import registry
 from transforms import live_metrics
 from transforms.events import METRICS_NAMESPACE, POSITION, EventBatch, ScoredBatch
-from transforms.features import SCORE_OUTPUT, raw_columns, tft_layer, transform_with_tft
+from transforms.features import RANKED_CLASSES, RANKED_PROBABILITIES, SCORE_OUTPUT, TOP_K, raw_columns, tft_layer, \
+    transform_with_tft
 from transforms.spec import Spec
 
 Columns = dict[str, np.ndarray]
@@ -148,7 +150,7 @@ class _ScoreHandler(ModelHandler[EventBatch, PredictionResult, LoadedVersion]):
     def _load(self, version: registry.ModelVersion):
         raise NotImplementedError
 
-    def _score(self, model, columns: Columns) -> np.ndarray:
+    def _score(self, model, columns: Columns) -> Columns:
         raise NotImplementedError
 
 
@@ -158,8 +160,8 @@ class OnnxScoreHandler(_ScoreHandler):
 
         return ort.InferenceSession(version.read("model.onnx"), providers=["CPUExecutionProvider"])
 
-    def _score(self, session, columns: Columns) -> np.ndarray:
-        return session.run([SCORE_OUTPUT], columns)[0]
+    def _score(self, session, columns: Columns) -> Columns:
+        return dict(zip((output.name for output in session.get_outputs()), session.run(None, columns)))
 
     def get_metrics_namespace(self) -> str:
         return "rtml_onnx"
@@ -177,27 +179,34 @@ class SklearnScoreHandler(_ScoreHandler):
         estimator = joblib.load(io.BytesIO(version.read("estimator.joblib")))
         return _SklearnModel(estimator, tft_layer(version.file("transform")))
 
-    def _score(self, model: _SklearnModel, columns: Columns) -> np.ndarray:
-        from models.estimator import sklearn_scores  # scikit-learn only for this engine
+    def _score(self, model: _SklearnModel, columns: Columns) -> Columns:
+        from models.estimator import sklearn_outputs  # scikit-learn only for this engine
 
-        return sklearn_scores(model.estimator, transform_with_tft(model.layer, self._spec, columns))
+        return sklearn_outputs(model.estimator, transform_with_tft(model.layer, self._spec, columns))
 
     def get_metrics_namespace(self) -> str:
         return "rtml_sklearn"
 
 
-def scored_records(spec: Spec, batch: EventBatch, scores: np.ndarray, model_version: str) -> list[dict]:
-    """The contract's scored records for a batch, in the batch's order."""
+def scored_records(spec: Spec, batch: EventBatch, outputs: Columns, model_version: str) -> list[dict]:
+    """The contract's scored records for a batch, in the batch's order; for a class label, each with the
+    ``top_k`` likeliest classes and their probabilities."""
     _SCORED.inc(len(batch.events))
     live_metrics.scored(model_version, batch.event_time_us)
     key, label, threshold = spec.entity_key, spec.label, spec.alert_threshold
     records = []
-    for event, score in zip(batch.events, scores.tolist()):
+    for event, score in zip(batch.events, outputs[SCORE_OUTPUT].tolist()):
         record = {"event_id": event["event_id"], "event_time": event[spec.event_time], key: event[key],
                   "score": score, "alert": score >= threshold, "model_version": model_version}
         if label is not None and event.get(label) is not None:
-            record[label] = int(event[label])
+            record[label] = event[label] if spec.classes else int(event[label])
         records.append(record)
+    if spec.classes:
+        ranked_classes = outputs[RANKED_CLASSES][:, :spec.top_k].tolist()
+        ranked_probabilities = outputs[RANKED_PROBABILITIES][:, :spec.top_k].tolist()
+        for record, classes, probabilities in zip(records, ranked_classes, ranked_probabilities):
+            record[TOP_K] = [{"class": name, "probability": probability}
+                             for name, probability in zip(classes, probabilities)]
     for record, position in zip(records, batch.positions or ()):
         record[POSITION] = position
     return records

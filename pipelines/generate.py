@@ -12,7 +12,7 @@ Same flags and seed give byte-identical files. Each day draws from its own rando
 ``--days 14`` writes the same fraud files as the first 14 days of ``--days 19``.
 
 Drift for monitoring tests: ``--drift_day 2026-03-10 --drift_factor 3`` multiplies every number
-field (fraud: ``amount``; sensor: the four readings) of that day's events by 3; every other day is
+field (fraud and offers: ``amount``; sensor: the four readings) of that day's events by 3; every other day is
 written exactly as without it. The manifest records it under ``drift``.
 
 Specs:
@@ -23,6 +23,8 @@ Specs:
 * ``sensor``: telemetry of 30 machines every 5 minutes, each in one of three operating regimes
   (written as the extra field ``regime``); before a failure, vibration and temperature drift
   upward for 24 hours (label ``failure``).
+* ``offers``: 4,000 shop customers viewing, carting and buying in 8 categories; the label
+  ``next_offer`` is the category the customer buys next (see ``OffersModel``).
 """
 from __future__ import annotations
 
@@ -435,6 +437,108 @@ class SensorModel:
 
 
 # --------------------------------------------------------------------------------------------
+# offers: customers browsing and buying across product categories
+# --------------------------------------------------------------------------------------------
+
+# The offers a retailer can make, one per category, with the category's share of purchases
+# across all customers and its median price in USD.
+OFFER_TABLE = (
+    ("groceries", 0.24, 35.0),
+    ("fashion", 0.17, 60.0),
+    ("home", 0.13, 90.0),
+    ("electronics", 0.11, 250.0),
+    ("beauty", 0.10, 30.0),
+    ("sports", 0.09, 70.0),
+    ("books", 0.09, 18.0),
+    ("travel", 0.07, 600.0),
+)
+OFFERS = np.array([row[0] for row in OFFER_TABLE])
+OFFER_POPULARITY = _normalised([row[1] for row in OFFER_TABLE])
+OFFER_PRICE = np.array([row[2] for row in OFFER_TABLE])
+N_CUSTOMERS = 4_000
+N_SEGMENTS = 6
+REGIONS = np.array(["north", "south", "east", "west", "central"])
+AGE_BANDS = np.array(["18-24", "25-34", "35-44", "45-54", "55-64", "65+"])
+SHOP_CHANNELS = np.array(["web", "app", "store"])
+SHOP_ACTIONS = np.array(["view", "cart", "purchase"])
+SHOP_HOUR_P = _normalised(
+    [0.6, 0.3, 0.2, 0.2, 0.2, 0.4, 1.0, 2.0, 3.0, 3.5, 4.0, 4.5,
+     5.0, 4.8, 4.5, 4.5, 4.8, 5.5, 6.5, 7.5, 8.0, 7.0, 4.5, 2.0])
+PURCHASE_SHARE, CART_SHARE = 0.22, 0.13  # of a customer's events; the rest are views
+VIEW_OF_INTENT_SHARE = 0.5  # a view shows the category the customer will buy next; otherwise a favourite or any
+COMPLEMENT_SHARE = 0.3  # after a purchase, the next intent follows from what was bought
+
+
+class OffersModel:
+    """Customers who browse and buy, each with favourite categories, for next-best-offer scoring.
+
+    Each customer belongs to one of a few segments that share tastes, age bands and regions, and
+    has preferences of their own drawn around the segment's. At any time a customer intends to buy
+    one category next (the label ``next_offer``): drawn from their preferences, or after a purchase
+    often from what complements it (books after travel, ...). Their views and cart additions show
+    that intent half the time and their favourites otherwise; a purchase buys it, and a new intent is
+    drawn. So the next purchase can be read from the current event, the customer's recent events and
+    their long-run favourites, none of them certain. Intents carry over from day to day.
+    """
+
+    label = "next_offer"
+    id_prefix = "ev"
+    default_events_per_day = 10_000
+
+    def __init__(self, rng: np.random.Generator, days: int) -> None:
+        k = len(OFFERS)
+        segment_taste = rng.dirichlet(np.full(k, 0.6), N_SEGMENTS) * 0.7 + OFFER_POPULARITY * 0.3
+        self.segment = rng.choice(N_SEGMENTS, N_CUSTOMERS)
+        self.preference = np.array([rng.dirichlet(25.0 * segment_taste[s] + 0.2) for s in self.segment])
+        self.region = (self.segment + rng.choice([0, 0, 0, 1, 2], N_CUSTOMERS)) % len(REGIONS)
+        self.age_band = np.clip(self.segment + rng.integers(-1, 2, N_CUSTOMERS), 0, len(AGE_BANDS) - 1)
+        self.activity = _normalised(rng.lognormal(0.0, 0.8, N_CUSTOMERS))
+        self.spend = rng.lognormal(0.0, 0.35, N_CUSTOMERS)  # relative to a category's median price
+        # What each category's buyers go on to want: a shifted and mixed popularity.
+        self.complement = rng.dirichlet(np.full(k, 0.5), k)
+        self.intent = self._draw_intent(rng, np.arange(N_CUSTOMERS), bought=None)
+
+    def _draw_intent(self, rng: np.random.Generator, customers: np.ndarray, bought) -> np.ndarray:
+        weights = self.preference[customers]
+        if bought is not None:
+            weights = np.where((rng.random(customers.size) < COMPLEMENT_SHARE)[:, None],
+                               self.complement[bought], weights)
+        cumulative = np.cumsum(weights, axis=1)
+        draws = rng.random(customers.size)[:, None] * cumulative[:, -1:]
+        return np.minimum((draws > cumulative).sum(axis=1), len(OFFERS) - 1)
+
+    def day(self, rng: np.random.Generator, day_index: int, n_events: int):
+        """Draws one day: (milliseconds after midnight UTC, columns of the events), in time order."""
+        offset_ms = np.sort(self._offsets(rng, n_events))
+        customer = rng.choice(N_CUSTOMERS, n_events, p=self.activity)
+        action = rng.choice(3, n_events, p=[1 - PURCHASE_SHARE - CART_SHARE, CART_SHARE, PURCHASE_SHARE])
+        shows_intent = rng.random(n_events) < VIEW_OF_INTENT_SHARE
+        favourite = self._draw_intent(rng, customer, bought=None)
+        category, label = np.empty(n_events, int), np.empty(n_events, int)
+        for i in range(n_events):  # in time order: a purchase changes what the customer wants next
+            c = customer[i]
+            category[i] = self.intent[c] if action[i] == 2 or shows_intent[i] else favourite[i]
+            if action[i] == 2:
+                self.intent[c] = self._draw_intent(rng, np.array([c]), bought=np.array([category[i]]))[0]
+            label[i] = self.intent[c]
+        price = OFFER_PRICE[category] * self.spend[customer] * rng.lognormal(0.0, 0.5, n_events)
+        channel_p = np.array([[0.45, 0.45, 0.10], [0.35, 0.35, 0.30]])[(self.age_band[customer] >= 3).astype(int)]
+        channel = (rng.random(n_events)[:, None] > np.cumsum(channel_p, axis=1)).sum(axis=1)
+        columns = {"customer_id": [f"cu-{c + 1:05d}" for c in customer.tolist()],
+                   "action": SHOP_ACTIONS[action].tolist(), "category": OFFERS[category].tolist(),
+                   "amount": np.round(np.maximum(price, 0.5), 2).tolist(), "channel": SHOP_CHANNELS[channel].tolist(),
+                   "region": REGIONS[self.region[customer]].tolist(),
+                   "age_band": AGE_BANDS[self.age_band[customer]].tolist(),
+                   "next_offer": OFFERS[label].tolist()}
+        return offset_ms, columns
+
+    @staticmethod
+    def _offsets(rng: np.random.Generator, n: int) -> np.ndarray:
+        hours = rng.choice(24, n, p=SHOP_HOUR_P)
+        return (hours * MS_PER_HOUR + rng.integers(0, MS_PER_HOUR, n)).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
 # broken lines
 # --------------------------------------------------------------------------------------------
 
@@ -462,6 +566,11 @@ CONTRACTS = {
         required=("event_id", "event_time", "machine_id") + SENSOR_FIELDS,
         numbers=SENSOR_FIELDS, bounded=SENSOR_FIELDS[1:], bound_kind="negative_reading",
         kinds=COMMON_KINDS + ("negative_reading",)),
+    "offers": ContractFacts(
+        required=("event_id", "event_time", "customer_id", "action", "category", "amount", "channel", "region",
+                  "age_band"),
+        numbers=("amount",), bounded=("amount",), bound_kind="non_positive_amount",
+        kinds=COMMON_KINDS + ("non_positive_amount", "bad_enum", "unknown_offer")),
 }
 OVERSIZED = "oversized"
 # Just over the 1 MiB limit whichever way it is counted, without making archives huge.
@@ -539,6 +648,8 @@ def break_event(kind: str, event: dict, facts: ContractFacts, rng: np.random.Gen
         event["event_id"] = ""
     elif kind == "bad_enum":
         event["channel"] = pick(("phone", "mail_order", "kiosk"))
+    elif kind == "unknown_offer":  # a label outside the declared offers
+        event["next_offer"] = pick(("timeshare", "GROCERIES", ""))
     elif kind == "bad_code":
         if rng.random() < 0.5:
             event["currency"] = event["currency"][:2]
@@ -553,7 +664,8 @@ def break_event(kind: str, event: dict, facts: ContractFacts, rng: np.random.Gen
 # days, files and the manifest
 # --------------------------------------------------------------------------------------------
 
-MODELS = {"fraud": FraudModel, "sensor": SensorModel}
+MODELS = {"fraud": FraudModel, "sensor": SensorModel, "offers": OffersModel}
+CLASS_LABELLED = {"offers"}  # a label that names a class, not 0 or 1
 
 
 @dataclasses.dataclass
@@ -564,7 +676,7 @@ class DayFile:
     file: str
     lines: int
     valid: int
-    positive: int
+    positive: int  # valid lines whose label is 1 (a class label: lines with one)
     broken: dict[str, int]
 
 
@@ -594,14 +706,14 @@ def day_lines(events: list[dict], broken_kinds: list[str], facts: ContractFacts,
     """Serialises a day's events, breaking randomly placed ones in the planned ways.
 
     Returns the lines, the count of broken lines per kind and the count of valid lines whose
-    label is 1."""
+    label is 1 (a class label: that have one)."""
     lines = [orjson.dumps(event) for event in events]
     broken_at = rng.choice(len(events), len(broken_kinds), replace=False).tolist()
     for position, kind in zip(broken_at, rng.permutation(broken_kinds).tolist()):
         lines[position] = break_event(kind, events[position], facts, rng)
     broken = {kind: broken_kinds.count(kind) for kind in sorted(set(broken_kinds))}
     broken_at = set(broken_at)
-    positive = sum(event[label] for i, event in enumerate(events) if i not in broken_at)
+    positive = sum(bool(event[label]) for i, event in enumerate(events) if i not in broken_at)
     return lines, broken, positive
 
 
@@ -678,7 +790,8 @@ def summary(manifest: dict, out: pathlib.Path, seconds: float) -> str:
     broken = ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items())) or "none"
     return (f"wrote {len(days)} day files ({days[0]['date']} .. {days[-1]['date']}) and "
             f"{MANIFEST_NAME} under {out} in {seconds:.1f} s\n"
-            f"{lines} lines: {valid} valid ({positive} with {manifest['label']}=1), "
+            f"{lines} lines: {valid} valid ({positive} with {manifest['label']}"
+            f"{'' if manifest['spec'] in CLASS_LABELLED else '=1'}), "
             f"{lines - valid} broken ({broken})"
             + (f"\n{', '.join(drift['fields'])} multiplied by {drift['factor']:g} on {drift['day']}"
                if (drift := manifest["drift"]) else ""))
@@ -744,7 +857,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     f"and a manifest {MANIFEST_NAME} counting valid and broken lines per day.")
     parser.add_argument("--spec", required=True, choices=list(MODELS),
                         help="fraud: card transactions labelled is_fraud; sensor: telemetry of "
-                             "30 machines labelled failure, with the extra field regime")
+                             "30 machines labelled failure, with the extra field regime; offers: shop "
+                             "customers' views and purchases labelled next_offer, the category bought next")
     parser.add_argument("--days", required=True, type=_int_at_least(1), metavar="N",
                         help="number of consecutive days to write, one file each")
     parser.add_argument("--out", required=True, type=pathlib.Path, metavar="DIR",
@@ -754,8 +868,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="first day, YYYY-MM-DD (default: 2026-03-01)")
     parser.add_argument("--events_per_day", type=_int_at_least(1), default=None, metavar="N",
                         help="lines per day file, broken ones included; for sensor spread "
-                             "evenly over the 30 machines (default: 10000 for fraud; 8640 for "
-                             "sensor, i.e. every machine every 5 minutes)")
+                             "evenly over the 30 machines (default: 10000 for fraud and offers; 8640 "
+                             "for sensor, i.e. every machine every 5 minutes)")
     parser.add_argument("--broken_share", type=_share, default=0.01, metavar="SHARE",
                         help="share of lines that break the contract, cycling through all "
                              "kinds (default: 0.01; 0 for none)")
@@ -765,7 +879,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compress", action="store_true",
                         help="gzip the day files (events.jsonl.gz)")
     parser.add_argument("--drift_day", type=_date, default=None, metavar="YYYY-MM-DD",
-                        help="a day whose number fields (fraud: amount; sensor: the readings) are "
+                        help="a day whose number fields (fraud, offers: amount; sensor: the readings) are "
                              "multiplied by --drift_factor, to test drift monitoring")
     parser.add_argument("--drift_factor", type=_positive, default=3.0, metavar="F",
                         help="the factor of --drift_day (default: 3)")

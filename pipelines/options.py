@@ -17,7 +17,8 @@ from transforms.kafka_formats import FORMATS as VALUE_FORMATS
 class SpecOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--spec", help="Use case: a built-in spec (fraud, fraud_entity, sensor, sensor_entity) or a path to a spec YAML file.")
+        parser.add_argument("--spec", help="Use case: a built-in spec (fraud, fraud_entity, offers, sensor, sensor_entity, "
+                                           "sensor_autoencoder, sensor_failure) or a path to a spec YAML file.")
 
 
 class ArchiveOptions(PipelineOptions):

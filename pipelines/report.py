@@ -12,7 +12,9 @@ Each section is drawn from the inputs given, and says so where one is missing:
   smallest window size, with the monitoring alerts marked;
 - scores (--scored, or --monitoring's score counts; --model_dir for the baseline): the share of
   scores in each decile bin of the model's holdout, beside the holdout's own shares;
-- quality (--scored records that carry the spec's label): ROC and precision-recall curves;
+- quality (--scored records that carry the spec's label): ROC and precision-recall curves; for a
+  class label, the top-1 .. top-k hit rates beside always offering the commonest classes, and how
+  well the likeliest class's probability is calibrated;
 - clusters (--snapshots and --assignments, pipelines.cluster's outputs): the latest snapshot's
   centers by feature, and the distribution of distances to the nearest center per cluster.
 
@@ -34,6 +36,7 @@ from models import registry
 from pipelines import cli
 from pipelines.options import ModelOptions, ReportOptions, SpecOptions
 from transforms.errors import UserError, first_line
+from transforms.features import TOP_K
 from transforms.fileio import json_records
 from transforms.monitoring import ALERTS, WINDOWS, Bins, describe_alert, psi
 from transforms.spec import Spec, load_spec
@@ -43,6 +46,7 @@ REQUIRED = {"": ("spec", "report")}
 CURVE_POINTS = 1000  # a ROC or precision-recall curve is drawn through at most this many of its points
 DISTANCE_BINS = 50
 QUALITY = "ROC and precision-recall"
+CLASS_QUALITY = "Hit rates and calibration"
 
 
 @dataclasses.dataclass
@@ -83,7 +87,7 @@ def run(argv=None) -> list[Section]:
     if scored or monitoring:  # from the windows, one size's: each score is in one window of each size
         sections.append(scores_section(scored, by_size[min(by_size)] if monitoring and windows else [], baseline))
     if scored:
-        sections.append(quality_section(spec, scored))
+        sections.append(class_quality_section(spec, scored) if spec.classes else quality_section(spec, scored))
     if flags.snapshots or flags.assignments:
         assignments = _with_keys(json_records(flags.assignments, "--assignments"), ("cluster", "distance"),
                                  "--assignments", "cluster assignments") if flags.assignments else []
@@ -252,6 +256,41 @@ def quality_section(spec: Spec, scored: list[dict]) -> Section:
     alerts = sum(bool(r.get("alert")) for r in labelled)
     return Section(title, f"{len(labelled):,} labelled records, {int(labels.sum()):,} positive ({spec.label}): "
                           f"ROC AUC {auc:.4f}, average precision {average_precision:.4f}; {alerts:,} alerts", figure)
+
+
+def class_quality_section(spec: Spec, scored: list[dict]) -> Section:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from models.estimator import calibration, calibration_error
+
+    labelled = [r for r in scored if r.get(spec.label) is not None and r.get(TOP_K)]
+    if not labelled:
+        return Section(CLASS_QUALITY, f"no hit rates: they need scored records with the spec's label ({spec.label})")
+    truth = np.array([r[spec.label] for r in labelled], dtype=object)
+    ranked = [[entry["class"] for entry in r[TOP_K]] for r in labelled]
+    k = max(len(classes) for classes in ranked)
+    names, counts = np.unique(truth.astype(str), return_counts=True)
+    popular = names[np.argsort(-counts, kind="stable")].tolist()
+    hit_rates = [float(np.mean([t in classes[:j] for t, classes in zip(truth, ranked)])) for j in range(1, k + 1)]
+    popular_rates = [float(np.isin(truth, popular[:j]).mean()) for j in range(1, k + 1)]
+    bins = calibration(np.array([r[TOP_K][0]["probability"] for r in labelled], dtype=float),
+                       np.array([classes[0] == t for t, classes in zip(truth, ranked)]))
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("hit rate of the top classes",
+                                                           "calibration of the likeliest class"))
+    tops = [f"top {j}" for j in range(1, k + 1)]
+    figure.add_trace(go.Bar(x=tops, y=hit_rates, name="model"), 1, 1)
+    figure.add_trace(go.Bar(x=tops, y=popular_rates, name="always the commonest classes"), 1, 1)
+    figure.add_trace(go.Scatter(x=[b["mean_probability"] for b in bins], y=[b["hit_rate"] for b in bins],
+                                text=[f"{b['rows']:,} records" for b in bins], name="model", mode="lines+markers"), 1, 2)
+    figure.add_trace(go.Scatter(x=[0, 1], y=[0, 1], name="calibrated", mode="lines", line={"dash": "dot"}), 1, 2)
+    figure.update_yaxes(title_text="share of records", tickformat=".0%", row=1, col=1)
+    figure.update_xaxes(title_text="probability of the likeliest class", row=1, col=2)
+    figure.update_yaxes(title_text="how often it was right", row=1, col=2)
+    figure.update_layout(height=420, barmode="group", legend={"orientation": "h", "y": 1.15})
+    return Section(CLASS_QUALITY, f"{len(labelled):,} labelled records ({spec.label}): top-{k} hit rate "
+                                  f"{hit_rates[-1]:.4f} (always the {k} commonest classes here: {popular_rates[-1]:.4f}), "
+                                  f"top-1 {hit_rates[0]:.4f}; calibration error {calibration_error(bins):.4f}", figure)
 
 
 def clusters_sections(snapshot_dir: str | None, assignments: list[dict]) -> list[Section]:

@@ -4,7 +4,7 @@ from pipelines.kafka_broker import KafkaBroker
 
 # Fixtures that train a model (tens of seconds each): a test that uses one is slow.
 TRAINING_FIXTURES = {"fraud_model", "fraud_scored", "fraud_drift_monitored", "fraud_entity_model", "entity_model",
-                     "sensor", "sensor_archive"}
+                     "offers_model", "sensor", "sensor_archive"}
 ACCEPTANCE_MODULES = {"test_stream", "test_streaming_runners", "test_model_reload", "test_flink_cluster"}
 
 
@@ -140,6 +140,26 @@ def entity_model(tmp_path_factory) -> str:
                    "--model_dir", str(directory / "model")])
 
     return str(_made_once("entity_model", tmp_path_factory, make) / "model")
+
+
+@pytest.fixture(scope="session")
+def offers_model(tmp_path_factory) -> dict:
+    """An ``offers`` model trained on 6 generated days (2,500 lines each, 1% broken), once for the whole run, and a
+    later day it never saw: ``{"model_dir", "later" (that day's file)}``."""
+    from pipelines import train
+
+    def make(directory):
+        generate("offers", OFFERS_DAYS + 1, directory / "data", datetime.date(2026, 3, 1), 2500, 0.01, 7,
+                 compress=False)
+        train.run(["--spec", "offers", "--input", str(directory / "data" / f"dt=2026-03-0[1-{OFFERS_DAYS}]" / "*.jsonl"),
+                   "--model_dir", str(directory / "model")])
+
+    directory = _made_once("offers_model", tmp_path_factory, make)
+    return {"model_dir": str(directory / "model"),
+            "later": directory / "data" / f"dt=2026-03-0{OFFERS_DAYS + 1}" / "events.jsonl"}
+
+
+OFFERS_DAYS = 6
 
 
 @pytest.fixture(scope="session")

@@ -52,9 +52,10 @@ def json_lines(directory: Path) -> list[dict]:
     return [json.loads(line) for p in sorted(directory.glob("*.jsonl")) for line in p.read_text().splitlines() if line]
 
 
-def card_key(line: bytes) -> bytes | None:
+def card_key(line: bytes, field: str = "card_id") -> bytes | None:
+    """A line's entity id (``field``) as its message key, as ``rtml produce`` keys it; None where it has none."""
     try:
-        card = orjson.loads(line).get("card_id")
+        card = orjson.loads(line).get(field)
     except (orjson.JSONDecodeError, AttributeError):
         return None
     return card.encode() if isinstance(card, str) else None

@@ -45,6 +45,15 @@ def _spec_file(tmp_path, **changes) -> str:
     ({"features": [{"name": "a", "kind": ["zscore"], "source": "amount"}]}, "kind must be one of"),
     ({"model": {"estimator": "os.system"}}, "must be a scikit-learn class"),
     ({"fields": {"event_id": {"type": "uuid"}}}, "type must be one of"),
+    ({"top_k": 3}, "top_k ranks a class label's classes: it needs a label that is a string field with an enum"),
+    ({"label": "channel", "top_k": 0, "features": [{"name": "a", "kind": "zscore", "source": "amount"}]},
+     "top_k must be a whole number >= 1"),
+    ({"label": "channel", "features": [{"name": "c", "kind": "vocabulary", "source": "channel"}]},
+     "the label 'channel' cannot be a feature source"),
+    ({"entity_features": [{"name": "n", "kind": "count", "window": "1h", "where": {"amount": "1"}}]},
+     r"entity_features\[0\].where: must be one required string field and its value"),
+    ({"entity_features": [{"name": "n", "kind": "count", "window": "1h", "where": {"channel": "pos", "country": "FR"}}]},
+     r"entity_features\[0\].where: must be one required string field and its value"),
 ])
 def test_broken_spec_files_say_what_is_wrong(tmp_path, changes, message):
     with pytest.raises(SpecError, match=message) as raised:

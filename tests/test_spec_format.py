@@ -82,8 +82,8 @@ def test_the_defaults_are_those_the_loader_fills_in(tmp_path):
         return {key: yaml.safe_load(default) for key, (_, default) in TABLES[place].items() if default}
 
     top = documented("top level")
-    assert (spec.description, spec.label, spec.alert_threshold, list(spec.entity_features)) == (
-        top["description"], top["label"], top["alert_threshold"], top["entity_features"])
+    assert (spec.description, spec.label, spec.top_k, spec.alert_threshold, list(spec.entity_features)) == (
+        top["description"], top["label"], top["top_k"], top["alert_threshold"], top["entity_features"])
     assert spec.estimator_params == documented("model")["params"]
     for key, value in documented("a field's rules").items():
         assert getattr(spec.field("x"), key) == value, key

@@ -99,6 +99,36 @@ def test_entity_features_and_monitoring_run_live_with_the_bounded_scores(runner,
         assert {record["pane"] for record in of_size} == {"on_time"}
 
 
+def test_offers_are_ranked_live_as_in_a_bounded_run(kafka_broker, offers_model, tmp_path):
+    """``offers`` on Prism: per-customer features in keyed state, each record's top 3 offers and their probabilities
+    equal to a bounded run's, every broken line (a label outside the offers among them) a dead letter."""
+    lines = offers_model["later"].read_bytes().splitlines()
+    score.run(["--spec", "offers", "--mode", "batch", "--input", str(offers_model["later"]),
+               "--model_dir", offers_model["model_dir"], "--output", str(tmp_path / "scored"),
+               "--dead_letter", str(tmp_path / "dead")])
+    expected = {r["event_id"]: r for r in json_lines(tmp_path / "scored")}
+    expected_errors = Counter(d["error"] for d in json_lines(tmp_path / "dead"))
+    bootstrap, topics = kafka_broker.bootstrap, make_topics(kafka_broker, "offers")
+    produce(bootstrap, topics[0], lines, [card_key(line, "customer_id") for line in lines], stamp_event_time=True)
+    outputs = Outputs(bootstrap, topics[1], topics[2])
+    try:
+        with stream_scorer(offers_model["model_dir"], bootstrap, topics, unique_name("offers"), "--runner",
+                           "PrismRunner", spec="offers") as scorer:
+            outputs.wait(lambda o: len(o.scored) >= len(expected) and len(o.dead) >= sum(expected_errors.values()),
+                         240, "every offers event scored or dead-lettered", scorer)
+        outputs.read(1.0)
+    finally:
+        outputs.close()
+    assert sorted(record["event_id"] for _, record in outputs.scored) == sorted(expected)
+    for key, record in outputs.scored:
+        bounded = expected[record["event_id"]]
+        assert key == record["customer_id"].encode()
+        assert [t["class"] for t in record["top_k"]] == [t["class"] for t in bounded["top_k"]], record
+        assert all(abs(a["probability"] - b["probability"]) <= 1e-6
+                   for a, b in zip(record["top_k"], bounded["top_k"])), record
+    assert Counter(letter["error"] for _, letter in outputs.dead) == expected_errors
+
+
 def test_sigkill_while_events_wait_in_keyed_state_then_restart_loses_no_valid_event(kafka_broker, entity_model,
                                                                                   tmp_path):
     """Events whose entity features wait for the watermark are read, not yet written, when the scorer is killed.

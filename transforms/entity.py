@@ -14,6 +14,9 @@ before it. The event itself is never counted, so a feature says what was known b
 | difference_from_mean   | number | this value - their mean                       | 0                |
 | is_new                 | string | 1 if none of them had this value, else 0      | 1                |
 
+With ``where: {field: value}`` a feature counts only the earlier events whose string ``field`` held ``value``
+(``{kind: count, window: 7d, where: {category: books}}``: the entity's book events in the last week).
+
 Every feature depends only on events within the spec's longest window before the event
 (``Spec.entity_history_s``), so a backfill that also reads that much history before its start
 computes exactly the values a continuous run did. The definition is ``EntityHistoryStep``, run
@@ -43,7 +46,8 @@ class EntityHistoryStep(OrderedStep):
 
     def __init__(self, spec: Spec):
         self._features = spec.entity_features
-        self._sources = tuple(dict.fromkeys(f.source for f in spec.entity_features if f.source))
+        self._sources = tuple(dict.fromkeys([*(f.source for f in spec.entity_features if f.source),
+                                             *(f.where[0] for f in spec.entity_features if f.where)]))
         self.ttl_us = spec.entity_history_s * _US
 
     def initial_state(self, key):
@@ -58,7 +62,11 @@ class EntityHistoryStep(OrderedStep):
                 window_us = feature.window_s * _US
                 # (only a late event, see transforms/ordering.py, can have later ones in the history)
                 within[feature.window_s] = [(t, values) for t, values in history if 0 <= time_us - t < window_us]
-            enriched[feature.name] = self._value(feature, within[feature.window_s], time_us, event)
+            earlier = within[feature.window_s]
+            if feature.where:
+                index, value = self._sources.index(feature.where[0]), feature.where[1]
+                earlier = [(t, values) for t, values in earlier if values[index] == value]
+            enriched[feature.name] = self._value(feature, earlier, time_us, event)
         history.append((time_us, tuple(event[source] for source in self._sources)))
         return history, [(time_us, enriched)]
 

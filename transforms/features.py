@@ -26,6 +26,9 @@ ONNX_OPSETS = {"": 17, "ai.onnx.ml": 3}
 ONNX_IR_VERSION = 8  # what these opsets need; onnxruntime refuses IR versions newer than it knows
 FEATURES_OUTPUT = "features"  # the feature graph's output
 SCORE_OUTPUT = "score"  # a model version's output: features, then the estimator (models/estimator.py)
+# with a class label, its others: every class, likeliest first, and their probabilities [rows, classes]
+RANKED_CLASSES, RANKED_PROBABILITIES = "ranked_classes", "ranked_probabilities"
+TOP_K = "top_k"  # a scored record's field: the spec's top_k likeliest classes, as {class, probability}
 _PARAM_PREFIX = "__param__."  # analyzed values, exported as constant columns of the transform
 _PROBE_VALUES = {np.object_: [b""], np.int64: [0], np.float32: [1.0]}  # one row, any values
 

@@ -8,12 +8,15 @@ path to a YAML file of the same form; a new use case is a new file, with no code
                                    # from; top-level keys here replace its keys
     entity_key: card_id            # a required string field
     event_time: event_time         # a timestamp field (RFC 3339 with a zone)
-    label: is_fraud                # optional; a binary field, never a model input
+    label: is_fraud                # optional; never a model input: a binary field (the score is the probability of 1)
+                                   # or a string field with an enum (one class each, the score is the top one's)
+    top_k: 3                       # with a string label: how many classes each scored record ranks (default 3)
     fields:                        # the contract: type and rules of every field
       amount: {type: number, exclusive_minimum: 0}
       channel: {type: string, enum: [pos, online, atm]}
     entity_features:               # optional; per-entity history, see transforms/entity.py
       - {name: card_amount_24h, kind: sum, source: amount, window: 24h}
+      - {name: online_events_7d, kind: count, window: 7d, where: {channel: online}}
     features:                      # applied in this order; kinds: transforms/feature_kinds.py
       - {name: amount_log, kind: log_zscore, source: amount}
       - {name: card_amount_24h, kind: log_zscore, source: card_amount_24h}
@@ -95,12 +98,14 @@ class Feature:
 
 @dataclasses.dataclass(frozen=True)
 class EntityFeature:
-    """A number computed per event from its entity's earlier events within ``window_s`` (see transforms/entity.py)."""
+    """A number computed per event from its entity's earlier events within ``window_s`` (see transforms/entity.py),
+    with ``where`` only those whose string field equals the value given."""
 
     name: str
     kind: str
     window_s: int
     source: str | None = None
+    where: tuple[str, str] | None = None  # (field, value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +168,12 @@ class Spec:
     source: str
     entity_features: tuple[EntityFeature, ...] = ()
     monitoring: Monitoring = Monitoring()
+    top_k: int = 3  # with a class label: the classes each scored record ranks
+
+    @property
+    def classes(self) -> tuple[str, ...] | None:
+        """A class label's classes (its field's enum), or None for a binary label or none."""
+        return self.field(self.label).enum if self.label and self.field(self.label).type == "string" else None
 
     @property
     def fingerprint(self) -> str:
@@ -179,7 +190,9 @@ class Spec:
             "features": [dataclasses.asdict(f) for f in self.features],
         }
         if self.entity_features:  # absent for a stateless spec, so its fingerprint stays as it was
-            contract["entity_features"] = [dataclasses.asdict(f) for f in self.entity_features]
+            contract["entity_features"] = [  # so is a feature's without ``where``
+                {key: value for key, value in dataclasses.asdict(f).items() if key != "where" or value}
+                for f in self.entity_features]
         return hashlib.sha256(json.dumps(contract, sort_keys=True).encode()).hexdigest()
 
     def field(self, name: str) -> Field:
@@ -237,7 +250,7 @@ def _document(name_or_path: str, flag: str, seen: tuple[str, ...] = ()) -> tuple
 def _build(document: Any, source: str) -> Spec:
     where = f"spec {source}"
     doc = _mapping(document, where, required={"name", "entity_key", "event_time", "fields", "features", "model"},
-                   optional={"description", "label", "alert_threshold", "entity_features", "monitoring"})
+                   optional={"description", "label", "top_k", "alert_threshold", "entity_features", "monitoring"})
     fields = tuple(_field(name, rules, f"{where}: fields.{name}")
                    for name, rules in _mapping(doc["fields"], f"{where}: fields").items())
     by_name = {f.name: f for f in fields}
@@ -267,10 +280,21 @@ def _build(document: Any, source: str) -> Spec:
         raise SpecError(f"{where}: event_time {doc['event_time']!r} must name a required timestamp field")
     label = doc.get("label")
     if label is not None:
-        if by_name.get(label) is None or by_name[label].type != "binary":
-            raise SpecError(f"{where}: label {label!r} must name a binary field")
-        if any(f.source == label for f in features):
+        field = by_name.get(label)
+        if field is None or not (field.type == "binary" or (field.type == "string" and field.enum)):
+            raise SpecError(f"{where}: label {label!r} must name a binary field or a string field with an enum "
+                            f"(its classes)")
+        if field.enum is not None and len(set(field.enum)) < 2:
+            raise SpecError(f"{where}: label {label!r}: a class label needs an enum of at least 2 classes")
+        if any(f.source == label for f in features) or any(label in (f.source, f.where and f.where[0])
+                                                         for f in entity_features):
             raise SpecError(f"{where}: the label {label!r} cannot be a feature source")
+    top_k = doc.get("top_k", 3)
+    if "top_k" in doc and (label is None or by_name[label].type != "string"):
+        raise SpecError(f"{where}: top_k ranks a class label's classes: it needs a label that is a string field "
+                        f"with an enum")
+    if type(top_k) is not int or top_k < 1:
+        raise SpecError(f"{where}: top_k must be a whole number >= 1")
     if not str(model["estimator"]).startswith("sklearn."):
         raise SpecError(f"{where}: model.estimator must be a scikit-learn class "
                         f"such as sklearn.ensemble.IsolationForest, not {model['estimator']!r}")
@@ -283,7 +307,7 @@ def _build(document: Any, source: str) -> Spec:
         entity_key=entity.name, event_time=event_time.name, label=label,
         fields=fields, features=features,
         estimator=str(model["estimator"]), estimator_params=params,
-        alert_threshold=float(threshold), source=source, entity_features=entity_features,
+        alert_threshold=float(threshold), source=source, entity_features=entity_features, top_k=top_k,
         monitoring=Monitoring.parse(doc["monitoring"], f"{where}: monitoring") if "monitoring" in doc
         else Monitoring(),
     )
@@ -338,7 +362,7 @@ def _feature(item: Any, where: str, fields: dict[str, Field]) -> Feature:
 
 
 def _entity_feature(item: Any, where: str, fields: dict[str, Field]) -> EntityFeature:
-    item = _mapping(item, where, required={"name", "kind", "window"}, optional={"source"})
+    item = _mapping(item, where, required={"name", "kind", "window"}, optional={"source", "where"})
     kind = item["kind"]
     if not isinstance(kind, str) or kind not in ENTITY_FEATURE_KINDS:
         raise SpecError(f"{where}: kind must be one of {', '.join(ENTITY_FEATURE_KINDS)}")
@@ -349,8 +373,17 @@ def _entity_feature(item: Any, where: str, fields: dict[str, Field]) -> EntityFe
         field = fields.get(source) if isinstance(source, str) else None
         if field is None or not field.required or field.type != wanted:
             raise SpecError(f"{where}: a {kind} entity feature needs a source that is a required {wanted} field")
+    condition = None
+    if "where" in item:
+        condition = _mapping(item["where"], f"{where}.where")
+        field = fields.get(next(iter(condition))) if len(condition) == 1 else None
+        if field is None or not field.required or field.type != "string" or not isinstance(
+                next(iter(condition.values())), str):
+            raise SpecError(f"{where}.where: must be one required string field and its value, such as "
+                            f"{{channel: online}}")
+        condition = next(iter(condition.items()))
     return EntityFeature(name=str(item["name"]), kind=kind, window_s=_duration_s(item["window"], f"{where}.window"),
-                         source=source)
+                         source=source, where=condition)
 
 
 def _duration_s(value: Any, where: str) -> int:
