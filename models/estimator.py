@@ -37,6 +37,9 @@ def make_estimator(spec: Spec):
         estimator = estimator_class(spec)(**spec.estimator_params)
     except TypeError as error:
         raise SpecError(f"spec {spec.source}: model.params: {error}") from None
+    if spec.classes and not is_classifier(estimator):
+        raise SpecError(f"spec {spec.source}: the label {spec.label!r} is a class: model.estimator must be a "
+                        f"classifier")
     if is_classifier(estimator):
         if spec.label is None:
             raise SpecError(f"spec {spec.source}: a classifier needs a label")
@@ -78,9 +81,7 @@ def is_ranking(estimator) -> bool:
 
 
 def sklearn_scores(estimator, features: np.ndarray) -> np.ndarray:
-    """Scores from scikit-learn itself, float64."""
-    if is_ranking(estimator):
-        return estimator.predict_proba(features).max(axis=1)
+    """Scores from scikit-learn itself, float64 (a class label's: see ``sklearn_outputs``)."""
     if is_classifier(estimator):
         return estimator.predict_proba(features)[:, list(estimator.classes_).index(1)]
     if is_regressor(estimator):
@@ -95,7 +96,7 @@ def fit(spec: Spec, features: np.ndarray, labels: np.ndarray | None):
         if len(np.unique(labels)) < 2:
             raise SpecError(f"training data has only one value of {spec.label}; a classifier needs "
                             + ("two classes or more" if spec.classes else "both 0 and 1"))
-        return estimator.fit(features, labels.astype(object) if spec.classes else labels)
+        return estimator.fit(features, labels)
     if is_regressor(estimator):  # an autoencoder of the normal rows
         normal = features if labels is None else features[np.asarray([label == 0 for label in labels])]
         return estimator.fit(normal, normal)
@@ -116,8 +117,8 @@ def class_metrics(outputs: dict[str, np.ndarray], truth: np.ndarray, popular: li
     offering the ``top_k`` classes commonest in training; log loss; calibration of the top class's
     probability (the expected calibration error over equal-width bins, and the bins themselves)."""
     ranked, probabilities = outputs[RANKED_CLASSES], outputs[RANKED_PROBABILITIES]
-    hit = ranked == np.asarray(truth, object)[:, None]
-    true_probability = np.where(hit.any(axis=1), (probabilities * hit).sum(axis=1), 0.0)
+    hit = ranked == truth[:, None]
+    true_probability = (probabilities * hit).sum(axis=1)  # 0 for a class the model never learned
     correct = hit[:, 0]
     bins = calibration(probabilities[:, 0], correct)
     return {"rows": int(len(truth)), "top_k": top_k,
@@ -126,6 +127,12 @@ def class_metrics(outputs: dict[str, np.ndarray], truth: np.ndarray, popular: li
             f"most_popular_top_{top_k}_hit_rate": float(np.isin(truth, popular[:top_k]).mean()),
             "log_loss": float(-np.log(np.maximum(true_probability, 1e-15)).mean()),
             "expected_calibration_error": calibration_error(bins), "calibration": bins}
+
+
+def commonest(labels: np.ndarray) -> list[str]:
+    """A class label's values, commonest first (ties: in name order)."""
+    names, counts = np.unique(labels.astype(str), return_counts=True)
+    return [str(name) for name in names[np.argsort(-counts, kind="stable")]]
 
 
 def calibration(confidence: np.ndarray, correct: np.ndarray) -> list[dict]:

@@ -19,13 +19,13 @@ from transforms.errors import UserError
 from pipelines.generate import generate
 
 TRAIN_DAYS, LATER_DAYS = 14, 5
-SPECS = {"fraud": 10_000, "offers": 5_000}  # events a day
+EVENTS_PER_DAY = {"fraud": 10_000, "offers": 5_000}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo", help="Directory for everything the demo writes (default: demo).")
-    parser.add_argument("--spec", default="fraud", choices=SPECS,
+    parser.add_argument("--spec", default="fraud", choices=EVENTS_PER_DAY,
                         help="fraud: card transactions (default); offers: next best offer for shop customers")
     args = parser.parse_args(argv)
     out, spec = pathlib.Path(args.out), args.spec
@@ -34,7 +34,7 @@ def main(argv=None) -> None:
         raise UserError(f"the demo ends with its report: {missing}")
     shutil.rmtree(out, ignore_errors=True)
 
-    manifest = generate(spec, TRAIN_DAYS + LATER_DAYS, out / "archive", datetime.date(2026, 3, 1), SPECS[spec], 0.01,
+    manifest = generate(spec, TRAIN_DAYS + LATER_DAYS, out / "archive", datetime.date(2026, 3, 1), EVENTS_PER_DAY[spec], 0.01,
                         7, compress=False)
     for index, day in enumerate(manifest["days"]):  # later days go where training never looks
         part = "train" if index < TRAIN_DAYS else "later"

@@ -262,7 +262,7 @@ def class_quality_section(spec: Spec, scored: list[dict]) -> Section:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from models.estimator import calibration, calibration_error
+    from models.estimator import calibration, calibration_error, commonest
 
     labelled = [r for r in scored if r.get(spec.label) is not None and r.get(TOP_K)]
     if not labelled:
@@ -270,8 +270,7 @@ def class_quality_section(spec: Spec, scored: list[dict]) -> Section:
     truth = np.array([r[spec.label] for r in labelled], dtype=object)
     ranked = [[entry["class"] for entry in r[TOP_K]] for r in labelled]
     k = max(len(classes) for classes in ranked)
-    names, counts = np.unique(truth.astype(str), return_counts=True)
-    popular = names[np.argsort(-counts, kind="stable")].tolist()
+    popular = commonest(truth)
     hit_rates = [float(np.mean([t in classes[:j] for t, classes in zip(truth, ranked)])) for j in range(1, k + 1)]
     popular_rates = [float(np.isin(truth, popular[:j]).mean()) for j in range(1, k + 1)]
     bins = calibration(np.array([r[TOP_K][0]["probability"] for r in labelled], dtype=float),

@@ -196,7 +196,7 @@ def run(argv=None, test_pipeline=None) -> registry.ModelVersion:
                                     made_current=registry.current(model_dir)[0] == version)
     finally:  # a training that did not publish leaves nothing behind (a published one has no staging left)
         shutil.rmtree(staging, ignore_errors=True)
-    print(_report(model, model_dir, time.monotonic() - started))
+    print(_report(model, spec, model_dir, time.monotonic() - started))
     return model
 
 
@@ -271,6 +271,7 @@ def _fit_and_export(spec: Spec, staging: pathlib.Path, table: pa.Table, split_us
         "spec": {"name": spec.name, "fingerprint": spec.fingerprint, "source": spec.source},
         "estimator": {"class": spec.estimator, "params": spec.estimator_params},
         "score": estimators.describe_score(spec, estimator),
+        **({"classes": estimator.classes_.tolist()} if spec.classes else {}),  # those the model can rank
         "alert_threshold_at_training": spec.alert_threshold,
         "features": feature_names(spec, plan),
         "feature_plan": plan,
@@ -294,10 +295,10 @@ def _gap(onnx_outputs: dict, sklearn_outputs: dict) -> tuple[float, float]:
     """How far ONNX's outputs are from scikit-learn's: the largest difference of a score (or a ranked
     probability), and the share of rows apart by more than SCORE_TOLERANCE (or ranking other classes)."""
     gaps = np.abs(onnx_outputs[SCORE_OUTPUT] - sklearn_outputs[SCORE_OUTPUT])
-    if RANKED_CLASSES in sklearn_outputs:
-        gaps = np.maximum(gaps, np.abs(onnx_outputs[RANKED_PROBABILITIES]
-                                       - sklearn_outputs[RANKED_PROBABILITIES]).max(axis=1))
-        gaps[(onnx_outputs[RANKED_CLASSES] != sklearn_outputs[RANKED_CLASSES]).any(axis=1)] = 1.0
+    if RANKED_CLASSES in sklearn_outputs:  # each class's probability, whatever its rank (near-ties may swap)
+        by_class = [np.take_along_axis(outputs[RANKED_PROBABILITIES], np.argsort(outputs[RANKED_CLASSES], axis=1), 1)
+                    for outputs in (onnx_outputs, sklearn_outputs)]
+        gaps = np.maximum(gaps, np.abs(by_class[0] - by_class[1]).max(axis=1))
     return float(gaps.max()), float((gaps > SCORE_TOLERANCE).mean())
 
 
@@ -306,10 +307,7 @@ def _evaluate(spec: Spec, outputs: dict, truth: np.ndarray, training_labels: np.
     label's scores; a class label's hit rates, beside offering the classes commonest in training."""
     if not spec.classes:
         return estimators.metrics(outputs[SCORE_OUTPUT], truth.astype(int))
-    known = training_labels[np.asarray([label is not None for label in training_labels])]
-    names, counts = np.unique(known.astype(str), return_counts=True)
-    popular = [str(name) for name in names[np.argsort(-counts, kind="stable")]]
-    return estimators.class_metrics(outputs, truth.astype(object), popular, spec.top_k)
+    return estimators.class_metrics(outputs, truth, estimators.commonest(training_labels), spec.top_k)
 
 
 def _ablation(spec: Spec, features: np.ndarray, labels: np.ndarray, train: np.ndarray, known: np.ndarray) -> dict:
@@ -325,7 +323,7 @@ def _utc(microseconds) -> str:
     return rfc3339(int(microseconds))
 
 
-def _report(model: registry.ModelVersion, model_dir: str, seconds: float) -> str:
+def _report(model: registry.ModelVersion, spec: Spec, model_dir: str, seconds: float) -> str:
     manifest = model.manifest
     training, holdout = manifest["training"], manifest["metrics"]["holdout"]
     state = ("is current" if model.made_current else
@@ -341,6 +339,9 @@ def _report(model: registry.ModelVersion, model_dir: str, seconds: float) -> str
         ablation = holdout["without_entity_features"]
         lines.append(f"  without the entity features (same rows, refitted): ROC AUC {ablation['roc_auc']:.4f}, "
                      f"average precision {ablation['average_precision']:.4f}")
+    unlearned = sorted(set(spec.classes or ()) - set(manifest.get("classes", ())))
+    if unlearned:
+        lines.append(f"  never ranked: {', '.join(unlearned)} (no training event had them)")
     if "top_k" in holdout:
         k = holdout["top_k"]
         lines.append(f"  holdout: top-{k} hit rate {holdout[f'top_{k}_hit_rate']:.4f} (always the {k} commonest classes: "

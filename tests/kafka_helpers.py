@@ -52,13 +52,13 @@ def json_lines(directory: Path) -> list[dict]:
     return [json.loads(line) for p in sorted(directory.glob("*.jsonl")) for line in p.read_text().splitlines() if line]
 
 
-def card_key(line: bytes, field: str = "card_id") -> bytes | None:
+def entity_key(line: bytes, field: str = "card_id") -> bytes | None:
     """A line's entity id (``field``) as its message key, as ``rtml produce`` keys it; None where it has none."""
     try:
-        card = orjson.loads(line).get(field)
+        entity = orjson.loads(line).get(field)
     except (orjson.JSONDecodeError, AttributeError):
         return None
-    return card.encode() if isinstance(card, str) else None
+    return entity.encode() if isinstance(entity, str) else None
 
 
 def event_time_ms(line: bytes | None) -> int | None:
@@ -91,7 +91,7 @@ def produce(bootstrap: str, topic: str, values: list[bytes | None], keys: list[b
     for number, value in enumerate(values):
         if rate is not None:
             time.sleep(max(0.0, started + number / rate - time.monotonic()))
-        key = keys[number] if keys is not None else card_key(value)
+        key = keys[number] if keys is not None else entity_key(value)
         extra = {"partition": partitions[number]} if partitions is not None else {}
         if stamp_event_time:
             last_ms = event_time_ms(value) or last_ms

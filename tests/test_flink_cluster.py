@@ -18,7 +18,7 @@ from pipelines import generate, jobs, score, train
 from pipelines.flink_cluster import FlinkCluster
 from pipelines.flink_rest import FlinkRest
 from tests.conftest import publish_stand_in_model
-from tests.kafka_helpers import ROOT, Outputs, card_key, json_lines, make_topics, produce, unique_name
+from tests.kafka_helpers import ROOT, Outputs, entity_key, json_lines, make_topics, produce, unique_name
 from transforms.errors import UserError
 
 pytestmark = pytest.mark.flink  # (one after another with the other live Flink tests: make test's second part)
@@ -66,7 +66,7 @@ def test_a_stream_on_the_cluster_outlives_its_command_and_resumes_from_a_savepoi
               "--dead_letter_topic", topics[2], "--group_id", unique_name("cluster"), *cluster.flags]
     outputs = Outputs(bootstrap, topics[1], topics[2])
     try:
-        produce(bootstrap, topics[0], lines[0], list(map(card_key, lines[0])), stamp_event_time=True)
+        produce(bootstrap, topics[0], lines[0], list(map(entity_key, lines[0])), stamp_event_time=True)
         job_id = _job_id(_rtml(*stream))
         # The command has ended; the job scores on without it, until the watermark holds the day's last events.
         outputs.wait(lambda o: len(o.read().dead) >= 7 and len(o.scored) >= 600, 120, "the first day scored")
@@ -77,7 +77,7 @@ def test_a_stream_on_the_cluster_outlives_its_command_and_resumes_from_a_savepoi
         before_stop = len(outputs.read(1.0).scored)
 
         new_version = publish_stand_in_model(model_dir, scale=50.0, spec_name="fraud_entity")
-        produce(bootstrap, topics[0], lines[1], list(map(card_key, lines[1])), stamp_event_time=True)
+        produce(bootstrap, topics[0], lines[1], list(map(entity_key, lines[1])), stamp_event_time=True)
         job_id = _job_id(_rtml(*stream, "--savepoint_path", stopped.stdout.strip()))
         expected, both_days = {}, str(tmp_path / "data" / "*" / "*.jsonl")
         for version in (first_version, new_version):
@@ -181,7 +181,7 @@ def test_a_process_of_the_cluster_killed_mid_stream_loses_no_event_and_no_histor
     outputs = Outputs(bootstrap, topics[1], topics[2])
     pool_starts = cluster.worker_pool_starts
     try:
-        produce(bootstrap, topics[0], lines[:350], list(map(card_key, lines[:350])), stamp_event_time=True)
+        produce(bootstrap, topics[0], lines[:350], list(map(entity_key, lines[:350])), stamp_event_time=True)
         job_id = _job_id(_rtml("score", "--spec", "fraud_entity", "--mode", "stream", "--model_dir", entity_model,
                                "--bootstrap_servers", bootstrap, "--input_topic", topics[0], "--output_topic",
                                topics[1], "--dead_letter_topic", topics[2], "--group_id", unique_name("failover"),
@@ -194,7 +194,7 @@ def test_a_process_of_the_cluster_killed_mid_stream_loses_no_event_and_no_histor
             cluster.kill_taskmanager(1)
         else:
             cluster.kill_worker_pool()
-        produce(bootstrap, topics[0], lines[350:], list(map(card_key, lines[350:])), stamp_event_time=True)
+        produce(bootstrap, topics[0], lines[350:], list(map(entity_key, lines[350:])), stamp_event_time=True)
         if failure == "a TaskManager":
             cluster.start_taskmanager(1)
         outputs.wait(lambda o: {r["event_id"] for _, r in o.read().scored} >= set(expected) - _last(expected, 3), 180,

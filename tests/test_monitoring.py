@@ -25,7 +25,7 @@ from tests.conftest import DRIFT_DAY, read_json_lines, stand_in_baseline
 from tests.kafka_helpers import make_topics, produce, read_topic, stop_once_committed, stream_scorer, unique_name, wait_for
 from transforms.errors import UserError
 from transforms.events import EventBatch, ParseEvents, Raw, ScoredBatch, event_time_us_of
-from transforms.features import raw_columns
+from transforms.features import SCORE_OUTPUT, raw_columns
 from transforms.fileio import WriteJsonLines
 from transforms.monitoring import (ALERTS, MONITOR_METRICS_NAMESPACE, PSI_EPSILON, WINDOWS, Bins, Monitor, WindowStats,
                                    _WindowRecords, psi, quantile_edges)
@@ -140,8 +140,8 @@ def _score(event: dict) -> float:
 
 
 def _scored(batch: EventBatch, spec, version: str = "v-test") -> ScoredBatch:
-    return ScoredBatch(batch, scored_records(spec, batch, np.array([_score(e) for e in batch.events]), version),
-                       version)
+    scores = {SCORE_OUTPUT: np.array([_score(e) for e in batch.events])}
+    return ScoredBatch(batch, scored_records(spec, batch, scores, version), version)
 
 
 def _monitored(raw_batches, spec, model, name: str = ""):

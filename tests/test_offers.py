@@ -8,11 +8,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from models import registry
+from models.estimator import make_estimator
 from pipelines import generate, report, score
 from tests.conftest import read_json_lines
 from transforms.entity import EntityHistoryStep
 from transforms.events import EventParser
-from transforms.spec import load_spec
+from transforms.spec import SpecError, load_spec
 
 SPEC = load_spec("offers")
 
@@ -46,6 +47,12 @@ def test_the_label_is_the_category_the_customer_buys_next(tmp_path):
     assert checked > 2000
     labels = Counter(e["next_offer"] for events in by_customer.values() for e in events)
     assert set(labels) == set(SPEC.classes) and max(labels.values()) < 0.4 * sum(labels.values())
+
+
+def test_a_class_label_needs_a_classifier(tmp_path):
+    (tmp_path / "spec.yaml").write_text("extends: offers\nmodel: {estimator: sklearn.ensemble.IsolationForest}\n")
+    with pytest.raises(SpecError, match="the label 'next_offer' is a class: model.estimator must be a classifier"):
+        make_estimator(load_spec(str(tmp_path / "spec.yaml")))
 
 
 def test_where_counts_only_the_entitys_earlier_events_with_that_value():

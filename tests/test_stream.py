@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipelines import generate
 from pipelines.kafka_broker import KafkaBroker, free_port
 from tests.conftest import publish_stand_in_model
-from tests.kafka_helpers import (Outputs, card_key, committed, event_id, json_lines, make_topics, produce,
+from tests.kafka_helpers import (Outputs, entity_key, committed, event_id, json_lines, make_topics, produce,
                                  stream_scorer, unique_name)
 
 TOMBSTONE_KEY = b"card-tombstone"
@@ -62,7 +62,7 @@ def test_stream_scores_like_batch_dead_letters_broken_messages_and_stops_on_sigt
     topics = make_topics(kafka_broker, "clean")
     group = unique_name("clean")
     lines = archive["lines"]
-    ends = produce(bootstrap, topics[0], [*lines, None], [*map(card_key, lines), TOMBSTONE_KEY])
+    ends = produce(bootstrap, topics[0], [*lines, None], [*map(entity_key, lines), TOMBSTONE_KEY])
     expected_dead = sum(archive["errors"].values()) + 1  # + the tombstone
     outputs = Outputs(bootstrap, topics[1], topics[2])
     try:
@@ -97,7 +97,7 @@ def test_stream_scores_like_batch_dead_letters_broken_messages_and_stops_on_sigt
         if letter["error"].startswith("no value"):
             assert key == TOMBSTONE_KEY
         elif letter["raw_encoding"] == "utf-8" and not letter["raw_truncated"]:
-            assert key == card_key(letter["raw"].encode())
+            assert key == entity_key(letter["raw"].encode())
 
 
 def _scrape(port: int) -> dict[tuple[str, tuple], float]:
@@ -114,7 +114,7 @@ def test_the_metrics_endpoint_counts_what_the_output_topics_hold(runner, kafka_b
     bootstrap, port = kafka_broker.bootstrap, free_port()
     topics = make_topics(kafka_broker, "metrics")
     lines = archive["lines"]
-    ends = produce(bootstrap, topics[0], lines, list(map(card_key, lines)))
+    ends = produce(bootstrap, topics[0], lines, list(map(entity_key, lines)))
     outputs = Outputs(bootstrap, topics[1], topics[2])
     try:
         with stream_scorer(stream_model, bootstrap, topics, unique_name("metrics"), "--metrics_port",

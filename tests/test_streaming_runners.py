@@ -19,7 +19,7 @@ import pytest
 
 from pipelines import generate, score
 from tests.conftest import publish_stand_in_model
-from tests.kafka_helpers import (Outputs, card_key, committed, event_id, json_lines, make_topics, produce, read_topic,
+from tests.kafka_helpers import (Outputs, entity_key, committed, event_id, json_lines, make_topics, produce, read_topic,
                                  secure_user, stop_once_committed, stream_scorer, unique_name, wait_for)
 from transforms.errors import UserError
 from transforms.kafka_commit import COMMIT_EVERY_S
@@ -62,7 +62,7 @@ def test_entity_features_and_monitoring_run_live_with_the_bounded_scores(runner,
     monitoring = unique_name("monitoring")
     kafka_broker.create_topic(monitoring, 1)
     lines = day["lines"]
-    ends = produce(bootstrap, topics[0], [*lines, None], [*map(card_key, lines), TOMBSTONE_KEY],
+    ends = produce(bootstrap, topics[0], [*lines, None], [*map(entity_key, lines), TOMBSTONE_KEY],
                    stamp_event_time=True)
     group = unique_name(runner)
     expected = {r["event_id"]: r["score"] for r in day["records"]}
@@ -109,7 +109,7 @@ def test_offers_are_ranked_live_as_in_a_bounded_run(kafka_broker, offers_model, 
     expected = {r["event_id"]: r for r in json_lines(tmp_path / "scored")}
     expected_errors = Counter(d["error"] for d in json_lines(tmp_path / "dead"))
     bootstrap, topics = kafka_broker.bootstrap, make_topics(kafka_broker, "offers")
-    produce(bootstrap, topics[0], lines, [card_key(line, "customer_id") for line in lines], stamp_event_time=True)
+    produce(bootstrap, topics[0], lines, [entity_key(line, "customer_id") for line in lines], stamp_event_time=True)
     outputs = Outputs(bootstrap, topics[1], topics[2])
     try:
         with stream_scorer(offers_model["model_dir"], bootstrap, topics, unique_name("offers"), "--runner",
@@ -355,7 +355,7 @@ def test_beams_own_kafka_io_on_flink_scores_like_a_bounded_run(kafka_broker, day
     expected_errors = Counter(d["error"] for d in json_lines(tmp_path / "dead_letter"))
     topics, group = make_topics(kafka_broker, "java-io"), unique_name("java-io")
     lines = day["lines"]
-    ends = produce(bootstrap, topics[0], [*lines, None], [*map(card_key, lines), TOMBSTONE_KEY],
+    ends = produce(bootstrap, topics[0], [*lines, None], [*map(entity_key, lines), TOMBSTONE_KEY],
                    stamp_event_time=True)
     outputs = Outputs(bootstrap, topics[1], topics[2])
     try:
@@ -386,7 +386,7 @@ def test_beams_own_kafka_io_logs_in_over_sasl_ssl(secure_broker, day, tmp_path):
     expected = {r["event_id"]: r["score"] for r in json_lines(tmp_path / "scored")}
     topics, group = make_topics(secure_broker, "java-sasl"), unique_name("java-sasl")
     name, password = secure_user(secure_broker, read=[topics[0]], write=topics[1:], groups=[group])
-    produce(secure_broker.bootstrap, topics[0], day["lines"], list(map(card_key, day["lines"])), stamp_event_time=True)
+    produce(secure_broker.bootstrap, topics[0], day["lines"], list(map(entity_key, day["lines"])), stamp_event_time=True)
     login = f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{name}" password="{password}";'
     settings = ["security.protocol=SASL_SSL", "sasl.mechanism=SCRAM-SHA-512", f"sasl.jaas.config={login}",
                 "ssl.truststore.type=PEM", f"ssl.truststore.location={secure_broker.ca_file}"]

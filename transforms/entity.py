@@ -48,6 +48,9 @@ class EntityHistoryStep(OrderedStep):
         self._features = spec.entity_features
         self._sources = tuple(dict.fromkeys([*(f.source for f in spec.entity_features if f.source),
                                              *(f.where[0] for f in spec.entity_features if f.where)]))
+        # per feature: where its source, and its where's field, sit in a history entry's values
+        self._source_index = {f.name: self._sources.index(f.source) for f in spec.entity_features if f.source}
+        self._where = {f.name: (self._sources.index(f.where[0]), f.where[1]) for f in spec.entity_features if f.where}
         self.ttl_us = spec.entity_history_s * _US
 
     def initial_state(self, key):
@@ -63,8 +66,8 @@ class EntityHistoryStep(OrderedStep):
                 # (only a late event, see transforms/ordering.py, can have later ones in the history)
                 within[feature.window_s] = [(t, values) for t, values in history if 0 <= time_us - t < window_us]
             earlier = within[feature.window_s]
-            if feature.where:
-                index, value = self._sources.index(feature.where[0]), feature.where[1]
+            if feature.name in self._where:
+                index, value = self._where[feature.name]
                 earlier = [(t, values) for t, values in earlier if values[index] == value]
             enriched[feature.name] = self._value(feature, earlier, time_us, event)
         history.append((time_us, tuple(event[source] for source in self._sources)))
@@ -76,7 +79,7 @@ class EntityHistoryStep(OrderedStep):
             return float(len(earlier))
         if kind == "seconds_since_previous":
             return (time_us - earlier[-1][0]) / _US if earlier else float(feature.window_s)
-        index = self._sources.index(feature.source)
+        index = self._source_index[feature.name]
         values = [values[index] for _, values in earlier]
         if kind == "is_new":
             return float(event[feature.source] not in values)

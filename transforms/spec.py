@@ -295,6 +295,9 @@ def _build(document: Any, source: str) -> Spec:
                         f"with an enum")
     if type(top_k) is not int or top_k < 1:
         raise SpecError(f"{where}: top_k must be a whole number >= 1")
+    if label is not None and by_name[label].enum and top_k > len(set(by_name[label].enum)):
+        raise SpecError(f"{where}: top_k {top_k} ranks more classes than the label {label!r} has "
+                        f"({len(set(by_name[label].enum))})")
     if not str(model["estimator"]).startswith("sklearn."):
         raise SpecError(f"{where}: model.estimator must be a scikit-learn class "
                         f"such as sklearn.ensemble.IsolationForest, not {model['estimator']!r}")
@@ -382,6 +385,9 @@ def _entity_feature(item: Any, where: str, fields: dict[str, Field]) -> EntityFe
             raise SpecError(f"{where}.where: must be one required string field and its value, such as "
                             f"{{channel: online}}")
         condition = next(iter(condition.items()))
+        if field.enum and condition[1] not in field.enum:  # a misspelt value would count nothing, silently
+            raise SpecError(f"{where}.where: {condition[1]!r} is not one of {field.name}'s values "
+                            f"({', '.join(field.enum)})")
     return EntityFeature(name=str(item["name"]), kind=kind, window_s=_duration_s(item["window"], f"{where}.window"),
                          source=source, where=condition)
 
