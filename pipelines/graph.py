@@ -189,7 +189,8 @@ def live_read(flags: KafkaOptions, stream: StreamOptions, config: dict, group_id
                                               config, expansion_service)
     return kafka.ReadFromKafka(flags.bootstrap_servers, flags.input_topic, group_id, stream.offset_reset, config,
                                max_delay_ms=round(stream.max_delay_s * 1000), commit_on_finalize=not commit_when_written,
-                               one_watermark=on_prism, one_consumer=on_direct)
+                               one_watermark=on_prism, one_consumer=on_direct,
+                               partition_discovery_s=stream.partition_discovery_s)
 
 
 class ReadKafkaEvents(beam.PTransform):

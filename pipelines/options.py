@@ -153,6 +153,10 @@ class StreamOptions(PipelineOptions):
                                  f"{DEFAULT_MAX_DELAY_S:g}). An entity feature or monitoring window waits this long "
                                  "for its events; an event later than this is late (scored from a copy of its "
                                  "entity's history; counted, not added, in closed windows).")
+        parser.add_argument("--partition_discovery_s", type=_delay, default=0.0, metavar="SECONDS",
+                            help="List --input_topic's partitions this often, and read one added since from its "
+                                 "beginning (default: 0, only those there at the start; others after a restart). On "
+                                 "a streaming runner (Prism, Flink, Dataflow), with --kafka_io python.")
         parser.add_argument("--progress_s", type=_delay, default=60.0, metavar="SECONDS",
                             help="Every this many seconds, one line on stderr: events/s written, the lag (messages "
                                  "of --input_topic the group has not committed: not yet written, or not yet read) "

@@ -51,6 +51,10 @@ def check_streaming_runner(options) -> None:
     if runners.is_direct(options) and options.view_as(DirectOptions).direct_running_mode == "multi_processing":
         raise UserError("--mode stream on the DirectRunner runs in this process; drop "
                         "--direct_running_mode multi_processing (or use a streaming runner)")
+    if runners.is_direct(options) and options.view_as(StreamOptions).partition_discovery_s:
+        # its engine runs a stage until the stage's input ends, and the listing of partitions never ends
+        raise UserError("--partition_discovery_s needs a streaming runner (Prism, Flink, Dataflow): the DirectRunner "
+                        "reads the partitions there at the start")
     if runners.is_flink_cluster(options):
         if (options.view_as(PortableOptions).environment_type or "").upper() == "LOOPBACK":
             raise UserError("a stream on a Flink cluster runs on after this command ends, so its Python workers cannot "
@@ -114,6 +118,9 @@ def check_kafka_io(options, supported: bool = True) -> None:
     if cli.given(options, "max_delay_s"):
         raise UserError("--kafka_io beam: Beam's KafkaIO allows no delay (its watermark is the newest message "
                         "timestamp read); drop --max_delay_s, or read with --kafka_io python")
+    if cli.given(options, "partition_discovery_s"):
+        raise UserError("--kafka_io beam reads the partitions there at the start; drop --partition_discovery_s, "
+                        "or read with --kafka_io python")
 
 
 def _librdkafka_config(flags: KafkaOptions, config: dict) -> dict:

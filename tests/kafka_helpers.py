@@ -15,8 +15,8 @@ from pathlib import Path
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, AdminClient, ResourcePatternType,
-                                   ResourceType)
+from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, AdminClient, NewPartitions,
+                                   ResourcePatternType, ResourceType)
 
 from pipelines.kafka_broker import KafkaBroker
 
@@ -195,6 +195,19 @@ def make_topics(broker: KafkaBroker, prefix: str, partitions: int = 3) -> tuple[
     broker.create_topic(topics[1], 1)
     broker.create_topic(topics[2], 1)
     return topics
+
+
+def grow_topic(bootstrap: str, topic: str, partitions: int, timeout: float = 10.0) -> None:
+    """Give ``topic`` ``partitions`` partitions in all, and wait until its metadata shows them with leaders."""
+    admin = AdminClient({"bootstrap.servers": bootstrap}, logger=_QUIET)
+    admin.create_partitions([NewPartitions(topic, partitions)])[topic].result(timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        found = admin.list_topics(topic, timeout=2.0).topics[topic].partitions
+        if len(found) == partitions and all(p.leader >= 0 for p in found.values()):
+            return
+        assert time.monotonic() < deadline, f"{topic} still has {len(found)} partitions"
+        time.sleep(0.1)
 
 
 def event_id(line: bytes) -> str | None:

@@ -23,8 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipelines import generate
 from pipelines.kafka_broker import KafkaBroker, free_port
 from tests.conftest import publish_stand_in_model
-from tests.kafka_helpers import (Outputs, entity_key, committed, event_id, json_lines, make_topics, produce,
-                                 stream_scorer, unique_name)
+from tests.kafka_helpers import (Outputs, committed, entity_key, event_id, grow_topic, json_lines, make_topics,
+                                 produce, stream_scorer, unique_name)
 
 TOMBSTONE_KEY = b"card-tombstone"
 
@@ -151,6 +151,44 @@ def test_the_metrics_endpoint_counts_what_the_output_topics_hold(runner, kafka_b
     assert value("rtml_model_version", version=version) == 1
     # (the archive's events happened months ago)
     assert re.search(r"lag [\d,]+ messages not yet committed, p99 from event time to scored over an hour\n", log), log
+
+
+DISCOVERY_S = 2.0
+
+
+@pytest.mark.parametrize("runner", ["PrismRunner", "FlinkRunner"])
+def test_a_partition_added_mid_stream_is_read_from_its_start_within_the_discovery_interval(runner, kafka_broker,
+                                                                                          stream_model, archive):
+    """A stream that starts at the end of its 2 partitions (--offset_reset latest) is scoring; the topic grows to 3
+    and events go to the new partition at once, before the stream can have looked: every one of them is scored,
+    once, within --partition_discovery_s and a few seconds (a new partition is read from its beginning)."""
+    bootstrap = kafka_broker.bootstrap
+    topics = make_topics(kafka_broker, "grow", partitions=2)
+    valid = [line for line in archive["lines"] if event_id(line) in archive["scores"]]
+    probes, later = valid[:200], valid[200:700]
+    outputs = Outputs(bootstrap, topics[1], topics[2])
+    try:
+        with stream_scorer(stream_model, bootstrap, topics, unique_name("grow"), "--runner", runner,
+                           "--offset_reset", "latest", "--partition_discovery_s", str(DISCOVERY_S)) as scorer:
+            for probe in probes:  # until the stream reads (it starts at the partitions' ends)
+                produce(bootstrap, topics[0], [probe], partitions=[0])
+                if outputs.read(0.5).scored:
+                    break
+            outputs.wait(lambda o: o.scored, 5, "a probe scored", scorer)
+            grow_topic(bootstrap, topics[0], 3)
+            grown = time.monotonic()
+            produce(bootstrap, topics[0], later, partitions=[2] * len(later))
+            before = len(outputs.scored)
+            outputs.wait(lambda o: len(o.scored) >= before + len(later), DISCOVERY_S + 30,
+                         "the added partition's events", scorer)
+            took = time.monotonic() - grown
+        outputs.read(1.0)
+    finally:
+        outputs.close()
+    scored = Counter(record["event_id"] for _, record in outputs.scored)
+    assert {event_id(line) for line in later} <= set(scored) and max(scored.values()) == 1
+    assert all(abs(record["score"] - archive["scores"][record["event_id"]]) <= 1e-6 for _, record in outputs.scored)
+    assert took <= DISCOVERY_S + 15, took
 
 
 def test_sigkill_mid_stream_then_restart_scores_every_event_at_least_once(kafka_broker, stream_model, archive):
@@ -290,6 +328,10 @@ def test_stream_mode_flags_are_checked_before_anything_starts(stream_model):
                    "127.0.0.1:1", "--input_topic", "a", "--output_topic", "b", "--dead_letter_topic", "c",
                    "--metrics_port", "9108", "--runner", "FlinkRunner", "--flink_master", "localhost:1",
                    "--environment_type", "EXTERNAL", "--environment_config", "localhost:1"])
+    with pytest.raises(UserError, match=r"^--partition_discovery_s needs a streaming runner \(Prism, Flink, Dataflow\)"):
+        score.run(["--mode", "stream", "--spec", "fraud", "--model_dir", stream_model, "--bootstrap_servers",
+                   "127.0.0.1:1", "--input_topic", "a", "--output_topic", "b", "--dead_letter_topic", "c",
+                   "--partition_discovery_s", "10", "--runner", "DirectRunner"])
 
 
 def _catches_sigterm(pid: int) -> bool:

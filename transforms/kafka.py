@@ -284,8 +284,10 @@ class ReadFromKafka(beam.PTransform):
 
     Each partition is one restriction of a splittable DoFn (an offset range), read by a
     consumer with ``assign()`` (no group rebalancing), so the runner checkpoints and resumes it
-    by offset. Partitions are discovered when the pipeline runs, not when it is built;
-    partitions added while it runs are read only after a restart.
+    by offset. Partitions are discovered when the pipeline runs, not when it is built. With
+    ``partition_discovery_s`` (a live read), the topic's partitions are listed again that often, and
+    a partition added since is read from its beginning (or the group's committed offset): every
+    message in it is new to the stream. Without it, added partitions are read after a restart.
 
     Where a partition starts, first match wins: ``start_offsets[p]``; the first offset whose
     timestamp >= ``start_timestamp_ms`` (looked up with offsets_for_times; an answer that is too
@@ -336,7 +338,7 @@ class ReadFromKafka(beam.PTransform):
                  stop_offsets: dict[int, int] | None = None,
                  start_timestamp_ms: int | None = None, stop_timestamp_ms: int | None = None,
                  max_delay_ms: int = 1000, commit_on_finalize: bool = True, one_watermark: bool = False,
-                 one_consumer: bool = False):
+                 one_consumer: bool = False, partition_discovery_s: float = 0.0):
         super().__init__()
         if offset_reset not in ("earliest", "latest"):
             raise ValueError(f"offset_reset must be 'earliest' or 'latest', not {offset_reset!r}")
@@ -357,6 +359,7 @@ class ReadFromKafka(beam.PTransform):
         self.commit_on_finalize = commit_on_finalize
         self.one_watermark = one_watermark
         self.one_consumer = one_consumer
+        self.partition_discovery_s = partition_discovery_s
 
     @property
     def bounded(self) -> bool:
@@ -386,10 +389,12 @@ class ReadFromKafka(beam.PTransform):
         read_fn = (_ReadPartitionFn if self.bounded else live)(
             config, commit=commit, max_delay_ms=self.max_delay_ms,
             read_id=uuid.uuid4().hex if self.one_watermark else None, one_consumer=self.one_consumer and not self.bounded)
+        plan = (_DiscoverPartitionsFn(spec, config, self.partition_discovery_s)
+                if self.partition_discovery_s and not self.bounded else _PlanPartitionsFn(spec, config))
         return (
             pbegin
             | "Impulse" >> beam.Impulse()
-            | "Partitions" >> beam.ParDo(_PlanPartitionsFn(spec, config))
+            | "Partitions" >> beam.ParDo(plan)
             | "Read" >> beam.ParDo(read_fn).with_output_types(KafkaMessage))
 
     def __repr__(self) -> str:
@@ -426,25 +431,32 @@ class _PlanPartitionsFn(beam.DoFn):
         self._config = config
 
     def process(self, _):
-        spec, secrets = self._spec, Secrets(self._config)
-        consumer = client(Consumer, self._config, secrets)
-        try:
-            partitions = _retry("metadata", lambda: _partitions(consumer, spec.topic), secrets)
-            if spec.stop_offsets is not None:
-                missing = sorted(set(partitions) - set(spec.stop_offsets))
-                if missing:
-                    raise ValueError(f"stop_offsets has no offset for partitions {missing} "
-                                     f"of topic {spec.topic!r}")
-            starts = _retry("offset lookup", lambda: _start_offsets(consumer, spec, partitions),
-                            secrets)
-            if spec.commit_starts:
-                _retry("offset commit", lambda: _commit_missing(consumer, spec.topic, starts), secrets)
-        finally:
-            consumer.close()
-        for p in partitions:
-            stop = spec.stop_offsets[p] if spec.stop_offsets is not None else UNBOUNDED
-            yield _PartitionRead(spec.topic, p, min(starts[p], stop), stop,
-                                 spec.start_timestamp_ms, spec.stop_timestamp_ms, spec.bounded, len(partitions))
+        yield from _plan(self._spec, self._config)
+
+
+def _plan(spec: _ReadSpec, config: dict, first: int = 0) -> list[_PartitionRead]:
+    """A _PartitionRead for each partition of the topic from id ``first`` on, resolved now."""
+    secrets = Secrets(config)
+    consumer = client(Consumer, config, secrets)
+    try:
+        every = _retry("metadata", lambda: _partitions(consumer, spec.topic), secrets)
+        partitions = [p for p in every if p >= first]
+        if spec.stop_offsets is not None:
+            missing = sorted(set(partitions) - set(spec.stop_offsets))
+            if missing:
+                raise ValueError(f"stop_offsets has no offset for partitions {missing} "
+                                 f"of topic {spec.topic!r}")
+        starts = _retry("offset lookup", lambda: _start_offsets(consumer, spec, partitions), secrets)
+        if spec.commit_starts:
+            _retry("offset commit", lambda: _commit_missing(consumer, spec.topic, starts), secrets)
+    finally:
+        consumer.close()
+    reads = []
+    for p in partitions:
+        stop = spec.stop_offsets[p] if spec.stop_offsets is not None else UNBOUNDED
+        reads.append(_PartitionRead(spec.topic, p, min(starts[p], stop), stop,
+                                    spec.start_timestamp_ms, spec.stop_timestamp_ms, spec.bounded, len(every)))
+    return reads
 
 
 def _partitions(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> list[int]:
@@ -543,6 +555,22 @@ class _PartitionTracker(OffsetRestrictionTracker):
         return super().try_split(fraction_of_remainder)
 
 
+class _Discoveries(RestrictionProvider):
+    """The partition ids a _DiscoverPartitionsFn has yet to plan: from 0, open-ended."""
+
+    def initial_restriction(self, element):
+        return OffsetRange(0, UNBOUNDED)
+
+    def create_tracker(self, restriction):
+        return _PartitionTracker(restriction)
+
+    def restriction_size(self, element, restriction):
+        return 1
+
+    def truncate(self, element, restriction):
+        return None  # on drain, no partition more
+
+
 class _Restrictions(RestrictionProvider):
     def initial_restriction(self, element: _PartitionRead):
         return OffsetRange(element.start, element.stop)
@@ -566,6 +594,34 @@ class _Watermarks(WatermarkEstimatorProvider):
         return ManualWatermarkEstimator(estimator_state)
 
 
+class _DiscoverPartitionsFn(beam.DoFn):
+    """impulse -> a _PartitionRead for each partition of a live read's topic: those there at the start at once, each
+    added later within ``every_s``. Its restriction is the partition ids not planned yet (Kafka gives an added
+    partition the next id and never removes one), so a restart or a retried bundle plans each partition once."""
+
+    def __init__(self, spec: _ReadSpec, config: dict, every_s: float):
+        self._spec, self._config, self._every_s = spec, config, every_s
+
+    @beam.DoFn.unbounded_per_element()
+    def process(self, _, tracker=beam.DoFn.RestrictionParam(_Discoveries()),
+                watermark=beam.DoFn.WatermarkEstimatorParam(_Watermarks())):
+        if _DRAIN.is_set():
+            _finish(tracker)
+            return
+        first = tracker.current_restriction().start
+        # a partition added while the stream runs starts at its beginning, whatever offset_reset says
+        spec = self._spec if first == 0 else dataclasses.replace(self._spec, offset_reset="earliest")
+        now_ms = int(time.time() * 1000)
+        for read in _plan(spec, self._config, first):
+            if not tracker.try_claim(read.partition):
+                return
+            yield beam.window.TimestampedValue(read, Timestamp(micros=now_ms * 1000))
+        # The reads hold the stream's watermark with their records' times; this step only promises that it plans
+        # no partition stamped before its next look.
+        _advance(watermark, now_ms + round(self._every_s * 1000))
+        tracker.defer_remainder(Duration(seconds=self._every_s))
+
+
 _SEEN_LOCK = threading.Lock()
 _SEEN_WATERMARKS: dict[str, dict[int, int]] = {}  # read_id -> partition -> its watermark (ms), this process
 
@@ -575,7 +631,7 @@ def _lowest_partition(read_id: str, part: _PartitionRead, ms: int) -> int | None
     with _SEEN_LOCK:
         seen = _SEEN_WATERMARKS.setdefault(read_id, {})
         seen[part.partition] = max(ms, seen.get(part.partition, ms))
-        return min(seen.values()) if len(seen) == part.partitions else None
+        return min(seen.values()) if len(seen) >= part.partitions else None
 
 
 def _advance(estimator: ManualWatermarkEstimator, ms: int | None) -> None:
