@@ -408,6 +408,8 @@ def test_beams_own_kafka_io_logs_in_over_sasl_ssl(secure_broker, day, tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--runner", "PrismRunner"], "--kafka_io beam runs Beam's Java KafkaIO inside Flink's job server"),
     (["--runner", "FlinkRunner", "--max_delay_s", "2"], "--kafka_io beam: Beam's KafkaIO allows no delay"),
+    (["--runner", "FlinkRunner", "--partition_discovery_s", "60"],
+     "--kafka_io beam reads the partitions there at the start; drop --partition_discovery_s"),
 ])
 def test_beams_kafka_io_where_it_cannot_run_is_one_line(flags, message):
     with pytest.raises(UserError, match=message):
