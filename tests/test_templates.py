@@ -44,6 +44,7 @@ GOOD = {
     "kafka_secret": ["sasl.password=secretmanager:projects/my-project/secrets/kafka-password/versions/3"],
     "holdout_fraction": ["0.2", ".05"],
     "model_poll_seconds": ["0", "60", "2.5"],
+    "partition_discovery_s": ["0", "60", "0.5"],
     "monitoring_topic": ["monitoring"],
 }
 BAD = {
@@ -68,6 +69,7 @@ BAD = {
                      "sasl.password=secretmanager:projects/my-project/secrets/s/versions/0"],
     "holdout_fraction": ["0", "1", "1.5", "-0.2", "0.0"],
     "model_poll_seconds": ["-1", "1e3", "60 s"],
+    "partition_discovery_s": ["-1", "1e3", "60s", "100000"],
     "monitoring_topic": ["a b", "$(id)"],
 }
 # A model directory on Cloud Storage, or in the image, for training and scoring alike.
