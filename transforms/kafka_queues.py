@@ -48,11 +48,11 @@ class PartitionQueues:
 
     def take(self, topic: str, partition: int, most: int, wait_s: float) -> tuple[list[Message], bool]:
         """Up to ``most`` of the partition's next messages (errors first), and whether its slice is done: nothing of
-        it left queued, and it is at its end or another partition has messages waiting (whose read should come
-        next). With fewer than ``most`` queued, it takes what the consumer has, and with none, waits up to ``wait_s``
-        for the first message of any partition once a look for each partition has found nothing (the topic is
-        quiet: the waits pace the runner's loop, and the partitions whose turn comes right after messages do not
-        hold them back)."""
+        it left queued, and it is at its end, or another partition has messages waiting (whose read should come
+        next), or ``wait_s`` is 0. With fewer than ``most`` queued, it takes what the consumer has, and with none,
+        waits up to ``wait_s`` for the first message of any partition once a look for each partition has found
+        nothing (the topic is quiet: the waits pace the runner's loop, and the partitions whose turn comes right
+        after messages do not hold them back)."""
         key = (topic, partition)
         queue = self._queues[key]
         while len(queue) < most and self._fill(
@@ -62,8 +62,8 @@ class PartitionQueues:
         if taken:
             self._next[key] = taken[-1].offset() + 1
         errors, self._errors = self._errors, []
-        done = not queue and (key in self._ended or any(waiting for other, waiting in self._queues.items()
-                                                        if other != key))
+        done = not queue and (not wait_s or key in self._ended or any(waiting for other, waiting
+                                                                      in self._queues.items() if other != key))
         return errors + taken, done
 
     def at_end(self, topic: str, partition: int) -> bool:
