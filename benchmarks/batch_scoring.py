@@ -1,12 +1,14 @@
 """Bounded scoring throughput, whole process, against two references on the same data and model.
 
-    .venv/bin/python benchmarks/batch_scoring.py [--days 20] [--repeat 3]
+    .venv/bin/python benchmarks/batch_scoring.py [--days 20 100] [--repeat 3]
 
-Generates a fraud archive (~10k events a day, 1% broken) under benchmarks/data, trains a model
-once, then times, as separate processes, each wall-clock including interpreter start and imports:
+Generates two fraud archives (~10k events a day, 1% broken) under benchmarks/data, trains a ``fraud`` and a
+``fraud_entity`` model once on the smaller, then times on each archive, as separate processes, each wall-clock
+including interpreter start and imports, with its peak RSS:
 
-- project:   ``python -m pipelines.score --mode batch`` (DirectRunner, ONNX features and model); and
-             the same with ``--direct_num_workers 2 --direct_running_mode multi_processing``
+- project:   ``python -m pipelines.score --mode batch`` (DirectRunner, ONNX features and model); the
+             same with ``--direct_num_workers 2 --direct_running_mode multi_processing``; and
+             ``--spec fraud_entity`` (per-card features)
 - beam_ref:  a Beam pipeline written the way Beam's RunInference examples are: ReadFromText,
              per-element json.loads and feature vector, RunInference(SklearnModelHandlerNumpy),
              WriteToText, DirectRunner defaults
@@ -18,13 +20,15 @@ once, then times, as separate processes, each wall-clock including interpreter s
 beam_ref and plain_ref compute the same features (from the model's manifest) with the same fitted
 estimator; least_work runs the project's own model.onnx, and its scores are compared with the
 project's, event by event. Lines a reference cannot take are skipped. Best of --repeat runs is
-reported.
+reported, and each run's marginal cost: the time of each line of the larger archive beyond the smaller's,
+which leaves out start-up and imports.
 """
 import argparse
 import bisect
 import datetime
 import json
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -195,60 +199,93 @@ def beam_reference(input_glob: str, model_version_dir: str, output: str) -> None
          | beam.io.WriteToText(output))
 
 
-def _timed(command: list[str]) -> float:
+def _timed(command: list[str]) -> tuple[float, int]:
+    """(wall-clock seconds, peak RSS in MB) of a command run as its own process."""
     started = time.monotonic()
-    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
-    return time.monotonic() - started
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.monotonic() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{command[:4]} failed: {process.stderr.read().decode()[-2000:]}")
+    return seconds, usage.ru_maxrss // 1024
+
+
+def _archive(days: int) -> tuple[pathlib.Path, int]:
+    """The generated fraud archive of ``days`` days (made once) and its number of lines."""
+    from pipelines.generate import generate
+
+    archive = DATA / f"fraud_{days}d"
+    if not (archive / "_generated.json").exists():
+        generate("fraud", days, archive, datetime.date(2026, 3, 1), 10_000, 0.01, 7, compress=False)
+    return archive, sum(day["lines"] for day in json.loads((archive / "_generated.json").read_text())["days"])
+
+
+def _model(spec: str, archive: pathlib.Path) -> pathlib.Path:
+    """A model of ``spec`` trained once on ``archive``; its version's directory."""
+    from models import registry
+
+    model_dir = DATA / ("model" if spec == "fraud" else f"model_{spec}")
+    if not (model_dir / "CURRENT").exists():
+        subprocess.run([sys.executable, "-m", "pipelines.train", "--spec", spec, "--input",
+                        str(archive / "*" / "*.jsonl"), "--model_dir", str(model_dir)], cwd=ROOT, check=True)
+    return pathlib.Path(registry.load(str(model_dir)).path)
+
+
+def _commands(days: int, archive: pathlib.Path, versions: dict[str, pathlib.Path]) -> dict[str, list[str]]:
+    out, events = DATA / "out" / f"{days}d", str(archive / "*" / "*.jsonl")
+
+    def project(spec, name, *flags):
+        return [sys.executable, "-m", "pipelines.score", "--spec", spec, "--input", events,
+                "--model_dir", str(versions[spec].parent.parent), "--output", str(out / name),
+                "--dead_letter", str(out / f"{name}_dl"), *flags]
+
+    def reference(name, output):
+        return [sys.executable, __file__, "--reference", name, "--input", events, "--model", str(versions["fraud"]),
+                "--output", str(out / output)]
+
+    return {"project (pipelines.score)": project("fraud", "project"),
+            "project, 2 processes": project("fraud", "project2", "--direct_num_workers", "2",
+                                            "--direct_running_mode", "multi_processing"),
+            "project, fraud_entity": project("fraud_entity", "entity"),
+            "beam_ref (per element)": reference("beam", "beam_ref"),
+            "plain_ref (loop, 4096)": reference("plain", "plain_ref.jsonl"),
+            "least_work (loop, ONNX)": reference("least_work", "least_work.jsonl")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--days", type=int, default=20, help="Days of ~10k events to score (default 20: ~200k).")
+    parser.add_argument("--days", type=int, nargs=2, default=(20, 100), metavar=("SMALL", "LARGE"),
+                        help="Days of ~10k events in the two archives (default 20 and 100: ~200k and ~1M).")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--reference", choices=tuple(REFERENCES), help=argparse.SUPPRESS)
+    parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    archive = DATA / f"fraud_{args.days}d"
     if args.reference:  # a reference run, in its own process
-        REFERENCES[args.reference](str(archive / "*" / "*.jsonl"), args.model, args.output)
+        pathlib.Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        REFERENCES[args.reference](args.input, args.model, args.output)
         return
 
-    from pipelines.generate import generate
-
-    if not (archive / "_generated.json").exists():
-        generate("fraud", args.days, archive, datetime.date(2026, 3, 1), 10_000, 0.01, 7, compress=False)
-    model_dir = DATA / "model"
-    if not (model_dir / "CURRENT").exists():
-        subprocess.run([sys.executable, "-m", "pipelines.train", "--spec", "fraud", "--input",
-                        str(archive / "*" / "*.jsonl"), "--model_dir", str(model_dir)], cwd=ROOT, check=True)
-    from models import registry
-
-    version_dir = pathlib.Path(registry.load(str(model_dir)).path)
-    lines = sum(json.loads((archive / "_generated.json").read_text())["days"][i]["lines"] for i in range(args.days))
-    out = DATA / "out"
-    commands = {
-        "project (pipelines.score)": [sys.executable, "-m", "pipelines.score", "--spec", "fraud", "--input",
-                                      str(archive / "*" / "*.jsonl"), "--model_dir", str(model_dir),
-                                      "--output", str(out / "project"), "--dead_letter", str(out / "project_dl")],
-        "project, 2 processes": [sys.executable, "-m", "pipelines.score", "--spec", "fraud", "--input",
-                                 str(archive / "*" / "*.jsonl"), "--model_dir", str(model_dir),
-                                 "--output", str(out / "project2"), "--dead_letter", str(out / "project2_dl"),
-                                 "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"],
-        "beam_ref (per element)": [sys.executable, __file__, "--days", str(args.days), "--reference", "beam",
-                                   "--model", str(version_dir), "--output", str(out / "beam_ref")],
-        "plain_ref (loop, 4096)": [sys.executable, __file__, "--days", str(args.days), "--reference", "plain",
-                                   "--model", str(version_dir), "--output", str(out / "plain_ref.jsonl")],
-        "least_work (loop, ONNX)": [sys.executable, __file__, "--days", str(args.days), "--reference", "least_work",
-                                    "--model", str(version_dir), "--output", str(out / "least_work.jsonl")],
-    }
-    best = {name: min(_timed(command) for _ in range(args.repeat)) for name, command in commands.items()}
-    project = best["project (pipelines.score)"]
-    print(f"{lines:,} lines, best of {args.repeat}, whole process wall-clock")
-    print(f"{'run':<28}{'seconds':>9}{'events/s':>11}{'project speed-up':>18}")
-    for name, seconds in best.items():
-        print(f"{name:<28}{seconds:>9.1f}{lines / seconds:>11,.0f}{seconds / project:>17.2f}x")
-    print(_same_scores(out / "project", out / "least_work.jsonl"))
+    archives = {days: _archive(days) for days in args.days}
+    small, large = args.days
+    versions = {spec: _model(spec, archives[small][0]) for spec in ("fraud", "fraud_entity")}
+    best = {}
+    for days, (archive, _) in archives.items():
+        for name, command in _commands(days, archive, versions).items():
+            runs = [_timed(command) for _ in range(args.repeat)]
+            best[name, days] = (min(seconds for seconds, _ in runs), max(rss for _, rss in runs))
+    (n_small, n_large), project = (archives[small][1], archives[large][1]), best["project (pipelines.score)", large][0]
+    print(f"{n_small:,} and {n_large:,} lines, best of {args.repeat}, whole process wall-clock; marginal: the cost "
+          f"of each line of the larger archive beyond the smaller one's")
+    print(f"{'run':<28}{'s small':>9}{'s large':>9}{'events/s':>11}{'vs project':>12}{'marginal us':>13}"
+          f"{'marginal/s':>12}{'peak RSS':>10}")
+    for name in _commands(small, archives[small][0], versions):
+        (seconds_small, _), (seconds_large, rss) = best[name, small], best[name, large]
+        marginal = (seconds_large - seconds_small) / (n_large - n_small)
+        print(f"{name:<28}{seconds_small:>9.1f}{seconds_large:>9.1f}{n_large / seconds_large:>11,.0f}"
+              f"{seconds_large / project:>11.2f}x{marginal * 1e6:>13.2f}{1 / marginal:>12,.0f}{rss:>7} MB")
+    print(_same_scores(DATA / "out" / f"{large}d" / "project", DATA / "out" / f"{large}d" / "least_work.jsonl"))
 
 
 def _same_scores(project_dir: pathlib.Path, least_work: pathlib.Path) -> str:

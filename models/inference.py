@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import logging
 import time
 from typing import Any, Iterable, Sequence
@@ -193,14 +194,16 @@ def scored_records(spec: Spec, batch: EventBatch, outputs: Columns, model_versio
     ``top_k`` likeliest classes and their probabilities."""
     _SCORED.inc(len(batch.events))
     live_metrics.scored(model_version, batch.event_time_us)
-    key, label, threshold = spec.entity_key, spec.label, spec.alert_threshold
-    records = []
-    for event, score in zip(batch.events, outputs[SCORE_OUTPUT].tolist()):
-        record = {"event_id": event["event_id"], "event_time": event[spec.event_time], key: event[key],
-                  "score": score, "alert": score >= threshold, "model_version": model_version}
-        if label is not None and event.get(label) is not None:
-            record[label] = event[label] if spec.classes else int(event[label])
-        records.append(record)
+    key, label, events = spec.entity_key, spec.label, batch.events
+    scores = outputs[SCORE_OUTPUT].astype(np.float64)  # compared as the records' floats, not as float32
+    records = [{"event_id": event["event_id"], "event_time": event[spec.event_time], key: event[key], "score": score,
+                "alert": alert, "model_version": model_version}
+               for event, score, alert in zip(events, scores.tolist(), (scores >= spec.alert_threshold).tolist())]
+    if label is not None:
+        as_label = str if spec.classes else int
+        for record, value in zip(records, map(dict.get, events, itertools.repeat(label))):
+            if value is not None:
+                record[label] = as_label(value)
     if spec.classes:
         ranked_classes = outputs[RANKED_CLASSES][:, :spec.top_k].tolist()
         ranked_probabilities = outputs[RANKED_PROBABILITIES][:, :spec.top_k].tolist()
@@ -231,4 +234,4 @@ class ScoreEvents(beam.PTransform):
                 | "RunInference" >> RunInference(self._handler)
                 | "ScoredRecords" >> beam.Map(lambda result: ScoredBatch(
                     result.example, scored_records(spec, result.example, result.inference, result.model_id),
-                    result.model_id)))
+                    result.model_id)).with_output_types(ScoredBatch))

@@ -50,7 +50,8 @@ from pipelines import cli, graph, locks, runners, serving
 from pipelines.options import ArchiveOptions, BackfillOptions, EngineOptions, KafkaOptions, ModelOptions, SpecOptions
 from transforms import kafka, kafka_access, storage
 from transforms.errors import UserError
-from transforms.events import EventBatch, ScoredBatch, dead_letter_time_us, event_time_us_of, is_event_time, utc_datetime
+from transforms.events import EventBatch, ScoredBatch, dead_letter_time_us, event_time_us_of, utc_datetime
+from transforms.field_checks import is_event_time
 from transforms.fileio import UNREADABLE_REASON, ReadEventFiles, check_input
 
 VIEWS = (SpecOptions, ModelOptions, EngineOptions, ArchiveOptions, BackfillOptions, KafkaOptions)

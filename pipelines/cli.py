@@ -238,7 +238,7 @@ def summary(title: str, totals: dict[str, int], seconds: float, outputs: dict[st
 
 
 def unreadable_files(totals: dict[str, int]) -> list[str]:
-    """The input files a run could not read to their end (``transforms.fileio.read_blocks``)."""
+    """The input files a run could not read to their end (``transforms.fileio.file_blocks``)."""
     return sorted(key.split("/", 1)[1] for key in totals if key.startswith(f"{UNREADABLE_NAMESPACE}/"))
 
 

@@ -1,4 +1,4 @@
-"""The graph every command composes: sources of ``list[Raw]`` blocks, the scoring graph, Kafka sinks.
+"""The graph every command composes: sources of ``Block``s of raw records, the scoring graph, Kafka sinks.
 
     raw = pipeline | ReadEventFiles(...)          # or ReadKafkaEvents(...), live or bounded
     scored = raw | ScoreRaw(spec, model, ...)     # Scored(batches, scored, dead_letters)
@@ -25,7 +25,7 @@ from pipelines import artifacts
 from transforms import kafka, kafka_beam, storage
 from transforms.entity import AddEntityFeatures
 from transforms.errors import UserError
-from transforms.events import POSITION, ParseEvents, Raw
+from transforms.events import POSITION, Block, ParseEvents, Raw
 from transforms.fileio import DEFAULT_BATCH_SIZE
 from transforms.kafka_formats import ValueFormat
 from transforms.ordering import LiveState
@@ -118,7 +118,7 @@ def kafka_raw(message: kafka.KafkaMessage, with_position: bool = False, with_tim
 
 
 class BatchWithinBundle(beam.DoFn):
-    """Raw records in; lists of up to ``max_size`` out, none held longer than ``max_wait_s``.
+    """Raw records in; ``Block``s of up to ``max_size`` out, none held longer than ``max_wait_s``.
 
     Stateless (no GroupByKey, no state), so it fuses with the Kafka source and runs live on the
     DirectRunner. A batch goes out when it is full, when its first record has waited
@@ -139,12 +139,12 @@ class BatchWithinBundle(beam.DoFn):
         self._timestamp = min(self._timestamp, timestamp)  # a batch holds the watermark back at its earliest record
         if len(self._batch) >= self._max_size or time.monotonic() - self._since >= self._max_wait_s:
             batch, self._batch = self._batch, []
-            yield TimestampedValue(batch, self._timestamp)
+            yield TimestampedValue(Block.of(batch), self._timestamp)
 
     def finish_bundle(self):
         if self._batch:
             batch, self._batch = self._batch, []
-            yield GlobalWindows.windowed_value(batch, self._timestamp)
+            yield GlobalWindows.windowed_value(Block.of(batch), self._timestamp)
 
 
 def stream_batch_size(options) -> int:
@@ -194,7 +194,7 @@ def live_read(flags: KafkaOptions, stream: StreamOptions, config: dict, group_id
 
 
 class ReadKafkaEvents(beam.PTransform):
-    """A topic as ``list[Raw]`` blocks of up to ``batch_size``: the pipeline in, the blocks out.
+    """A topic as ``Block``s of up to ``batch_size``: the pipeline in, the blocks out.
 
     ``read`` is the configured ``transforms.kafka.ReadFromKafka`` (live for a group, or a bounded
     time range), or ``transforms.kafka_beam.ReadWithBeamKafkaIO``. ``with_positions``: every Raw carries its
@@ -213,7 +213,7 @@ class ReadKafkaEvents(beam.PTransform):
         return (pipeline
                 | "Read" >> self._read
                 | "ToRaw" >> beam.Map(kafka_raw, self._with_positions, self._with_timestamps, self._value_format)
-                | "Batch" >> beam.ParDo(BatchWithinBundle(self._batch_size)))
+                | "Batch" >> beam.ParDo(BatchWithinBundle(self._batch_size)).with_output_types(Block))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +232,7 @@ class Scored(NamedTuple):
 
 
 class ParseAndEnrich(beam.PTransform):
-    """``list[Raw]`` blocks in; ``Parsed``: the valid events with the spec's entity features (keyed state when
+    """``Block``s in; ``Parsed``: the valid events with the spec's entity features (keyed state when
     ``streaming``), and the dead letters."""
 
     def __init__(self, spec: Spec, streaming: bool, batch_size: int = DEFAULT_BATCH_SIZE, require_label: bool = False,
@@ -249,7 +249,7 @@ class ParseAndEnrich(beam.PTransform):
 
 
 class ScoreRaw(beam.PTransform):
-    """``list[Raw]`` blocks in; ``Scored`` out: parse, entity features, the model.
+    """``Block``s in; ``Scored`` out: parse, entity features, the model.
 
     ``model_reload_s`` > 0: switch to new good versions in ``model_dir``, read that often (see ``ScoreEvents``).
     """

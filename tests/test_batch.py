@@ -17,7 +17,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from models import registry
 from pipelines import graph, score
 from tests.conftest import read_json_lines
-from transforms.events import Raw
+from transforms.events import Block, Raw
 from transforms.spec import load_spec
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -143,7 +143,7 @@ def test_score_events_graph(fraud_model):
              Raw(b"\xff", {"file": "f", "line": 3}),
              Raw(json.dumps(dict(good, event_id="e3", merchant_category="never-seen")).encode(), {"file": "f", "line": 4})]
     with TestPipeline() as pipeline:
-        _, scored, dead_letters = pipeline | beam.Create([batch]) | graph.ScoreRaw(spec, model, fraud_model[0], "onnx")
+        _, scored, dead_letters = pipeline | beam.Create([Block.of(batch)]) | graph.ScoreRaw(spec, model, fraud_model[0], "onnx")
         assert_that(scored | beam.FlatMap(lambda records: [r["event_id"] for r in records]),
                     equal_to(["e1", "e3"]), label="scored")
         assert_that(dead_letters | beam.Map(lambda d: (d["source"]["line"], d["error"])),

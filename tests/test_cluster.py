@@ -37,7 +37,7 @@ from tests.browser import drawn, render
 from tests.conftest import read_json_lines
 from tests.kafka_helpers import Outputs, StreamProcess, committed, make_topics, produce, unique_name
 from transforms.errors import UserError
-from transforms.events import Raw, event_time_us_of
+from transforms.events import Block, Raw, event_time_us_of
 
 DAYS, EVENTS_PER_DAY, BROKEN_SHARE = 2, 1440, 0.01  # 30 machines, a reading every 30 minutes
 K, MINIBATCH, SNAPSHOT_EVERY = 3, 32, 2
@@ -281,8 +281,8 @@ def _test_stream(paths, group: int = 40, seed: int = 0) -> TestStream:
             end += 1
         watermark = Timestamp(micros=timed[end - 1][0])
         lines = [timed[i][1] for i in rng.permutation(np.arange(start, end))]
-        stream.add_elements([TimestampedValue(block.tolist(), watermark) for block in np.array_split(
-            np.array(lines, dtype=object), 3)])
+        stream.add_elements([TimestampedValue(Block.of([lines[i] for i in part]), watermark)
+                             for part in np.array_split(np.arange(len(lines)), 3)])
         stream.advance_watermark_to(watermark)
         start = end
     return stream.advance_watermark_to_infinity()

@@ -14,7 +14,8 @@ from hypothesis import event as event_note, given, settings, strategies as st
 from pipelines import schema
 from pipelines.generate import generate
 from transforms.contract import avro_schema, json_schema
-from transforms.events import FLOAT32_MAX, MAX_EVENT_BYTES, EventParser
+from transforms.events import MAX_EVENT_BYTES, EventParser
+from transforms.field_checks import FLOAT32_MAX
 from transforms.spec import load_spec
 
 SPECS = ("fraud", "sensor", "sensor_autoencoder", "fraud_entity")

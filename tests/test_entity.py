@@ -15,6 +15,7 @@ from hypothesis import given, settings, strategies as st
 from pipelines import cli, score, serving
 from transforms import ordering
 from transforms.entity import AddEntityFeatures, EntityHistoryStep
+from transforms.entity_columns import entity_feature_columns
 from transforms.events import EventBatch
 from transforms.spec import SpecError, load_spec
 
@@ -68,9 +69,9 @@ def _fold(spec, events: list[dict]) -> dict[str, dict]:
     """The entity features of ``events`` as the bounded mode computes them: per card, sort and fold."""
     step, by_card, out = EntityHistoryStep(spec), {}, {}
     for event in events:
-        by_card.setdefault(event["card_id"], []).append((event["_time_us"], event["event_id"], event))
+        by_card.setdefault(event[spec.entity_key], []).append((event["_time_us"], event["event_id"], event))
     for keyed in by_card.items():
-        for timestamped in ordering._fold(keyed, step):
+        for timestamped in ordering.fold(keyed, step):
             _, enriched = timestamped.value
             out[enriched["event_id"]] = {f.name: enriched[f.name] for f in spec.entity_features}
     return out
@@ -406,3 +407,56 @@ def test_entity_spec_stream_on_the_direct_runner_is_refused_not_hung(fraud_entit
         score.run(["--spec", "fraud_entity", "--mode", "stream", "--bootstrap_servers", kafka_broker.bootstrap,
                    "--input_topic", "entity-in", "--output_topic", "entity-out", "--dead_letter_topic", "entity-dl",
                    "--model_dir", fraud_entity_model[0], "--runner", "DirectRunner"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounded, in columns: every value equal to the fold's, bit for bit
+
+def _columns_and_fold(spec, events: list[dict]) -> tuple[dict, dict]:
+    plain = [{k: v for k, v in e.items() if k != "_time_us"} for e in events]
+    columns = entity_feature_columns(spec, plain, [e["_time_us"] for e in events])
+    in_columns = {e["event_id"]: {name: values[i] for name, values in columns.items()} for i, e in enumerate(plain)}
+    return in_columns, _fold(spec, events)
+
+
+offers_rows = st.lists(
+    st.tuples(st.sampled_from(["u1", "u2"]), st.integers(0, 40).map(lambda hour: hour * 3600.0) | st.floats(0, 9e5),
+              st.sampled_from([1, 2.5, 0.01, 7, 1e6, 3.25]), st.sampled_from(["books", "home", "travel"]),
+              st.sampled_from(["web", "app"]), st.sampled_from(["view", "purchase"])),
+    min_size=1, max_size=60)
+
+
+@settings(max_examples=150, deadline=None)
+@given(events_strategy, st.integers(1, 3))
+def test_entity_features_in_columns_equal_the_fold_bit_for_bit(rows, repeat_times):
+    # (repeat_times > 1: some events share their card's time, ordered by event id)
+    events = [_event(i, card, offset - offset % repeat_times, amount, country)
+              for i, (card, offset, amount, country) in enumerate(rows)]
+    in_columns, folded = _columns_and_fold(FRAUD_ENTITY, events)
+    assert in_columns == folded
+
+
+@settings(max_examples=150, deadline=None)
+@given(offers_rows)
+def test_where_features_in_columns_equal_the_fold_bit_for_bit(rows):
+    spec = load_spec("offers")
+    events = []
+    for i, (customer, offset, amount, category, channel, action) in enumerate(rows):
+        time_us = START_US + int(offset * _US)
+        events.append({"event_id": f"o{i % 7}-{i}", "_time_us": time_us, "customer_id": customer, "amount": amount,
+                       "category": category, "channel": channel, "action": action,
+                       "event_time": datetime.datetime.fromtimestamp(time_us / _US, datetime.timezone.utc).isoformat(),
+                       "region": "north", "age_band": "25-34"})
+    in_columns, folded = _columns_and_fold(spec, events)
+    assert in_columns == folded
+
+
+def test_sums_of_integers_beyond_float64_are_left_to_the_fold():
+    events = [_event(i, "c1", i * 60, 2**53 if i == 0 else 1, "FR") for i in range(4)]
+    assert entity_feature_columns(FRAUD_ENTITY, events, [e["_time_us"] for e in events]) is None
+    with TestPipeline() as pipeline:
+        bounded = (pipeline | beam.Create(_batches(events))
+                   | AddEntityFeatures(FRAUD_ENTITY, streaming=False, batch_size=64) | beam.FlatMap(_features_of))
+        assert_that(bounded, equal_to(_expected(events)))
+    # Python sums the integers exactly, then rounds once; adding them as float64 would give 2**53
+    assert _fold(FRAUD_ENTITY, events)["e0003"]["card_amount_1h"] == float(2**53 + 2)

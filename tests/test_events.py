@@ -8,10 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transforms.events import MAX_EVENT_BYTES, MAX_RAW_BYTES_KEPT, EventParser, dead_letter
+from transforms.field_checks import FLOAT32_MAX
 from transforms.spec import load_spec
 
 FRAUD = load_spec("fraud")
 SENSOR = load_spec("sensor")
+OFFERS = load_spec("offers")
 PARSERS = {"fraud": EventParser(FRAUD), "sensor": EventParser(SENSOR)}
 
 times = st.builds(
@@ -159,3 +161,53 @@ def test_parquet_rows_with_typed_timestamps():
     row["event_time"] = row["event_time"].replace(tzinfo=None)
     assert PARSERS["fraud"].parse(row) == "event_time: must be an RFC 3339 time with a zone"
     assert math.isfinite(event["amount"])
+
+
+# Values at the edges of each rule, by a field's type, and of every type: the screen that checks a block in columns
+# must agree with the parser event by event on every one of them.
+EDGES = {"number": [0, 1, -1, 0.0, -0.0, 0.5, 2**53 - 1, 2**53, 2**53 + 1, -(2**53) - 1, 2**64, 10**40, FLOAT32_MAX,
+                    -FLOAT32_MAX, int(FLOAT32_MAX) + 1, 3.4028235e38, 1e-320, 1e300, -1e-300],
+         "binary": [0, 1, 0.0, 1.0, 2, -1, 0.5, -0.0],
+         "string": ["", "x", "5", "pos", "POS", "atm", "EUR", "eu", "E U", "FR", "books", "view", "web", " web"],
+         "timestamp": ["2026-03-16T09:14:03Z", "2026-03-16t09:14:03z", "2026-03-16 09:14:03+02:00",
+                       "2026-02-30T09:14:03Z", "2026-03-16T24:00:00Z", "2026-03-16T09:14:03.123456789Z",
+                       "2026-03-16T09:14:03", "2026-03-16T09:14:03Z\n", "20260316T091403Z", "2026-03-16T09:14Z",
+                       "2026-03-16T09:14:03+0200", "0001-01-01T00:00:00+01:00"]}
+ANY_TYPE = [None, True, False, [], ["pos"], {}, {"a": 1}, "5", 5, "<missing>"]
+GOOD_EVENTS = {"fraud": json.loads(GOOD), "offers": {
+    "event_id": "o", "event_time": "2026-03-16T09:14:03Z", "customer_id": "c", "action": "view",
+    "category": "books", "amount": 3, "channel": "web", "region": "north", "age_band": "25-34"}, "sensor": {
+    "event_id": "r", "event_time": "2026-03-16T09:14:03Z", "machine_id": "m-001", "temperature_c": -12.5,
+    "vibration_mm_s": 0, "pressure_bar": 4.2, "rpm": 1800}}
+SPECS = {"fraud": FRAUD, "sensor": SENSOR, "offers": OFFERS}
+
+
+@st.composite
+def payloads(draw, spec_name: str):
+    """An event of the spec with up to 2 fields changed to an edge value, as JSON or as a row (Parquet's); or a
+    payload that is not an event."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.sampled_from([b"", b"[1]", b"\xff", b"{", b'{"a": NaN}', None]))
+    event = dict(GOOD_EVENTS[spec_name])
+    for _ in range(draw(st.integers(0, 2))):
+        field = draw(st.sampled_from(SPECS[spec_name].fields))
+        value = draw(st.sampled_from(EDGES[field.type]) | st.sampled_from(ANY_TYPE))
+        if value == "<missing>":
+            event.pop(field.name, None)
+        else:
+            event[field.name] = value
+    return event if draw(st.booleans()) else json.dumps(event).encode()
+
+
+@given(st.data(), st.sampled_from(sorted(SPECS)), st.booleans())
+@settings(max_examples=400)
+def test_a_block_is_checked_exactly_as_its_events_one_by_one(data, spec_name, require_label):
+    parser = EventParser(SPECS[spec_name], require_label=require_label)
+    block = data.draw(st.lists(payloads(spec_name), max_size=40))
+    one_by_one = [parser.parse(payload) for payload in block]
+    parsed = parser.parse_block(block)
+    assert parsed.broken == [(row, result) for row, result in enumerate(one_by_one) if isinstance(result, str)]
+    valid = [(row, result) for row, result in enumerate(one_by_one) if not isinstance(result, str)]
+    assert parsed.rows == [row for row, _ in valid]
+    assert parsed.events.events == [event for _, (event, _) in valid]
+    assert parsed.events.event_time_us == [time_us for _, (_, time_us) in valid]

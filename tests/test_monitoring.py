@@ -24,7 +24,7 @@ from pipelines import cli, generate, monitor, score
 from tests.conftest import DRIFT_DAY, read_json_lines, stand_in_baseline
 from tests.kafka_helpers import make_topics, produce, read_topic, stop_once_committed, stream_scorer, unique_name, wait_for
 from transforms.errors import UserError
-from transforms.events import EventBatch, ParseEvents, Raw, ScoredBatch, event_time_us_of
+from transforms.events import Block, EventBatch, ParseEvents, Raw, ScoredBatch, event_time_us_of
 from transforms.features import SCORE_OUTPUT, raw_columns
 from transforms.fileio import WriteJsonLines
 from transforms.monitoring import (ALERTS, MONITOR_METRICS_NAMESPACE, PSI_EPSILON, WINDOWS, Bins, Monitor, WindowStats,
@@ -152,8 +152,8 @@ def _monitored(raw_batches, spec, model, name: str = ""):
             | f"Monitor{name}" >> Monitor(spec, Baselines("unused", spec, model), model.version))
 
 
-def _raw(lines: list[bytes]) -> list[Raw]:
-    return [Raw(line, {"file": "test", "line": i}) for i, line in enumerate(lines)]
+def _raw(lines: list[bytes]) -> Block:
+    return Block.of([Raw(line, {"file": "test", "line": i}) for i, line in enumerate(lines)])
 
 
 # Arrivals: (watermark before they arrive, in s after T0; lines). Windows of 60 s and 300 s, lateness 120 s.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from transforms.events import FLOAT32_MAX, RFC3339_PATTERN
+from transforms.field_checks import FLOAT32_MAX, RFC3339_PATTERN
 from transforms.spec import Field, Spec
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"

@@ -20,22 +20,29 @@ With ``where: {field: value}`` a feature counts only the earlier events whose st
 Every feature depends only on events within the spec's longest window before the event
 (``Spec.entity_history_s``), so a backfill that also reads that much history before its start
 computes exactly the values a continuous run did. The definition is ``EntityHistoryStep``, run
-by ``transforms.ordering.OrderedPerKey``: bounded, per entity in event-time order; live, in
-Beam keyed state, forgotten by an event-time timer once an entity has been quiet for longer
-than the longest window.
+live by ``transforms.ordering.OrderedPerKey`` in Beam keyed state, forgotten by an event-time
+timer once an entity has been quiet for longer than the longest window. Bounded, the same values
+are computed in columns (``transforms.entity_columns``), a shard of entities at once.
 """
 from __future__ import annotations
 
 import collections
+import itertools
+import zlib
+from typing import Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.transforms.window import TimestampedValue
 
+from transforms.entity_columns import entity_feature_columns
 from transforms.events import EventBatch
-from transforms.ordering import LiveState, OrderedPerKey, OrderedStep, WithPassenger
+from transforms.ordering import LiveState, OrderedPerKey, OrderedStep, WithPassenger, fold
 from transforms.spec import Spec
 
 _US = 1_000_000
+# Bounded, the entities are grouped into this many shards, each computed at once: the parallelism of the step,
+# and the memory it needs (a shard's events) is the input's over this.
+BOUNDED_SHARDS = 16
 
 
 class EntityHistoryStep(OrderedStep):
@@ -98,8 +105,9 @@ class AddEntityFeatures(beam.PTransform):
     """``EventBatch`` in; ``EventBatch`` out, every event with the spec's entity features added.
 
     A spec without entity features passes its batches through untouched (and stays stateless).
-    ``streaming`` picks keyed state and timers (live) or group-and-sort (bounded); the values are
-    the same either way. Batches out hold up to ``batch_size`` events.
+    ``streaming`` picks keyed state and timers (live), else the entities are grouped into ``BOUNDED_SHARDS``
+    shards and each shard's features computed in columns (``transforms.entity_columns``); the values are the
+    same either way. Batches out hold up to ``batch_size`` events.
     """
 
     def __init__(self, spec: Spec, streaming: bool, batch_size: int, live_state: LiveState = LiveState()):
@@ -110,14 +118,20 @@ class AddEntityFeatures(beam.PTransform):
         spec = self._spec
         if not spec.entity_features:
             return batches
-        # Each event rides with its position (None in bounded mode), so a stream's offsets are committed
-        # only once the event's scored record is written.
+        if not self._streaming:
+            return (batches
+                    | "ByShard" >> beam.FlatMap(_by_shard, spec.entity_key)
+                    | "GroupByShard" >> beam.GroupByKey()
+                    | "InColumns" >> beam.FlatMap(_with_entity_features, spec, self._batch_size).with_output_types(
+                        EventBatch))
+        # Each event rides with its position, so a stream's offsets are committed only once the event's scored
+        # record is written.
         return (batches
                 | "ByEntity" >> beam.FlatMap(_by_entity, spec)
                 | "EntityHistory" >> OrderedPerKey(WithPassenger(EntityHistoryStep(spec)), self._streaming,
                                                    self._live_state)
                 | "Rebatch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._batch_size)
-                | "ToEventBatch" >> beam.Map(_to_event_batch))
+                | "ToEventBatch" >> beam.Map(_to_event_batch).with_output_types(EventBatch))
 
 
 def _by_entity(batch: EventBatch, spec: Spec):
@@ -125,6 +139,54 @@ def _by_entity(batch: EventBatch, spec: Spec):
     positions = batch.positions or [None] * len(batch.events)
     for event, time_us, position in zip(batch.events, batch.event_time_us, positions):
         yield event[key], (time_us, str(event["event_id"]), (event, position))
+
+
+def _by_shard(batch: EventBatch, key: str) -> Iterator[tuple[int, EventBatch]]:
+    """A batch split by its events' shards: ``(shard, the shard's part of the batch)``. The shard is a hash of the
+    entity stable across processes (not ``hash()``), so that every part of an entity meets in one shard."""
+    rows_of = collections.defaultdict(list)
+    for row, event in enumerate(batch.events):
+        rows_of[zlib.crc32(str(event[key]).encode()) % BOUNDED_SHARDS].append(row)
+    for shard, rows in rows_of.items():
+        yield shard, EventBatch([batch.events[row] for row in rows], [batch.event_time_us[row] for row in rows],
+                                None if batch.positions is None else [batch.positions[row] for row in rows])
+
+
+def _with_entity_features(sharded: tuple[int, Iterable[EventBatch]], spec: Spec,
+                          batch_size: int) -> Iterator[TimestampedValue]:
+    """A shard's events with their entity features (in columns; by the fold where a sum needs it), in batches."""
+    _, parts = sharded
+    parts = list(parts)
+    events = [event for part in parts for event in part.events]
+    times_us = [time_us for part in parts for time_us in part.event_time_us]
+    positions = None if parts[0].positions is None else [p for part in parts for p in part.positions]
+    columns = entity_feature_columns(spec, events, times_us)
+    if columns is None:
+        yield from _folded(spec, events, times_us, positions, batch_size)
+        return
+    names = list(columns)
+    enriched = []
+    for event, values in zip(events, zip(*(columns[name].tolist() for name in names))):
+        event = dict(event)
+        event.update(zip(names, values))
+        enriched.append(event)
+    for start in range(0, len(enriched), batch_size):
+        times = times_us[start:start + batch_size]
+        yield TimestampedValue(EventBatch(enriched[start:start + batch_size], times,
+                                          None if positions is None else positions[start:start + batch_size]),
+                               min(times) / 1e6)
+
+
+def _folded(spec: Spec, events: list[dict], times_us: list[int], positions: list | None,
+            batch_size: int) -> Iterator[TimestampedValue]:
+    """What ``_with_entity_features`` gives, by ``EntityHistoryStep`` folded per entity."""
+    by_entity = collections.defaultdict(list)
+    for event, time_us, position in zip(events, times_us, positions or itertools.repeat(None)):
+        by_entity[event[spec.entity_key]].append((time_us, str(event["event_id"]), (event, position)))
+    step = WithPassenger(EntityHistoryStep(spec))
+    outputs = [output.value for keyed in by_entity.items() for output in fold(keyed, step)]
+    for start in range(0, len(outputs), batch_size):
+        yield _to_event_batch(outputs[start:start + batch_size])
 
 
 def _to_event_batch(enriched: list) -> TimestampedValue:

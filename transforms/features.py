@@ -13,6 +13,8 @@ TensorFlow ops for tensorflow-transform and as ONNX nodes for serving.
 """
 from __future__ import annotations
 
+import operator
+
 import apache_beam as beam
 import numpy as np
 import onnx
@@ -38,16 +40,16 @@ _PROBE_VALUES = {np.object_: [b""], np.int64: [0], np.float32: [1.0]}  # one row
 
 def raw_columns(batch: EventBatch, spec: Spec) -> dict[str, np.ndarray]:
     """The feature sources of a batch as columns: float32 numbers, object strings, int64 times (us)."""
-    columns = {}
+    columns, events = {}, batch.events
     for name in spec.feature_sources:
-        kind = spec.field(name).type
+        kind, values = spec.field(name).type, map(operator.itemgetter(name), events)
         if kind == "string":
-            columns[name] = np.array([e[name] for e in batch.events], dtype=object)
+            columns[name] = np.fromiter(values, dtype=object, count=len(events))
         elif kind == "timestamp":
-            times = batch.event_time_us if name == spec.event_time else [event_time_us_of(e[name]) for e in batch.events]
+            times = batch.event_time_us if name == spec.event_time else list(map(event_time_us_of, values))
             columns[name] = np.array(times, dtype=np.int64)
         else:
-            columns[name] = np.array([e[name] for e in batch.events], dtype=np.float32)
+            columns[name] = np.array(list(values), dtype=np.float32)
     return columns
 
 

@@ -1,7 +1,7 @@
 """Archives in and out: JSON Lines (optionally gzip) and Parquet, in batches of records.
 
-Reading emits ``list[Raw]`` blocks of up to ``batch_size`` records, each record with its source
-(file and line, or file and row), so the rest of the pipeline works a block at a time. A file is
+Reading emits ``Block``s of up to ``batch_size`` records, each record with its source (file and line, or
+file and row), so the rest of the pipeline works a block at a time. A file is
 read by one worker, in order; archives partitioned by day or hour give the parallelism.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms import storage
 from transforms.errors import UserError, first_line
-from transforms.events import METRICS_NAMESPACE, Raw, Unreadable
+from transforms.events import METRICS_NAMESPACE, Block, FileSpan, Raw, Unreadable
 
 DEFAULT_BATCH_SIZE = 4096
 _READ_CHUNK = 8 << 20
@@ -61,7 +61,7 @@ def json_records(pattern: str, flag: str, may_be_empty: bool = False) -> list[di
 
 
 class ReadEventFiles(beam.PTransform):
-    """A glob in (``.jsonl``, ``.json``, ``.jsonl.gz``, ``.parquet``); ``list[Raw]`` blocks out."""
+    """A glob in (``.jsonl``, ``.json``, ``.jsonl.gz``, ``.parquet``); ``Block``s out."""
 
     def __init__(self, pattern: str, batch_size: int = DEFAULT_BATCH_SIZE):
         super().__init__()
@@ -71,37 +71,41 @@ class ReadEventFiles(beam.PTransform):
         return (pipeline
                 | "Match" >> fileio.MatchFiles(self._pattern)
                 | "Open" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED)
-                | "Read" >> beam.FlatMap(read_blocks, self._batch_size))
+                | "Read" >> beam.FlatMap(read_blocks, self._batch_size).with_output_types(Block))
 
 
-def read_blocks(readable: fileio.ReadableFile, batch_size: int) -> Iterator[list[Raw]]:
-    """A file's records (``file_records``) in blocks of ``batch_size``."""
-    block = []
-    for raw in file_records(readable.metadata.path):
-        block.append(raw)
-        if len(block) == batch_size:
-            yield block
-            block = []
-    if block:
-        yield block
+def read_blocks(readable: fileio.ReadableFile, batch_size: int) -> Iterator[Block]:
+    """A matched file's blocks (``file_blocks``)."""
+    return file_blocks(readable.metadata.path, batch_size)
 
 
 def file_records(path: str) -> Iterator[Raw]:
-    """A file's records, each with its file and line (or row). A file that cannot be read to its end
-    (corrupt, truncated, not what its name says) ends with one record standing for the rest of it: a
-    dead letter at the first line or row not read, and a count under ``rtml.unreadable_file`` (its path)."""
+    """A file's records one by one (``file_blocks``)."""
+    for block in file_blocks(path):
+        yield from map(Raw, block.payloads, block.sources)
+
+
+def file_blocks(path: str, size: int = DEFAULT_BATCH_SIZE) -> Iterator[Block]:
+    """A file's records in blocks of up to ``size``, each with its file and line (or row). A file that cannot be
+    read to its end (corrupt, truncated, not what its name says) ends with one record standing for the rest of
+    it: a dead letter at the first line or row not read, and a count under ``rtml.unreadable_file`` (its path)."""
     parquet = path.endswith(".parquet")
-    unit, number = "row" if parquet else "line", 0
+    unit, first, pending = "row" if parquet else "line", 1, []
     try:
-        for number, payload in enumerate(_parquet_rows(path) if parquet else _lines(path), start=1):
-            yield Raw(payload, {"file": path, unit: number})
+        for records in _parquet_rows(path) if parquet else _lines(path):
+            pending.extend(records)
+            while len(pending) >= size:
+                yield Block(pending[:size], FileSpan(path, unit, first, size))
+                first, pending = first + size, pending[size:]
     except UNREADABLE_ERRORS as error:
         beam.metrics.Metrics.counter(UNREADABLE_NAMESPACE, path).inc()
-        yield Raw(Unreadable(f"{UNREADABLE_REASON} ({first_line(error)})"), {"file": path, unit: number + 1})
+        pending.append(Unreadable(f"{UNREADABLE_REASON} ({first_line(error)})"))
+    if pending:
+        yield Block(pending, FileSpan(path, unit, first, len(pending)))
 
 
-def _lines(path: str) -> Iterator[bytes]:
-    """The lines of a file without their line ends; a last line without one counts too."""
+def _lines(path: str) -> Iterator[list[bytes]]:
+    """The lines of a file without their line ends, a list at a time; a last line without one counts too."""
     if path.endswith(".gz"):
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             yield from _split_lines(_gunzip(handle))
@@ -134,30 +138,30 @@ def _gunzip(handle) -> Iterator[bytes]:
         raise EOFError("the gzip data ends before its end-of-stream marker (a cut file?)")
 
 
-def _split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+def _split_lines(chunks: Iterator[bytes]) -> Iterator[list[bytes]]:
     rest = b""
     for chunk in chunks:
-        lines = (rest + chunk).split(b"\n")
+        chunk = rest + chunk
+        lines = chunk.split(b"\n")
         rest = lines.pop()
-        for line in lines:
-            yield line[:-1] if line.endswith(b"\r") else line
+        yield [line[:-1] if line.endswith(b"\r") else line for line in lines] if b"\r" in chunk else lines
     if rest:
-        yield rest
+        yield [rest]
 
 
-def _parquet_rows(path: str) -> Iterator[dict]:
+def _parquet_rows(path: str) -> Iterator[list[dict]]:
     import pyarrow.parquet as pq
 
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         for record_batch in pq.ParquetFile(handle).iter_batches(batch_size=DEFAULT_BATCH_SIZE):
-            yield from record_batch.to_pylist()
+            yield record_batch.to_pylist()
 
 
 def json_lines(records: dict | list[dict]) -> bytes:
     """A record, or a list of records, as JSON Lines (no trailing newline: WriteToText adds it)."""
     if isinstance(records, dict):
         return orjson.dumps(records)
-    return b"\n".join(orjson.dumps(record) for record in records)
+    return b"\n".join(map(orjson.dumps, records))
 
 
 class WriteJsonLines(beam.PTransform):

@@ -147,7 +147,7 @@ class OrderedPerKey(beam.PTransform):
                     | "InEventTimeOrder" >> beam.ParDo(_OrderedStateFn(self._step, self._live_state.cache_mb)))
         return (keyed
                 | "GroupByKey" >> beam.GroupByKey()
-                | "Fold" >> beam.FlatMap(_fold, self._step))
+                | "Fold" >> beam.FlatMap(fold, self._step))
 
 
 def _at_its_time_in_its_shard(element, shards: int):
@@ -163,7 +163,9 @@ def _at_its_time_in_its_shard(element, shards: int):
                             time_us / 1e6)
 
 
-def _fold(keyed_elements, step: OrderedStep):
+def fold(keyed_elements, step: OrderedStep):
+    """A key's elements, ``(key, [(time_us, tiebreak, value), ...])``, through ``step`` in order: its outputs,
+    timestamped by event time (the bounded mode of ``OrderedPerKey``)."""
     key, elements = keyed_elements
     state, last_us = None, None
     for time_us, _, value in sorted(elements, key=lambda element: element[:2]):
