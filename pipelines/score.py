@@ -31,7 +31,7 @@ from pipelines.options import (ArchiveOptions, EngineOptions, KafkaOptions, Live
 from transforms import kafka
 from transforms.errors import UserError
 from transforms.features import TOP_K
-from transforms.fileio import ReadEventFiles, WriteJsonLines, WriteParquet, check_input
+from transforms.fileio import ReadEventFiles, WriteJsonLines, WriteParquet, check_input, label_type
 from transforms.kafka_commit import CommitWhenWritten
 from transforms.monitoring import ALERTS, WINDOWS, Monitor
 from transforms.spec import Spec
@@ -51,7 +51,7 @@ def scored_schema(spec: Spec):
     fields = [("event_id", pa.string()), ("event_time", pa.string()), (spec.entity_key, pa.string()),
               ("score", pa.float64()), ("alert", pa.bool_()), ("model_version", pa.string())]
     if spec.label:
-        fields.append((spec.label, pa.string() if spec.classes else pa.int8()))
+        fields.append((spec.label, label_type(spec)))
     if spec.classes:
         fields.append((TOP_K, pa.list_(pa.struct([("class", pa.string()), ("probability", pa.float64())]))))
     return pa.schema(fields)

@@ -50,7 +50,7 @@ from transforms.errors import IncompleteInput, UserError
 from transforms.events import EventBatch, rfc3339
 from transforms.features import RANKED_CLASSES, RANKED_PROBABILITIES, SCORE_OUTPUT, AnalyzeFeatures, feature_graph, \
     feature_names, load_feature_plan, raw_columns, tft_layer, transform_with_tft, width
-from transforms.fileio import UNREADABLE_REASON, ReadEventFiles, WriteJsonLines, check_input
+from transforms.fileio import UNREADABLE_REASON, ReadEventFiles, WriteJsonLines, check_input, label_type
 from transforms.monitoring import training_baseline
 from transforms.spec import Spec, load_spec
 
@@ -72,7 +72,7 @@ LIBRARIES = ("apache-beam", "tensorflow-transform", "tensorflow", "scikit-learn"
 def _staged_schema(spec: Spec) -> pa.Schema:
     types = {"string": pa.string(), "timestamp": pa.int64(), "number": pa.float32()}
     fields = [(name, types[spec.field(name).type]) for name in spec.feature_sources] + [(TIME_COLUMN, pa.int64())]
-    label = [(spec.label, pa.string() if spec.classes else pa.int8())] if spec.label else []
+    label = [(spec.label, label_type(spec))] if spec.label else []
     return pa.schema(fields + label)
 
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms.events import MAX_EVENT_BYTES, MAX_RAW_BYTES_KEPT, EventParser, dead_letter
+from transforms.events import MAX_EVENT_BYTES, MAX_RAW_BYTES_KEPT, MIN_SCREENED_BLOCK, EventParser, dead_letter
 from transforms.field_checks import FLOAT32_MAX
 from transforms.spec import load_spec
 
@@ -203,7 +203,9 @@ def payloads(draw, spec_name: str):
 @settings(max_examples=400)
 def test_a_block_is_checked_exactly_as_its_events_one_by_one(data, spec_name, require_label):
     parser = EventParser(SPECS[spec_name], require_label=require_label)
-    block = data.draw(st.lists(payloads(spec_name), max_size=40))
+    block = data.draw(st.lists(payloads(spec_name), min_size=1, max_size=40))
+    if data.draw(st.booleans()):  # large enough to be screened in columns
+        block = block * -(-MIN_SCREENED_BLOCK // len(block))
     one_by_one = [parser.parse(payload) for payload in block]
     parsed = parser.parse_block(block)
     assert parsed.broken == [(row, result) for row, result in enumerate(one_by_one) if isinstance(result, str)]

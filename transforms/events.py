@@ -23,6 +23,9 @@ from transforms.spec import Spec
 
 MAX_EVENT_BYTES = 1 << 20  # the contract: a larger event breaks it
 MAX_RAW_BYTES_KEPT = 64 << 10  # a dead letter keeps at most this much of the raw input
+# A smaller block's events are checked one by one: numpy's cost per call outweighs the rows' below about this many
+# (measured: 1 event 109 us screened against 5 us alone; 64 events 264 us against 296 us).
+MIN_SCREENED_BLOCK = 64
 METRICS_NAMESPACE = "rtml"
 DEAD_LETTERS = "dead_letters"
 # The key of a stream's scored record or dead letter that holds its input's Raw.position; the Kafka
@@ -162,15 +165,7 @@ class EventParser:
         self._column_checks = [(f.name, column_check(f, required[f.name])) for f in spec.fields]
 
     def parse_block(self, payloads: list) -> ParsedBlock:
-        decoded = _decoded(payloads)
-        rows = [row for row, event in enumerate(decoded) if event is not None]
-        candidates = [decoded[row] for row in rows]
-        passed = np.ones(len(candidates), bool)
-        for name, check in self._column_checks:
-            passed &= check(list(map(dict.get, candidates, itertools.repeat(name))))
-        valid = dict.fromkeys(np.asarray(rows, dtype=np.int64)[passed].tolist())
-        screened_times = _times_us([decoded[row][self._time_field] for row in valid])
-        times = dict(zip(valid, screened_times))
+        decoded, valid, times = self._screened(payloads)
         broken = []
         for row in sorted(set(range(len(payloads))).difference(valid)):
             parsed = self.parse(payloads[row])
@@ -180,6 +175,19 @@ class EventParser:
                 valid[row], decoded[row], times[row] = None, parsed[0], parsed[1]
         order = sorted(valid)
         return ParsedBlock(EventBatch([decoded[row] for row in order], [times[row] for row in order]), order, broken)
+
+    def _screened(self, payloads: list) -> tuple[list, dict, dict]:
+        """(each payload's JSON object or None, the rows that certainly hold valid events, their times)."""
+        if len(payloads) < MIN_SCREENED_BLOCK:
+            return [None] * len(payloads), {}, {}
+        decoded = _decoded(payloads)
+        rows = [row for row, event in enumerate(decoded) if event is not None]
+        candidates = [decoded[row] for row in rows]
+        passed = np.ones(len(candidates), bool)
+        for name, check in self._column_checks:
+            passed &= check(list(map(dict.get, candidates, itertools.repeat(name))))
+        valid = dict.fromkeys(np.asarray(rows, dtype=np.int64)[passed].tolist())
+        return decoded, valid, dict(zip(valid, _times_us([decoded[row][self._time_field] for row in valid])))
 
     def parse(self, payload: bytes | dict | Decoded | Unreadable | None) -> tuple[dict, int] | str:
         if isinstance(payload, dict):

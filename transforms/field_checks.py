@@ -145,10 +145,13 @@ def _strings(field, required: bool) -> ColumnCheck:
     def check(column: list) -> np.ndarray:
         types = _Types(column)
         ok = types.where(str)
-        distinct = set(itertools.compress(column, ok))
-        broken = (distinct - enum if enum else set()) | ({""} & distinct if field.non_empty else set())
-        if pattern:
-            broken |= {value for value in distinct - broken if not pattern.fullmatch(value)}  # each value once
+        if enum or pattern:
+            distinct = set(itertools.compress(column, ok))
+            broken = (distinct - enum if enum else set()) | ({""} & distinct if field.non_empty else set())
+            if pattern:
+                broken |= {value for value in distinct - broken if not pattern.fullmatch(value)}  # each value once
+        else:
+            broken = {""} if field.non_empty and "" in column else set()
         if broken:
             ok[ok] = ~np.fromiter(map(broken.__contains__, itertools.compress(column, ok)), bool)
         return ok | types.nulls(required)

@@ -177,6 +177,13 @@ class WriteJsonLines(beam.PTransform):
                 | "Write" >> beam.io.WriteToText(self._path, file_name_suffix=".jsonl"))
 
 
+def label_type(spec):
+    """The Arrow type of a spec's label in the Parquet files the project writes: a class name, or 0 and 1."""
+    import pyarrow as pa
+
+    return pa.string() if spec.classes else pa.int8()
+
+
 class WriteParquet(beam.PTransform):
     """Lists of records in; Parquet files ``<directory>/<prefix>-SSSSS-of-NNNNN.parquet`` out."""
 
