@@ -13,7 +13,7 @@ from apache_beam.transforms.window import TimestampedValue
 from hypothesis import given, settings, strategies as st
 
 from pipelines import cli, score, serving
-from transforms import ordering
+from transforms import entity_columns, ordering
 from transforms.entity import AddEntityFeatures, EntityHistoryStep
 from transforms.entity_columns import entity_feature_columns
 from transforms.events import EventBatch
@@ -449,6 +449,13 @@ def test_where_features_in_columns_equal_the_fold_bit_for_bit(rows):
                        "region": "north", "age_band": "25-34"})
     in_columns, folded = _columns_and_fold(spec, events)
     assert in_columns == folded
+
+
+def test_window_starts_found_in_passes_where_entities_span_more_time_than_one_pass_holds(monkeypatch):
+    events = [_event(i, f"c{i % 3}", i * 3600 * 7, 1.0 + i % 5, ["FR", "DE"][i % 2]) for i in range(60)]
+    expected = _columns_and_fold(FRAUD_ENTITY, events)[1]
+    monkeypatch.setattr(entity_columns, "_KEY_ROOM", 9 * 86400 * _US)  # about one entity's span and window a pass
+    assert _columns_and_fold(FRAUD_ENTITY, events)[0] == expected
 
 
 def test_sums_of_integers_beyond_float64_are_left_to_the_fold():

@@ -12,6 +12,7 @@ would keep as exact integers beyond float64's (integers of 2**53 and more) are l
 from __future__ import annotations
 
 import itertools
+import operator
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -27,10 +28,8 @@ def entity_feature_columns(spec: Spec, events: list[dict], times_us: list[int]) 
     """Each of the spec's entity features for each event (in the given order), as the fold computes it; None if
     a sum could differ from the fold's (see the module's doc)."""
     n = len(events)
-    order = _fold_order(events, times_us, spec.entity_key)
+    order, entities, times = _fold_order(events, times_us, spec.entity_key)
     ordered = [events[i] for i in order]
-    entities = np.fromiter(_codes(ordered, spec.entity_key), np.int64, n)
-    times = np.asarray(times_us, dtype=np.int64)[order]
     features, starts = {}, {}
     for feature in spec.entity_features:
         if feature.window_s not in starts:
@@ -44,16 +43,17 @@ def entity_feature_columns(spec: Spec, events: list[dict], times_us: list[int]) 
     return {name: values[in_given_order] for name, values in features.items()}
 
 
-def _fold_order(events: list[dict], times_us: list[int], key: str) -> np.ndarray:
-    """The positions of ``events`` in the fold's order: by entity, then event time, then event id (as a string)."""
-    codes = np.fromiter(_codes(events, key), np.int64, len(events))
+def _fold_order(events: list[dict], times_us: list[int], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The positions of ``events`` in the fold's order (by entity, then event time, then event id as a string), and
+    in that order each one's entity (as a number) and time."""
+    codes = _codes(map(operator.itemgetter(key), events))
     times = np.asarray(times_us, dtype=np.int64)
     order = np.lexsort((times, codes))
     tied = np.flatnonzero((codes[order][1:] == codes[order][:-1]) & (times[order][1:] == times[order][:-1]))
     for run in _runs(tied):  # the same entity at the same time: by event id, as the fold's sort
         positions = order[run[0]:run[-1] + 2]
         order[run[0]:run[-1] + 2] = sorted(positions, key=lambda i: str(events[i]["event_id"]))
-    return order
+    return order, codes[order], times[order]
 
 
 def _runs(tied: np.ndarray) -> Iterator[list[int]]:
@@ -62,10 +62,10 @@ def _runs(tied: np.ndarray) -> Iterator[list[int]]:
         yield [i for _, i in run]
 
 
-def _codes(events: Iterable[dict], key: str) -> Iterator[int]:
-    """The entity of each event as a number, in order of first appearance (only equality matters)."""
+def _codes(values: Iterable) -> np.ndarray:
+    """Each value as a number, equal numbers for equal values (numbered in order of first appearance)."""
     index: dict = {}
-    return (index.setdefault(event[key], len(index)) for event in events)
+    return np.array([index.setdefault(value, len(index)) for value in values], dtype=np.int64)
 
 
 def _window_starts(entities: np.ndarray, times: np.ndarray, window_us: int) -> np.ndarray:
@@ -135,7 +135,7 @@ def _window_sums(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
 def _is_new(values: list, entities: np.ndarray, counted: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """1.0 where no counted event in the window had the event's value, else 0.0."""
     n = len(values)
-    same = np.fromiter(_codes(({"pair": pair} for pair in zip(entities.tolist(), values)), "pair"), np.int64, n)
+    same = _codes(zip(entities.tolist(), values))
     by_value = np.argsort(same, kind="stable")  # each (entity, value) together, in fold order
     run_start = np.maximum.accumulate(np.where(np.r_[True, same[by_value][1:] != same[by_value][:-1]],
                                                np.arange(n), 0))
