@@ -29,6 +29,7 @@ Specs:
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import datetime as dt
 import gzip
@@ -665,7 +666,6 @@ def break_event(kind: str, event: dict, facts: ContractFacts, rng: np.random.Gen
 # --------------------------------------------------------------------------------------------
 
 MODELS = {"fraud": FraudModel, "sensor": SensorModel, "offers": OffersModel}
-CLASS_LABELLED = {"offers"}  # a label that names a class, not 0 or 1
 
 
 @dataclasses.dataclass
@@ -678,6 +678,7 @@ class DayFile:
     valid: int
     positive: int  # valid lines whose label is 1 (a class label: lines with one)
     broken: dict[str, int]
+    classes: dict[str, int] | None = None  # a class label's: valid lines per class
 
 
 def format_event_times(day: dt.date, offsets_ms: np.ndarray) -> list[str]:
@@ -702,19 +703,17 @@ def day_events(model, rng: np.random.Generator, day_index: int, day: dt.date,
 
 
 def day_lines(events: list[dict], broken_kinds: list[str], facts: ContractFacts, label: str,
-              rng: np.random.Generator) -> tuple[list[bytes], dict[str, int], int]:
+              rng: np.random.Generator) -> tuple[list[bytes], dict[str, int], list[dict]]:
     """Serialises a day's events, breaking randomly placed ones in the planned ways.
 
-    Returns the lines, the count of broken lines per kind and the count of valid lines whose
-    label is 1 (a class label: that have one)."""
+    Returns the lines, the count of broken lines per kind and the events of the valid lines."""
     lines = [orjson.dumps(event) for event in events]
     broken_at = rng.choice(len(events), len(broken_kinds), replace=False).tolist()
     for position, kind in zip(broken_at, rng.permutation(broken_kinds).tolist()):
         lines[position] = break_event(kind, events[position], facts, rng)
     broken = {kind: broken_kinds.count(kind) for kind in sorted(set(broken_kinds))}
     broken_at = set(broken_at)
-    positive = sum(bool(event[label]) for i, event in enumerate(events) if i not in broken_at)
-    return lines, broken, positive
+    return lines, broken, [event for i, event in enumerate(events) if i not in broken_at]
 
 
 def write_lines(path: pathlib.Path, lines: list[bytes], compress: bool) -> None:
@@ -760,12 +759,13 @@ def generate(spec: str, days: int, out: pathlib.Path, start: dt.date, events_per
         events = day_events(model, rng, day_index, day, events_per_day)
         if day == drift_day:
             shift_numbers(events, facts.numbers, drift_factor)
-        lines, broken, positive = day_lines(events, broken_kinds, facts, model.label, rng)
+        lines, broken, valid = day_lines(events, broken_kinds, facts, model.label, rng)
         relative = f"dt={day.isoformat()}/events.jsonl" + (".gz" if compress else "")
         write_lines(out / relative, lines, compress)
-        day_files.append(DayFile(date=day.isoformat(), file=relative, lines=len(lines),
-                                 valid=len(lines) - len(broken_kinds), positive=positive,
-                                 broken=broken))
+        labels = [event[model.label] for event in valid]
+        classes = dict(sorted(collections.Counter(labels).items())) if labels and isinstance(labels[0], str) else None
+        day_files.append(DayFile(date=day.isoformat(), file=relative, lines=len(lines), valid=len(valid),
+                                 positive=sum(map(bool, labels)), broken=broken, classes=classes))
     manifest = {
         "spec": spec, "seed": seed, "start": start.isoformat(), "events_per_day": events_per_day,
         "broken_share": broken_share, "compressed": compress, "label": model.label,
@@ -783,6 +783,9 @@ def summary(manifest: dict, out: pathlib.Path, seconds: float) -> str:
     lines = sum(day["lines"] for day in days)
     valid = sum(day["valid"] for day in days)
     positive = sum(day["positive"] for day in days)
+    classes = collections.Counter()
+    for day in days:
+        classes.update(day["classes"] or {})
     kinds: dict[str, int] = {}
     for day in days:
         for kind, count in day["broken"].items():
@@ -790,8 +793,7 @@ def summary(manifest: dict, out: pathlib.Path, seconds: float) -> str:
     broken = ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items())) or "none"
     return (f"wrote {len(days)} day files ({days[0]['date']} .. {days[-1]['date']}) and "
             f"{MANIFEST_NAME} under {out} in {seconds:.1f} s\n"
-            f"{lines} lines: {valid} valid ({positive} with {manifest['label']}"
-            f"{'' if manifest['spec'] in CLASS_LABELLED else '=1'}), "
+            f"{lines} lines: {valid} valid ({_label_summary(manifest['label'], positive, classes, valid)}), "
             f"{lines - valid} broken ({broken})"
             + (f"\n{', '.join(drift['fields'])} multiplied by {drift['factor']:g} on {drift['day']}"
                if (drift := manifest["drift"]) else ""))
@@ -830,6 +832,14 @@ def _share(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
+
+
+def _label_summary(label: str, positive: int, classes: collections.Counter, valid: int) -> str:
+    """``123 with is_fraud=1``, or for a class label how many classes and the commonest one's share."""
+    if not classes:
+        return f"{positive} with {label}=1"
+    commonest, count = classes.most_common(1)[0]
+    return f"{label}: {len(classes)} classes, the commonest {commonest} {count / valid:.1%}"
 
 
 def _positive(text: str) -> float:

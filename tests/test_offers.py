@@ -27,8 +27,14 @@ def test_the_label_is_the_category_the_customer_buys_next(tmp_path):
     """What the generator promises: each event's next_offer is the category of its customer's next purchase (where
     the archive holds one), and the same seed writes the same bytes."""
     for run in ("a", "b"):
-        generate.generate("offers", 3, tmp_path / run, datetime.date(2026, 3, 1), 3000, 0.0, 5, compress=False)
+        manifest = generate.generate("offers", 3, tmp_path / run, datetime.date(2026, 3, 1), 3000, 0.0, 5,
+                                     compress=False)
     files = sorted((tmp_path / "a").glob("*/events.jsonl"))
+    # the manifest counts each day's valid lines per class; the summary says how many classes and the commonest's share
+    assert [day["classes"] for day in manifest["days"]] == [
+        dict(sorted(Counter(e["next_offer"] for e in _valid_events(path)).items())) for path in files]
+    commonest, count = sum((Counter(day["classes"]) for day in manifest["days"]), Counter()).most_common(1)[0]
+    assert f"next_offer: 8 classes, the commonest {commonest} {count / 9000:.1%}" in generate.summary(manifest, tmp_path, 1)
     assert [f.read_bytes() for f in files] == [f.read_bytes() for f in sorted((tmp_path / "b").glob("*/events.jsonl"))]
     by_customer = defaultdict(list)
     for path in files:
