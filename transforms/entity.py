@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import zlib
 from typing import Iterable, Iterator
 
 import apache_beam as beam
@@ -36,7 +35,7 @@ from apache_beam.transforms.window import TimestampedValue
 
 from transforms.entity_columns import entity_feature_columns
 from transforms.events import EventBatch
-from transforms.ordering import LiveState, OrderedPerKey, OrderedStep, WithPassenger, fold
+from transforms.ordering import LiveState, OrderedPerKey, OrderedStep, WithPassenger, fold, shard_of
 from transforms.spec import Spec
 
 _US = 1_000_000
@@ -142,11 +141,11 @@ def _by_entity(batch: EventBatch, spec: Spec):
 
 
 def _by_shard(batch: EventBatch, key: str) -> Iterator[tuple[int, EventBatch]]:
-    """A batch split by its events' shards: ``(shard, the shard's part of the batch)``. The shard is a hash of the
-    entity stable across processes (not ``hash()``), so that every part of an entity meets in one shard."""
+    """A batch split by its events' shards (``ordering.shard_of`` their entities): ``(shard, the shard's part of the
+    batch)``."""
     rows_of = collections.defaultdict(list)
     for row, event in enumerate(batch.events):
-        rows_of[zlib.crc32(str(event[key]).encode()) % BOUNDED_SHARDS].append(row)
+        rows_of[shard_of(event[key], BOUNDED_SHARDS)].append(row)
     for shard, rows in rows_of.items():
         yield shard, EventBatch([batch.events[row] for row in rows], [batch.event_time_us[row] for row in rows],
                                 None if batch.positions is None else [batch.positions[row] for row in rows])
@@ -162,38 +161,41 @@ def _with_entity_features(sharded: tuple[int, Iterable[EventBatch]], spec: Spec,
     positions = None if parts[0].positions is None else [p for part in parts for p in part.positions]
     columns = entity_feature_columns(spec, events, times_us)
     if columns is None:
-        yield from _folded(spec, events, times_us, positions, batch_size)
-        return
-    names = list(columns)
-    enriched = []
-    for event, values in zip(events, zip(*(columns[name].tolist() for name in names))):
-        event = dict(event)
-        event.update(zip(names, values))
-        enriched.append(event)
-    for start in range(0, len(enriched), batch_size):
-        times = times_us[start:start + batch_size]
-        yield TimestampedValue(EventBatch(enriched[start:start + batch_size], times,
-                                          None if positions is None else positions[start:start + batch_size]),
-                               min(times) / 1e6)
+        events, times_us, positions = _folded(spec, events, times_us, positions)
+    else:
+        names, enriched = list(columns), []
+        for event, values in zip(events, zip(*(columns[name].tolist() for name in names))):
+            event = dict(event)
+            event.update(zip(names, values))
+            enriched.append(event)
+        events = enriched
+    for start in range(0, len(events), batch_size):
+        end = start + batch_size
+        yield _timestamped(EventBatch(events[start:end], times_us[start:end],
+                                      None if positions is None else positions[start:end]))
 
 
-def _folded(spec: Spec, events: list[dict], times_us: list[int], positions: list | None,
-            batch_size: int) -> Iterator[TimestampedValue]:
-    """What ``_with_entity_features`` gives, by ``EntityHistoryStep`` folded per entity."""
+def _folded(spec: Spec, events: list[dict], times_us: list[int],
+            positions: list | None) -> tuple[list[dict], list[int], list | None]:
+    """(events, times, positions) as ``_with_entity_features`` computes them, by ``EntityHistoryStep`` folded per
+    entity."""
     by_entity = collections.defaultdict(list)
     for event, time_us, position in zip(events, times_us, positions or itertools.repeat(None)):
         by_entity[event[spec.entity_key]].append((time_us, str(event["event_id"]), (event, position)))
     step = WithPassenger(EntityHistoryStep(spec))
-    outputs = [output.value for keyed in by_entity.items() for output in fold(keyed, step)]
-    for start in range(0, len(outputs), batch_size):
-        yield _to_event_batch(outputs[start:start + batch_size])
+    batch = _to_event_batch([output.value for keyed in by_entity.items() for output in fold(keyed, step)]).value
+    return batch.events, batch.event_time_us, batch.positions
 
 
 def _to_event_batch(enriched: list) -> TimestampedValue:
+    """The live step's outputs, ``((time_us, event), position)``, as a batch (``_timestamped``)."""
+    positions = [position for _, position in enriched]
+    return _timestamped(EventBatch([event for (_, event), _ in enriched], [time_us for (time_us, _), _ in enriched],
+                                   positions if positions[0] is not None else None))
+
+
+def _timestamped(batch: EventBatch) -> TimestampedValue:
     """A batch, timestamped at its earliest event. (BatchElements stamps it at the end of the global window, which
     would not hold back the watermark of what comes after: windows downstream would close before it, and a
     stream's last commit would come before its records were written.)"""
-    positions = [position for _, position in enriched]
-    times_us = [time_us for (time_us, _), _ in enriched]
-    return TimestampedValue(EventBatch([event for (_, event), _ in enriched], times_us,
-                                       positions if positions[0] is not None else None), min(times_us) / 1e6)
+    return TimestampedValue(batch, min(batch.event_time_us) / 1e6)

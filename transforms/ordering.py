@@ -151,16 +151,21 @@ class OrderedPerKey(beam.PTransform):
 
 
 def _at_its_time_in_its_shard(element, shards: int):
-    """``(shard, (time_us, tiebreak, key, pickled value))``, the shard by a hash stable across processes and Python
-    versions (not ``hash()``), timestamped at its own time, so that waiting in keyed state it holds the watermark
+    """``(shard, (time_us, tiebreak, key, pickled value))`` (``shard_of``), timestamped at its own time, so that waiting in keyed state it holds the watermark
     back there. (Stamped with its batch's time, a later record's, a backlog's watermark could pass it before its release, and
     its outputs came late to what followed: live monitoring windows lost them, and a stream committed its last
     offsets before they were written. docs/design.md, "Live streams under load".)"""
     key, (time_us, tiebreak, value) = element
-    shard = zlib.crc32(repr(key).encode()) % shards
+    shard = shard_of(key, shards)
     # (pickled once here: moved to pending and compacted, what waits is copied as bytes, unpickled when stepped)
     return TimestampedValue((shard, (time_us, tiebreak, key, pickle.dumps(value, pickle.HIGHEST_PROTOCOL))),
                             time_us / 1e6)
+
+
+def shard_of(key, shards: int) -> int:
+    """The shard of ``key``, by a hash stable across processes and Python versions (not ``hash()``): every worker
+    sends a key's elements to the same shard. (Live, keyed state is found by it: changing it loses histories.)"""
+    return zlib.crc32(repr(key).encode()) % shards
 
 
 def fold(keyed_elements, step: OrderedStep):
