@@ -492,6 +492,7 @@ def _run_stream(options, test_pipeline) -> dict[str, int]:
     cli.refuse(options, (cli.only(ArchiveOptions, *cli.FILE_FLAGS),), "is for --mode batch")
     serving.check_kafka_io(options, supported=False)
     serving.check_streaming_runner(options)
+    serving.check_delivery(options, "online k-means")
     metrics_endpoint.check_port(options)
     with serving.StopSignals() as signals:  # from here on, a signal stops the stream cleanly
         clustering = clustering_for(options)

@@ -177,10 +177,10 @@ def kafka_expansion_service(flags: KafkaOptions):
                                                          "--experiments=use_deprecated_read"])
 
 
-def live_read(flags: KafkaOptions, stream: StreamOptions, config: dict, group_id: str, commit_when_written: bool,
+def live_read(flags: KafkaOptions, stream: StreamOptions, config: dict, group_id: str, sinks_commit: bool,
               expansion_service=None, on_prism: bool = False, on_direct: bool = False):
-    """--input_topic read live for ``group_id``. ``commit_when_written``: the read commits nothing itself
-    (``CommitWhenWritten`` does, fed by the sinks); else it commits what its finished bundles read.
+    """--input_topic read live for ``group_id``. ``sinks_commit``: the read commits nothing itself (``CommitWhenWritten``
+    or the sinks' transactions do); else it commits what its finished bundles read.
     With ``expansion_service`` (``kafka_expansion_service``), Beam's Java KafkaIO reads instead. ``on_prism``:
     one watermark for all partitions (``ReadFromKafka``'s ``one_watermark``); ``on_direct``: one consumer for
     all partitions (its ``one_consumer``)."""
@@ -188,7 +188,7 @@ def live_read(flags: KafkaOptions, stream: StreamOptions, config: dict, group_id
         return kafka_beam.ReadWithBeamKafkaIO(flags.bootstrap_servers, flags.input_topic, group_id, stream.offset_reset,
                                               config, expansion_service)
     return kafka.ReadFromKafka(flags.bootstrap_servers, flags.input_topic, group_id, stream.offset_reset, config,
-                               max_delay_ms=round(stream.max_delay_s * 1000), commit_on_finalize=not commit_when_written,
+                               max_delay_ms=round(stream.max_delay_s * 1000), commit_on_finalize=not sinks_commit,
                                one_watermark=on_prism, one_consumer=on_direct,
                                partition_discovery_s=stream.partition_discovery_s)
 
@@ -291,6 +291,11 @@ def dead_letter_message(letter: dict) -> tuple[bytes | None, bytes, tuple | None
     """A dead letter as Kafka (key, value, position): keyed by the original message's key."""
     key, record = dead_letter_record(letter)
     return key, orjson.dumps(record), letter.get(POSITION)
+
+
+def on_topic(topic: str, messages: list[tuple]) -> list[tuple]:
+    """Kafka (key, value, position) messages as (topic, key, value, position), for one sink of several topics."""
+    return [(topic, *message) for message in messages]
 
 
 def monitoring_message(record: dict) -> tuple[bytes, bytes]:

@@ -157,6 +157,13 @@ class StreamOptions(PipelineOptions):
                             help="List --input_topic's partitions this often, and read one added since from its "
                                  "beginning (default: 0, only those there at the start; others after a restart). On "
                                  "a streaming runner (Prism, Flink, Dataflow), with --kafka_io python.")
+        parser.add_argument("--delivery", choices=(AT_LEAST_ONCE, EXACTLY_ONCE), default=AT_LEAST_ONCE,
+                            help="at_least_once: records are written, then their input's offsets committed (a crash "
+                                 "between the two writes some records again after the restart). exactly_once: each "
+                                 "bundle's scored records and dead letters and its input's offsets are committed in "
+                                 "one Kafka transaction, so a read_committed consumer of the outputs sees every input "
+                                 "event's record once, across crashes and restarts; on the DirectRunner, for a stream "
+                                 "without entity features or monitoring (default: at_least_once).")
         parser.add_argument("--progress_s", type=_delay, default=60.0, metavar="SECONDS",
                             help="Every this many seconds, one line on stderr: events/s written, the lag (messages "
                                  "of --input_topic the group has not committed: not yet written, or not yet read) "
@@ -227,6 +234,7 @@ class DemoOptions(PipelineOptions):
 
 
 DEFAULT_MAX_DELAY_S = 1.0
+AT_LEAST_ONCE, EXACTLY_ONCE = "at_least_once", "exactly_once"  # --delivery
 
 
 def _delay(text: str) -> float:

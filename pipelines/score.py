@@ -26,13 +26,14 @@ from apache_beam.options.pipeline_options import StandardOptions
 
 from models import registry
 from pipelines import cli, graph, metrics_endpoint, runners, serving
-from pipelines.options import (ArchiveOptions, EngineOptions, KafkaOptions, LiveMonitorOptions, ModelOptions,
-                               MonitorOptions, ReloadOptions, ScoreOptions, SpecOptions, StreamOptions)
-from transforms import kafka
+from pipelines.options import (EXACTLY_ONCE, ArchiveOptions, EngineOptions, KafkaOptions, LiveMonitorOptions,
+                               ModelOptions, MonitorOptions, ReloadOptions, ScoreOptions, SpecOptions, StreamOptions)
+from transforms import kafka, kafka_transactions
 from transforms.errors import UserError
 from transforms.features import TOP_K
 from transforms.fileio import ReadEventFiles, WriteJsonLines, WriteParquet, check_input, label_type
 from transforms.kafka_commit import CommitWhenWritten
+from transforms.kafka_transactions import WriteInTransactions
 from transforms.monitoring import ALERTS, WINDOWS, Monitor
 from transforms.spec import Spec
 
@@ -115,15 +116,24 @@ def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options, mo
     config, max_batch = graph.kafka_config(flags), graph.stream_batch_size(options)
     group = group_id(stream, spec)
     java_io = graph.kafka_expansion_service(flags)  # --kafka_io beam: it commits what Flink checkpointed
+    in_transactions = stream.delivery == EXACTLY_ONCE
     when_written = not runners.is_direct(options) and java_io is None
-    read = graph.live_read(flags, stream, config, group, when_written, java_io, on_prism=runners.is_prism(options),
-                           on_direct=runners.is_direct(options))
+    read = graph.live_read(flags, stream, config, group, when_written or in_transactions, java_io,
+                           on_prism=runners.is_prism(options), on_direct=runners.is_direct(options))
     batches, scored, dead_letters = (
         pipeline
-        | "ReadEvents" >> graph.ReadKafkaEvents(read, max_batch, with_positions=when_written,
+        | "ReadEvents" >> graph.ReadKafkaEvents(read, max_batch, with_positions=when_written or in_transactions,
                                                 value_format=graph.value_format(options, spec))
         | "ScoreRaw" >> graph.ScoreRaw(spec, model, model_dir, engine, streaming=True, batch_size=max_batch,
                                        model_reload_s=model_reload_s, live_state=runners.live_state(options)))
+    if in_transactions:
+        output, dead_letter = stream.output_topic, stream.dead_letter_topic
+        ((scored | "ScoredMessages" >> beam.FlatMap(
+            lambda records: graph.on_topic(output, graph.scored_messages(records, spec.entity_key))),
+          dead_letters | "DeadLetterMessages" >> beam.Map(
+              lambda letter: graph.on_topic(dead_letter, [graph.dead_letter_message(letter)])[0]))
+         | "WriteInTransactions" >> WriteInTransactions(flags.bootstrap_servers, group, config))
+        return
     written = [scored | "WriteScored" >> graph.WriteToTopic(flags.bootstrap_servers, stream.output_topic, config,
                                                             graph.scored_messages, spec.entity_key,
                                                             report_written=when_written, expansion_service=java_io),
@@ -166,10 +176,13 @@ def run_stream(options, test_pipeline=None, stop_when=None, on_stop=None,
         options.view_as(StandardOptions).streaming = True
         stateful = " and ".join(what for what, used in (("entity features", spec.entity_features),
                                                           ("monitoring", monitoring_topic)) if used)
+        serving.check_delivery(options, stateful or None)
         note = runners.choose_stream_runner(options, stateful or None)
         if note:
             print(note, file=sys.stderr, flush=True)
         serving.check_topics(flags, stream, config, group_id(stream, spec))
+        if stream.delivery == EXACTLY_ONCE:
+            kafka_transactions.fence(flags.bootstrap_servers, config, group_id(stream, spec))
         pipeline = cli.create_pipeline(options, test_pipeline)
         build_stream(pipeline, spec, model, options, model_reload_s)
         serving.check_fused_with_source(pipeline, options)

@@ -28,8 +28,8 @@ from apache_beam.transforms import userstate
 
 from pipelines import cli, metrics_endpoint, runners
 from pipelines.flink_rest import FlinkRest
-from pipelines.options import KafkaOptions, StreamOptions
-from transforms import kafka, kafka_access, live_metrics
+from pipelines.options import EXACTLY_ONCE, KafkaOptions, StreamOptions
+from transforms import kafka, kafka_access, kafka_transactions, live_metrics
 from transforms.errors import UnreadableState, UserError
 from transforms.events import METRICS_NAMESPACE
 
@@ -66,6 +66,26 @@ def check_streaming_runner(options) -> None:
                         "HOST:PORT) starts from a savepoint")
 
 
+def check_delivery(options, stateful: str | None) -> None:
+    """--delivery exactly_once commits a bundle's records together with its input's offsets, so the sinks must run in
+    the read's bundle: on the DirectRunner (where they are fused; Prism, Flink and Dataflow may split them apart), with
+    no step that keeps an event past its read's bundle (``stateful`` names those the stream has)."""
+    if options.view_as(StreamOptions).delivery != EXACTLY_ONCE:
+        return
+    why = None
+    if stateful:
+        why = (f"a stream with {stateful} keeps events in state past the bundle that read them, so one transaction "
+               f"cannot hold an event's record and its offset")
+    elif options.view_as(KafkaOptions).kafka_io == "beam":
+        why = "Beam's Java KafkaIO writes outside the read's bundle"
+    elif not runners.is_direct(options):
+        why = ("it runs on the DirectRunner, whose sinks run in the read's bundle; other runners may split them "
+               "apart")
+    if why:
+        raise UserError(f"--delivery exactly_once: {why}; use --delivery at_least_once (a restart writes again the "
+                        f"records written since the last commit)")
+
+
 def how_it_stops(options) -> str:
     """The end of a streaming command's first line: how its stream stops (one on a Flink cluster runs on after the
     command, until ``rtml jobs stop``, which ``serve`` says once it runs)."""
@@ -76,7 +96,8 @@ def check_fused_with_source(pipeline, options) -> None:
     """Refuse, rather than hang, a streaming graph the DirectRunner cannot run live.
 
     The DirectRunner runs an unbounded Kafka read on the FnApiRunner stage by stage: whatever sits
-    behind a GroupByKey or a stateful DoFn would never run. Such steps need a streaming runner.
+    behind a GroupByKey, a stateful DoFn or a Flatten (a stage of its own there) would never run. Such steps need a
+    streaming runner.
     """
     if not runners.is_direct(options):
         return
@@ -85,17 +106,17 @@ def check_fused_with_source(pipeline, options) -> None:
     class Visitor(beam.pipeline.PipelineVisitor):
         def visit_transform(self, node):
             transform = node.transform
-            if isinstance(transform, beam.GroupByKey) or (
+            if isinstance(transform, (beam.GroupByKey, beam.Flatten)) or (
                     isinstance(transform, beam.ParDo) and userstate.is_stateful_dofn(transform.dofn)):
                 found.append(node.full_label)
 
     pipeline.visit(Visitor())
     if found:
         stages = ", ".join(dict.fromkeys(label.split("/")[0] for label in found))
-        raise UserError(f"--mode stream: these stages group or keep state: {stages} (first: {found[0]}), which the "
-                        f"DirectRunner cannot run behind an unbounded source (it would wait forever); use a streaming "
-                        f"runner: --runner PrismRunner (python -m pipelines.artifacts builds it), FlinkRunner or "
-                        f"DataflowRunner")
+        raise UserError(f"--mode stream: these stages group, keep state or merge branches: {stages} (first: "
+                        f"{found[0]}), which the DirectRunner cannot run behind an unbounded source (it would wait "
+                        f"forever); use a streaming runner: --runner PrismRunner (python -m pipelines.artifacts builds "
+                        f"it), FlinkRunner or DataflowRunner")
 
 
 def check_kafka_io(options, supported: bool = True) -> None:
@@ -293,6 +314,11 @@ def one_line_failure(error: BaseException) -> str | None:
         if start >= 0 and end > start:
             return text[start:end + len("does not exist")] + "; create it, or check --input_topic"
         return "a Kafka topic does not exist; create it, or check --input_topic"
+    transaction = re.search(r"KafkaTransactionError: ([^\n\[]+)", text)
+    if transaction or isinstance(error, kafka_transactions.KafkaTransactionError):
+        what = transaction.group(1).strip() if transaction else text.split(" [while running")[0]
+        return (f"{what}; the stream stopped, and what the transaction held is neither visible to read_committed "
+                f"consumers nor committed: the next run of the group writes it")
     if "KafkaDeliveryError" in text or isinstance(error, kafka.KafkaDeliveryError):
         match = re.search(r"(\d+ record\(s\) not delivered to '[^']*': [^\n\[]*)", text)
         what = match.group(1).strip() if match else "the broker refused records"

@@ -111,7 +111,7 @@ class Outputs:
         self.scored: list[tuple[bytes, dict]] = []
         self.dead: list[tuple[bytes, dict]] = []
         self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_name("check"),
-                                   "enable.auto.commit": False}, logger=_QUIET)
+                                   "enable.auto.commit": False, "isolation.level": "read_committed"}, logger=_QUIET)
         self._consumer.assign([TopicPartition(output, 0, 0), TopicPartition(dead_letter, 0, 0)])
 
     def read(self, seconds: float = 0.3) -> "Outputs":

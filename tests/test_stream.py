@@ -24,7 +24,7 @@ from pipelines import generate
 from pipelines.kafka_broker import KafkaBroker, free_port
 from tests.conftest import publish_stand_in_model
 from tests.kafka_helpers import (Outputs, committed, entity_key, event_id, grow_topic, json_lines, make_topics,
-                                 produce, stream_scorer, unique_name)
+                                 produce, stream_scorer, unique_name, wait_for)
 
 TOMBSTONE_KEY = b"card-tombstone"
 
@@ -240,10 +240,86 @@ def test_sigkill_mid_stream_then_restart_scores_every_event_at_least_once(kafka_
     assert len(broken) == sum(archive["errors"].values())  # every broken line dead-lettered at least once
 
 
-def test_scorer_waits_out_a_broker_outage_without_a_restart(stream_model, archive):
+def test_exactly_once_three_sigkills_then_a_restart_write_every_events_record_once(kafka_broker, stream_model,
+                                                                                   archive):
+    """--delivery exactly_once, with events arriving at 1,000/s: three times a scorer is started and SIGKILLed while
+    it writes, then one runs to the end with the same group. A read_committed reader of the outputs sees every valid
+    event's record once and every broken line's dead letter once, with the scores of the bounded run, and the group's
+    offsets reach the topic's end. (With --delivery at_least_once the same test finds records written twice.)"""
+    bootstrap = kafka_broker.bootstrap
+    topics = make_topics(kafka_broker, "once")
+    group = unique_name("once")
+    copies = [line.replace(b'"event_id":"', f'"event_id":"copy{n}-'.encode(), 1)
+              for n in range(1, 10) for line in archive["lines"] if event_id(line) in archive["scores"]]
+    valid = {*archive["scores"], *map(event_id, copies)}
+    ends: dict[int, int] = {}
+    producer = threading.Thread(target=lambda: ends.update(
+        produce(bootstrap, topics[0], [*archive["lines"], *copies], None, 1000.0)))
+    outputs = Outputs(bootstrap, topics[1], topics[2])
+    try:
+        producer.start()
+        for _ in range(3):
+            with stream_scorer(stream_model, bootstrap, topics, group, "--delivery", "exactly_once") as scorer:
+                before = len(outputs.read().scored)
+                outputs.wait(lambda o: len(o.scored) >= before + 500, 60, "records written", scorer)
+                scorer.kill()
+        producer.join(60)
+        with stream_scorer(stream_model, bootstrap, topics, group, "--delivery", "exactly_once") as scorer:
+            outputs.wait(lambda o: len(o.scored) >= len(valid) and len(o.dead) >= sum(archive["errors"].values()),
+                         90, "every event scored or dead-lettered after the restarts", scorer)
+            wait_for(lambda: committed(bootstrap, group, topics[0], 3) == ends, 30, "the offsets of every event")
+            code, took = scorer.terminate()
+            assert code == 0 and took < 30, scorer.log()
+            assert "Traceback" not in scorer.log(), scorer.log()
+        outputs.read(2.0)  # nothing more may come
+    finally:
+        outputs.close()
+    scored = Counter(r["event_id"] for _, r in outputs.scored)
+    assert not [i for i, n in scored.items() if n > 1] and scored.keys() == valid
+    for _, record in outputs.scored:
+        original = record["event_id"].split("-", 1)[1] if record["event_id"].startswith("copy") else record["event_id"]
+        assert abs(record["score"] - archive["scores"][original]) <= 1e-6
+    dead_at = Counter((d["source"]["partition"], d["source"]["offset"]) for _, d in outputs.dead)
+    assert set(dead_at.values()) == {1} and Counter(d["error"] for _, d in outputs.dead) == archive["errors"]
+
+
+def test_exactly_once_a_second_scorer_of_the_group_fences_the_first_which_stops_in_one_line(
+        kafka_broker, stream_model, archive):
+    """Two scorers with one group and --delivery exactly_once: the second one's start fences the first, whose next
+    transaction fails, so it stops in one line; what it had not committed is invisible, and the second writes it."""
+    bootstrap = kafka_broker.bootstrap
+    topics = make_topics(kafka_broker, "fenced")
+    group = unique_name("fenced")
+    valid = [line for line in archive["lines"] if event_id(line) in archive["scores"]]
+    ends: dict[int, int] = {}
+    producer = threading.Thread(target=lambda: ends.update(produce(bootstrap, topics[0], valid, None, 200.0)))
+    outputs = Outputs(bootstrap, topics[1], topics[2])
+    try:
+        producer.start()
+        with stream_scorer(stream_model, bootstrap, topics, group, "--delivery", "exactly_once") as first:
+            outputs.wait(lambda o: len(o.scored) > 0, 60, "the first scorer's records", first)
+            with stream_scorer(stream_model, bootstrap, topics, group, "--delivery", "exactly_once") as second:
+                code = first.wait(60)
+                log = first.log()
+                producer.join(30)
+                outputs.wait(lambda o: len(o.scored) >= len(valid), 60, "every event scored", second)
+                wait_for(lambda: committed(bootstrap, group, topics[0], 3) == ends, 30, "the offsets of every event")
+                assert second.terminate()[0] == 0, second.log()
+        outputs.read(1.0)
+    finally:
+        outputs.close()
+    assert code == 2, log
+    assert re.search(r"^error: Kafka transaction of \d+ record\(s\) not committed: .*fenced.*another producer took "
+                     rf"transactional id {group}-transactions-0: is a second stream running for group {group}\?\); "
+                     r"the stream stopped", log.strip().splitlines()[-1]), log
+    assert Counter(r["event_id"] for _, r in outputs.scored) == Counter(map(event_id, valid))
+
+
+@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
+def test_scorer_waits_out_a_broker_outage_without_a_restart(stream_model, archive, delivery):
     """The broker goes away and comes back on the same port with its data; the scorer goes on by itself,
-    with its idempotent producers (the default). Then the broker goes away again, and a SIGTERM still
-    stops the scorer within 30 s."""
+    with its idempotent or transactional producers. Then the broker goes away again, and a SIGTERM still
+    stops the scorer within 30 s. Exactly once: every record once."""
     valid = [line for line in archive["lines"] if event_id(line) in archive["scores"]]
     first, rest = valid[:600], valid[600:1200]
     with KafkaBroker() as broker:
@@ -252,7 +328,7 @@ def test_scorer_waits_out_a_broker_outage_without_a_restart(stream_model, archiv
         outputs = Outputs(broker.bootstrap, topics[1], topics[2])
         try:
             with stream_scorer(stream_model, broker.bootstrap, topics, unique_name("outage"),
-                        "--kafka_config", "reconnect.backoff.max.ms=500") as scorer:
+                               "--kafka_config", "reconnect.backoff.max.ms=500", "--delivery", delivery) as scorer:
                 outputs.wait(lambda o: len(o.scored) >= len(first), 60, "the events before the outage", scorer)
                 outputs.close()
                 broker.stop()
@@ -264,6 +340,8 @@ def test_scorer_waits_out_a_broker_outage_without_a_restart(stream_model, archiv
                 outputs.wait(lambda o: {r["event_id"] for _, r in o.scored} >= set(map(event_id, rest)),
                              60, "the events after the outage", scorer)
                 assert not outputs.dead
+                if delivery == "exactly_once":
+                    assert Counter(r["event_id"] for _, r in outputs.read(1.0).scored) == Counter(map(event_id, valid[:1200]))
                 outputs.close()
                 broker.stop()
                 time.sleep(1)
@@ -332,6 +410,17 @@ def test_stream_mode_flags_are_checked_before_anything_starts(stream_model):
         score.run(["--mode", "stream", "--spec", "fraud", "--model_dir", stream_model, "--bootstrap_servers",
                    "127.0.0.1:1", "--input_topic", "a", "--output_topic", "b", "--dead_letter_topic", "c",
                    "--partition_discovery_s", "10", "--runner", "DirectRunner"])
+    with pytest.raises(UserError, match=r"^--delivery exactly_once: a stream with monitoring keeps events in state past "
+                                        r"the bundle that read them, so one transaction cannot hold an event's record "
+                                        r"and its offset; use --delivery at_least_once"):
+        score.run(["--mode", "stream", "--spec", "fraud", "--model_dir", stream_model, "--bootstrap_servers",
+                   "127.0.0.1:1", "--input_topic", "a", "--output_topic", "b", "--dead_letter_topic", "c",
+                   "--monitoring_topic", "d", "--delivery", "exactly_once"])
+    with pytest.raises(UserError, match=r"^--delivery exactly_once: it runs on the DirectRunner, whose sinks run in "
+                                        r"the read's bundle; other runners may split them apart"):
+        score.run(["--mode", "stream", "--spec", "fraud", "--model_dir", stream_model, "--bootstrap_servers",
+                   "127.0.0.1:1", "--input_topic", "a", "--output_topic", "b", "--dead_letter_topic", "c",
+                   "--delivery", "exactly_once", "--runner", "PrismRunner"])
 
 
 def _catches_sigterm(pid: int) -> bool:

@@ -1,0 +1,245 @@
+"""Exactly-once output to Kafka: a bundle's records and the input offsets they cover, in one Kafka transaction.
+
+Where a stream's sinks run in its read's bundle (fused with it, as on the DirectRunner), a bundle can write its
+scored records and dead letters and commit, for the stream's consumer group, the offsets of the input they came
+from, in one transaction (``send_offsets_to_transaction``). A ``read_committed`` consumer of the outputs then sees
+a record exactly when the group's offsets move past its input, and a restart reads on from there: a crash before
+the commit leaves neither (the next producer with the same transactional id aborts the open transaction, see
+``fence``), a crash after it leaves both.
+
+``WriteInTransactions``: a tuple of PCollections of ``(topic, key, value, position)`` in, nothing out; a position is
+the input's ``(topic, partition, covers_from, offset)`` (``transforms.kafka_commit``). The branches are not merged
+with a Flatten, which the DirectRunner runs as a stage of its own, after the read's: each gets a sink, and the sinks
+of one bundle share its transaction, committed when the last of them finishes the bundle (a runner finishes every
+step of a bundle, and every step upstream of a sink before it). A bundle commits a partition's offset only when its
+records cover the partition from the group's committed offset on without holes; a bundle that does not (a runner
+that split the read from the sinks) fails in one line, its transaction aborted, rather than commit what it did not
+write. Records below the committed offset (a bundle run again after its commit) are dropped: they are written.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import Counter
+
+import apache_beam as beam
+from apache_beam import pvalue
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from transforms import live_metrics
+from transforms.errors import first_line
+from transforms.kafka import BoundedCalls, Secrets, client, enqueue
+
+_LOG = logging.getLogger(__name__)
+WAIT_S = 30.0  # for each transactional call: Kafka's own timeouts decide within it
+ATTEMPT_S = 15.0  # for a whole transaction, retries of its calls included (one takes well under a second)
+ATTEMPTS = 5  # transactions aborted or not answered in a row, each written again, before the stream stops
+RETRY_PAUSE_S = 0.5
+
+
+class KafkaTransactionError(RuntimeError):
+    """A bundle's transaction could not be committed (fenced, refused, or aborted ``ATTEMPTS`` times in a row)."""
+
+
+def transactional_id(group_id: str, writer: int = 0) -> str:
+    """The transactional id of a stream's ``writer``-th transactional producer in a process: stable across
+    restarts, so that a restarted stream fences its predecessor and aborts what it left open."""
+    return f"{group_id}-transactions-{writer}"
+
+
+def fence(bootstrap_servers: str, config: dict, group_id: str) -> None:
+    """Abort what a previous run of the stream left open (its transaction, and the offsets pending in it, which a
+    ``read_committed`` offset lookup waits for until the transaction times out), before the read looks its start up."""
+    settings = {**config, "bootstrap.servers": bootstrap_servers, "transactional.id": transactional_id(group_id)}
+    secrets = Secrets(settings)
+    _retried("initialisation", secrets, client(Producer, settings, secrets).init_transactions, WAIT_S)
+
+
+class WriteInTransactions(beam.PTransform):
+    """A tuple of PCollections of ``(topic, key, value, position)`` in; each bundle's records and their input's
+    offsets for ``group_id`` committed in one Kafka transaction. Nothing out."""
+
+    def __init__(self, bootstrap_servers: str, group_id: str, config: dict | None = None):
+        super().__init__()
+        self._config = {**(config or {}), "bootstrap.servers": bootstrap_servers}
+        self._group_id = group_id
+
+    def expand(self, branches):
+        for number, messages in enumerate(branches):
+            messages | f"Sink{number}" >> beam.ParDo(_SinkFn(self._config, self._group_id, len(branches)))
+        return pvalue.PDone(branches[0].pipeline)
+
+
+class _SinkFn(beam.DoFn):
+    """One branch's sink: adds its records to the bundle's transaction, and the last to finish commits it."""
+
+    def __init__(self, config: dict, group_id: str, sinks: int):
+        self._config, self._group_id, self._sinks = config, group_id, sinks
+
+    def start_bundle(self):
+        self._transaction = _Transaction.of_this_thread(self._config, self._group_id, self._sinks)
+
+    def process(self, element):
+        self._transaction.add(*element)
+
+    def finish_bundle(self):
+        self._transaction.finished()
+
+
+# Offsets committed per (group, topic, partition) in this process: where a partition's next record must start. Shared
+# by the process's transactions, as a partition's bundles may run in any of its threads.
+_FRONTIERS: dict[tuple[str, str, int], int] = {}
+_FRONTIERS_LOCK = threading.Lock()
+_WRITERS = itertools.count()
+_THREADS = threading.local()
+
+
+class _Transaction:
+    """A bundle's records and the offsets they cover, for one group in one thread (a bundle runs in one thread), and
+    the transactional producer that commits them."""
+
+    @classmethod
+    def of_this_thread(cls, config: dict, group_id: str, sinks: int) -> "_Transaction":
+        transactions = _THREADS.__dict__.setdefault("transactions", {})
+        if group_id not in transactions:
+            transactions[group_id] = cls(config, group_id, sinks)
+        return transactions[group_id]
+
+    def __init__(self, config: dict, group_id: str, sinks: int):
+        self._config, self._group_id, self._sinks = config, group_id, sinks
+        self._id = transactional_id(group_id, next(_WRITERS))
+        self._secrets = Secrets(config)
+        self._consumer = client(Consumer, {**config, "group.id": group_id, "enable.auto.commit": False}, self._secrets)
+        self._start_producer()
+        _LOG.info("Kafka transactions as %s for group %s", self._id, group_id)
+        self._reset()
+
+    def _start_producer(self) -> None:
+        """A producer with the transactional id, whose start fences the previous one and aborts its transaction."""
+        self._producer = client(Producer, {**self._config, "transactional.id": self._id}, self._secrets)
+        self._calls = BoundedCalls()
+        _retried("initialisation", self._secrets, self._producer.init_transactions, WAIT_S)
+
+    def _reset(self) -> None:
+        self._messages: list[tuple[str, bytes | None, bytes]] = []
+        self._spans: dict[tuple[str, int], list[tuple[int, int]]] = {}  # input partition: (covers_from, offset)
+        self._finished = 0
+
+    def add(self, topic: str, key: bytes | None, value: bytes, position: tuple) -> None:
+        in_topic, partition, covers_from, offset = position
+        if offset < self._frontier(in_topic, partition):
+            return  # committed with its input already (a bundle run again)
+        self._messages.append((topic, key, value))
+        self._spans.setdefault((in_topic, partition), []).append((covers_from, offset))
+
+    def finished(self) -> None:
+        """One sink finished the bundle; the last commits it."""
+        self._finished += 1
+        if self._finished < self._sinks:
+            return
+        try:
+            if self._messages:
+                self._commit()
+        finally:
+            self._reset()
+
+    def _commit(self) -> None:
+        ends = {part: self._end(part, spans) for part, spans in self._spans.items()}
+        offsets = [TopicPartition(topic, partition, end) for (topic, partition), end in ends.items()]
+        for attempt in range(1, ATTEMPTS + 1):
+            answered, error = self._calls.call(ATTEMPT_S, self._transaction, offsets)
+            if answered and error is None:
+                break
+            if not answered:
+                # librdkafka can wait on past every timeout for a group coordinator that went away and came back
+                # (confluentinc/librdkafka#5511, #5456): a new producer aborts the transaction, unless it was
+                # committed meanwhile, which the group's offsets then say.
+                _LOG.warning("Kafka transaction not answered within %g s; starting a new producer as %s",
+                             ATTEMPT_S, self._id)
+                self._start_producer()
+                if self._committed_already(ends):
+                    break
+            else:
+                err = error.args[0] if isinstance(error, KafkaException) else None
+                if err is None or not err.txn_requires_abort():
+                    raise KafkaTransactionError(self._why(err or error)) from None
+                _LOG.warning("Kafka transaction aborted (%s); writing its %d record(s) again",
+                             self._secrets.scrub(err.str()), len(self._messages))
+                _retried("abort", self._secrets, self._producer.abort_transaction, WAIT_S)
+            time.sleep(RETRY_PAUSE_S)
+        else:
+            raise KafkaTransactionError(f"Kafka transaction of {len(self._messages)} record(s) not committed in "
+                                        f"{ATTEMPTS} attempts")
+        with _FRONTIERS_LOCK:
+            _FRONTIERS.update({(self._group_id, *part): end for part, end in ends.items()})
+        for topic, count in Counter(topic for topic, _, _ in self._messages).items():
+            live_metrics.WRITTEN.labels(topic=topic).inc(count)
+
+    def _transaction(self, offsets: list[TopicPartition]) -> None:
+        self._producer.begin_transaction()
+        for topic, key, value in self._messages:
+            enqueue(self._producer, topic, key, value, None)
+        _retried("offsets", self._secrets, self._producer.send_offsets_to_transaction, offsets,
+                 self._consumer.consumer_group_metadata(), WAIT_S)
+        _retried("commit", self._secrets, self._producer.commit_transaction, WAIT_S)
+
+    def _committed_already(self, ends: dict[tuple[str, int], int]) -> bool:
+        """Whether the group's offsets are the bundle's ends (its transaction committed) rather than its starts."""
+        found = {(tp.topic, tp.partition): tp.offset for tp in _retried(
+            "committed-offset lookup", self._secrets, self._consumer.committed,
+            [TopicPartition(topic, partition) for topic, partition in ends], WAIT_S)}
+        if found == ends:
+            return True
+        with _FRONTIERS_LOCK:
+            starts = {part: _FRONTIERS.get((self._group_id, *part)) for part in ends}
+        if found != starts:
+            raise KafkaTransactionError(f"group {self._group_id}'s offsets {found} are neither where this bundle "
+                                        f"started nor where it ends: is a second stream running for the group?")
+        return False
+
+    def _end(self, part: tuple[str, int], spans: list[tuple[int, int]]) -> int:
+        """The offset after the bundle's records of ``part``, which must cover it from the committed offset on."""
+        end = self._frontier(*part)
+        for covers_from, offset in sorted(spans):
+            if covers_from > end:
+                raise KafkaTransactionError(
+                    f"offsets {end} to {covers_from - 1} of {part[0]}:{part[1]} have no record in the bundle that "
+                    f"writes offset {offset}: exactly-once delivery needs the sinks in the read's bundle")
+            end = max(end, offset + 1)
+        return end
+
+    def _frontier(self, topic: str, partition: int) -> int:
+        key = (self._group_id, topic, partition)
+        with _FRONTIERS_LOCK:
+            if key in _FRONTIERS:
+                return _FRONTIERS[key]
+        [found] = _retried("committed-offset lookup", self._secrets, self._consumer.committed,
+                           [TopicPartition(topic, partition)], WAIT_S)
+        if found.offset < 0:
+            raise KafkaTransactionError(f"group {self._group_id} has no committed offset for {topic}:{partition}: "
+                                        f"the read commits where it starts")
+        with _FRONTIERS_LOCK:
+            return _FRONTIERS.setdefault(key, found.offset)
+
+    def _why(self, error: KafkaError | Exception) -> str:
+        why = self._secrets.scrub(error.str() if isinstance(error, KafkaError) else first_line(error))
+        if isinstance(error, KafkaError) and error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
+                                                              KafkaError.INVALID_PRODUCER_EPOCH):
+            why += (f" (another producer took transactional id {self._id}: is a second stream running for group "
+                    f"{self._group_id}?)")
+        return f"Kafka transaction of {len(self._messages)} record(s) not committed: {why}"
+
+
+def _retried(what: str, secrets: Secrets, call, *args):
+    """``call(*args)``, again while Kafka calls its error retriable (a broker away, a coordinator moving)."""
+    while True:
+        try:
+            return call(*args)
+        except KafkaException as error:
+            err = error.args[0]
+            if not isinstance(err, KafkaError) or not err.retriable():
+                raise
+            _LOG.warning("Kafka transaction %s: %s; retrying", what, secrets.scrub(err.str()))
+            time.sleep(RETRY_PAUSE_S)
