@@ -293,11 +293,6 @@ def dead_letter_message(letter: dict) -> tuple[bytes | None, bytes, tuple | None
     return key, orjson.dumps(record), letter.get(POSITION)
 
 
-def on_topic(topic: str, messages: list[tuple]) -> list[tuple]:
-    """Kafka (key, value, position) messages as (topic, key, value, position), for one sink of several topics."""
-    return [(topic, *message) for message in messages]
-
-
 def monitoring_message(record: dict) -> tuple[bytes, bytes]:
     """A monitoring or alert record as Kafka (key, value): keyed by its window, ``<size>s/<start>``."""
     return f"{record['window_s']}s/{record['window_start']}".encode("utf-8"), orjson.dumps(record)

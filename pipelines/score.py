@@ -129,9 +129,9 @@ def build_stream(pipeline, spec: Spec, model: registry.ModelVersion, options, mo
     if in_transactions:
         output, dead_letter = stream.output_topic, stream.dead_letter_topic
         ((scored | "ScoredMessages" >> beam.FlatMap(
-            lambda records: graph.on_topic(output, graph.scored_messages(records, spec.entity_key))),
+            lambda records: [(output, *message) for message in graph.scored_messages(records, spec.entity_key)]),
           dead_letters | "DeadLetterMessages" >> beam.Map(
-              lambda letter: graph.on_topic(dead_letter, [graph.dead_letter_message(letter)])[0]))
+              lambda letter: (dead_letter, *graph.dead_letter_message(letter))))
          | "WriteInTransactions" >> WriteInTransactions(flags.bootstrap_servers, group, config))
         return
     written = [scored | "WriteScored" >> graph.WriteToTopic(flags.bootstrap_servers, stream.output_topic, config,

@@ -68,8 +68,9 @@ def check_streaming_runner(options) -> None:
 
 def check_delivery(options, stateful: str | None) -> None:
     """--delivery exactly_once commits a bundle's records together with its input's offsets, so the sinks must run in
-    the read's bundle: on the DirectRunner (where they are fused; Prism, Flink and Dataflow may split them apart), with
-    no step that keeps an event past its read's bundle (``stateful`` names those the stream has)."""
+    the read's bundle, in this process: on the DirectRunner or Prism (Flink and Dataflow run them in workers where a
+    partition's bundles may move from process to process: not built), with no step that keeps an event past its read's
+    bundle (``stateful`` names those the stream has)."""
     if options.view_as(StreamOptions).delivery != EXACTLY_ONCE:
         return
     why = None
@@ -78,9 +79,9 @@ def check_delivery(options, stateful: str | None) -> None:
                f"cannot hold an event's record and its offset")
     elif options.view_as(KafkaOptions).kafka_io == "beam":
         why = "Beam's Java KafkaIO writes outside the read's bundle"
-    elif not runners.is_direct(options):
-        why = ("it runs on the DirectRunner, whose sinks run in the read's bundle; other runners may split them "
-               "apart")
+    elif not (runners.is_direct(options) or runners.is_prism(options)):
+        why = ("it runs on the DirectRunner and Prism, whose bundles run in this process; Flink and Dataflow run "
+               "them in workers of their own, which it does not track")
     if why:
         raise UserError(f"--delivery exactly_once: {why}; use --delivery at_least_once (a restart writes again the "
                         f"records written since the last commit)")
@@ -113,7 +114,7 @@ def check_fused_with_source(pipeline, options) -> None:
     pipeline.visit(Visitor())
     if found:
         stages = ", ".join(dict.fromkeys(label.split("/")[0] for label in found))
-        raise UserError(f"--mode stream: these stages group, keep state or merge branches: {stages} (first: "
+        raise UserError(f"--mode stream: these stages group, merge branches or keep state: {stages} (first: "
                         f"{found[0]}), which the DirectRunner cannot run behind an unbounded source (it would wait "
                         f"forever); use a streaming runner: --runner PrismRunner (python -m pipelines.artifacts builds "
                         f"it), FlinkRunner or DataflowRunner")

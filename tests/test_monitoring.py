@@ -459,7 +459,7 @@ def test_live_drift_alerts_are_the_bounded_runs(runner, kafka_broker, fraud_mode
 
 def test_stream_monitoring_on_the_direct_runner_is_refused_naming_the_stage(fraud_model, kafka_broker):
     kafka_broker.create_topic("monitor-refusal-in", 1)
-    with pytest.raises(UserError, match=r"--mode stream: these stages group, keep state or merge branches: Monitor, "
+    with pytest.raises(UserError, match=r"--mode stream: these stages group, merge branches or keep state: Monitor, "
                                         r"MonitoringRecords \(first: Monitor/.*"
                                         r"--runner PrismRunner .*, FlinkRunner or DataflowRunner"):
         score.run(["--mode", "stream", "--spec", "fraud", "--model_dir", fraud_model[0],

@@ -240,7 +240,8 @@ def test_sigkill_mid_stream_then_restart_scores_every_event_at_least_once(kafka_
     assert len(broken) == sum(archive["errors"].values())  # every broken line dead-lettered at least once
 
 
-def test_exactly_once_three_sigkills_then_a_restart_write_every_events_record_once(kafka_broker, stream_model,
+@pytest.mark.parametrize("runner", ["DirectRunner", "PrismRunner"])
+def test_exactly_once_three_sigkills_then_a_restart_write_every_events_record_once(runner, kafka_broker, stream_model,
                                                                                    archive):
     """--delivery exactly_once, with events arriving at 1,000/s: three times a scorer is started and SIGKILLed while
     it writes, then one runs to the end with the same group. A read_committed reader of the outputs sees every valid
@@ -259,12 +260,14 @@ def test_exactly_once_three_sigkills_then_a_restart_write_every_events_record_on
     try:
         producer.start()
         for _ in range(3):
-            with stream_scorer(stream_model, bootstrap, topics, group, "--delivery", "exactly_once") as scorer:
+            with stream_scorer(stream_model, bootstrap, topics, group, "--delivery", "exactly_once",
+                               "--runner", runner) as scorer:
                 before = len(outputs.read().scored)
                 outputs.wait(lambda o: len(o.scored) >= before + 500, 60, "records written", scorer)
                 scorer.kill()
         producer.join(60)
-        with stream_scorer(stream_model, bootstrap, topics, group, "--delivery", "exactly_once") as scorer:
+        with stream_scorer(stream_model, bootstrap, topics, group, "--delivery", "exactly_once",
+                           "--runner", runner) as scorer:
             outputs.wait(lambda o: len(o.scored) >= len(valid) and len(o.dead) >= sum(archive["errors"].values()),
                          90, "every event scored or dead-lettered after the restarts", scorer)
             wait_for(lambda: committed(bootstrap, group, topics[0], 3) == ends, 30, "the offsets of every event")
@@ -416,11 +419,12 @@ def test_stream_mode_flags_are_checked_before_anything_starts(stream_model):
         score.run(["--mode", "stream", "--spec", "fraud", "--model_dir", stream_model, "--bootstrap_servers",
                    "127.0.0.1:1", "--input_topic", "a", "--output_topic", "b", "--dead_letter_topic", "c",
                    "--monitoring_topic", "d", "--delivery", "exactly_once"])
-    with pytest.raises(UserError, match=r"^--delivery exactly_once: it runs on the DirectRunner, whose sinks run in "
-                                        r"the read's bundle; other runners may split them apart"):
+    with pytest.raises(UserError, match=r"^--delivery exactly_once: it runs on the DirectRunner and Prism, whose "
+                                        r"bundles run in this process; Flink and Dataflow"):
         score.run(["--mode", "stream", "--spec", "fraud", "--model_dir", stream_model, "--bootstrap_servers",
                    "127.0.0.1:1", "--input_topic", "a", "--output_topic", "b", "--dead_letter_topic", "c",
-                   "--delivery", "exactly_once", "--runner", "PrismRunner"])
+                   "--delivery", "exactly_once", "--runner", "FlinkRunner", "--flink_master", "localhost:1",
+                   "--environment_type", "EXTERNAL", "--environment_config", "localhost:1"])
 
 
 def _catches_sigterm(pid: int) -> bool:

@@ -37,24 +37,29 @@ WAIT_S = 30.0  # for each transactional call: Kafka's own timeouts decide within
 ATTEMPT_S = 15.0  # for a whole transaction, retries of its calls included (one takes well under a second)
 ATTEMPTS = 5  # transactions aborted or not answered in a row, each written again, before the stream stops
 RETRY_PAUSE_S = 0.5
+FENCED_WRITERS = 8  # a run with more bundles at once leaves the others' transactions to time out (60 s) after a crash
 
 
 class KafkaTransactionError(RuntimeError):
     """A bundle's transaction could not be committed (fenced, refused, or aborted ``ATTEMPTS`` times in a row)."""
 
 
-def transactional_id(group_id: str, writer: int = 0) -> str:
-    """The transactional id of a stream's ``writer``-th transactional producer in a process: stable across
-    restarts, so that a restarted stream fences its predecessor and aborts what it left open."""
+def transactional_id(group_id: str, writer: int) -> str:
+    """The transactional id of a stream's ``writer``-th transactional producer in a process (one per bundle that runs
+    at once, numbered from 0): stable across restarts, so that a restarted stream fences its predecessor and aborts
+    what it left open."""
     return f"{group_id}-transactions-{writer}"
 
 
 def fence(bootstrap_servers: str, config: dict, group_id: str) -> None:
-    """Abort what a previous run of the stream left open (its transaction, and the offsets pending in it, which a
-    ``read_committed`` offset lookup waits for until the transaction times out), before the read looks its start up."""
-    settings = {**config, "bootstrap.servers": bootstrap_servers, "transactional.id": transactional_id(group_id)}
-    secrets = Secrets(settings)
-    _retried("initialisation", secrets, client(Producer, settings, secrets).init_transactions, WAIT_S)
+    """Abort what a previous run of the stream left open (its transactions, and the offsets pending in them, which a
+    ``read_committed`` offset lookup waits for until they time out), before the read looks its start up: the
+    transactions of its first ``FENCED_WRITERS`` writers."""
+    for writer in range(FENCED_WRITERS):
+        settings = {**config, "bootstrap.servers": bootstrap_servers,
+                    "transactional.id": transactional_id(group_id, writer)}
+        secrets = Secrets(settings)
+        _retried("initialisation", secrets, client(Producer, settings, secrets).init_transactions, WAIT_S)
 
 
 class WriteInTransactions(beam.PTransform):
@@ -79,7 +84,7 @@ class _SinkFn(beam.DoFn):
         self._config, self._group_id, self._sinks = config, group_id, sinks
 
     def start_bundle(self):
-        self._transaction = _Transaction.of_this_thread(self._config, self._group_id, self._sinks)
+        self._transaction = _Transaction.of_this_bundle(self._config, self._group_id, self._sinks)
 
     def process(self, element):
         self._transaction.add(*element)
@@ -91,25 +96,30 @@ class _SinkFn(beam.DoFn):
 # Offsets committed per (group, topic, partition) in this process: where a partition's next record must start. Shared
 # by the process's transactions, as a partition's bundles may run in any of its threads.
 _FRONTIERS: dict[tuple[str, str, int], int] = {}
-_FRONTIERS_LOCK = threading.Lock()
-_WRITERS = itertools.count()
-_THREADS = threading.local()
+_LOCK = threading.Lock()
+_IDLE: dict[str, list["_Transaction"]] = {}  # per group: transactions no bundle holds now, for the next one
+_WRITERS: dict[str, itertools.count] = {}
+_BUNDLE = threading.local()  # per group: the transaction of the bundle this thread runs (a bundle runs in one)
 
 
 class _Transaction:
-    """A bundle's records and the offsets they cover, for one group in one thread (a bundle runs in one thread), and
-    the transactional producer that commits them."""
+    """A bundle's records and the offsets they cover, for one group, and the transactional producer that commits
+    them; taken by a bundle when its first sink starts, given back when its last sink finishes."""
 
     @classmethod
-    def of_this_thread(cls, config: dict, group_id: str, sinks: int) -> "_Transaction":
-        transactions = _THREADS.__dict__.setdefault("transactions", {})
-        if group_id not in transactions:
-            transactions[group_id] = cls(config, group_id, sinks)
-        return transactions[group_id]
+    def of_this_bundle(cls, config: dict, group_id: str, sinks: int) -> "_Transaction":
+        held = _BUNDLE.__dict__.setdefault("transactions", {})
+        if group_id not in held:
+            with _LOCK:
+                idle = _IDLE.setdefault(group_id, [])
+                found = idle.pop() if idle else None
+                writer = None if found else next(_WRITERS.setdefault(group_id, itertools.count()))
+            held[group_id] = found or cls(config, group_id, sinks, writer)
+        return held[group_id]
 
-    def __init__(self, config: dict, group_id: str, sinks: int):
+    def __init__(self, config: dict, group_id: str, sinks: int, writer: int):
         self._config, self._group_id, self._sinks = config, group_id, sinks
-        self._id = transactional_id(group_id, next(_WRITERS))
+        self._id = transactional_id(group_id, writer)
         self._secrets = Secrets(config)
         self._consumer = client(Consumer, {**config, "group.id": group_id, "enable.auto.commit": False}, self._secrets)
         self._start_producer()
@@ -139,11 +149,17 @@ class _Transaction:
         self._finished += 1
         if self._finished < self._sinks:
             return
+        committed = False
         try:
             if self._messages:
                 self._commit()
+            committed = True
         finally:
             self._reset()
+            del _BUNDLE.transactions[self._group_id]
+            if committed:  # else its producer may be fenced or failed: the next bundle takes a new one
+                with _LOCK:
+                    _IDLE[self._group_id].append(self)
 
     def _commit(self) -> None:
         ends = {part: self._end(part, spans) for part, spans in self._spans.items()}
@@ -172,7 +188,7 @@ class _Transaction:
         else:
             raise KafkaTransactionError(f"Kafka transaction of {len(self._messages)} record(s) not committed in "
                                         f"{ATTEMPTS} attempts")
-        with _FRONTIERS_LOCK:
+        with _LOCK:
             _FRONTIERS.update({(self._group_id, *part): end for part, end in ends.items()})
         for topic, count in Counter(topic for topic, _, _ in self._messages).items():
             live_metrics.WRITTEN.labels(topic=topic).inc(count)
@@ -192,7 +208,7 @@ class _Transaction:
             [TopicPartition(topic, partition) for topic, partition in ends], WAIT_S)}
         if found == ends:
             return True
-        with _FRONTIERS_LOCK:
+        with _LOCK:
             starts = {part: _FRONTIERS.get((self._group_id, *part)) for part in ends}
         if found != starts:
             raise KafkaTransactionError(f"group {self._group_id}'s offsets {found} are neither where this bundle "
@@ -212,7 +228,7 @@ class _Transaction:
 
     def _frontier(self, topic: str, partition: int) -> int:
         key = (self._group_id, topic, partition)
-        with _FRONTIERS_LOCK:
+        with _LOCK:
             if key in _FRONTIERS:
                 return _FRONTIERS[key]
         [found] = _retried("committed-offset lookup", self._secrets, self._consumer.committed,
@@ -220,7 +236,7 @@ class _Transaction:
         if found.offset < 0:
             raise KafkaTransactionError(f"group {self._group_id} has no committed offset for {topic}:{partition}: "
                                         f"the read commits where it starts")
-        with _FRONTIERS_LOCK:
+        with _LOCK:
             return _FRONTIERS.setdefault(key, found.offset)
 
     def _why(self, error: KafkaError | Exception) -> str:
