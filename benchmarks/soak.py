@@ -23,7 +23,7 @@ through the run, the first 5 s into it) and started again at once with the same 
 drain and exit 0 within seconds, and nothing be lost.
 
 Reported: each scorer process's exit status (SIGKILL's aside: 0 expected), events lost (valid events produced and
-never scored; duplicates after the SIGKILL are counted, not lost), p50/p99 latency (output message timestamp -
+never scored; records written twice, as after a SIGKILL at least once, are counted apart), p50/p99 latency (output message timestamp -
 input timestamp) per 5-minute stretch of production, and every minute the RSS, open file descriptors and threads of
 the scorer's process group (the command, and Prism's or Flink's JVM where it runs them).
 """
@@ -106,6 +106,7 @@ def main(argv=None) -> int:
                                                                      "disruptions")
     parser.add_argument("--stops", type=int, default=0, metavar="N",
                         help="SIGTERM and restart the scorer N times under traffic; no other disruptions")
+    parser.add_argument("--scorer_flags", default="", help="more flags for the scorer, e.g. '--delivery exactly_once'")
     parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs, model) afterwards")
     args = parser.parse_args(argv)
     if args.stops < 0:
@@ -127,7 +128,8 @@ def main(argv=None) -> int:
                      "--input_topic", topics[0], "--output_topic", topics[1], "--dead_letter_topic", topics[2],
                      "--group_id", f"soak-{uuid.uuid4().hex[:6]}", "--offset_reset", "earliest",
                      "--model_poll_seconds", "10",
-                     *([] if args.no_monitoring else ["--monitoring_topic", topics[3]])], run)
+                     *([] if args.no_monitoring else ["--monitoring_topic", topics[3]]), *args.scorer_flags.split()],
+                    run)
     reader = OutputReader(broker.bootstrap, topics[1])
     produced: dict[str, int] = {}
     samples: list[dict] = []
@@ -270,11 +272,12 @@ def report(args, produced: dict[str, int], reader: OutputReader, samples: list[d
         if event_id in reader.seen:
             stretches.setdefault(int((ts - start) / 1000 // STRETCH_S), []).append(reader.seen[event_id][0] - ts)
     lines = [f"\n{args.spec} on {args.runner}, {'overload from ' * args.overload}{args.rate:g} events/s"
-             f"{'' if args.overload else f' for {args.minutes:g} min'}, {datetime.date.today()}",
+             f"{'' if args.overload else f' for {args.minutes:g} min'}, {args.scorer_flags or 'no more flags'}, "
+             f"{datetime.date.today()}",
              f"during the run: {'; '.join(happened) or 'nothing'}; peak RSS {max(s['rss_mb'] for s in samples):.0f} MB",
              f"exits: {', '.join(f'{how}: {code}' for how, code in exits)}",
              f"valid events produced {len(valid):,}, scored {len(valid) - len(lost):,}, lost {len(lost):,}"
-             + (f" (first: {sorted(lost)[:3]})" if lost else ""),
+             + (f" (first: {sorted(lost)[:3]})" if lost else "") + f", records written twice {reader.duplicates:,}",
              "latency per 5-minute stretch of production (ms): "
              + "; ".join(f"{k * STRETCH_S // 60}-{(k + 1) * STRETCH_S // 60} min p50 {np.percentile(v, 50):,.0f} "
                          f"p99 {np.percentile(v, 99):,.0f}" for k, v in sorted(stretches.items())),

@@ -97,6 +97,7 @@ class OutputReader(threading.Thread):
         super().__init__(daemon=True, name="output-reader")
         self.seen: dict[str, tuple[int, int]] = {}
         self.counts: dict[str, int] = {}  # events seen per trial label
+        self.duplicates = 0  # records of an event seen before
         self._halt = threading.Event()
         self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-check-{uuid.uuid4().hex[:6]}",
                                    "enable.auto.commit": False, "fetch.wait.max.ms": 10}, logger=_QUIET)
@@ -108,7 +109,9 @@ class OutputReader(threading.Thread):
                 if message.error() is None:
                     consumed = _now_ms()
                     event_id = orjson.loads(message.value())["event_id"]
-                    if event_id not in self.seen:
+                    if event_id in self.seen:
+                        self.duplicates += 1
+                    else:
                         self.seen[event_id] = (message.timestamp()[1], consumed)
                         label = event_id.rsplit("-", 1)[0]
                         self.counts[label] = self.counts.get(label, 0) + 1
