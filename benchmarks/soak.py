@@ -23,9 +23,9 @@ through the run, the first 5 s into it) and started again at once with the same 
 drain and exit 0 within seconds, and nothing be lost.
 
 Reported: each scorer process's exit status (SIGKILL's aside: 0 expected), events lost (valid events produced and
-never scored; records written twice, as after a SIGKILL at least once, are counted apart), p50/p99 latency (output message timestamp -
-input timestamp) per 5-minute stretch of production, and every minute the RSS, open file descriptors and threads of
-the scorer's process group (the command, and Prism's or Flink's JVM where it runs them).
+never scored; records written twice, as after a SIGKILL at least once, are counted apart), p50/p99 latency (output
+message timestamp - input timestamp) per 5-minute stretch of production, and every minute the RSS, open file
+descriptors and threads of the scorer's process group (the command, and Prism's or Flink's JVM where it runs them).
 """
 from __future__ import annotations
 

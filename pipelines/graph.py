@@ -179,8 +179,8 @@ def kafka_expansion_service(flags: KafkaOptions):
 
 def live_read(flags: KafkaOptions, stream: StreamOptions, config: dict, group_id: str, sinks_commit: bool,
               expansion_service=None, on_prism: bool = False, on_direct: bool = False):
-    """--input_topic read live for ``group_id``. ``sinks_commit``: the read commits nothing itself (``CommitWhenWritten``
-    or the sinks' transactions do); else it commits what its finished bundles read.
+    """--input_topic read live for ``group_id``. ``sinks_commit``: the read commits nothing itself
+    (``CommitWhenWritten`` or the sinks' transactions do); else it commits what its finished bundles read.
     With ``expansion_service`` (``kafka_expansion_service``), Beam's Java KafkaIO reads instead. ``on_prism``:
     one watermark for all partitions (``ReadFromKafka``'s ``one_watermark``); ``on_direct``: one consumer for
     all partitions (its ``one_consumer``)."""

@@ -162,8 +162,8 @@ class StreamOptions(PipelineOptions):
                                  "between the two writes some records again after the restart). exactly_once: each "
                                  "bundle's scored records and dead letters and its input's offsets are committed in "
                                  "one Kafka transaction, so a read_committed consumer of the outputs sees every input "
-                                 "event's record once, across crashes and restarts; on the DirectRunner and Prism, for a "
-                                 "stream without entity features or monitoring (default: at_least_once).")
+                                 "event's record once, across crashes and restarts; on the DirectRunner and Prism, "
+                                 "for a stream without entity features or monitoring (default: at_least_once).")
         parser.add_argument("--progress_s", type=_delay, default=60.0, metavar="SECONDS",
                             help="Every this many seconds, one line on stderr: events/s written, the lag (messages "
                                  "of --input_topic the group has not committed: not yet written, or not yet read) "
