@@ -68,8 +68,8 @@ def check_streaming_runner(options) -> None:
 
 def check_delivery(options, stateful: str | None) -> None:
     """--delivery exactly_once commits a bundle's records together with its input's offsets, so the sinks must run in
-    the read's bundle, in this process: on the DirectRunner or Prism (Flink and Dataflow run them in workers where a
-    partition's bundles may move from process to process: not built), with no step that keeps an event past its read's
+    the read's bundle, in this process: on the DirectRunner or Prism with LOOPBACK workers (Flink and Dataflow run them
+    in workers where a partition's bundles may move from process to process: not built), with no step that keeps an event past its read's
     bundle (``stateful`` names those the stream has)."""
     if options.view_as(StreamOptions).delivery != EXACTLY_ONCE:
         return
@@ -79,9 +79,11 @@ def check_delivery(options, stateful: str | None) -> None:
                f"cannot hold an event's record and its offset")
     elif options.view_as(KafkaOptions).kafka_io == "beam":
         why = "Beam's Java KafkaIO writes outside the read's bundle"
-    elif not (runners.is_direct(options) or runners.is_prism(options)):
-        why = ("it runs on the DirectRunner and Prism, whose bundles run in this process; Flink and Dataflow run "
-               "them in workers of their own, which it does not track")
+    elif not (runners.is_direct(options) or runners.is_prism(options) and (  # Prism's preset is LOOPBACK
+            options.view_as(PortableOptions).environment_type or "LOOPBACK").upper() == "LOOPBACK"):
+        why = ("it runs on the DirectRunner and Prism with --environment_type LOOPBACK, whose bundles run in this "
+               "process; Flink, Dataflow and other workers run them in processes of their own, which it does not "
+               "track")
     if why:
         raise UserError(f"--delivery exactly_once: {why}; use --delivery at_least_once (a restart writes again the "
                         f"records written since the last commit)")

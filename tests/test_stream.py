@@ -289,11 +289,13 @@ def test_exactly_once_three_sigkills_then_a_restart_write_every_events_record_on
 def test_exactly_once_a_second_scorer_of_the_group_fences_the_first_which_stops_in_one_line(
         kafka_broker, stream_model, archive):
     """Two scorers with one group and --delivery exactly_once: the second one's start fences the first, whose next
-    transaction fails, so it stops in one line; what it had not committed is invisible, and the second writes it."""
+    transaction fails, so it stops in one line; what it had not committed is invisible, and the second writes it.
+    Events arrive at 200/s for 30 s, so that the first has transactions left after the second has started."""
     bootstrap = kafka_broker.bootstrap
     topics = make_topics(kafka_broker, "fenced")
     group = unique_name("fenced")
-    valid = [line for line in archive["lines"] if event_id(line) in archive["scores"]]
+    valid = [line.replace(b'"event_id":"', f'"event_id":"copy{n}-'.encode(), 1)
+             for n in range(3) for line in archive["lines"] if event_id(line) in archive["scores"]]
     ends: dict[int, int] = {}
     producer = threading.Thread(target=lambda: ends.update(produce(bootstrap, topics[0], valid, None, 200.0)))
     outputs = Outputs(bootstrap, topics[1], topics[2])
@@ -420,8 +422,8 @@ def test_stream_mode_flags_are_checked_before_anything_starts(stream_model):
         score.run(["--mode", "stream", "--spec", "fraud", "--model_dir", stream_model, "--bootstrap_servers",
                    "127.0.0.1:1", "--input_topic", "a", "--output_topic", "b", "--dead_letter_topic", "c",
                    "--monitoring_topic", "d", "--delivery", "exactly_once"])
-    with pytest.raises(UserError, match=r"^--delivery exactly_once: it runs on the DirectRunner and Prism, whose "
-                                        r"bundles run in this process; Flink and Dataflow"):
+    with pytest.raises(UserError, match=r"^--delivery exactly_once: it runs on the DirectRunner and Prism with "
+                                        r"--environment_type LOOPBACK, whose bundles run in this process; Flink"):
         score.run(["--mode", "stream", "--spec", "fraud", "--model_dir", stream_model, "--bootstrap_servers",
                    "127.0.0.1:1", "--input_topic", "a", "--output_topic", "b", "--dead_letter_topic", "c",
                    "--delivery", "exactly_once", "--runner", "FlinkRunner", "--flink_master", "localhost:1",

@@ -13,12 +13,11 @@ with a Flatten, which the DirectRunner runs as a stage of its own, after the rea
 of one bundle share its transaction, committed when the last of them finishes the bundle (a runner finishes every
 step of a bundle, and every step upstream of a sink before it). A bundle commits a partition's offset only when its
 records cover the partition from the group's committed offset on without holes; a bundle that does not (a runner
-that split the read from the sinks) fails in one line, its transaction aborted, rather than commit what it did not
-write. Records below the committed offset (a bundle run again after its commit) are dropped: they are written.
+that split the read from the sinks) fails in one line before its transaction begins, rather than commit what it did
+not write. Records below the committed offset (a bundle run again after its commit) are dropped: they are written.
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -29,7 +28,7 @@ from apache_beam import pvalue
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from transforms import live_metrics
-from transforms.errors import first_line
+from transforms.errors import UserError, first_line
 from transforms.kafka import BoundedCalls, Secrets, client, enqueue
 
 _LOG = logging.getLogger(__name__)
@@ -37,11 +36,12 @@ WAIT_S = 30.0  # for each transactional call: Kafka's own timeouts decide within
 ATTEMPT_S = 15.0  # for a whole transaction, retries of its calls included (one takes well under a second)
 ATTEMPTS = 5  # transactions aborted or not answered in a row, each written again, before the stream stops
 RETRY_PAUSE_S = 0.5
-FENCED_WRITERS = 8  # a run with more bundles at once leaves the others' transactions to time out (60 s) after a crash
+FENCED_WRITERS = 8  # transactional ids a stream's start fences: at most as many bundles at once (others wait)
 
 
 class KafkaTransactionError(RuntimeError):
-    """A bundle's transaction could not be committed (fenced, refused, or aborted ``ATTEMPTS`` times in a row)."""
+    """A bundle's transaction was not committed: fenced, refused, aborted ``ATTEMPTS`` times in a row, its records
+    leaving a gap in a partition, or its group's offsets not found."""
 
 
 def transactional_id(group_id: str, writer: int) -> str:
@@ -54,12 +54,31 @@ def transactional_id(group_id: str, writer: int) -> str:
 def fence(bootstrap_servers: str, config: dict, group_id: str) -> None:
     """Abort what a previous run of the stream left open (its transactions, and the offsets pending in them, which a
     ``read_committed`` offset lookup waits for until they time out), before the read looks its start up: the
-    transactions of its first ``FENCED_WRITERS`` writers."""
+    transactions of its first ``FENCED_WRITERS`` writers (a stream runs at most that many bundles at once). What this
+    process remembers of the group (a run before, in the same process) is forgotten: its offsets may have been reset."""
+    with _LOCK:
+        _IDLE.pop(group_id, None)
+        _UNUSED.pop(group_id, None)
+        for key in [key for key in _FRONTIERS if key[0] == group_id]:
+            del _FRONTIERS[key]
+    settings = {**config, "bootstrap.servers": bootstrap_servers}
+    secrets = Secrets(settings)
     for writer in range(FENCED_WRITERS):
-        settings = {**config, "bootstrap.servers": bootstrap_servers,
-                    "transactional.id": transactional_id(group_id, writer)}
-        secrets = Secrets(settings)
-        _retried("initialisation", secrets, client(Producer, settings, secrets).init_transactions, WAIT_S)
+        try:
+            _transactional_producer(settings, secrets, transactional_id(group_id, writer))
+        except KafkaException as error:
+            raise UserError(f"--delivery exactly_once: Kafka refused transactional id "
+                            f"{transactional_id(group_id, writer)} ({secrets.scrub(error)}); on a secured cluster the "
+                            f"scorer's principal needs WRITE and DESCRIBE on transactional ids "
+                            f"{group_id}-transactions-*") from None
+
+
+def _transactional_producer(config: dict, secrets: Secrets, transactional: str) -> Producer:
+    """A producer with ``transactional`` as its id, started: which fences the previous one and aborts its
+    transaction."""
+    producer = client(Producer, {**config, "transactional.id": transactional}, secrets)
+    _retried("initialisation", secrets, producer.init_transactions, WAIT_S)
+    return producer
 
 
 class WriteInTransactions(beam.PTransform):
@@ -97,8 +116,9 @@ class _SinkFn(beam.DoFn):
 # by the process's transactions, as a partition's bundles may run in any of its threads.
 _FRONTIERS: dict[tuple[str, str, int], int] = {}
 _LOCK = threading.Lock()
+_RETURNED = threading.Condition(_LOCK)  # a transaction went back to its pool
 _IDLE: dict[str, list["_Transaction"]] = {}  # per group: transactions no bundle holds now, for the next one
-_WRITERS: dict[str, itertools.count] = {}
+_UNUSED: dict[str, list[int]] = {}  # per group: writer numbers with no transaction now, lowest first
 _BUNDLE = threading.local()  # per group: the transaction of the bundle this thread runs (a bundle runs in one)
 
 
@@ -108,17 +128,25 @@ class _Transaction:
 
     @classmethod
     def of_this_bundle(cls, config: dict, group_id: str, sinks: int) -> "_Transaction":
+        """The transaction of the bundle this thread runs, taken when its first sink starts. One whose sinks have all
+        started already is a failed bundle's (it never finished): dropped, with what it held."""
         held = _BUNDLE.__dict__.setdefault("transactions", {})
+        if group_id in held and held[group_id]._started == sinks:
+            del held[group_id]
         if group_id not in held:
-            with _LOCK:
+            with _RETURNED:
                 idle = _IDLE.setdefault(group_id, [])
+                unused = _UNUSED.setdefault(group_id, list(range(FENCED_WRITERS)))  # only ids fenced at the start
+                while not idle and not unused:
+                    _RETURNED.wait()
                 found = idle.pop() if idle else None
-                writer = None if found else next(_WRITERS.setdefault(group_id, itertools.count()))
+                writer = None if found else unused.pop(0)
             held[group_id] = found or cls(config, group_id, sinks, writer)
+        held[group_id]._started += 1
         return held[group_id]
 
     def __init__(self, config: dict, group_id: str, sinks: int, writer: int):
-        self._config, self._group_id, self._sinks = config, group_id, sinks
+        self._config, self._group_id, self._sinks, self._writer = config, group_id, sinks, writer
         self._id = transactional_id(group_id, writer)
         self._secrets = Secrets(config)
         self._consumer = client(Consumer, {**config, "group.id": group_id, "enable.auto.commit": False}, self._secrets)
@@ -127,15 +155,13 @@ class _Transaction:
         self._reset()
 
     def _start_producer(self) -> None:
-        """A producer with the transactional id, whose start fences the previous one and aborts its transaction."""
-        self._producer = client(Producer, {**self._config, "transactional.id": self._id}, self._secrets)
+        self._producer = _transactional_producer(self._config, self._secrets, self._id)
         self._calls = BoundedCalls()
-        _retried("initialisation", self._secrets, self._producer.init_transactions, WAIT_S)
 
     def _reset(self) -> None:
         self._messages: list[tuple[str, bytes | None, bytes]] = []
         self._spans: dict[tuple[str, int], list[tuple[int, int]]] = {}  # input partition: (covers_from, offset)
-        self._finished = 0
+        self._started = self._finished = 0
 
     def add(self, topic: str, key: bytes | None, value: bytes, position: tuple) -> None:
         in_topic, partition, covers_from, offset = position
@@ -154,18 +180,25 @@ class _Transaction:
             if self._messages:
                 self._commit()
             committed = True
+        except KafkaException as error:  # an abort, a new producer or an offset lookup that failed
+            raise KafkaTransactionError(self._why(error.args[0] if error.args else error)) from None
         finally:
             self._reset()
             del _BUNDLE.transactions[self._group_id]
-            if committed:  # else its producer may be fenced or failed: the next bundle takes a new one
-                with _LOCK:
+            with _RETURNED:
+                if committed:
                     _IDLE[self._group_id].append(self)
+                else:  # its producer may be fenced or failed: the id's next transaction takes a new one
+                    _UNUSED[self._group_id] = sorted([*_UNUSED[self._group_id], self._writer])
+                _RETURNED.notify()
 
     def _commit(self) -> None:
         ends = {part: self._end(part, spans) for part, spans in self._spans.items()}
         offsets = [TopicPartition(topic, partition, end) for (topic, partition), end in ends.items()]
-        for attempt in range(1, ATTEMPTS + 1):
-            answered, error = self._calls.call(ATTEMPT_S, self._transaction, offsets)
+        for _ in range(ATTEMPTS):
+            # The attempt gets this producer and these records: one given up may still go on, on them only.
+            answered, error = self._calls.call(ATTEMPT_S, self._transaction, self._producer, list(self._messages),
+                                               offsets, self._consumer.consumer_group_metadata())
             if answered and error is None:
                 break
             if not answered:
@@ -193,17 +226,16 @@ class _Transaction:
         for topic, count in Counter(topic for topic, _, _ in self._messages).items():
             live_metrics.WRITTEN.labels(topic=topic).inc(count)
 
-    def _transaction(self, offsets: list[TopicPartition]) -> None:
-        self._producer.begin_transaction()
-        for topic, key, value in self._messages:
-            enqueue(self._producer, topic, key, value, None)
-        _retried("offsets", self._secrets, self._producer.send_offsets_to_transaction, offsets,
-                 self._consumer.consumer_group_metadata(), WAIT_S)
-        _retried("commit", self._secrets, self._producer.commit_transaction, WAIT_S)
+    def _transaction(self, producer: Producer, messages: list[tuple], offsets: list[TopicPartition], group) -> None:
+        producer.begin_transaction()
+        for topic, key, value in messages:
+            enqueue(producer, topic, key, value, None)
+        _retried("offsets", self._secrets, producer.send_offsets_to_transaction, offsets, group, WAIT_S)
+        _retried("commit", self._secrets, producer.commit_transaction, WAIT_S)
 
     def _committed_already(self, ends: dict[tuple[str, int], int]) -> bool:
         """Whether the group's offsets are the bundle's ends (its transaction committed) rather than its starts."""
-        found = {(tp.topic, tp.partition): tp.offset for tp in _retried(
+        found = {(tp.topic, tp.partition): _offset(tp) for tp in _retried(
             "committed-offset lookup", self._secrets, self._consumer.committed,
             [TopicPartition(topic, partition) for topic, partition in ends], WAIT_S)}
         if found == ends:
@@ -233,7 +265,7 @@ class _Transaction:
                 return _FRONTIERS[key]
         [found] = _retried("committed-offset lookup", self._secrets, self._consumer.committed,
                            [TopicPartition(topic, partition)], WAIT_S)
-        if found.offset < 0:
+        if _offset(found) < 0:
             raise KafkaTransactionError(f"group {self._group_id} has no committed offset for {topic}:{partition}: "
                                         f"the read commits where it starts")
         with _LOCK:
@@ -248,8 +280,17 @@ class _Transaction:
         return f"Kafka transaction of {len(self._messages)} record(s) not committed: {why}"
 
 
+def _offset(found: TopicPartition) -> int:
+    """A committed offset as looked up (negative: none), or the partition's error raised."""
+    if found.error is not None:
+        raise KafkaException(found.error)
+    return found.offset
+
+
 def _retried(what: str, secrets: Secrets, call, *args):
-    """``call(*args)``, again while Kafka calls its error retriable (a broker away, a coordinator moving)."""
+    """``call(*args)``, again while Kafka calls its error retriable (a broker away, a coordinator moving). Unlike
+    ``transforms.kafka``'s retries, the error is raised as it came: whether a transaction must be aborted is in it
+    (its text is scrubbed where it becomes a message, ``_Transaction._why``)."""
     while True:
         try:
             return call(*args)
