@@ -132,7 +132,7 @@ class _Transaction:
         started already is a failed bundle's (it never finished): dropped, with what it held."""
         held = _BUNDLE.__dict__.setdefault("transactions", {})
         if group_id in held and held[group_id]._started == sinks:
-            del held[group_id]
+            held.pop(group_id)._give_back(reusable=False)
         if group_id not in held:
             with _RETURNED:
                 idle = _IDLE.setdefault(group_id, [])
@@ -183,14 +183,19 @@ class _Transaction:
         except KafkaException as error:  # an abort, a new producer or an offset lookup that failed
             raise KafkaTransactionError(self._why(error.args[0] if error.args else error)) from None
         finally:
-            self._reset()
             del _BUNDLE.transactions[self._group_id]
-            with _RETURNED:
-                if committed:
-                    _IDLE[self._group_id].append(self)
-                else:  # its producer may be fenced or failed: the id's next transaction takes a new one
-                    _UNUSED[self._group_id] = sorted([*_UNUSED[self._group_id], self._writer])
-                _RETURNED.notify()
+            self._give_back(reusable=committed)
+
+    def _give_back(self, reusable: bool) -> None:
+        """Back to the pool, emptied; not ``reusable`` (its producer may be fenced or failed): only its writer number,
+        whose next transaction starts a new producer."""
+        self._reset()
+        with _RETURNED:
+            if reusable:
+                _IDLE[self._group_id].append(self)
+            else:
+                _UNUSED[self._group_id] = sorted([*_UNUSED[self._group_id], self._writer])
+            _RETURNED.notify()
 
     def _commit(self) -> None:
         ends = {part: self._end(part, spans) for part, spans in self._spans.items()}
