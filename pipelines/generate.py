@@ -702,7 +702,7 @@ def day_events(model, rng: np.random.Generator, day_index: int, day: dt.date,
     return [dict(zip(names, row)) for row in rows]
 
 
-def day_lines(events: list[dict], broken_kinds: list[str], facts: ContractFacts, label: str,
+def day_lines(events: list[dict], broken_kinds: list[str], facts: ContractFacts,
               rng: np.random.Generator) -> tuple[list[bytes], dict[str, int], list[dict]]:
     """Serialises a day's events, breaking randomly placed ones in the planned ways.
 
@@ -759,7 +759,7 @@ def generate(spec: str, days: int, out: pathlib.Path, start: dt.date, events_per
         events = day_events(model, rng, day_index, day, events_per_day)
         if day == drift_day:
             shift_numbers(events, facts.numbers, drift_factor)
-        lines, broken, valid = day_lines(events, broken_kinds, facts, model.label, rng)
+        lines, broken, valid = day_lines(events, broken_kinds, facts, rng)
         relative = f"dt={day.isoformat()}/events.jsonl" + (".gz" if compress else "")
         write_lines(out / relative, lines, compress)
         labels = [event[model.label] for event in valid]
