@@ -21,6 +21,7 @@ setuptools.setup(
         "onnx==1.23.2",
         "onnxruntime==1.31.1",
         "confluent-kafka[schemaregistry,avro,json]==2.16.1",  # Schema Registry formats: --value_format
+        "httpx2==2.16.2",  # the registry client's transport: its errors say a registry cannot answer
         "orjson==3.13.0",
         "numpy==2.4.6",
         "pyarrow==25.0.1",

@@ -13,6 +13,12 @@
   FlinkRunner preset runs it with an embedded Flink (``--flink_master [local]``).
 - **A Flink cluster's extras** (``flink-statebackend-rocksdb`` and ``slf4j-simple``): with the job server's jars,
   what ``rtml flink-cluster`` (``pipelines.flink_cluster``) runs a JobManager and TaskManagers from.
+- **A Schema Registry with authentication**, for the tests of the ``confluent-*`` value formats: Apicurio
+  Registry 2.6 (``io.apicurio:apicurio-registry-app``, its ``all`` zip: a runnable Quarkus application with
+  Confluent's REST API under ``/apis/ccompat/v7``) and Keycloak (``org.keycloak:keycloak-quarkus-dist``), which
+  checks the registry's clients' basic-auth credentials (Apicurio exchanges them for a Keycloak token). Both are
+  the distributions their projects publish to Maven Central; Confluent's own registry and Karapace are not served
+  by the registries this machine reaches (``tests/schema_registry.py`` starts them).
 - **Beam's Java Kafka IO** (``beam-sdks-java-io-kafka`` with ``beam-sdks-java-expansion-service``, at the
   Flink runner's Beam version) for ``--kafka_io beam``: its expansion service, and on the Flink job
   server's class path, where Flink runs the Java transforms in its own JVM (an EMBEDDED environment).
@@ -111,6 +117,9 @@ KAFKA_IO = ((("org.apache.beam", "beam-sdks-java-expansion-service", FLINK_BEAM_
              ("org.apache.beam", "beam-sdks-java-io-kafka", FLINK_BEAM_VERSION),
              ("com.github.jbellis", "jamm", "0.4.0")),
             "org.apache.beam.sdk.expansion.service.ExpansionService")
+# (name, groupId:artifactId:version:zip:classifier, the folder the zip holds, if one)
+APICURIO = ("apicurio", "io.apicurio:apicurio-registry-app:2.6.13.Final:zip:all", None)
+KEYCLOAK = ("keycloak", "org.keycloak:keycloak-quarkus-dist:26.5.6:zip", "keycloak-26.5.6")
 HOME = Path(sys.prefix) / "share" / "rtml"
 
 
@@ -140,6 +149,11 @@ def flink_cluster_jar() -> Path:
 
 def kafka_io_expansion_jar() -> Path:
     return _launcher("kafka_io")
+
+
+def distribution(name: str) -> Path:
+    """Where the set-up unpacked the zip ``fetch_distribution`` fetched as ``name``."""
+    return HOME / name
 
 
 def _launcher(name: str) -> Path:
@@ -263,6 +277,31 @@ def fetch_maven(name: str, coordinates: tuple, also_on_class_path: tuple[str, ..
     return status
 
 
+def fetch_distribution(name: str, artifact: str, folder: str | None, without: str) -> str:
+    """A zip from Maven Central (``artifact``: ``G:A:V:zip[:classifier]``) unpacked as ``distribution(name)``
+    (``folder``: the one folder the zip holds, whose content that is), unless it is there."""
+    target = distribution(name)
+    if target.is_dir():
+        return f"{name}: present ({target})"
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        return f"{name}: NOT INSTALLED: no mvn on PATH; {without}"
+    with tempfile.TemporaryDirectory() as work:
+        done = subprocess.run([mvn, "-q", "-B", "dependency:copy", f"-Dartifact={artifact}",
+                               f"-DoutputDirectory={work}"], cwd=work, capture_output=True, text=True)
+        zips = list(Path(work).glob("*.zip"))
+        if done.returncode != 0 or len(zips) != 1:
+            return (f"{name}: NOT INSTALLED: mvn could not fetch {artifact}: "
+                    f"{_last_error(done.stdout + done.stderr)}; {without}")
+        unpacked = Path(work) / "unpacked"
+        with zipfile.ZipFile(zips[0]) as archive:
+            archive.extractall(unpacked)
+        for script in unpacked.rglob("*.sh"):  # (zipfile drops the execute bits)
+            script.chmod(0o755)
+        shutil.move(str(unpacked / folder if folder else unpacked), target)
+    return f"{name}: fetched {artifact} ({target})"
+
+
 def fix_flink() -> str:
     """Compiles ``FLINK_FIX`` into a jar in the job server's ``fix`` folder, whose jars its launcher lists first,
     unless it is there. The line to print."""
@@ -376,7 +415,9 @@ def main() -> int:
              fetch_go(fake_gcs_server_binary(), *FAKE_GCS_SERVER, "the Cloud Storage tests cannot run"),
              fetch_maven("kafka", KAFKA), fetch_maven("kafka_io", KAFKA_IO),
              fetch_maven("flink", FLINK_JOB_SERVER, also_on_class_path=("kafka_io",), fix=fix_flink),
-             fetch_maven("flink_cluster", FLINK_CLUSTER, also_on_class_path=("flink",))]
+             fetch_maven("flink_cluster", FLINK_CLUSTER, also_on_class_path=("flink",)),
+             *(fetch_distribution(*server, "the tests of the confluent-* value formats cannot run")
+               for server in (APICURIO, KEYCLOAK))]
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         lines.append("java: NOT FOUND: the local Kafka broker and FlinkRunner need a JDK 17")
     for line in lines:

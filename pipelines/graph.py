@@ -27,7 +27,7 @@ from transforms.entity import AddEntityFeatures
 from transforms.errors import UserError
 from transforms.events import POSITION, Block, ParseEvents, Raw
 from transforms.fileio import DEFAULT_BATCH_SIZE
-from transforms.kafka_formats import ValueFormat
+from transforms.kafka_formats import ValueFormat, registry_problem
 from transforms.ordering import LiveState
 from transforms.spec import Spec, load_spec
 
@@ -56,18 +56,8 @@ def kafka_config(flags: KafkaOptions) -> dict[str, str]:
     """--kafka_config KEY=VALUE items as a librdkafka config, checked by librdkafka (with --kafka_io beam, as Java
     client properties, unchecked); errors never quote a value."""
     config = _properties(flags.kafka_config_file) if flags.kafka_config_file else {}
-    for number, item in enumerate(flags.kafka_config or [], start=1):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--kafka_config #{number} is not KEY=VALUE")
-        config[key.strip()] = value
-    for number, item in enumerate(flags.kafka_secret or [], start=1):
-        key, _, reference = item.partition("=")
-        kind, _, name = reference.partition(":")
-        if not key.strip() or not (kind == "env" and name or kind == "secretmanager" and _SECRET_VERSION.match(name)):
-            raise UserError(f"--kafka_secret #{number} is not KEY=env:NAME or "
-                            f"KEY=secretmanager:projects/P/secrets/S/versions/V")
-        config[key.strip()] = kafka.EnvSecret(name) if kind == "env" else kafka.SecretManagerSecret(name)
+    config.update(_settings("--kafka_config", flags.kafka_config))
+    config.update(_secret_references("--kafka_secret", flags.kafka_secret))
     try:
         error = kafka.config_error(config) if flags.kafka_io == "python" else None
     except kafka.KafkaSecretError as secret_error:
@@ -75,6 +65,31 @@ def kafka_config(flags: KafkaOptions) -> dict[str, str]:
     if error:
         raise UserError(f"--kafka_config: {error}")
     return config
+
+
+def _settings(flag: str, items: list[str] | None) -> dict[str, str]:
+    """A repeated flag's KEY=VALUE items."""
+    settings = {}
+    for number, item in enumerate(items or [], start=1):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{flag} #{number} is not KEY=VALUE")
+        settings[key.strip()] = value
+    return settings
+
+
+def _secret_references(flag: str, items: list[str] | None) -> dict:
+    """A repeated flag's KEY=env:NAME and KEY=secretmanager:NAME items, as references resolved where a client is
+    made."""
+    references = {}
+    for number, item in enumerate(items or [], start=1):
+        key, _, reference = item.partition("=")
+        kind, _, name = reference.partition(":")
+        if not key.strip() or not (kind == "env" and name or kind == "secretmanager" and _SECRET_VERSION.match(name)):
+            raise UserError(f"{flag} #{number} is not KEY=env:NAME or "
+                            f"KEY=secretmanager:projects/P/secrets/S/versions/V")
+        references[key.strip()] = kafka.EnvSecret(name) if kind == "env" else kafka.SecretManagerSecret(name)
+    return references
 
 
 def _properties(path: str) -> dict[str, str]:
@@ -153,14 +168,26 @@ def stream_batch_size(options) -> int:
 
 
 def value_format(options, spec: Spec) -> ValueFormat | None:
-    """The events' --value_format (None for JSON); a one-line error for a confluent-* format without a registry."""
+    """The events' --value_format (None for JSON). For a confluent-* format, a one-line error without a registry, or
+    when the registry cannot be reached or refuses the credentials."""
     flags = options.view_as(KafkaOptions)
     if flags.value_format == "json":
         return None
-    if flags.value_format.startswith("confluent-") and not flags.schema_registry_url:
+    if not flags.value_format.startswith("confluent-"):
+        return ValueFormat(flags.value_format, spec)
+    if not flags.schema_registry_url:
         raise UserError(f"--value_format {flags.value_format} reads the writer's schema from a registry: give "
                         f"--schema_registry_url")
-    return ValueFormat(flags.value_format, spec, flags.schema_registry_url)
+    config = {**_settings("--schema_registry_config", flags.schema_registry_config),
+              **_secret_references("--schema_registry_secret", flags.schema_registry_secret),
+              "url": flags.schema_registry_url}
+    try:
+        problem = registry_problem(config)
+    except kafka.KafkaSecretError as secret_error:
+        raise UserError(f"--schema_registry_secret: {secret_error}") from None
+    if problem:
+        raise UserError(f"--schema_registry_url {flags.schema_registry_url}: {problem}")
+    return ValueFormat(flags.value_format, spec, config)
 
 
 def kafka_expansion_service(flags: KafkaOptions):

@@ -125,7 +125,16 @@ class KafkaOptions(PipelineOptions):
                                  "--schema_registry_url). Scored records, dead letters and monitoring records are "
                                  "written as JSON.")
         parser.add_argument("--schema_registry_url", metavar="URL",
-                            help="A Confluent Schema Registry (or a compatible one) for the confluent-* formats.")
+                            help="A Confluent Schema Registry (or a compatible one) for the confluent-* formats. "
+                                 "While it cannot be reached, or refuses the credentials, a stream waits (a warning "
+                                 "every 30 s): only a schema id the registry does not know is a dead letter.")
+        parser.add_argument("--schema_registry_config", action="append", metavar="KEY=VALUE",
+                            help="A setting of confluent-kafka's registry client, e.g. ssl.ca.location=PATH; "
+                                 "repeat the flag for more.")
+        parser.add_argument("--schema_registry_secret", action="append",
+                            metavar="KEY=env:NAME|KEY=secretmanager:NAME",
+                            help="A registry client setting read as --kafka_secret's are, e.g. "
+                                 "basic.auth.user.info=env:SR_USER_INFO (its value ID:PASSWORD).")
         parser.add_argument("--kafka_io", choices=("python", "beam"), default="python",
                             help="python (default): the project's Kafka IO (confluent-kafka). beam: Beam's own "
                                  "cross-language KafkaIO (Java), as Flink and Dataflow users run it; rtml score "

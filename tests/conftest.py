@@ -41,6 +41,16 @@ def secure_broker():
 
 
 @pytest.fixture(scope="session")
+def schema_registry():
+    """A Schema Registry that takes only clients with credentials (Apicurio Registry behind Keycloak,
+    ``tests/schema_registry.py``): ``.url``, ``.user_info``, ``.stop()`` and ``.start()`` for an outage."""
+    from tests.schema_registry import SchemaRegistry
+
+    with SchemaRegistry() as registry:
+        yield registry
+
+
+@pytest.fixture(scope="session")
 def dataflow_service():
     """The Dataflow API's methods the project calls, served in-process on loopback (``tests/dataflow_service.py``)."""
     from tests.dataflow_service import FakeDataflow

@@ -269,3 +269,17 @@ def secure_user(broker: KafkaBroker, read=(), write=(), groups=()) -> tuple[str,
         for future in admin.create_acls(bindings).values():
             future.result(10)
     return name, password
+
+
+PASSWORD_ENV = "RTML_TEST_KAFKA_PASSWORD"
+
+
+def secure_login(broker: KafkaBroker, monkeypatch, read=(), write=(), groups=()) -> tuple[str, list[str]]:
+    """A new user allowed only ``read``, ``write`` and ``groups`` (``secure_user``), its password in
+    $RTML_TEST_KAFKA_PASSWORD: (its password, the flags that log in as it at ``broker.secure_bootstrap``)."""
+    name, password = secure_user(broker, read, write, groups)
+    monkeypatch.setenv(PASSWORD_ENV, password)
+    flags = [f"--kafka_config={setting}" for setting in (
+        "security.protocol=SASL_SSL", "sasl.mechanisms=SCRAM-SHA-512", f"sasl.username={name}",
+        f"ssl.ca.location={broker.ca_file}")]
+    return password, [*flags, f"--kafka_secret=sasl.password=env:{PASSWORD_ENV}"]

@@ -36,6 +36,8 @@ def test_missing_tools_are_one_line_each_saying_what_still_works(bare_machine, c
         "DirectRunner and PrismRunner work)",
         "flink_cluster: NOT INSTALLED: no mvn on PATH; rtml flink-cluster cannot start a local Flink cluster (the "
         "embedded Flink works)",
+        "apicurio: NOT INSTALLED: no mvn on PATH; the tests of the confluent-* value formats cannot run",
+        "keycloak: NOT INSTALLED: no mvn on PATH; the tests of the confluent-* value formats cannot run",
         "java: NOT FOUND: the local Kafka broker and FlinkRunner need a JDK 17"]
 
 

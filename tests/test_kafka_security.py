@@ -14,9 +14,8 @@ import pytest
 from pipelines import generate, score
 from pipelines.kafka_broker import KafkaBroker
 from tests.conftest import publish_stand_in_model
-from tests.kafka_helpers import ROOT, Outputs, json_lines, make_topics, secure_user, stream_scorer, unique_name
-
-PASSWORD_ENV = "RTML_TEST_KAFKA_PASSWORD"
+from tests.kafka_helpers import (PASSWORD_ENV, ROOT, Outputs, json_lines, make_topics, secure_login, stream_scorer,
+                                 unique_name)
 
 
 @pytest.fixture(scope="module")
@@ -24,17 +23,6 @@ def model_dir(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("secure") / "model"
     publish_stand_in_model(path)
     return str(path)
-
-
-def _user(broker: KafkaBroker, monkeypatch, read=(), write=(), groups=()) -> tuple[str, list[str]]:
-    """A new user allowed only ``read``, ``write`` and ``groups`` (``secure_user``), its password in
-    $RTML_TEST_KAFKA_PASSWORD: (its password, the flags that log in as it)."""
-    name, password = secure_user(broker, read, write, groups)
-    monkeypatch.setenv(PASSWORD_ENV, password)
-    flags = [f"--kafka_config={setting}" for setting in (
-        "security.protocol=SASL_SSL", "sasl.mechanisms=SCRAM-SHA-512", f"sasl.username={name}",
-        f"ssl.ca.location={broker.ca_file}")]
-    return password, [*flags, f"--kafka_secret=sasl.password=env:{PASSWORD_ENV}"]
 
 
 def _rtml(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -51,11 +39,11 @@ def test_produce_live_scoring_and_a_replay_over_sasl_ssl_give_the_batch_runs_rec
     expected = {record["event_id"]: record["score"] for record in json_lines(tmp_path / "scored")}
     reasons = Counter(letter["error"] for letter in json_lines(tmp_path / "dead"))
     topics, group = make_topics(secure_broker, "secure"), unique_name("secure")
-    password, login = _user(secure_broker, monkeypatch, write=[topics[0]])
+    password, login = secure_login(secure_broker, monkeypatch, write=[topics[0]])
     loaded = _rtml("produce", "--spec", "fraud", "--input", files, "--bootstrap_servers",
                    secure_broker.secure_bootstrap, "--input_topic", topics[0], *login)
     assert loaded.returncode == 0 and password not in loaded.stdout + loaded.stderr, loaded.stderr
-    password, login = _user(secure_broker, monkeypatch, read=[topics[0]], write=topics[1:], groups=[group])
+    password, login = secure_login(secure_broker, monkeypatch, read=[topics[0]], write=topics[1:], groups=[group])
     outputs = Outputs(secure_broker.bootstrap, topics[1], topics[2])  # (read back as the tests' super user)
     try:
         with stream_scorer(model_dir, secure_broker.secure_bootstrap, topics, group, *login) as scorer:
@@ -92,7 +80,7 @@ def test_what_the_cluster_refuses_is_one_line_naming_which(refusal, secure_broke
         write = [topics[2]]
     elif refusal == "no ACL for the group":
         groups = []
-    password, login = _user(secure_broker, monkeypatch, read, write, groups)
+    password, login = secure_login(secure_broker, monkeypatch, read, write, groups)
     if refusal == "a wrong password":
         monkeypatch.setenv(PASSWORD_ENV, password[::-1])
     other_authority = None

@@ -127,7 +127,7 @@ def resolved(config: dict) -> dict:
     for key, value in config.items():
         if isinstance(value, EnvSecret):
             if not os.environ.get(value.name):
-                raise KafkaSecretError(f"Kafka setting {key}: environment variable {value.name} is not set (or empty) "
+                raise KafkaSecretError(f"setting {key}: environment variable {value.name} is not set (or empty) "
                                        f"here")
             value = os.environ[value.name]
         elif isinstance(value, SecretManagerSecret):
@@ -141,18 +141,18 @@ def _secret_version(key: str, name: str) -> str:
     try:
         from google.cloud import secretmanager
     except ImportError:
-        raise KafkaSecretError(f"Kafka setting {key}: Secret Manager needs the gcp extra (pip install "
+        raise KafkaSecretError(f"setting {key}: Secret Manager needs the gcp extra (pip install "
                                f"'beam-rtml[gcp]')") from None
     try:
         payload = _secret_manager_client(secretmanager).access_secret_version(name=name, timeout=30).payload.data
     except Exception as error:  # google.api_core's errors: not found, permission denied, unreachable ...
         message = getattr(error, "message", None)  # a Google API error's, without its status code
         reason = message.splitlines()[0] if message else first_line(error)
-        raise KafkaSecretError(f"Kafka setting {key}: Secret Manager {name}: {reason}") from None
+        raise KafkaSecretError(f"setting {key}: Secret Manager {name}: {reason}") from None
     try:
         return payload.decode("utf-8")  # as stored: a newline written with it is part of it
     except UnicodeDecodeError:
-        raise KafkaSecretError(f"Kafka setting {key}: Secret Manager {name} holds bytes that are not UTF-8 "
+        raise KafkaSecretError(f"setting {key}: Secret Manager {name} holds bytes that are not UTF-8 "
                                f"text") from None
 
 

@@ -10,19 +10,30 @@
 
 Reading never raises: a value that cannot be read in its format becomes a ``Decoded`` whose record
 is the reason (a wrong magic byte, a schema id the registry does not know, a body that does not
-match its schema), and its dead letter keeps the bytes as they came. A record that could be read
-then meets the same contract checks as JSON (``transforms.events.EventParser``). Framing, schema
-lookup and validation are confluent-kafka's serializers'; one registry client per URL per process
-(so ``mock://`` registries are shared within a process, as tests need). Writing (``encode``)
+match its schema, a registry answer that is not one), and its dead letter keeps the bytes as they came.
+A record that could be read then meets the same contract checks as JSON (``transforms.events.EventParser``).
+While the registry cannot answer (unreachable, timing out, a 5xx, 408 or 429, or refusing the credentials,
+which an operator mends), reading waits, with a warning every ``_WARN_EVERY_S``: those events are valid, and
+a dead letter would make a replay of them someone's chore. Framing, schema lookup and validation are
+confluent-kafka's serializers'; one registry client per configuration per process. Writing (``encode``)
 registers the spec's schema under the topic's subject, as Confluent's serializers do by default.
+
+A registry's configuration is confluent-kafka's ``SchemaRegistryClient``'s (``url``, ``basic.auth.user.info``,
+``ssl.ca.location`` ...), whose values may be ``transforms.kafka`` secret references, resolved where a client is made.
 """
 from __future__ import annotations
 
 import functools
 import io
 import json
+import logging
+import time
 
+import httpx2
+
+from transforms import kafka
 from transforms.contract import avro_schema, json_schema
+from transforms.errors import first_line
 from transforms.events import Decoded, event_time_us_of, rfc3339, utc_datetime
 from transforms.spec import Spec
 
@@ -30,14 +41,53 @@ FORMATS = ("json", "avro", "confluent-json", "confluent-avro")  # --value_format
 _DECODED = FORMATS[1:]  # what a ValueFormat reads and writes; JSON values go to the parser as they are
 _REASON_CHARS = 200
 _HEADER_BYTES = 5  # a zero byte, then the schema id (4 bytes, big-endian)
+_WARN_EVERY_S = 30.0
+_CHECK_TIMEOUT_S = 10.0
+_LOG = logging.getLogger(__name__)
+
+
+def registry(config: dict):
+    """The process's Schema Registry client for ``config``."""
+    return _registry(tuple(sorted(config.items())))
 
 
 @functools.cache
-def registry(url: str):
-    """The process's Schema Registry client for ``url``."""
+def _registry(items: tuple):
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    return SchemaRegistryClient.new_client({"url": url})
+    return SchemaRegistryClient(kafka.resolved(dict(items)))
+
+
+def registry_problem(config: dict) -> str | None:
+    """Why the registry of ``config`` cannot serve a stream (unreachable, refusing the credentials, not a
+    registry), in one line without a secret; None if it lists its subjects within ``_CHECK_TIMEOUT_S``."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    secrets = kafka.Secrets({key: value for key, value in config.items() if key != "url"})
+    try:
+        client = SchemaRegistryClient({**kafka.resolved(config), "timeout": _CHECK_TIMEOUT_S, "max.retries": 0})
+        client.get_subjects()
+    except SchemaRegistryError as error:
+        if error.http_status_code in (401, 403):
+            return (f"the registry refused the credentials (HTTP {error.http_status_code}); give them with "
+                    f"--schema_registry_secret basic.auth.user.info=env:NAME (its value ID:PASSWORD)")
+        detail = secrets.scrub(first_line(error))[:_REASON_CHARS]
+        return f"not a Schema Registry's answer to GET /subjects (HTTP {error.http_status_code}: {detail})"
+    except httpx2.TransportError as error:
+        return f"cannot reach the registry ({secrets.scrub(first_line(error))})"
+    except (ValueError, TypeError) as error:  # the client's own checks of its settings; a body that is not JSON
+        return secrets.scrub(first_line(error))
+    return None
+
+
+def _registry_unavailable(error: Exception) -> bool:
+    """Whether ``error`` says the registry cannot answer now, rather than what it answered."""
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    if isinstance(error, SchemaRegistryError):
+        return error.http_status_code in (401, 403, 408, 429) or error.http_status_code >= 500
+    return isinstance(error, httpx2.TransportError)
 
 
 class ValueFormat:
@@ -46,30 +96,49 @@ class ValueFormat:
     Picklable: serializers and registry clients are made where first used, on the worker.
     """
 
-    def __init__(self, name: str, spec: Spec, registry_url: str | None = None):
+    def __init__(self, name: str, spec: Spec, registry_config: dict | None = None):
         if name not in _DECODED:
             raise ValueError(f"value format {name!r}: one of {', '.join(_DECODED)}")
-        if name.startswith("confluent-") and not registry_url:
+        if name.startswith("confluent-") and not (registry_config or {}).get("url"):
             raise ValueError(f"value format {name} needs a schema registry URL")
-        self.name, self._spec, self._registry_url = name, spec, registry_url
+        self.name, self._spec, self._registry_config = name, spec, registry_config
         self._made: dict = {}
 
     def __getstate__(self):
         return {**self.__dict__, "_made": {}}
 
     def decode(self, value: bytes | None, topic: str) -> Decoded | None:
-        """A message value of ``topic`` read for the parser (None, a null value, stays None)."""
+        """A message value of ``topic`` read for the parser (None, a null value, stays None); waits while the
+        registry cannot answer."""
         if value is None:
             return None
-        try:
-            record = self._read(value, topic)
-        except Exception as error:  # the serializers raise their own kinds; a reason, never a crash
-            first_sentence = " ".join(str(error).split()).split(". ")[0]
-            detail = first_sentence[:_REASON_CHARS] or type(error).__name__
-            return Decoded(f"not {self.name} ({detail})", value)
+        waiting_since = warned = None
+        while True:
+            try:
+                record = self._read(value, topic)
+                break
+            except Exception as error:  # the serializers raise their own kinds; a reason, never a crash
+                if not _registry_unavailable(error):
+                    return self._unreadable(value, error)
+                now = time.monotonic()
+                waiting_since = waiting_since or now
+                if warned is None or now - warned >= _WARN_EVERY_S:
+                    warned = now
+                    _LOG.warning("Schema Registry %s cannot answer (%s): reading %s waits for it (%.0f s so far)",
+                                 self._registry_config["url"], first_line(error), topic,
+                                 now - waiting_since)
+                time.sleep(1.0)
+        if waiting_since is not None:
+            _LOG.warning("Schema Registry %s answers again after %.0f s", self._registry_config["url"],
+                         time.monotonic() - waiting_since)
         if not isinstance(record, dict):
             return Decoded(f"not {self.name} (not a record)", value)
         return Decoded(record, value)
+
+    def _unreadable(self, value: bytes, error: Exception) -> Decoded:
+        first_sentence = " ".join(str(error).split()).split(". ")[0]
+        detail = first_sentence[:_REASON_CHARS] or type(error).__name__
+        return Decoded(f"not {self.name} ({detail})", value)
 
     def encode(self, event: dict, topic: str) -> bytes:
         """A valid event as this format's message value for ``topic`` (registering the spec's schema there)."""
@@ -112,7 +181,7 @@ class ValueFormat:
             if value[0] != 0:
                 raise ValueError(f"no Schema Registry header: the first byte is {value[0]:#04x}, not 0x00")
 
-            deserializer = self._made_once(self.name, lambda: _deserializer(self.name, registry(self._registry_url)))
+            deserializer = self._made_once(self.name, lambda: _deserializer(self.name, registry(self._registry_config)))
             return deserializer(value, SerializationContext(topic, MessageField.VALUE))
         import fastavro
 
@@ -135,12 +204,12 @@ class ValueFormat:
     def _avro_serializer(self):
         from confluent_kafka.schema_registry.avro import AvroSerializer
 
-        return AvroSerializer(registry(self._registry_url), json.dumps(avro_schema(self._spec)))
+        return AvroSerializer(registry(self._registry_config), json.dumps(avro_schema(self._spec)))
 
     def _json_serializer(self):
         from confluent_kafka.schema_registry.json_schema import JSONSerializer
 
-        return JSONSerializer(json.dumps(json_schema(self._spec)), registry(self._registry_url))
+        return JSONSerializer(json.dumps(json_schema(self._spec)), registry(self._registry_config))
 
 
 def _deserializer(name: str, client):
