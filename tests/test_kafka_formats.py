@@ -11,9 +11,11 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
+import http.server
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 
@@ -31,6 +33,7 @@ from pipelines.kafka_broker import free_port
 from tests.kafka_helpers import (ROOT, Outputs, make_topics, produce as produce_values, secure_login, stream_scorer,
                                  unique_name)
 from transforms import kafka
+from transforms.contract import avro_schema
 from transforms.errors import UserError
 from transforms.events import MAX_EVENT_BYTES, EventParser
 from transforms.fileio import file_records
@@ -206,6 +209,37 @@ def test_a_registry_that_refuses_the_credentials_or_cannot_be_reached_is_one_lin
                      "--input_topic", "t", "--value_format", "confluent-json", "--schema_registry_url", nobody])
     assert str(error.value) == (f"--schema_registry_url {nobody}: cannot reach the registry ([Errno 111] Connection "
                                 f"refused)")
+
+
+@pytest.mark.parametrize("answer", [b"<html><body>502 Bad Gateway</body></html>", b'{"schemaType": "AVRO"}'])
+def test_a_registry_answer_that_is_not_a_schema_is_a_dead_letter_per_record(answer):
+    """A registry, or a proxy before it, that answers a schema id with something other than a schema costs each
+    record of that id a dead letter naming it, never a crash; records of a good id read on."""
+    spec = load_spec("fraud")
+    good = json.dumps({"schema": json.dumps(avro_schema(spec))}).encode()
+
+    class Registry(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # schema 1, schema 7, and nothing else (as a registry without the associations API)
+            body = {"/schemas/ids/1": good, "/schemas/ids/7": answer}.get(self.path.split("?")[0])
+            self.send_response(404 if body is None else 200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body or b'{"error_code": 404, "message": "HTTP 404 Not Found"}')
+
+        def log_message(self, *_):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Registry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        reader = ValueFormat("confluent-avro", spec, {"url": f"http://127.0.0.1:{server.server_port}"})
+        body = ValueFormat("avro", spec).encode(_event(), "t")
+        records = [reader.decode(b"\0" + schema_id.to_bytes(4, "big") + body, "t").record for schema_id in (7, 1, 7)]
+    finally:
+        server.shutdown()
+    reason = records[0]
+    assert reason.startswith("not confluent-avro (the Schema Registry's answer for schema id 7 is not a schema (")
+    assert records[2] == reason and records[1]["event_id"] == _event()["event_id"], records
 
 
 def test_a_registry_format_without_a_registry_is_one_line(day, kafka_broker):

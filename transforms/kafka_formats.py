@@ -180,7 +180,7 @@ class ValueFormat:
                 raise ValueError(f"shorter than the {_HEADER_BYTES}-byte Schema Registry header")
             if value[0] != 0:
                 raise ValueError(f"no Schema Registry header: the first byte is {value[0]:#04x}, not 0x00")
-
+            self._check_writer_schema(int.from_bytes(value[1:_HEADER_BYTES], "big"))
             deserializer = self._made_once(self.name, lambda: _deserializer(self.name, registry(self._registry_config)))
             return deserializer(value, SerializationContext(topic, MessageField.VALUE))
         import fastavro
@@ -190,6 +190,25 @@ class ValueFormat:
         if buffer.tell() != len(value):
             raise ValueError(f"{len(value) - buffer.tell()} bytes after the record")
         return record
+
+    def _check_writer_schema(self, schema_id: int) -> None:
+        """Fetches schema ``schema_id`` (the registry client keeps it), so that an answer that is not a schema, as a
+        proxy's error page, is said to be that, rather than failing in the deserializer in its own words."""
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        checked = self._made_once("checked_ids", set)
+        if schema_id in checked:
+            return
+        try:
+            text = registry(self._registry_config).get_schema(schema_id).schema_str
+            if not isinstance(json.loads(text), (dict, list, str, bool)):
+                raise ValueError("not a schema")
+        except (SchemaRegistryError, httpx2.TransportError):
+            raise  # an unknown id, or the registry away: said as they are (decode waits for the latter)
+        except Exception as error:  # whatever the client made of a malformed answer
+            raise ValueError(f"the Schema Registry's answer for schema id {schema_id} is not a schema "
+                             f"({first_line(error)})") from None
+        checked.add(schema_id)
 
     def _made_once(self, what: str, make):
         if what not in self._made:
