@@ -66,8 +66,8 @@ def registry_problem(config: dict) -> str | None:
 
     secrets = kafka.Secrets({key: value for key, value in config.items() if key != "url"})
     try:
-        client = SchemaRegistryClient({**kafka.resolved(config), "timeout": _CHECK_TIMEOUT_S, "max.retries": 0})
-        client.get_subjects()
+        with SchemaRegistryClient({**kafka.resolved(config), "timeout": _CHECK_TIMEOUT_S, "max.retries": 0}) as client:
+            client.get_subjects()
     except SchemaRegistryError as error:
         if error.http_status_code in (401, 403):
             return (f"the registry refused the credentials (HTTP {error.http_status_code}); give them with "

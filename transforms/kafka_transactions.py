@@ -1,11 +1,11 @@
 """Exactly-once output to Kafka: a bundle's records and the input offsets they cover, in one Kafka transaction.
 
-Where a stream's sinks run in its read's bundle (fused with it, as on the DirectRunner), a bundle can write its
-scored records and dead letters and commit, for the stream's consumer group, the offsets of the input they came
-from, in one transaction (``send_offsets_to_transaction``). A ``read_committed`` consumer of the outputs then sees
-a record exactly when the group's offsets move past its input, and a restart reads on from there: a crash before
-the commit leaves neither (the next producer with the same transactional id aborts the open transaction, see
-``fence``), a crash after it leaves both.
+Where a stream's sinks run in its read's bundle (fused with it, as on the DirectRunner and on Prism with LOOPBACK
+workers), a bundle can write its scored records and dead letters and commit, for the stream's consumer group, the
+offsets of the input they came from, in one transaction (``send_offsets_to_transaction``). A ``read_committed``
+consumer of the outputs then sees a record exactly when the group's offsets move past its input, and a restart reads
+on from there: a crash before the commit leaves neither (the next producer with the same transactional id aborts the
+open transaction, see ``fence``), a crash after it leaves both.
 
 ``WriteInTransactions``: a tuple of PCollections of ``(topic, key, value, position)`` in, nothing out; a position is
 the input's ``(topic, partition, covers_from, offset)`` (``transforms.kafka_commit``). The branches are not merged
