@@ -29,7 +29,7 @@ from apache_beam.transforms import userstate
 from pipelines import cli, metrics_endpoint, runners
 from pipelines.flink_rest import FlinkRest
 from pipelines.options import EXACTLY_ONCE, KafkaOptions, StreamOptions
-from transforms import kafka, kafka_access, kafka_transactions, live_metrics
+from transforms import kafka, kafka_access, kafka_formats, kafka_transactions, live_metrics
 from transforms.errors import UnreadableState, UserError
 from transforms.events import METRICS_NAMESPACE
 
@@ -303,8 +303,8 @@ class _Progress:
 
 def one_line_failure(error: BaseException) -> str | None:
     """The one-line reason if ``error`` (as the runner wrapped it) says a Kafka topic does not exist, that the
-    broker refused records (a record over the topic's max.message.bytes, say), or that keyed state cannot be read
-    back."""
+    broker refused records (a record over the topic's max.message.bytes, say), that keyed state cannot be read
+    back, or that the stream stopped while events waited for the Schema Registry."""
     text = str(error)
     if isinstance(error, UnreadableState):
         return str(error)
@@ -317,6 +317,9 @@ def one_line_failure(error: BaseException) -> str | None:
         if start >= 0 and end > start:
             return text[start:end + len("does not exist")] + "; create it, or check --input_topic"
         return "a Kafka topic does not exist; create it, or check --input_topic"
+    registry_away = re.search(r"RegistryUnavailable: ([^\n]+)", text)  # (its reason may hold "[Errno ...]")
+    if registry_away or isinstance(error, kafka_formats.RegistryUnavailable):
+        return (registry_away.group(1) if registry_away else text).split(" [while running")[0].strip()
     transaction = re.search(r"KafkaTransactionError: ([^\n\[]+)", text)
     if transaction or isinstance(error, kafka_transactions.KafkaTransactionError):
         what = transaction.group(1).strip() if transaction else text.split(" [while running")[0]

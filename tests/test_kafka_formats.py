@@ -30,8 +30,8 @@ from pipelines import graph, produce, score
 from pipelines.generate import generate
 from tests.conftest import publish_stand_in_model, read_json_lines
 from pipelines.kafka_broker import free_port
-from tests.kafka_helpers import (ROOT, Outputs, make_topics, produce as produce_values, secure_login, stream_scorer,
-                                 unique_name)
+from tests.kafka_helpers import (ROOT, Outputs, committed, make_topics, produce as produce_values, secure_login,
+                                 stream_scorer, unique_name)
 from transforms import kafka
 from transforms.contract import avro_schema
 from transforms.errors import UserError
@@ -184,6 +184,43 @@ def test_a_stream_waits_out_a_registry_outage_and_reads_a_schema_evolved_mid_str
     assert {r["event_id"]: r["score"] for _, r in outputs.scored} == expected and len(outputs.scored) == len(expected)
     reasons = Counter(letter["error"] for _, letter in outputs.dead)
     assert reasons[f"not {value_format} ({UNKNOWN_ID_REASON})"] == 1 and sum(reasons.values()) == len(day["broken"]) + 1
+
+
+@pytest.mark.slow  # two live streams
+@pytest.mark.parametrize("runner", ["DirectRunner", "PrismRunner"])
+def test_a_stop_while_an_event_waits_for_the_registry_is_one_line_and_a_restart_scores_it(runner, day, schema_registry,
+                                                                                        registry_login, kafka_broker):
+    config, registry_flags = registry_login
+    topics, group = make_topics(kafka_broker, "registry-stop", partitions=1), unique_name("registry-stop")
+    event = day["valid"][0]
+    value = ValueFormat("confluent-avro", load_spec("fraud"), config).encode(event, topics[0])
+    scorer_args = (day["model_dir"], kafka_broker.bootstrap, topics, group, "--runner", runner, "--value_format",
+                   "confluent-avro", *registry_flags)
+    outputs = Outputs(kafka_broker.bootstrap, topics[1], topics[2])
+    try:
+        with stream_scorer(*scorer_args) as scorer:
+            produce_values(kafka_broker.bootstrap, topics[0], [b"not framed"], [b"k"])  # needs no registry
+            outputs.wait(lambda o: len(o.dead) == 1, 120, "the unframed message's dead letter", scorer)
+            schema_registry.stop()
+            produce_values(kafka_broker.bootstrap, topics[0], [value], [event["card_id"].encode()])
+            outputs.wait(lambda _: "cannot answer" in scorer.log(None), 60, "the wait for the registry", scorer)
+            code, took = scorer.terminate()
+            log = scorer.log()
+        assert code == 2 and took < 30, log
+        assert log.strip().splitlines()[-1] == (
+            f"error: Schema Registry {schema_registry.url} cannot answer ([Errno 111] Connection refused): the stream "
+            f"stopped without the events that wait for it, which it reads again when it restarts")
+        assert committed(kafka_broker.bootstrap, group, topics[0], 1)[0] <= 1  # not past the waiting event
+        schema_registry.start()
+        with stream_scorer(*scorer_args) as scorer:
+            outputs.wait(lambda o: len(o.scored) == 1, 120, "the waiting event scored after the restart", scorer)
+            code, _ = scorer.terminate()
+        assert code == 0, scorer.log()
+    finally:
+        outputs.close()
+        schema_registry.start()
+    assert [record["score"] for _, record in outputs.scored] == [day["scores"][event["event_id"]]]
+    assert len(outputs.dead) == 1
 
 
 def test_a_registry_that_refuses_the_credentials_or_cannot_be_reached_is_one_line(day, kafka_broker, schema_registry,

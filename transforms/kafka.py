@@ -258,6 +258,11 @@ def drain_live_reads() -> None:
     _DRAIN.set()
 
 
+def draining() -> bool:
+    """Whether live reads in this process were asked to end (``drain_live_reads``)."""
+    return _DRAIN.is_set()
+
+
 def reset_drain() -> None:
     """Let live reads started from now on run again (after a drain in this process)."""
     _DRAIN.clear()

@@ -14,7 +14,9 @@ match its schema, a registry answer that is not one), and its dead letter keeps 
 A record that could be read then meets the same contract checks as JSON (``transforms.events.EventParser``).
 While the registry cannot answer (unreachable, timing out, a 5xx, 408 or 429, or refusing the credentials,
 which an operator mends), reading waits, with a warning every ``_WARN_EVERY_S``: those events are valid, and
-a dead letter would make a replay of them someone's chore. Framing, schema lookup and validation are
+a dead letter would make a replay of them someone's chore. A stream asked to stop meanwhile
+(``kafka.drain_live_reads``) stops with ``RegistryUnavailable`` instead: the bundle fails, so nothing it read is
+committed, and a restart reads those events again. Framing, schema lookup and validation are
 confluent-kafka's serializers'; one registry client per configuration per process. Writing (``encode``)
 registers the spec's schema under the topic's subject, as Confluent's serializers do by default.
 
@@ -44,6 +46,10 @@ _HEADER_BYTES = 5  # a zero byte, then the schema id (4 bytes, big-endian)
 _WARN_EVERY_S = 30.0
 _CHECK_TIMEOUT_S = 10.0
 _LOG = logging.getLogger(__name__)
+
+
+class RegistryUnavailable(RuntimeError):
+    """A stream asked to stop while events waited for the Schema Registry."""
 
 
 def registry(config: dict):
@@ -120,6 +126,11 @@ class ValueFormat:
             except Exception as error:  # the serializers raise their own kinds; a reason, never a crash
                 if not _registry_unavailable(error):
                     return self._unreadable(value, error)
+                if kafka.draining():
+                    raise RegistryUnavailable(
+                        f"Schema Registry {self._registry_config['url']} cannot answer ({first_line(error)}): the "
+                        f"stream stopped without the events that wait for it, which it reads again when it "
+                        f"restarts") from None
                 now = time.monotonic()
                 waiting_since = waiting_since or now
                 if warned is None or now - warned >= _WARN_EVERY_S:
