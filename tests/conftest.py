@@ -46,8 +46,11 @@ def schema_registry():
     ``tests/schema_registry.py``): ``.url``, ``.user_info``, ``.stop()`` and ``.start()`` for an outage."""
     from tests.schema_registry import SchemaRegistry
 
-    with SchemaRegistry() as registry:
-        yield registry
+    registry = SchemaRegistry()
+    try:
+        yield registry.start()
+    finally:
+        registry.close()
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,12 @@
 """A Schema Registry with authentication on loopback, for the tests of the confluent-* value formats.
 
-``SchemaRegistry()`` runs Apicurio Registry 2.6 (Confluent's REST API under ``/apis/ccompat/v7``: ``.url``) and
+``SchemaRegistry().start()`` runs Apicurio Registry 2.6 (Confluent's REST API under ``/apis/ccompat/v7``: ``.url``) and
 a Keycloak beside it that checks the registry's clients: a client sends basic-auth credentials, which Apicurio
 exchanges for a Keycloak token (client credentials), as confluent-kafka's ``basic.auth.user.info`` sends them.
 ``.user_info`` is the one client's ``ID:SECRET``, made at start-up. The registry keeps its schemas in a file
 database, so ``stop()`` then ``start()`` is an outage after which every schema id still answers; Keycloak keeps
-running. Both from the distributions ``python -m pipelines.artifacts`` fetched (see there why these two).
+running; ``close()`` ends both and deletes their files. Both from the distributions ``python -m pipelines.artifacts``
+fetched (see there why these two).
 
 Measured here (2 cores, nothing else running): Keycloak ready 14 s after launch, then the registry 4-5 s.
 """
@@ -96,16 +97,6 @@ class SchemaRegistry:
         self.stop()
         _ended(self._keycloak)
         shutil.rmtree(self._root, ignore_errors=True)
-
-    def __enter__(self) -> "SchemaRegistry":
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _waited(call, timeout: float, what: str, process: subprocess.Popen, log: Path) -> httpx2.Response:
