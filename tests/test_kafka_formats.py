@@ -28,8 +28,8 @@ from confluent_kafka import Producer
 from models.registry import load as registry_load
 from pipelines import graph, produce, score
 from pipelines.generate import generate
-from tests.conftest import publish_stand_in_model, read_json_lines
 from pipelines.kafka_broker import free_port
+from tests.conftest import publish_stand_in_model, read_json_lines
 from tests.kafka_helpers import (ROOT, Outputs, committed, make_topics, produce as produce_values, secure_login,
                                  stream_scorer, unique_name)
 from transforms import kafka
