@@ -67,10 +67,10 @@ def check_streaming_runner(options) -> None:
 
 
 def check_delivery(options, stateful: str | None) -> None:
-    """--delivery exactly_once commits a bundle's records together with its input's offsets, so the sinks must run in
-    the read's bundle, in this process: on the DirectRunner or Prism with LOOPBACK workers (Flink and Dataflow run them
-    in workers where a partition's bundles may move from process to process: not built), with no step that keeps an event past its read's
-    bundle (``stateful`` names those the stream has)."""
+    """--delivery exactly_once commits a bundle's records together with its input's offsets, so the sinks must run
+    in the read's bundle, in this process: on the DirectRunner or Prism with LOOPBACK workers (Flink and Dataflow
+    run them in workers where a partition's bundles may move from process to process: not built), with no step that
+    keeps an event past its read's bundle (``stateful`` names those the stream has)."""
     if options.view_as(StreamOptions).delivery != EXACTLY_ONCE:
         return
     why = None
