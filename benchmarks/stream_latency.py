@@ -133,10 +133,11 @@ def produce_now(bootstrap: str, topic: str, events: list[dict], count: int, labe
 
 
 def run_trial(bootstrap: str, topic: str, reader: OutputReader, events: list[dict], rate: float, seconds: float,
-              label: str, scorer_pgids: tuple[int, ...] = (), burst: int = 1) -> dict:
+              label: str, scorer_pgids: tuple[int, ...] = (), burst: int = 1, latencies: str | None = None) -> dict:
     """Produce ``rate`` events/s for ``seconds``, ``burst`` at a time (every burst/rate s); wait for them to be
     scored; the trial's figures (with ``scorer_pgids``, the peak RSS of the scorer's process groups, sampled every
-    second)."""
+    second). With ``latencies``, each scored event's production time (s into the trial) and latency (ms) to that
+    CSV file, to see when a tail happened."""
     total = int(rate * seconds)
     produced_at: dict[str, int] = {}
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "queue.buffering.max.messages": 1_000_000},
@@ -172,6 +173,11 @@ def run_trial(bootstrap: str, topic: str, reader: OutputReader, events: list[dic
     scored = [i for i in ids if i in reader.seen]
     to_output = np.array([reader.seen[i][0] - produced_at[i] for i in scored], dtype=float)
     to_consumer = np.array([reader.seen[i][1] - produced_at[i] for i in scored], dtype=float)
+    if latencies:
+        with open(latencies, "w") as out:
+            out.write("produced_s,latency_ms\n")
+            for i in scored:
+                out.write(f"{(produced_at[i] - produced_at[ids[0]]) / 1000:.3f},{reader.seen[i][0] - produced_at[i]}\n")
     # The last events of a trial have no traffic behind them: they wait for the watermark of idle partitions.
     flowing_until = max(produced_at.values(), default=0) - FLOWING_MARGIN_MS
     while_flowing = np.array([reader.seen[i][0] - produced_at[i] for i in scored if produced_at[i] < flowing_until],
@@ -280,6 +286,9 @@ def main(argv=None) -> int:
     parser.add_argument("--bootstrap_servers", help="an existing cluster (default: a local Apache Kafka broker)")
     parser.add_argument("--profile", metavar="PATH", help="run the scorer under cProfile, stats to PATH")
     parser.add_argument("--no_reference", action="store_true", help="skip the least-work live loop")
+    parser.add_argument("--latencies", metavar="CSV",
+                        help="write the latency trial's events to CSV: production time (s into the trial), latency "
+                             "(ms)")
     parser.add_argument("--serve_least_work", nargs=4, metavar=("BOOTSTRAP", "IN", "OUT", "MODEL_VERSION_DIR"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -380,7 +389,7 @@ def _measure(args, scorer_name: str, bootstrap: str, command, search: bool = Tru
               f"them after {time.monotonic() - started:.1f} s (log: {log.name}); producing {args.rate:,.0f} events/s "
               f"for {args.seconds:g} s", flush=True)
         rows.append(run_trial(bootstrap, topics[0], reader, events, args.rate, args.seconds, "latency", pgids,
-                              args.burst)
+                              args.burst, args.latencies if scorer_name == "project" else None)
                     | {"scorer": scorer_name, "start_s": first_s})
         print(table(rows), flush=True)
         if args.search and search:

@@ -49,6 +49,8 @@ DEFAULT_SHARDS = 4
 # A shard's log is compacted once the events it logged since its snapshot outweigh the snapshot (pickled), and not
 # before this many bytes: a snapshot costs what it holds, a rebuild replays what was logged since.
 COMPACT_AT_LEAST_BYTES = 1 << 20
+# Live, an element waits at most this much more than the watermark makes it (``_timer_us``).
+RELEASE_GRAIN_US = 20_000
 _LATE = beam.metrics.Metrics.counter("rtml.ordering", "late")
 _DROPPED = beam.metrics.Metrics.counter("rtml.ordering", "shards_dropped")
 
@@ -237,8 +239,8 @@ class _OrderedStateFn(beam.DoFn):
     ARRIVALS = userstate.BagStateSpec("arrivals", PickleCoder())
     PENDING = userstate.BagStateSpec("pending", PickleCoder())
     LOG = userstate.BagStateSpec("log", BytesCoder())  # (pickled here: their sizes decide compaction)
-    # One release per distinct event time (its dynamic tag), so that adding an element needs no read
-    # to find the earliest one waiting.
+    # One release per grain of event time that has elements (its dynamic tag), so that adding an element needs no
+    # read to find the earliest one waiting.
     RELEASE = userstate.TimerSpec("release", TimeDomain.WATERMARK)
     # For a step with ``finish``: at the end of the input (or a drain) everything pending is
     # released, then the step finishes.
@@ -438,8 +440,10 @@ def _time(entry) -> int:
 
 
 def _timer_us(time_us: int) -> int:
-    """An event-time timer's time for ``time_us``: rounded up to the millisecond. Timers cross the Fn API in Beam's
-    timestamp coder, which keeps milliseconds (it floors: ``TimestampCoderImpl``), so on Prism and Flink a timer set at
-    12.000345 s fires at 12.000 s, and a release then steps nothing of an element at 12.000345 s: without later traffic
-    on its key it waited for ever. Rounded up, the watermark has passed the element when its release fires."""
-    return -(-time_us // 1000) * 1000
+    """An element's release time: its event time rounded up to ``RELEASE_GRAIN_US``. Rounded up, the watermark has
+    passed the element when its release fires, so the release is exact: timers cross the Fn API in Beam's timestamp
+    coder, which floors to the millisecond (``TimestampCoderImpl``), and an element at 12.000345 s released at 12.000
+    s waited, without later traffic on its key, for ever. In grains, the elements of a grain share one timer: a
+    timer per event (about 1,000 firings a second at 1,000 events/s) left Flink seconds behind now and then
+    (docs/design.md, "Release timers in grains")."""
+    return -(-time_us // RELEASE_GRAIN_US) * RELEASE_GRAIN_US
