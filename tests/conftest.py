@@ -16,20 +16,6 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
         elif TRAINING_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
-        item.add_marker(pytest.mark.xdist_group(_group(item, module)))
-
-
-def _group(item, module: str) -> str:
-    """The pytest-xdist group (pytest -n 2 --dist loadgroup, as make test runs): a file's tests on one worker, so
-    its module fixtures are made once. The live acceptance streams run one after another in two groups, those on
-    Flink and the others: at most two streams at once, each mostly waiting (they used 0.7 of the 2 cores run
-    one at a time)."""
-    if module not in ACCEPTANCE_MODULES:
-        return module
-    params = getattr(item, "callspec", None)
-    on_flink = item.get_closest_marker("flink") is not None or (params is not None
-                                                                and params.params.get("runner") == "FlinkRunner")
-    return "acceptance-flink" if on_flink else "acceptance"
 
 
 @pytest.fixture(scope="session")
@@ -119,6 +105,17 @@ def fraud_model(fraud_archive, tmp_path_factory):
 
     model_dir = _made_once("fraud_model", tmp_path_factory, lambda directory: train.run(
         ["--spec", "fraud", "--input", fraud_archive["train"], "--model_dir", str(directory)]))
+    return str(model_dir), registry.load(str(model_dir))
+
+
+@pytest.fixture(scope="session")
+def fraud_entity_model(fraud_archive, tmp_path_factory):
+    """A fraud_entity model trained on the same 14 days, once for the whole run: ``(model_dir, ModelVersion)``."""
+    from models import registry
+    from pipelines import train
+
+    model_dir = _made_once("fraud_entity_model", tmp_path_factory, lambda directory: train.run(
+        ["--spec", "fraud_entity", "--input", fraud_archive["train"], "--model_dir", str(directory)]))
     return str(model_dir), registry.load(str(model_dir))
 
 

@@ -348,14 +348,6 @@ def test_a_spec_cannot_extend_itself(tmp_path):
 # What entity features buy, trained and scored as a user would
 
 
-@pytest.fixture(scope="module")
-def fraud_entity_model(fraud_archive, tmp_path_factory):
-    from pipelines import train
-
-    model_dir = str(tmp_path_factory.mktemp("fraud_entity_model"))
-    return model_dir, train.run(["--spec", "fraud_entity", "--input", fraud_archive["train"], "--model_dir", model_dir])
-
-
 def test_entity_features_raise_average_precision_on_the_same_holdout(fraud_model, fraud_entity_model):
     plain, entity = fraud_model[1].manifest, fraud_entity_model[1].manifest
     assert entity["training"]["holdout"]["rows"] == pytest.approx(plain["training"]["holdout"]["rows"], rel=1e-3)

@@ -21,7 +21,7 @@ from tests.conftest import publish_stand_in_model
 from tests.kafka_helpers import ROOT, Outputs, entity_key, json_lines, make_topics, produce, unique_name
 from transforms.errors import UserError
 
-pytestmark = pytest.mark.flink  # (one after another with the other live Flink tests: make test's second part)
+pytestmark = pytest.mark.flink
 
 
 @pytest.fixture(scope="module")
