@@ -46,6 +46,10 @@ GOOD = {
     "model_poll_seconds": ["0", "60", "2.5"],
     "partition_discovery_s": ["0", "60", "0.5"],
     "monitoring_topic": ["monitoring"],
+    "value_format": ["json", "avro", "confluent-json"],
+    "schema_registry_url": ["http://10.0.0.8:8081", "https://registry.example.com/apis/ccompat/v7"],
+    "schema_registry_config": ["ssl.ca.location=/etc/ssl/ca.pem"],
+    "schema_registry_secret": ["basic.auth.user.info=secretmanager:projects/my-project/secrets/sr/versions/2"],
 }
 BAD = {
     "spec": ["../etc/passwd.yaml", "fraud; rm -rf /", "gs://b/spec.yaml", "$(id)"],
@@ -71,12 +75,17 @@ BAD = {
     "model_poll_seconds": ["-1", "1e3", "60 s"],
     "partition_discovery_s": ["-1", "1e3", "60s", "100000"],
     "monitoring_topic": ["a b", "$(id)"],
+    "value_format": ["protobuf", "JSON"],
+    "schema_registry_url": ["https://user:secret@registry:8081", "registry:8081", "http://r:8081/$(id)",
+                            "file:///etc/passwd"],
+    "schema_registry_config": ["basic.auth.user.info", "x=`id`"],
+    "schema_registry_secret": ["basic.auth.user.info=me:hunter2", "basic.auth.user.info=env:SR_USER_INFO"],
 }
 # A model directory on Cloud Storage, or in the image, for training and scoring alike.
 GOOD_IN = {name: {"model_dir": ["gs://rtml-bucket/models/fraud"]} for name in ("score_batch", "score_stream", "train")}
 SHELL_OR_PATH = {"spec", "input", "output", "dead_letter", "model_dir", "model_version", "bootstrap_servers",
                  "input_topic", "output_topic", "dead_letter_topic", "group_id", "kafka_config", "kafka_secret",
-                 "monitoring_topic"}
+                 "monitoring_topic", "schema_registry_url", "schema_registry_config", "schema_registry_secret"}
 
 
 def _metadata(name):
@@ -185,3 +194,21 @@ def test_entry_files_run_their_pipeline_and_mode(name, missing):
     done = subprocess.run([sys.executable, str(TEMPLATES / f"{name}.py"), *flags], capture_output=True, text=True,
                           cwd="/", env=env, timeout=120)
     assert (done.returncode, done.stderr.splitlines()[-1]) == (2, f"error: missing {missing}; see --help")
+
+
+def test_the_stream_templates_registry_parameters_reach_its_pipeline(kafka_broker, tmp_path):
+    """As the launcher passes them: the stream checks the registry at its start, before anything is read."""
+    from pipelines.kafka_broker import free_port
+    from tests.conftest import publish_stand_in_model
+
+    publish_stand_in_model(tmp_path / "model")
+    closed = f"http://127.0.0.1:{free_port()}"
+    flags = ["--spec=fraud", f"--bootstrap_servers={kafka_broker.bootstrap}", "--input_topic=events",
+             "--output_topic=scored", "--dead_letter_topic=dead", f"--model_dir={tmp_path / 'model'}",
+             "--value_format=confluent-avro", f"--schema_registry_url={closed}",
+             "--schema_registry_config=timeout=5"]
+    done = subprocess.run([sys.executable, str(TEMPLATES / "score_stream.py"), *flags], capture_output=True, text=True,
+                          cwd="/", env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert re.fullmatch(rf"error: --schema_registry_url {re.escape(closed)}: cannot reach the registry \(.+\)",
+                        done.stderr.splitlines()[-1]), done.stderr
