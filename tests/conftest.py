@@ -100,22 +100,21 @@ def fraud_archive(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def fraud_model(fraud_archive, tmp_path_factory):
     """A fraud model trained on the first 14 days, once for the whole run: ``(model_dir, ModelVersion)``."""
-    from models import registry
-    from pipelines import train
-
-    model_dir = _made_once("fraud_model", tmp_path_factory, lambda directory: train.run(
-        ["--spec", "fraud", "--input", fraud_archive["train"], "--model_dir", str(directory)]))
-    return str(model_dir), registry.load(str(model_dir))
+    return _trained_once("fraud", fraud_archive, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def fraud_entity_model(fraud_archive, tmp_path_factory):
     """A fraud_entity model trained on the same 14 days, once for the whole run: ``(model_dir, ModelVersion)``."""
+    return _trained_once("fraud_entity", fraud_archive, tmp_path_factory)
+
+
+def _trained_once(spec: str, fraud_archive: dict, tmp_path_factory) -> tuple:
     from models import registry
     from pipelines import train
 
-    model_dir = _made_once("fraud_entity_model", tmp_path_factory, lambda directory: train.run(
-        ["--spec", "fraud_entity", "--input", fraud_archive["train"], "--model_dir", str(directory)]))
+    model_dir = _made_once(f"{spec}_model", tmp_path_factory, lambda directory: train.run(
+        ["--spec", spec, "--input", fraud_archive["train"], "--model_dir", str(directory)]))
     return str(model_dir), registry.load(str(model_dir))
 
 
