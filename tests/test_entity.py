@@ -181,6 +181,22 @@ def test_live_entity_features_equal_bounded_with_out_of_order_and_late_events():
     pipeline.run().wait_until_finish()
 
 
+@given(second=st.integers(0, 4 * 10**9), offset_us=st.integers(-40_000, 40_000),
+       window_s=st.sampled_from([1, 10, 60, 300, 3600]))
+def test_a_live_release_fires_after_its_event_and_holds_the_watermark_inside_the_events_window(
+        second, offset_us, window_s):
+    """An event waits for its release timer, which holds the step's output watermark at the timer's time meanwhile,
+    while the event's outputs carry its own time: so the timer must not pass the end of a window (of whole seconds)
+    that the event falls in, or a window downstream (monitoring) could close before the event's outputs reach it.
+    Times near a second's end, in whole milliseconds (Kafka's) and in microseconds."""
+    time_us = max(0, second * 1_000_000 + offset_us)
+    release = ordering._timer_us(time_us)
+    assert time_us <= release < time_us + ordering.RELEASE_GRAIN_US + 1000 and release % 1000 == 0
+    in_ms = time_us // 1000 * 1000
+    window_us = window_s * 1_000_000
+    assert ordering._timer_us(in_ms) // window_us == in_ms // window_us
+
+
 class _FailsOnceAndForgets(EntityHistoryStep):
     """The entity step, but a bundle fails at some events, once each, after it stepped others (a worker that
     died between a release and its commit: the runner retries the bundle); at others, the worker's memory of the

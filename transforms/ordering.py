@@ -6,8 +6,8 @@ broken by a stable key, e.g. the event id). ``OrderedPerKey`` runs a step in eit
 
 - bounded (an archive, a backfill, training): group by key, sort, fold;
 - unbounded (a stream): Beam keyed state, keys spread over a few shards (``_OrderedStateFn``).
-  Elements wait until the watermark passes their event time (an event-time timer), then go
-  through the step in order; a key's state is forgotten once ``ttl_us`` has passed without
+  Elements wait until the watermark passes their event time (an event-time timer; one for each 20 ms
+  of event time, so up to 20 ms more), then go through the step in order; a key's state is forgotten once ``ttl_us`` has passed without
   elements. At the end of the input (or a drain) whatever still waits is released, then the step
   finishes.
 
@@ -49,7 +49,7 @@ DEFAULT_SHARDS = 4
 # A shard's log is compacted once the events it logged since its snapshot outweigh the snapshot (pickled), and not
 # before this many bytes: a snapshot costs what it holds, a rebuild replays what was logged since.
 COMPACT_AT_LEAST_BYTES = 1 << 20
-# Live, an element waits at most this much more than the watermark makes it (``_timer_us``).
+# Live, an element waits up to this much longer than the watermark makes it (``_timer_us``).
 RELEASE_GRAIN_US = 20_000
 _LATE = beam.metrics.Metrics.counter("rtml.ordering", "late")
 _DROPPED = beam.metrics.Metrics.counter("rtml.ordering", "shards_dropped")
@@ -277,7 +277,9 @@ class _OrderedStateFn(beam.DoFn):
     def on_release(self, shard=beam.DoFn.KeyParam, timestamp=beam.DoFn.TimestampParam,
                    arrivals=beam.DoFn.StateParam(ARRIVALS), pending=beam.DoFn.StateParam(PENDING),
                    log=beam.DoFn.StateParam(LOG)):
-        # The watermark has passed ``timestamp``: nothing at or before it can still arrive on time.
+        # The watermark has passed ``timestamp``: nothing at or before it can still arrive on time. (An element of
+        # this grain that comes later in the bundle, late, sets the timer again: it fires at once.)
+        self._timers_set.discard((shard, timestamp.micros))
         yield from self._release(self._opened(shard, arrivals, pending, log), timestamp.micros, pending, log)
 
     @userstate.on_timer(END)
@@ -440,10 +442,14 @@ def _time(entry) -> int:
 
 
 def _timer_us(time_us: int) -> int:
-    """An element's release time: its event time rounded up to ``RELEASE_GRAIN_US``. Rounded up, the watermark has
-    passed the element when its release fires, so the release is exact: timers cross the Fn API in Beam's timestamp
-    coder, which floors to the millisecond (``TimestampCoderImpl``), and an element at 12.000345 s released at 12.000
-    s waited, without later traffic on its key, for ever. In grains, the elements of a grain share one timer: a
-    timer per event (about 1,000 firings a second at 1,000 events/s) left Flink seconds behind now and then
-    (docs/design.md, "Release timers in grains")."""
-    return -(-time_us // RELEASE_GRAIN_US) * RELEASE_GRAIN_US
+    """An element's release time: the last millisecond of its grain of ``RELEASE_GRAIN_US`` (grains end 1 ms before
+    each multiple of it), at or after its event time, so the watermark has passed the element when its release fires:
+    the release is exact. A timer per grain, not per event: about 1,000 firings a second at 1,000 events/s left Flink
+    seconds behind now and then (docs/design.md, "Release timers in grains"). Whole milliseconds, because timers
+    cross the Fn API in Beam's timestamp coder, which floors to them (``TimestampCoderImpl``: an element at
+    12.000345 s released at 12.000 s waited, without later traffic on its key, for ever). A grain's last millisecond,
+    because the timer holds the step's output watermark at its time while the grain's elements wait, and their
+    outputs carry their own, earlier times: ending before a multiple of 20 ms, a grain never holds the watermark
+    past the end of a window of whole seconds (or of 20 ms) that its elements fall in, so they are never late
+    downstream (an element within the last millisecond of such a window, stamped in microseconds, still can be)."""
+    return -(-(time_us + 1000) // RELEASE_GRAIN_US) * RELEASE_GRAIN_US - 1000
