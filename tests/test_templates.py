@@ -67,7 +67,7 @@ BAD = {
     "dead_letter_topic": ["dead letters"],
     "group_id": ["g id"],
     "offset_reset": ["none"],
-    "kafka_config": ["security.protocol", "x=$(id)", "a=b c"],
+    "kafka_config": ["security.protocol", "x=$(id)", "a=b c", "sasl.password=hunter2"],  # (secrets: kafka_secret)
     "kafka_secret": ["sasl.password=hunter2", "sasl.password=env:KAFKA_PASSWORD",  # values and local references
                      "sasl.password=secretmanager:projects/p/secrets/s/versions/1;id",
                      "sasl.password=secretmanager:projects/my-project/secrets/s/versions/0"],
@@ -78,7 +78,7 @@ BAD = {
     "value_format": ["protobuf", "JSON"],
     "schema_registry_url": ["https://user:secret@registry:8081", "registry:8081", "http://r:8081/$(id)",
                             "file:///etc/passwd"],
-    "schema_registry_config": ["basic.auth.user.info", "x=`id`"],
+    "schema_registry_config": ["basic.auth.user.info", "x=`id`", "basic.auth.user.info=me:hunter2"],
     "schema_registry_secret": ["basic.auth.user.info=me:hunter2", "basic.auth.user.info=env:SR_USER_INFO"],
 }
 # A model directory on Cloud Storage, or in the image, for training and scoring alike.
