@@ -200,11 +200,13 @@ def test_the_stream_templates_registry_parameters_reach_its_pipeline(kafka_broke
     """As the launcher passes them: the stream checks the registry at its start, before anything is read."""
     from pipelines.kafka_broker import free_port
     from tests.conftest import publish_stand_in_model
+    from tests.kafka_helpers import make_topics
 
     publish_stand_in_model(tmp_path / "model")
     closed = f"http://127.0.0.1:{free_port()}"
-    flags = ["--spec=fraud", f"--bootstrap_servers={kafka_broker.bootstrap}", "--input_topic=events",
-             "--output_topic=scored", "--dead_letter_topic=dead", f"--model_dir={tmp_path / 'model'}",
+    topics = make_topics(kafka_broker, "template")
+    flags = ["--spec=fraud", f"--bootstrap_servers={kafka_broker.bootstrap}", f"--input_topic={topics[0]}",
+             f"--output_topic={topics[1]}", f"--dead_letter_topic={topics[2]}", f"--model_dir={tmp_path / 'model'}",
              "--value_format=confluent-avro", f"--schema_registry_url={closed}",
              "--schema_registry_config=timeout=5"]
     done = subprocess.run([sys.executable, str(TEMPLATES / "score_stream.py"), *flags], capture_output=True, text=True,
