@@ -209,7 +209,7 @@ def test_a_stop_while_an_event_waits_for_the_registry_is_one_line_and_a_restart_
         assert code == 2 and took < 30, log
         assert log.strip().splitlines()[-1] == (
             f"error: Schema Registry {schema_registry.url} cannot answer ([Errno 111] Connection refused): the stream "
-            f"stopped without the events that wait for it, which it reads again when it restarts")
+            f"stopped without the events that wait for it, which it reads again when it restarts"), log
         assert committed(kafka_broker.bootstrap, group, topics[0], 1)[0] <= 1  # not past the waiting event
         schema_registry.start()
         with stream_scorer(*scorer_args) as scorer:
