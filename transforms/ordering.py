@@ -6,9 +6,9 @@ broken by a stable key, e.g. the event id). ``OrderedPerKey`` runs a step in eit
 
 - bounded (an archive, a backfill, training): group by key, sort, fold;
 - unbounded (a stream): Beam keyed state, keys spread over a few shards (``_OrderedStateFn``).
-  Elements wait until the watermark passes their event time (an event-time timer; one for each 20 ms
-  of event time, so up to 20 ms more), then go through the step in order; a key's state is forgotten once ``ttl_us`` has passed without
-  elements. At the end of the input (or a drain) whatever still waits is released, then the step
+  Elements wait until the watermark passes their event time (an event-time timer for each 20 ms of
+  event time, so up to 20 ms more), then go through the step in order; a key's state is forgotten
+  once ``ttl_us`` has passed without elements. At the end of the input (or a drain) whatever still waits is released, then the step
   finishes.
 
 So a key sees the same sequence in both modes and every output is the same. The exception is a
@@ -443,13 +443,13 @@ def _time(entry) -> int:
 
 def _timer_us(time_us: int) -> int:
     """An element's release time: the last millisecond of its grain of ``RELEASE_GRAIN_US`` (grains end 1 ms before
-    each multiple of it), at or after its event time, so the watermark has passed the element when its release fires:
-    the release is exact. A timer per grain, not per event: about 1,000 firings a second at 1,000 events/s left Flink
-    seconds behind now and then (docs/design.md, "Release timers in grains"). Whole milliseconds, because timers
-    cross the Fn API in Beam's timestamp coder, which floors to them (``TimestampCoderImpl``: an element at
-    12.000345 s released at 12.000 s waited, without later traffic on its key, for ever). A grain's last millisecond,
-    because the timer holds the step's output watermark at its time while the grain's elements wait, and their
-    outputs carry their own, earlier times: ending before a multiple of 20 ms, a grain never holds the watermark
-    past the end of a window of whole seconds (or of 20 ms) that its elements fall in, so they are never late
-    downstream (an element within the last millisecond of such a window, stamped in microseconds, still can be)."""
+    each multiple of it) at or after its event time, so the watermark has passed the element when its release fires.
+    - A timer per grain, not per event: a timer per event (1,000 firings a second at 1,000 events/s) left Flink
+      seconds behind now and then (docs/design.md, "Release timers in grains").
+    - Whole milliseconds: timers cross the Fn API in Beam's timestamp coder, which floors to them
+      (``TimestampCoderImpl``); an element at 12.000345 s released at 12.000 s waited for ever on a quiet key.
+    - A grain's last millisecond: the timer holds the step's output watermark at its own time while the grain's
+      outputs carry their earlier ones, so a grain must not end on the end of a window (whole seconds, or 20 ms)
+      that its elements fall in, or those outputs could come after the window closed (still possible for an
+      element stamped in microseconds within such a window's last millisecond)."""
     return -(-(time_us + 1000) // RELEASE_GRAIN_US) * RELEASE_GRAIN_US - 1000
