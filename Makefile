@@ -30,7 +30,8 @@ $(VENV)/.browser: $(VENV)/.installed
 # Two workers (pytest-xdist), one per core, each taking the next test as it finishes one; then the live acceptance
 # tests (streams on each runner, timing-sensitive) apart from the busy first part, two at a time. (Not --dist
 # loadgroup: with pytest 9.2 it no longer groups anything, pytest-dev/pytest-xdist#1386.)
-# The extended tests (further live runs on Flink) are left out for time: make test-extended. Each part ends
+# The extended tests (further runs on Flink and the Flink cluster, of paths make test covers) are left out for
+# time: make test-extended. Each part ends
 # with its 15 slowest tests, for the suite's time.
 test: $(VENV)/.runtimes $(VENV)/.browser
 	$(PY) -m pytest -n 2 --dist load --durations=15 -m "not acceptance and not extended"

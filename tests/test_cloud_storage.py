@@ -145,7 +145,8 @@ def _lock_record(path: str, host: str, renewed: float, token: str = "theirs") ->
                                                          "renewed": renewed}).encode(), generation)
 
 
-@pytest.mark.parametrize("module", ["pipelines.train", "pipelines.score"])
+# (Beam retries for 30 s in each: the second command is extended, for make test's time)
+@pytest.mark.parametrize("module", [pytest.param("pipelines.train", marks=pytest.mark.extended), "pipelines.score"])
 def test_cloud_storage_without_credentials_is_one_line_and_the_json_log_keeps_beams_retries(module, tmp_path):
     """No credentials and nothing listening where Cloud Storage should be: Beam retries the credentials for about 25 s,
     each try a warning with a traceback. The terminal shows the command's one line; --log_format json keeps them.

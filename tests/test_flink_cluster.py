@@ -103,6 +103,7 @@ def test_a_stream_on_the_cluster_outlives_its_command_and_resumes_from_a_savepoi
     assert sum(abs(record["score"] - afresh[record["event_id"]]) > 1e-6 for record in after) > len(after) / 20
 
 
+@pytest.mark.extended  # (for make test's time: one more path on the cluster)
 def test_bounded_scoring_on_the_cluster_gives_the_direct_runners_records(cluster, entity_model, tmp_path):
     generate.generate("fraud", 1, tmp_path / "data", datetime.date(2026, 4, 1), 700, 0.01, 21, compress=False)
     files = str(tmp_path / "data" / "*" / "*.jsonl")
@@ -111,6 +112,7 @@ def test_bounded_scoring_on_the_cluster_gives_the_direct_runners_records(cluster
     assert on_cluster == _bounded(entity_model, files, tmp_path / "direct", version)
 
 
+@pytest.mark.extended  # (for make test's time: one more path on the cluster)
 def test_training_on_the_cluster_publishes_a_version_that_the_direct_runner_scores_with(cluster, tmp_path):
     """The fit runs in a Python worker of the cluster; the launcher reads only the published manifest."""
     generate.generate("fraud", 3, tmp_path / "data", datetime.date(2026, 3, 1), 1000, 0.01, 5, compress=False)
@@ -166,7 +168,8 @@ def test_a_savepoint_that_is_not_there_is_flinks_reason_in_one_line(cluster, kaf
                         rf"'{re.escape(missing)}' on file system 'file'\.", error), sent.stderr
 
 
-@pytest.mark.parametrize("failure", ["a TaskManager", "the worker pool"])
+# (a TaskManager killed restores from a checkpoint as the savepoint test does from a savepoint: extended for time)
+@pytest.mark.parametrize("failure", [pytest.param("a TaskManager", marks=pytest.mark.extended), "the worker pool"])
 def test_a_process_of_the_cluster_killed_mid_stream_loses_no_event_and_no_history(
         failure, cluster, kafka_broker, entity_model, tmp_path):
     """Flink restores the job from its last checkpoint (every 3 s here): read positions and keyed state together, so
