@@ -122,3 +122,37 @@ def test_log_format_json_makes_each_log_line_one_object(tmp_path):
     records = [json.loads(line) for line in result.stderr.splitlines()]  # every stderr line is a JSON object
     warning = next(r for r in records if r["logger"] == "models.registry")
     assert warning["level"] == "WARNING" and "records no manifest digest" in warning["message"]
+
+
+@pytest.mark.parametrize("ends", ["with a mistake", "with its summary"])
+def test_a_commands_last_line_is_its_own_whatever_its_threads_say_after_it(ends):
+    """As Prism's in-process workers do when their job has ended: a thread that outlives the command's run logs an
+    error with its traceback, then dies of an exception."""
+    program = f"""
+import logging, threading, time
+from pipelines import cli
+from transforms.errors import UserError
+
+def after_the_job():
+    time.sleep(0.5)
+    try:
+        raise ConnectionResetError("Stream removed")
+    except ConnectionResetError:
+        logging.getLogger("apache_beam.runners.worker.data_plane").exception("Failed to read inputs")
+    raise RuntimeError("the job's state is gone")
+
+def run(argv):
+    logging.getLogger("apache_beam.runners.worker.data_plane").error("said while the command runs")
+    threading.Thread(target=after_the_job).start()
+    if {ends == "with a mistake"}:
+        raise UserError("the one-line reason")
+    print("the summary")
+
+cli.main(run)
+"""
+    done = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == (2 if ends == "with a mistake" else 0), done.stderr
+    assert done.stderr.splitlines()[0] == "ERROR apache_beam.runners.worker.data_plane: said while the command runs"
+    last = done.stderr.strip().splitlines()[-1] if ends == "with a mistake" else done.stdout.strip()
+    assert last == ("error: the one-line reason" if ends == "with a mistake" else "the summary")
+    assert "Traceback" not in done.stderr and "Failed to read inputs" not in done.stderr, done.stderr
