@@ -27,9 +27,10 @@ $(VENV)/.browser: $(VENV)/.installed
 		|| (apt-get update && apt-get install -y --no-install-recommends chromium)
 	touch $@
 
-# Two workers (pytest-xdist), one per core, each taking the next test as it finishes one; then the live acceptance
-# tests (streams on each runner, timing-sensitive) apart from the busy first part, two at a time. (Not --dist
-# loadgroup: with pytest 9.2 it no longer groups anything, pytest-dev/pytest-xdist#1386.)
+# Two workers (pytest-xdist), one per core, each taking the next test as it finishes one, but the tests of a module
+# that starts a costly service (the Flink session cluster, the Schema Registry, the secure broker) on one worker
+# (tests/conftest.py, ONE_WORKER_MODULES); then the live acceptance tests (streams on each runner, timing-sensitive)
+# apart from the busy first part, two at a time.
 # The extended tests (further runs on Flink and the Flink cluster, of paths make test covers) are left out for
 # time: make test-extended. Each part ends
 # with its 15 slowest tests, for the suite's time.

@@ -6,6 +6,10 @@ from pipelines.kafka_broker import KafkaBroker
 TRAINING_FIXTURES = {"fraud_model", "fraud_scored", "fraud_drift_monitored", "fraud_entity_model", "entity_model",
                      "offers_model", "sensor", "sensor_archive"}
 ACCEPTANCE_MODULES = {"test_stream", "test_streaming_runners", "test_model_reload", "test_flink_cluster"}
+# Modules whose tests run on one xdist worker, so that the service their fixture starts (a Flink session cluster, the
+# Schema Registry, the broker with TLS and SASL) starts once, not on each worker. (--dist loadgroup was for this, but
+# with pytest 9.2 pytest-xdist 3.8 groups nothing: pytest-dev/pytest-xdist#1386.)
+ONE_WORKER_MODULES = {"test_flink_cluster", "test_kafka_formats", "test_kafka_security"}
 
 
 def pytest_collection_modifyitems(items):
@@ -16,6 +20,20 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
         elif TRAINING_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """With --dist load: each test to the next free worker, but a module of ONE_WORKER_MODULES as one unit."""
+    if config.getoption("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneWorkerModules(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module.rsplit("/", 1)[-1].removesuffix(".py") in ONE_WORKER_MODULES else nodeid
+
+    return OneWorkerModules(config, log)
 
 
 @pytest.fixture(scope="session")
