@@ -32,8 +32,7 @@ $(VENV)/.browser: $(VENV)/.installed
 # (tests/conftest.py, ONE_WORKER_MODULES); then the live acceptance tests (streams on each runner, timing-sensitive)
 # apart from the busy first part, two at a time.
 # The extended tests (further runs on Flink and the Flink cluster, of paths make test covers) are left out for
-# time: make test-extended. Each part ends
-# with its 15 slowest tests, for the suite's time.
+# time: make test-extended. Each part ends with its 15 slowest tests, for the suite's time.
 test: $(VENV)/.runtimes $(VENV)/.browser
 	$(PY) -m pytest -n 2 --dist load --durations=15 -m "not acceptance and not extended"
 	$(PY) -m pytest -n 2 --dist load --durations=15 -m "acceptance and not extended"

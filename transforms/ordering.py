@@ -8,8 +8,8 @@ broken by a stable key, e.g. the event id). ``OrderedPerKey`` runs a step in eit
 - unbounded (a stream): Beam keyed state, keys spread over a few shards (``_OrderedStateFn``).
   Elements wait until the watermark passes their event time (an event-time timer for each 20 ms of
   event time, so up to 20 ms more), then go through the step in order; a key's state is forgotten
-  once ``ttl_us`` has passed without elements. At the end of the input (or a drain) whatever still waits is released, then the step
-  finishes.
+  once ``ttl_us`` has passed without elements. At the end of the input (or a drain) whatever still
+  waits is released, then the step finishes.
 
 So a key sees the same sequence in both modes and every output is the same. The exception is a
 late element, one that arrives after its key has moved past its place in the order (bounded data
