@@ -156,10 +156,19 @@ class _ScoreHandler(ModelHandler[EventBatch, PredictionResult, LoadedVersion]):
 
 
 class OnnxScoreHandler(_ScoreHandler):
+    """``threads``: onnxruntime's threads for the model (0: its default, one per core)."""
+
+    def __init__(self, model_dir: str, model: registry.ModelVersion, spec: Spec, reload_every_s: float = 0.0,
+                 threads: int = 0):
+        super().__init__(model_dir, model, spec, reload_every_s)
+        self._threads = threads
+
     def _load(self, version: registry.ModelVersion):
         import onnxruntime as ort
 
-        return ort.InferenceSession(version.read("model.onnx"), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._threads
+        return ort.InferenceSession(version.read("model.onnx"), options, providers=["CPUExecutionProvider"])
 
     def _score(self, session, columns: Columns) -> Columns:
         return dict(zip((output.name for output in session.get_outputs()), session.run(None, columns)))
@@ -219,14 +228,16 @@ class ScoreEvents(beam.PTransform):
     """``EventBatch`` in; ``ScoredBatch`` out: each batch with its scored records, in its order.
 
     Scores with ``model``; with ``reload_every_s`` > 0, with the newest good version in ``model_dir``
-    from then on (see ``VersionWatch``): each batch by one version, named in its records.
+    from then on (see ``VersionWatch``): each batch by one version, named in its records. ``threads``: the ONNX
+    engine's threads in each worker process (0: onnxruntime's default).
     """
 
     def __init__(self, spec: Spec, model: registry.ModelVersion, model_dir: str, engine: str = "onnx",
-                 reload_every_s: float = 0.0):
+                 reload_every_s: float = 0.0, threads: int = 0):
         super().__init__()
-        handler_class = {"onnx": OnnxScoreHandler, "sklearn": SklearnScoreHandler}[engine]
-        self._spec, self._handler = spec, handler_class(model_dir, model, spec, reload_every_s)
+        self._spec = spec
+        self._handler = (OnnxScoreHandler(model_dir, model, spec, reload_every_s, threads) if engine == "onnx"
+                         else SklearnScoreHandler(model_dir, model, spec, reload_every_s))
 
     def expand(self, batches):
         spec = self._spec

@@ -18,6 +18,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
 from pipelines.options import LogOptions
+from pipelines import runners
 from pipelines.runners import RunnerPresetOptions
 from transforms.errors import IncompleteInput, UserError, first_line
 from transforms.events import METRICS_NAMESPACE, rfc3339
@@ -188,7 +189,8 @@ def create_pipeline(options: PipelineOptions, test_pipeline: beam.Pipeline | Non
     if test_pipeline is not None:
         return test_pipeline
     try:
-        return beam.Pipeline(options=options)
+        return beam.Pipeline(runner=runners.LocalDirectRunner() if runners.is_direct(options) else None,
+                             options=options)
     except ValueError as error:  # e.g. an unknown --runner
         raise UserError(first_line(error)) from None
 

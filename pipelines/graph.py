@@ -279,20 +279,22 @@ class ScoreRaw(beam.PTransform):
     """``Block``s in; ``Scored`` out: parse, entity features, the model.
 
     ``model_reload_s`` > 0: switch to new good versions in ``model_dir``, read that often (see ``ScoreEvents``).
+    ``model_threads``: the ONNX engine's threads in each worker process (0: onnxruntime's default).
     """
 
     def __init__(self, spec: Spec, model: registry.ModelVersion, model_dir: str, engine: str, streaming: bool = False,
-                 batch_size: int = DEFAULT_BATCH_SIZE, model_reload_s: float = 0.0, live_state: LiveState = LiveState()):
+                 batch_size: int = DEFAULT_BATCH_SIZE, model_reload_s: float = 0.0, live_state: LiveState = LiveState(),
+                 model_threads: int = 0):
         super().__init__()
         self._spec, self._model, self._model_dir, self._engine = spec, model, model_dir, engine
         self._streaming, self._batch_size, self._model_reload_s = streaming, batch_size, model_reload_s
-        self._live_state = live_state
+        self._live_state, self._model_threads = live_state, model_threads
 
     def expand(self, raw):
         parsed = raw | "ParseAndEnrich" >> ParseAndEnrich(self._spec, self._streaming, self._batch_size,
                                                           live_state=self._live_state)
         batches = parsed.events | "ScoreEvents" >> ScoreEvents(self._spec, self._model, self._model_dir, self._engine,
-                                                              self._model_reload_s)
+                                                              self._model_reload_s, self._model_threads)
         return Scored(batches, batches | "Records" >> beam.Map(lambda scored: scored.records), parsed.dead_letters)
 
 

@@ -23,7 +23,9 @@ the user gave always win; a preset only fills a flag that was left at Beam's def
   ``prism`` on PATH, so nothing is downloaded; ``--environment_type LOOPBACK``; and for streaming
   ``--experiments prism_disable_sdf_split`` (added to any others given; see ``PRISM_NO_SPLITS``).
 * DirectRunner: its engine's per-bundle metrics are folded as they come (``fold_direct_runner_metrics``), so a
-  stream's memory stays flat and its counters can be read at its stop.
+  stream's memory stays flat and its counters can be read at its stop. It runs on Beam's local engines only, never
+  first on a downloaded Prism (``LocalDirectRunner``). A bounded pipeline over an archive of at least
+  ``SPREAD_MIN_BYTES`` runs on one worker process per core (``spread_over_cores``).
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ from apache_beam.metrics import monitoring_infos
 from apache_beam.options.pipeline_options import (
     DebugOptions, DirectOptions, FlinkRunnerOptions, GoogleCloudOptions, PipelineOptions, PortableOptions,
     PrismRunnerOptions, StandardOptions, WorkerOptions)
+from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 
 from pipelines import artifacts
@@ -68,6 +71,10 @@ PRISM_NO_SPLITS = "prism_disable_sdf_split"
 # with 1 shard, 7.2 s with 4; Flink at --parallelism 2, 9.7 s with 1, 3.2 s with 4 (a key runs in one slot).
 PRISM_SHARDS = 1
 FLINK_SHARDS_PER_SLOT = 2
+# A bounded DirectRunner pipeline over at least this much input runs on a worker process per core. Each worker process
+# costs about 3 s to start and scoring then costs about half as much an event on 2 cores (fraud, 2026-12-08: 10.7 ->
+# 5.5 us), so below roughly 200 MB of JSON Lines one process is sooner (docs/performance.md).
+SPREAD_MIN_BYTES = 256 << 20
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[local]", "[auto]"}
 _CHECKPOINTS_PREFIX = "rtml-flink-checkpoints-"  # (then the pid of the process whose Flink writes there)
 
@@ -232,6 +239,43 @@ def fold_direct_runner_metrics() -> None:
 
 def _folded_now(metrics, key=monitoring_infos.to_key) -> list:
     return list(monitoring_infos.consolidate(metrics, key))
+
+
+class LocalDirectRunner(SwitchingDirectRunner):
+    """Beam's DirectRunner on its own engines: the FnApiRunner for a bounded pipeline, the BundleBasedDirectRunner
+    for a stream.
+
+    Beam's (2.77) first hands a pipeline to Prism, downloading Prism from GitHub when none is cached, and falls back to
+    those engines when that fails; so with network, a run would download while it runs, then run on another
+    runner than the one asked for and tested here (a DirectRunner stream's offsets rely on its bundles being fused
+    with the read). Prism is ``--runner PrismRunner``, with the Prism the set-up built."""
+
+    def run_pipeline(self, pipeline, options):
+        self._is_interactive = True  # the one switch Beam's DirectRunner reads to skip Prism; it changes nothing else
+        return super().run_pipeline(pipeline, options)
+
+
+def spread_over_cores(options: PipelineOptions, files: int, input_bytes: int) -> int:
+    """A bounded DirectRunner pipeline's worker processes, set in ``options``: one per core (at most one per file)
+    for an input of at least ``SPREAD_MIN_BYTES``, unless --direct_num_workers or --direct_running_mode was given;
+    returns how many processes score (1: this one). Worker processes log errors only (their start's warnings are
+    Beam's notes to itself), unless --default_sdk_harness_log_level is given."""
+    direct, cores, given = options.view_as(DirectOptions), os.cpu_count() or 1, _given(options)
+    if is_direct(options) and not given & {"direct_num_workers", "direct_running_mode"} \
+            and input_bytes >= SPREAD_MIN_BYTES and min(cores, files) > 1:
+        direct.direct_running_mode, direct.direct_num_workers = "multi_processing", min(cores, files)
+    if not is_direct(options) or direct.direct_running_mode != "multi_processing":
+        return 1
+    if "default_sdk_harness_log_level" not in given:
+        options.view_as(WorkerOptions).default_sdk_harness_log_level = "ERROR"
+    return direct.direct_num_workers or cores
+
+
+def model_threads(workers: int) -> int:
+    """onnxruntime's threads for a model in each of ``workers`` processes on this machine: its default (0: one per
+    core) for one process, else the cores shared out (two processes with a thread per core each scored 10% slower
+    than with one each, on 2 cores: their threads spin waiting for work)."""
+    return 0 if workers <= 1 else max(1, (os.cpu_count() or 1) // workers)
 
 
 def is_direct(options: PipelineOptions) -> bool:

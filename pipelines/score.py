@@ -31,7 +31,7 @@ from pipelines.options import (EXACTLY_ONCE, ArchiveOptions, EngineOptions, Kafk
 from transforms import kafka, kafka_transactions
 from transforms.errors import UserError
 from transforms.features import TOP_K
-from transforms.fileio import ReadEventFiles, WriteJsonLines, WriteParquet, check_input, label_type
+from transforms.fileio import ReadEventFiles, WriteJsonLines, WriteParquet, label_type, matched_files
 from transforms.kafka_commit import CommitWhenWritten
 from transforms.kafka_transactions import WriteInTransactions
 from transforms.monitoring import ALERTS, WINDOWS, Monitor
@@ -69,14 +69,16 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
     cli.refuse(options, (KafkaOptions, StreamOptions, MonitorOptions, LiveMonitorOptions, ReloadOptions),
                "is for --mode stream")
     spec, model = graph.spec_and_model(options)
-    check_input(flags.input)
+    files = matched_files(flags.input)
+    workers = runners.spread_over_cores(options, len(files), sum(file.size_in_bytes for file in files))
 
     started = time.monotonic()
     pipeline = cli.create_pipeline(options, test_pipeline)
     model_dir, engine = options.view_as(ModelOptions).model_dir, options.view_as(EngineOptions).engine
     _, scored, dead_letters = (pipeline
                                | "ReadEvents" >> ReadEventFiles(flags.input, flags.batch_size)
-                               | "ScoreRaw" >> graph.ScoreRaw(spec, model, model_dir, engine, batch_size=flags.batch_size))
+                               | "ScoreRaw" >> graph.ScoreRaw(spec, model, model_dir, engine, batch_size=flags.batch_size,
+                                                              model_threads=runners.model_threads(workers)))
     if flags.output_format == "parquet":
         scored | "WriteScored" >> WriteParquet(flags.output, "scored", scored_schema(spec))
     else:
@@ -86,7 +88,9 @@ def run(argv=None, test_pipeline=None) -> dict[str, int]:
     result.wait_until_finish()
 
     totals = cli.counters(result)
-    print(cli.summary(f"{spec.name} batch scoring with model {model.version}", totals, time.monotonic() - started,
+    on_workers = f" on {workers} worker processes" if workers > 1 else ""
+    print(cli.summary(f"{spec.name} batch scoring with model {model.version}{on_workers}", totals,
+                      time.monotonic() - started,
                       {"scored": f"{flags.output}/scored-*.{flags.output_format}",
                        "dead letters": f"{flags.dead_letter}/dead_letter-*.jsonl"}))
     cli.check_whole_input(totals, "the rest of the input was scored")

@@ -132,6 +132,21 @@ def test_gzip_and_parquet_inputs_score_like_json_lines(fraud_model, one_day, tmp
     assert dict(zip(table["event_id"].to_pylist(), table["score"].to_pylist())) == expected
 
 
+def test_an_archive_spread_over_worker_processes_scores_as_in_one(fraud_archive, fraud_model, fraud_scored, tmp_path):
+    """What an archive of SPREAD_MIN_BYTES or more gets on the DirectRunner (``runners.spread_over_cores``): its
+    days read by two worker processes, each its share; the same records, dead letters and counters as in one."""
+    totals = _score(fraud_model[0], fraud_archive["later"], tmp_path, "--direct_num_workers", "2",
+                    "--direct_running_mode", "multi_processing")
+    assert totals == fraud_scored["totals"]
+    assert len(list((tmp_path / "scored").glob("scored-*-of-00002.jsonl"))) == 2  # both wrote their share
+
+    def ordered(records):
+        return sorted(json.dumps(record, sort_keys=True) for record in records)
+
+    assert ordered(read_json_lines(tmp_path / "scored")) == ordered(fraud_scored["records"])
+    assert ordered(read_json_lines(tmp_path / "dead_letter")) == ordered(fraud_scored["dead_letters"])
+
+
 def test_score_events_graph(fraud_model):
     """The graph every mode shares, on Beam's TestPipeline: each input comes out once, in one output."""
     spec = load_spec("fraud")

@@ -23,7 +23,8 @@ import apache_beam as beam
 import pytest
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import DebugOptions, PipelineOptions
+from apache_beam.options.pipeline_options import DebugOptions, DirectOptions, PipelineOptions
+from apache_beam.runners.portability import prism_runner
 from apache_beam.transforms.core import RestrictionProvider
 
 from pipelines import artifacts, cli, generate, runners, score, serving, train
@@ -217,6 +218,43 @@ def test_checkpoint_folders_of_streams_killed_before_their_exit_are_removed_by_t
     ours = runners.apply_runner_presets(PipelineOptions(["--runner=FlinkRunner", "--streaming"]))
     assert not killed.exists() and running.exists()
     assert pathlib.Path(ours["state_backend_storage_path"][len("file://"):]).parent == tmp_path
+
+
+def test_a_large_archive_on_the_direct_runner_is_spread_over_the_cores(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    large = runners.SPREAD_MIN_BYTES
+
+    def spread(argv, files, input_bytes):
+        options = PipelineOptions(argv)
+        workers = runners.spread_over_cores(options, files, input_bytes)
+        direct = options.view_as(DirectOptions)
+        return workers, direct.direct_running_mode, direct.direct_num_workers
+
+    assert spread([], 30, large) == (4, "multi_processing", 4)
+    assert spread([], 3, large) == (3, "multi_processing", 3)  # a worker process per file at most
+    assert spread([], 30, large - 1)[:2] == (1, "in_memory")
+    assert spread([], 1, 10 * large)[:2] == (1, "in_memory")
+    assert spread(["--direct_num_workers", "1"], 30, large)[:2] == (1, "in_memory")  # the user's flags win
+    assert spread(["--direct_running_mode", "multi_threading"], 30, large)[:2] == (1, "multi_threading")
+    assert spread(["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"], 1, 0)[0] == 2
+    assert spread(["--runner", "FlinkRunner"], 30, large)[0] == 1
+    assert [runners.model_threads(workers) for workers in (1, 2, 4, 8)] == [0, 2, 1, 1]
+
+
+def test_the_direct_runner_never_hands_a_pipeline_to_prism(monkeypatch, trained, tmp_path):
+    """Beam's DirectRunner would (downloading Prism when it has none); the project's runs on Beam's local engines."""
+    handed = []
+
+    def prism_run(runner, pipeline, options):
+        handed.append(pipeline)
+        raise RuntimeError("Prism is not what --runner DirectRunner asked for")  # then Beam falls back
+
+    monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", prism_run)
+    root, manifest = trained
+    totals = score.run(["--spec", "fraud", "--input", str(root / "data" / "*" / "*.jsonl"),
+                        "--model_dir", str(root / "model"), "--output", str(tmp_path / "scored"),
+                        "--dead_letter", str(tmp_path / "dead_letter"), "--runner", "DirectRunner"])
+    assert handed == [] and totals["rtml/received"] == sum(day["lines"] for day in manifest["days"])
 
 
 def test_score_batch_end_to_end_on_portable_runner(trained, job_service, tmp_path):

@@ -33,6 +33,11 @@ UNREADABLE_ERRORS = (OSError, EOFError, zlib.error, ValueError, NotImplementedEr
 
 def check_input(pattern: str, flag: str = "--input") -> list[str]:
     """The files a glob matches; UserError if none (before any pipeline starts)."""
+    return sorted(m.path for m in matched_files(pattern, flag))
+
+
+def matched_files(pattern: str, flag: str = "--input") -> list:
+    """The metadata (``path``, ``size_in_bytes``) of the files a glob matches; UserError if none."""
     storage.check_readable(flag, pattern)
     try:
         matched = FileSystems.match([pattern])[0].metadata_list
@@ -40,7 +45,7 @@ def check_input(pattern: str, flag: str = "--input") -> list[str]:
         raise UserError(f"{flag} {pattern}: cannot list files ({first_line(error)})") from None
     if not matched:
         raise UserError(f"{flag} {pattern}: no files match")
-    return sorted(m.path for m in matched)
+    return matched
 
 
 def json_records(pattern: str, flag: str, may_be_empty: bool = False) -> list[dict]:
@@ -61,7 +66,11 @@ def json_records(pattern: str, flag: str, may_be_empty: bool = False) -> list[di
 
 
 class ReadEventFiles(beam.PTransform):
-    """A glob in (``.jsonl``, ``.json``, ``.jsonl.gz``, ``.parquet``); ``Block``s out."""
+    """A glob in (``.jsonl``, ``.json``, ``.jsonl.gz``, ``.parquet``); ``Block``s out.
+
+    The matched files are spread over the workers (a reshuffle after the match): without it, the one element
+    that the match starts from would take every file's reading, and everything fused after it, to one worker.
+    """
 
     def __init__(self, pattern: str, batch_size: int = DEFAULT_BATCH_SIZE):
         super().__init__()
@@ -70,6 +79,7 @@ class ReadEventFiles(beam.PTransform):
     def expand(self, pipeline):
         return (pipeline
                 | "Match" >> fileio.MatchFiles(self._pattern)
+                | "Spread" >> beam.Reshuffle()
                 | "Open" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED)
                 | "Read" >> beam.FlatMap(read_blocks, self._batch_size).with_output_types(Block))
 
