@@ -6,8 +6,10 @@ Generates two fraud archives (~10k events a day, 1% broken) under benchmarks/dat
 ``fraud_entity`` model once on the smaller, then times on each archive, as separate processes, each wall-clock
 including interpreter start and imports, with its peak RSS:
 
-- project:   ``python -m pipelines.score --mode batch`` (DirectRunner, ONNX features and model); the
-             same with ``--direct_num_workers 2 --direct_running_mode multi_processing``; and
+- project:   ``python -m pipelines.score --mode batch`` (DirectRunner, ONNX features and model) as a user runs
+             it (one process below 256 MB of input, a worker process per core from there:
+             ``runners.spread_over_cores``); the same held to one process (``--direct_num_workers 1``)
+             and spread over two (``--direct_num_workers 2 --direct_running_mode multi_processing``); and
              ``--spec fraud_entity`` (per-card features)
 - beam_ref:  a Beam pipeline written the way Beam's RunInference examples are: ReadFromText,
              per-element json.loads and feature vector, RunInference(SklearnModelHandlerNumpy),
@@ -200,14 +202,40 @@ def beam_reference(input_glob: str, model_version_dir: str, output: str) -> None
 
 
 def _timed(command: list[str]) -> tuple[float, int]:
-    """(wall-clock seconds, peak RSS in MB) of a command run as its own process."""
+    """(wall-clock seconds, peak RSS in MB) of a command run as its own process: the RSS of it and its worker
+    processes together, read every 50 ms (or its own peak, if higher)."""
     started = time.monotonic()
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
+    peak_kb = 0
+    while not (ended := os.wait4(process.pid, os.WNOHANG))[0]:
+        peak_kb = max(peak_kb, sum(map(_rss_kb, _process_tree(process.pid))))
+        time.sleep(0.05)
     seconds = time.monotonic() - started
+    _, status, usage = ended
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{command[:4]} failed: {process.stderr.read().decode()[-2000:]}")
-    return seconds, usage.ru_maxrss // 1024
+    return seconds, max(peak_kb, usage.ru_maxrss) // 1024
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux's /proc)."""
+    tree, index = [pid], 0
+    while index < len(tree):
+        for children in pathlib.Path(f"/proc/{tree[index]}/task").glob("*/children"):
+            try:
+                tree += map(int, children.read_text().split())
+            except OSError:  # gone meanwhile
+                pass
+        index += 1
+    return tree
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
 
 
 def _archive(days: int) -> tuple[pathlib.Path, int]:
@@ -244,6 +272,7 @@ def _commands(days: int, archive: pathlib.Path, versions: dict[str, pathlib.Path
                 "--output", str(out / output)]
 
     return {"project (pipelines.score)": project("fraud", "project"),
+            "project, 1 process": project("fraud", "project1", "--direct_num_workers", "1"),
             "project, 2 processes": project("fraud", "project2", "--direct_num_workers", "2",
                                             "--direct_running_mode", "multi_processing"),
             "project, fraud_entity": project("fraud_entity", "entity"),
@@ -277,7 +306,8 @@ def main() -> None:
             best[name, days] = (min(seconds for seconds, _ in runs), max(rss for _, rss in runs))
     (n_small, n_large), project = (archives[small][1], archives[large][1]), best["project (pipelines.score)", large][0]
     print(f"{n_small:,} and {n_large:,} lines, best of {args.repeat}, whole process wall-clock; marginal: the cost "
-          f"of each line of the larger archive beyond the smaller one's")
+          f"of each line of the larger archive beyond the smaller one's (the first row's two runs may differ in their "
+          f"number of processes: see the next two rows)")
     print(f"{'run':<28}{'s small':>9}{'s large':>9}{'events/s':>11}{'vs project':>12}{'marginal us':>13}"
           f"{'marginal/s':>12}{'peak RSS':>10}")
     for name in _commands(small, archives[small][0], versions):

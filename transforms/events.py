@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 
 from transforms import live_metrics
-from transforms.field_checks import column_check, is_event_time, value_check
+from transforms.field_checks import column_check, is_event_time, time_column_check, value_check
 from transforms.spec import Spec
 
 MAX_EVENT_BYTES = 1 << 20  # the contract: a larger event breaks it
@@ -34,7 +34,6 @@ POSITION = "_position"
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 _MICROSECOND = datetime.timedelta(microseconds=1)
-_FROM_ISO = datetime.datetime.fromisoformat
 
 
 class Raw(NamedTuple):
@@ -162,32 +161,38 @@ class EventParser:
         self._time_field = spec.event_time
         required = {f.name: f.required or (require_label and f.name == spec.label) for f in spec.fields}
         self._checks = [(f.name, required[f.name], value_check(f)) for f in spec.fields]
-        self._column_checks = [(f.name, column_check(f, required[f.name])) for f in spec.fields]
+        self._column_checks = [(f.name, column_check(f, required[f.name])) for f in spec.fields
+                               if f.name != spec.event_time]
+        self._time_check = time_column_check(required=True)
 
     def parse_block(self, payloads: list) -> ParsedBlock:
-        decoded, valid, times = self._screened(payloads)
-        broken = []
-        for row in sorted(set(range(len(payloads))).difference(valid)):
+        rows, events, times = self._screened(payloads)
+        rest = np.ones(len(payloads), bool)
+        rest[rows] = False
+        broken, recovered = [], {}
+        for row in np.flatnonzero(rest).tolist():
             parsed = self.parse(payloads[row])
             if isinstance(parsed, str):
                 broken.append((row, parsed))
             else:  # one the screen sent here though valid
-                valid[row], decoded[row], times[row] = None, parsed[0], parsed[1]
-        order = sorted(valid)
-        return ParsedBlock(EventBatch([decoded[row] for row in order], [times[row] for row in order]), order, broken)
+                recovered[row] = parsed
+        if recovered:
+            merged = sorted([*zip(rows, zip(events, times)), *recovered.items()])
+            rows, events, times = [row for row, _ in merged], [e for _, (e, _) in merged], [t for _, (_, t) in merged]
+        return ParsedBlock(EventBatch(events, times), rows, broken)
 
-    def _screened(self, payloads: list) -> tuple[list, dict, dict]:
-        """(each payload's JSON object or None, the rows that certainly hold valid events, their times)."""
+    def _screened(self, payloads: list) -> tuple[list[int], list[dict], list[int]]:
+        """The rows that certainly hold valid events, in order, their events and their times."""
         if len(payloads) < MIN_SCREENED_BLOCK:
-            return [None] * len(payloads), {}, {}
+            return [], [], []
         decoded = _decoded(payloads)
         rows = [row for row, event in enumerate(decoded) if event is not None]
         candidates = [decoded[row] for row in rows]
-        passed = np.ones(len(candidates), bool)
+        passed, times = self._time_check(list(map(dict.get, candidates, itertools.repeat(self._time_field))))
         for name, check in self._column_checks:
             passed &= check(list(map(dict.get, candidates, itertools.repeat(name))))
-        valid = dict.fromkeys(np.asarray(rows, dtype=np.int64)[passed].tolist())
-        return decoded, valid, dict(zip(valid, _times_us([decoded[row][self._time_field] for row in valid])))
+        return (list(itertools.compress(rows, passed)), list(itertools.compress(candidates, passed)),
+                times[passed].tolist())
 
     def parse(self, payload: bytes | dict | Decoded | Unreadable | None) -> tuple[dict, int] | str:
         if isinstance(payload, dict):
@@ -275,15 +280,6 @@ def _decoded(payloads: list) -> list[dict | None]:
             event = payload.record
         decoded.append(event if type(event) is dict else None)
     return decoded
-
-
-def _times_us(values: list) -> list[int]:
-    """Valid event times (RFC 3339 strings or aware datetimes) in microseconds since the epoch, as
-    ``event_time_us_of`` gives them: parsed by Python, converted by Arrow (exactly, and for a block at once)."""
-    import pyarrow as pa
-
-    moments = [value if isinstance(value, datetime.datetime) else _FROM_ISO(value) for value in values]
-    return pa.array(moments, type=pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_pylist()
 
 
 def event_time_us_of(value: str | datetime.datetime) -> int:

@@ -110,7 +110,8 @@ def column_check(field, required: bool) -> ColumnCheck:
     if field.type in ("number", "binary"):
         return _numbers(field, required)
     if field.type == "timestamp":
-        return _times(field, required)
+        times = time_column_check(required)
+        return lambda column: times(column)[0]
     return _strings(field, required)
 
 
@@ -159,30 +160,41 @@ def _strings(field, required: bool) -> ColumnCheck:
     return check
 
 
-def _times(field, required: bool) -> ColumnCheck:
-    def check(column: list) -> np.ndarray:
+def time_column_check(required: bool) -> Callable[[list], tuple[np.ndarray, np.ndarray]]:
+    """The screen of a timestamp field's column, which also gives each passed row's time: (passed, the time in
+    microseconds since the epoch where passed and not null)."""
+    def check(column: list) -> tuple[np.ndarray, np.ndarray]:
         types = _Types(column)
         ok = types.where(str)
         texts = list(itertools.compress(column, ok))
         shaped = np.fromiter(map(bool, map(_RFC3339.match, texts)), bool, len(texts))
-        shaped[shaped] = _real_times(list(itertools.compress(texts, shaped)))  # February 30 has the shape
+        moments, shaped[shaped] = _real_times(list(itertools.compress(texts, shaped)))  # February 30 has the shape
         ok[ok] = shaped
-        return ok | types.nulls(required)
+        times_us = np.zeros(len(column), np.int64)
+        times_us[ok] = times_us_of(moments)
+        return ok | types.nulls(required), times_us
 
     return check
 
 
-def _real_times(texts: list[str]) -> np.ndarray:
-    """Whether each RFC 3339-shaped text names a real time: all at once, and for a block with one that does not,
-    by halves down to the ones that do not."""
+def _real_times(texts: list[str]) -> tuple[list[datetime.datetime], np.ndarray]:
+    """The moments the RFC 3339-shaped texts name, and whether each names one: all at once, and for a block with
+    one that does not (February 30), by halves down to the ones that do not."""
     try:
-        list(map(datetime.datetime.fromisoformat, texts))
-        return np.ones(len(texts), bool)
+        return list(map(datetime.datetime.fromisoformat, texts)), np.ones(len(texts), bool)
     except ValueError:
         if len(texts) == 1:
-            return np.zeros(1, bool)
+            return [], np.zeros(1, bool)
     half = len(texts) // 2
-    return np.concatenate([_real_times(texts[:half]), _real_times(texts[half:])])
+    (first, real_first), (second, real_second) = _real_times(texts[:half]), _real_times(texts[half:])
+    return first + second, np.concatenate([real_first, real_second])
+
+
+def times_us_of(moments: list[datetime.datetime]) -> np.ndarray:
+    """Aware datetimes in microseconds since the epoch (UTC), exactly, converted by Arrow for a block at once."""
+    import pyarrow as pa
+
+    return pa.array(moments, type=pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy(zero_copy_only=False)
 
 
 class _Types:
