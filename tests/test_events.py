@@ -221,6 +221,21 @@ def test_a_block_is_checked_exactly_as_its_events_one_by_one(data, spec_name, re
     assert parsed.events.event_time_us == [time_us for _, (_, time_us) in valid]
 
 
+def test_a_typed_time_column_is_checked_in_a_block_as_one_by_one():
+    """Parquet's timestamps arrive as datetimes: aware ones, in any zone, are valid at their instant, naive ones are
+    dead letters, beside texts in the same block."""
+    zones = [datetime.timezone.utc, datetime.timezone(datetime.timedelta(hours=-5)), None]
+    block = [dict(GOOD_EVENTS["fraud"], event_id=str(row),
+                  event_time=datetime.datetime(2026, 3, 16, 9, 14, row % 60, row, zones[row % 3]) if row % 4
+                  else f"2026-03-16T09:14:{row % 60:02d}Z") for row in range(2 * MIN_SCREENED_BLOCK)]
+    one_by_one = [PARSERS["fraud"].parse(event) for event in block]
+    parsed = PARSERS["fraud"].parse_block(block)
+    assert parsed.broken == [(row, "event_time: must be an RFC 3339 time with a zone")
+                             for row, result in enumerate(one_by_one) if isinstance(result, str)]
+    assert len(parsed.broken) == len([row for row in range(len(block)) if row % 4 and row % 3 == 2])
+    assert parsed.events.event_time_us == [result[1] for result in one_by_one if not isinstance(result, str)]
+
+
 json_values = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers(-2**63, 2**63 - 1)
                            | st.text(), lambda children: st.lists(children, max_size=3)
                            | st.dictionaries(st.sampled_from(["event_id", "score", "},{", '"event_id":']), children,

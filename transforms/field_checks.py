@@ -162,7 +162,8 @@ def _strings(field, required: bool) -> ColumnCheck:
 
 def time_column_check(required: bool) -> Callable[[list], tuple[np.ndarray, np.ndarray]]:
     """The screen of a timestamp field's column, which also gives each passed row's time: (passed, the time in
-    microseconds since the epoch where passed and not null)."""
+    microseconds since the epoch where passed and not null). Its values are RFC 3339 texts, or aware datetimes
+    where the column was typed (Parquet)."""
     def check(column: list) -> tuple[np.ndarray, np.ndarray]:
         types = _Types(column)
         ok = types.where(str)
@@ -172,7 +173,13 @@ def time_column_check(required: bool) -> Callable[[list], tuple[np.ndarray, np.n
         ok[ok] = shaped
         times_us = np.zeros(len(column), np.int64)
         times_us[ok] = times_us_of(moments)
-        return ok | types.nulls(required), times_us
+        dated = types.where(datetime.datetime)
+        if dated.any():
+            values = list(itertools.compress(column, dated))
+            aware = np.fromiter((value.tzinfo is not None for value in values), bool, len(values))
+            dated[dated] = aware
+            times_us[dated] = times_us_of(list(itertools.compress(values, aware)))
+        return ok | dated | types.nulls(required), times_us
 
     return check
 
