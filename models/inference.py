@@ -107,7 +107,7 @@ class _ScoreHandler(ModelHandler[EventBatch, ScoredBatch, LoadedVersion]):
     Each example is an ``EventBatch``; its prediction, a ``ScoredBatch``: its scored records, and the name of the
     version that computed them. (Not Beam's ``PredictionResult``, whose coder is Beam's default: Beam measures the
     size of some of each step's outputs by encoding them, 4.5 ms for a ``PredictionResult`` of 4,096 events;
-    ``ScoredBatch``'s coder estimates it from one record.) With ``reload_every_s``, a batch is scored by the newest
+    ``ScoredBatch``'s coder estimates it from one event's.) With ``reload_every_s``, a batch is scored by the newest
     good version in --model_dir (``VersionWatch``), each batch by one version.
     """
 

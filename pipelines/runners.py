@@ -71,9 +71,9 @@ PRISM_NO_SPLITS = "prism_disable_sdf_split"
 # with 1 shard, 7.2 s with 4; Flink at --parallelism 2, 9.7 s with 1, 3.2 s with 4 (a key runs in one slot).
 PRISM_SHARDS = 1
 FLINK_SHARDS_PER_SLOT = 2
-# A bounded DirectRunner pipeline over at least this much input runs on a worker process per core. Each worker process
-# costs about 3 s to start and scoring then costs about half as much an event on 2 cores (fraud, 2026-12-08: 10.7 ->
-# 5.5 us), so below roughly 200 MB of JSON Lines one process is sooner (docs/performance.md).
+# A bounded DirectRunner pipeline over at least this much input runs on a worker process per core. Worker processes
+# take about 3 s more to start, and then score an event for about half the time on 2 cores (fraud, 2026-12-08: 12.7 ->
+# 6.8 us), so below roughly 200 MB of JSON Lines one process is sooner (docs/performance.md).
 SPREAD_MIN_BYTES = 256 << 20
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[local]", "[auto]"}
 _CHECKPOINTS_PREFIX = "rtml-flink-checkpoints-"  # (then the pid of the process whose Flink writes there)
